@@ -1,0 +1,60 @@
+"""bitsandbytes: NF4 (double quant) and LLM.int8 Linear layers; CUDA, and CPU where bnb runs there."""
+
+from __future__ import annotations
+
+import torch
+
+from ..config import BitsAndBytesConfig
+from ..registry import Backend, register
+from .common import missing, quantizable_linears, set_submodule
+
+
+@register(BitsAndBytesConfig)
+class BitsAndBytesBackend(Backend):
+    name = "bitsandbytes"
+
+    def check(self, config, device):
+        reason = missing("bitsandbytes", "bitsandbytes")
+        if reason:
+            return reason
+        if device.type == "mps":
+            return "bitsandbytes has no Apple MPS support (use quanto on Apple Silicon)"
+        if device.type == "cpu":
+            import bitsandbytes
+            from packaging.version import Version
+
+            if Version(bitsandbytes.__version__) < Version("0.45"):
+                return f"bitsandbytes {bitsandbytes.__version__} has no CPU kernels (pip install 'bitsandbytes>=0.45')"
+        return None
+
+    def quantize(self, module, config, device, dtype):
+        import bitsandbytes as bnb
+
+        layers = quantizable_linears(module)
+        if not layers:
+            raise RuntimeError("no Linear layer to quantize")
+        for name, linear in layers:
+            set_submodule(module, name, _convert(bnb, linear, config, dtype, device))
+        return module.to(device)
+
+    def is_quantized_layer(self, layer):
+        import bitsandbytes as bnb
+
+        return isinstance(layer, (bnb.nn.Linear4bit, bnb.nn.Linear8bitLt))
+
+
+def _convert(bnb, linear: torch.nn.Linear, config: BitsAndBytesConfig, dtype: torch.dtype, device: torch.device):
+    has_bias = linear.bias is not None
+    weight = linear.weight.data
+    if config.quant_type == "nf4":
+        new = bnb.nn.Linear4bit(linear.in_features, linear.out_features, bias=has_bias, compute_dtype=dtype,
+                                compress_statistics=config.double_quant, quant_type="nf4", device="meta")
+        new.weight = bnb.nn.Params4bit(weight, requires_grad=False, compress_statistics=config.double_quant,
+                                       quant_type="nf4")
+    else:
+        new = bnb.nn.Linear8bitLt(linear.in_features, linear.out_features, bias=has_bias, has_fp16_weights=False,
+                                  threshold=6.0, device="meta")
+        new.weight = bnb.nn.Int8Params(weight, requires_grad=False, has_fp16_weights=False)
+    if has_bias:
+        new.bias = torch.nn.Parameter(linear.bias.data, requires_grad=False)
+    return new.to(device)  # bitsandbytes quantizes on this move

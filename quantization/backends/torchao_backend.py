@@ -1,0 +1,38 @@
+"""torchao int8: dynamic activation + int8 weight (fast on CPU), or int8 weight-only."""
+
+from __future__ import annotations
+
+import torch
+
+from ..config import TorchAoConfig
+from ..registry import Backend, register
+from .common import missing, quantizable_linears
+
+
+@register(TorchAoConfig)
+class TorchAoBackend(Backend):
+    name = "torchao"
+
+    def check(self, config, device):
+        reason = missing("torchao", "torchao")
+        if reason:
+            return reason
+        if device.type == "mps":
+            return "torchao int8 kernels do not run on Apple MPS (use quanto on Apple Silicon)"
+        return None
+
+    def quantize(self, module, config, device, dtype):
+        from torchao.quantization import Int8DynamicActivationInt8WeightConfig, Int8WeightOnlyConfig, quantize_
+
+        wanted = {id(linear) for _, linear in quantizable_linears(module)}
+        if not wanted:
+            raise RuntimeError("no Linear layer to quantize")
+        ao_config = Int8DynamicActivationInt8WeightConfig() if config.kind == "int8_dynamic" else Int8WeightOnlyConfig()
+        module = module.to(device)
+        quantize_(module, ao_config, filter_fn=lambda m, fqn: id(m) in wanted)
+        return module
+
+    def is_quantized_layer(self, layer):
+        from torch.utils._python_dispatch import is_traceable_wrapper_subclass
+
+        return isinstance(layer, torch.nn.Linear) and is_traceable_wrapper_subclass(layer.weight)

@@ -1,0 +1,105 @@
+"""Quantization choices as small, frozen, validated config objects (one per backend)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    """Base class: ``backend`` names the handler, ``mode`` the format, ``bits`` the weight width."""
+
+    backend: ClassVar[str] = "none"
+    modes: ClassVar[tuple[str, ...]] = ()
+
+    @property
+    def mode(self) -> str:  # overridden by fields in subclasses
+        return "bf16"
+
+    @property
+    def bits(self) -> int:
+        return 16
+
+    @property
+    def label(self) -> str:
+        return f"{self.backend} {self.mode}"
+
+    def _check_mode(self, value: str) -> None:
+        if value not in self.modes:
+            raise ValueError(
+                f"{type(self).__name__}: mode={value!r} is not supported; choose one of {', '.join(self.modes)}."
+            )
+
+
+@dataclass(frozen=True)
+class NoQuantConfig(QuantConfig):
+    """Full precision: the weights stay in the pipeline dtype."""
+
+    @property
+    def label(self) -> str:
+        return "full precision"
+
+
+@dataclass(frozen=True)
+class QuantoConfig(QuantConfig):
+    """optimum-quanto weight-only quantization: qint8 or qint4."""
+
+    weights: str = "int8"
+    backend = "quanto"
+    modes = ("int8", "int4")
+
+    def __post_init__(self):
+        self._check_mode(self.weights)
+
+    @property
+    def mode(self) -> str:
+        return self.weights
+
+    @property
+    def bits(self) -> int:
+        return 8 if self.weights == "int8" else 4
+
+
+@dataclass(frozen=True)
+class BitsAndBytesConfig(QuantConfig):
+    """bitsandbytes LLM.int8 or NF4 (double quant, bf16 compute)."""
+
+    quant_type: str = "nf4"
+    double_quant: bool = True
+    backend = "bitsandbytes"
+    modes = ("int8", "nf4")
+
+    def __post_init__(self):
+        self._check_mode(self.quant_type)
+
+    @property
+    def mode(self) -> str:
+        return self.quant_type
+
+    @property
+    def bits(self) -> int:
+        return 8 if self.quant_type == "int8" else 4
+
+
+@dataclass(frozen=True)
+class TorchAoConfig(QuantConfig):
+    """torchao int8: dynamic activations (fast on CPU) or weight-only."""
+
+    kind: str = "int8_dynamic"
+    backend = "torchao"
+    modes = ("int8_dynamic", "int8_weight_only")
+
+    def __post_init__(self):
+        self._check_mode(self.kind)
+
+    @property
+    def mode(self) -> str:
+        return self.kind
+
+    @property
+    def bits(self) -> int:
+        return 8
+
+
+FULL_PRECISION = NoQuantConfig()

@@ -1,0 +1,63 @@
+"""Which backend runs a quantization mode on which device: pure functions, tested as tables."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .config import (FULL_PRECISION, BitsAndBytesConfig, NoQuantConfig, QuantConfig, QuantoConfig,
+                     TorchAoConfig)
+
+MODES = ("auto", "none", "8bit", "4bit")
+
+# Candidates in order of preference; full precision always ends the chain.
+# MPS: quanto (never float8). CUDA: bitsandbytes. CPU: measured fastest first (bench/, REFERENCE.md):
+# torchao int8-dynamic and bitsandbytes NF4 ran at ~1.0x of bf16 on 2 cores; quanto and bnb int8 at 3.5-4.3x.
+POLICY: dict[tuple[str, str], tuple[QuantConfig, ...]] = {
+    ("cuda", "8bit"): (BitsAndBytesConfig("int8"), TorchAoConfig("int8_weight_only"), QuantoConfig("int8")),
+    ("cuda", "4bit"): (BitsAndBytesConfig("nf4"), QuantoConfig("int4")),
+    ("mps", "8bit"): (QuantoConfig("int8"),),
+    ("mps", "4bit"): (QuantoConfig("int4"),),
+    ("cpu", "8bit"): (TorchAoConfig("int8_dynamic"), QuantoConfig("int8"), BitsAndBytesConfig("int8")),
+    ("cpu", "4bit"): (BitsAndBytesConfig("nf4"), QuantoConfig("int4")),
+}
+
+# Weight bytes relative to bf16 (REFERENCE.md's physical floor plus scales).
+RATIO = {"none": 1.0, "8bit": 0.51, "4bit": 0.28}
+HEADROOM = 1.25  # activations, latents and the allocator's slack
+
+
+def candidates(mode: str, device_type: str) -> tuple[QuantConfig, ...]:
+    """The fallback chain for ``mode`` ('none', '8bit', '4bit') on ``device_type``."""
+    if mode not in MODES or mode == "auto":
+        raise ValueError(f"mode={mode!r} has no candidates; resolve 'auto' first, or use one of none, 8bit, 4bit.")
+    if mode == "none":
+        return (FULL_PRECISION,)
+    key = (device_type if device_type in ("cuda", "mps") else "cpu", mode)
+    return POLICY[key] + (FULL_PRECISION,)
+
+
+@dataclass(frozen=True)
+class AutoChoice:
+    mode: str
+    reason: str
+
+
+def choose_auto_mode(quantizable_bytes: int, other_bytes: int, free_bytes: int | None) -> AutoChoice:
+    """Full precision when the model fits with headroom, else 8-bit, else 4-bit.
+
+    ``quantizable_bytes``: transformer + T5 at full precision; ``other_bytes``: CLIP, VAE and the rest.
+    """
+    gib = 2**30
+    if free_bytes is None:
+        return AutoChoice("none", "free memory unknown: full precision")
+    for mode in ("none", "8bit", "4bit"):
+        need = (quantizable_bytes * RATIO[mode] + other_bytes) * HEADROOM
+        if need <= free_bytes:
+            return AutoChoice(mode, f"needs ~{need / gib:.1f} GiB of {free_bytes / gib:.1f} GiB free")
+    need = (quantizable_bytes * RATIO["4bit"] + other_bytes) * HEADROOM
+    return AutoChoice("4bit", f"even 4-bit needs ~{need / gib:.1f} GiB of {free_bytes / gib:.1f} GiB free: "
+                              "consider model CPU offload")
+
+
+def is_full_precision(config: QuantConfig) -> bool:
+    return isinstance(config, NoQuantConfig)
