@@ -1,0 +1,107 @@
+"""Device, dtype and memory: explicit, never a hard-coded "cuda"."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from dataclasses import dataclass
+
+import torch
+
+DEVICE_ENV = "FLUXFORGE_DEVICE"
+
+
+def pick_device(requested: str | None = None) -> torch.device:
+    """CUDA, then Apple MPS, then CPU; FLUXFORGE_DEVICE or ``requested`` overrides."""
+    name = requested or os.environ.get(DEVICE_ENV)
+    if name:
+        device = torch.device(name)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device={name!r} is not available here: no CUDA device; use 'cpu'.")
+        if device.type == "mps" and not torch.backends.mps.is_available():
+            raise ValueError(f"device={name!r} is not available here: no Apple MPS device; use 'cpu'.")
+        return device
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def pick_dtype(device: torch.device) -> torch.dtype:
+    """bf16 wherever it runs (fp16 turns FLUX images black); float32 otherwise."""
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+    if device.type == "mps":
+        try:
+            torch.zeros(1, dtype=torch.bfloat16, device=device) + 1
+            return torch.bfloat16
+        except (RuntimeError, TypeError):
+            return torch.float32
+    return torch.bfloat16
+
+
+def free_memory(device: torch.device) -> int | None:
+    """Bytes free for weights on ``device`` (system RAM for CPU and Apple's unified memory)."""
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return int(free)
+    import psutil
+
+    if device.type == "mps":
+        return int(psutil.virtual_memory().available)
+    return int(psutil.virtual_memory().available)
+
+
+def memory_kind(device: torch.device) -> str:
+    return {"cuda": "cuda", "mps": "mps"}.get(device.type, "cpu-rss")
+
+
+def empty_cache(device: torch.device) -> None:
+    import gc
+
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    elif device.type == "mps":
+        torch.mps.empty_cache()
+
+
+@dataclass
+class PeakMemory:
+    """Peak memory of a block: CUDA max allocated, MPS driver allocated, or sampled process RSS."""
+
+    device: torch.device
+    interval: float = 0.02
+    peak_bytes: int = 0
+
+    def __enter__(self) -> "PeakMemory":
+        self._stop = threading.Event()
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _read(self) -> int:
+        if self.device.type == "mps":
+            return int(torch.mps.driver_allocated_memory())
+        import psutil
+
+        return int(psutil.Process().memory_info().rss)
+
+    def _sample(self) -> None:
+        if self.device.type == "cuda":
+            return
+        while not self._stop.is_set():
+            self.peak_bytes = max(self.peak_bytes, self._read())
+            time.sleep(self.interval)
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        if self.device.type == "cuda":
+            self.peak_bytes = int(torch.cuda.max_memory_allocated(self.device))
+        else:
+            self.peak_bytes = max(self.peak_bytes, self._read())

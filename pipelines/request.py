@@ -1,0 +1,141 @@
+"""A generation request, validated on construction (diffusers-style check_inputs)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields
+
+from PIL import Image
+
+from . import defaults
+from .errors import UserError
+
+
+@dataclass
+class GenerationRequest:
+    tool: str
+    prompt: str = ""
+    model: str = defaults.TINY_MODEL
+    quant: str = "auto"
+    image: Image.Image | str | None = None
+    mask: Image.Image | str | None = None
+    reference: Image.Image | str | None = None
+    control_image: Image.Image | str | None = None
+    expand: tuple[int, int, int, int] | str | None = None
+    width: int | None = None
+    height: int | None = None
+    steps: int | None = None
+    guidance: float | None = None
+    seed: int | None = None
+    canny_low: int = defaults.CANNY_LOW
+    canny_high: int = defaults.CANNY_HIGH
+    notices: list[str] = field(default_factory=list)
+
+    def __post_init__(self):
+        self.check_inputs()
+
+    def check_inputs(self) -> None:
+        if self.tool not in defaults.TOOLS:
+            raise UserError(f"tool={self.tool!r} is unknown; choose one of {', '.join(defaults.TOOLS)}.")
+        if self.quant not in defaults.QUANT_MODES:
+            raise UserError(f"quant={self.quant!r} is unknown; choose one of {', '.join(defaults.QUANT_MODES)}.")
+        if not isinstance(self.prompt, str):
+            raise UserError("prompt must be text.")
+        if len(self.prompt) > defaults.PROMPT_MAX_CHARS:
+            raise UserError(f"prompt is {len(self.prompt)} characters; the limit is {defaults.PROMPT_MAX_CHARS}.")
+        if any(ord(c) < 32 and c not in "\n\t" for c in self.prompt):
+            raise UserError("prompt contains control characters; remove them.")
+        tool = defaults.tool_defaults(self.tool, self.model)
+        if tool.needs_prompt and not self.prompt.strip():
+            raise UserError(f"prompt is empty; the {self.tool} tool needs a prompt.")
+        if tool.needs_image and self.image is None:
+            raise UserError(f"the {self.tool} tool needs an input image (--image).")
+        if self.mask is not None and self.tool != "fill":
+            raise UserError(f"--mask is only used by the fill tool, not {self.tool}.")
+        if self.reference is not None and self.tool != "fill":
+            raise UserError(f"--reference is only used by the fill tool, not {self.tool}.")
+        if self.control_image is not None and self.tool not in ("depth", "canny"):
+            raise UserError(f"--control-image is only used by the depth and canny tools, not {self.tool}.")
+        if self.tool == "fill":
+            self.expand = parse_expand(self.expand)
+            if self.mask is None and self.expand is None:
+                raise UserError("the fill tool needs a mask (--mask) to inpaint, or --expand L,T,R,B to outpaint.")
+            if self.mask is not None and self.expand is not None:
+                raise UserError("give either --mask (inpaint) or --expand (outpaint), not both.")
+        elif self.expand is not None:
+            raise UserError(f"--expand is only used by the fill tool, not {self.tool}.")
+        self.steps = _int_in("steps", self.steps, defaults.STEPS_MIN, defaults.STEPS_MAX, tool.steps)
+        self.guidance = _float_in("guidance", self.guidance, defaults.GUIDANCE_MIN, defaults.GUIDANCE_MAX, tool.guidance)
+        for name in ("width", "height"):
+            value = getattr(self, name)
+            if value is not None:
+                value = _int_in(name, value, 1, defaults.SIZE_MAX + defaults.SIZE_STEP, value)
+                if value < defaults.SIZE_MIN:
+                    raise UserError(f"{name}={value} is below the minimum {defaults.SIZE_MIN}.")
+                from .images import snap
+
+                setattr(self, name, snap(value, name, self.notices))
+        if self.seed is None:
+            import secrets
+
+            self.seed = secrets.randbelow(defaults.SEED_MAX + 1)
+        self.seed = _int_in("seed", self.seed, 0, defaults.SEED_MAX, 0)
+        self.canny_low = _int_in("canny_low", self.canny_low, 0, 255, defaults.CANNY_LOW)
+        self.canny_high = _int_in("canny_high", self.canny_high, 0, 255, defaults.CANNY_HIGH)
+        if self.canny_low > self.canny_high:
+            raise UserError(f"canny_low={self.canny_low} is above canny_high={self.canny_high}; swap them.")
+
+    def parameters(self) -> dict:
+        """The request as plain values (images left out), for reports and PNG metadata."""
+        skip = {"image", "mask", "reference", "control_image", "notices"}
+        values = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in skip}
+        values["expand"] = list(self.expand) if self.expand else None
+        return values
+
+
+def _int_in(name: str, value, low: int, high: int, default: int) -> int:
+    if value is None:
+        return default
+    if isinstance(value, bool):
+        raise UserError(f"{name}={value!r} is not a whole number.")
+    if isinstance(value, float):
+        if not math.isfinite(value) or value != int(value):
+            raise UserError(f"{name}={value!r} is not a whole number.")
+        value = int(value)
+    if isinstance(value, str):
+        try:
+            value = int(value.strip())
+        except ValueError:
+            raise UserError(f"{name}={value!r} is not a whole number.") from None
+    if not isinstance(value, int):
+        raise UserError(f"{name}={value!r} is not a whole number.")
+    if not low <= value <= high:
+        raise UserError(f"{name}={value} is out of range; use {low}..{high}.")
+    return value
+
+
+def _float_in(name: str, value, low: float, high: float, default: float) -> float:
+    if value is None:
+        return default
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise UserError(f"{name}={value!r} is not a number.") from None
+    if not math.isfinite(number) or not low <= number <= high:
+        raise UserError(f"{name}={value!r} is out of range; use {low:g}..{high:g}.")
+    return number
+
+
+def parse_expand(value) -> tuple[int, int, int, int] | None:
+    """'L,T,R,B' pixels to grow the canvas by (outpainting)."""
+    if value is None or value == "":
+        return None
+    parts = value.split(",") if isinstance(value, str) else list(value)
+    try:
+        numbers = tuple(int(str(p).strip()) for p in parts)
+    except ValueError:
+        numbers = ()
+    if len(numbers) != 4 or any(n < 0 or n > defaults.EXPAND_MAX for n in numbers) or not any(numbers):
+        raise UserError(f"expand={value!r} must be four whole numbers L,T,R,B in 0..{defaults.EXPAND_MAX}, "
+                        "not all zero (e.g. 0,0,256,0).")
+    return numbers
