@@ -8,7 +8,7 @@ from typing import Any
 from PIL import Image
 
 from . import defaults
-from .images import fit_size, load_image
+from .images import fit_size
 from .manager import LoadedPipeline, ModelManager
 from .request import GenerationRequest
 from .sources import Source
@@ -32,19 +32,18 @@ class Tool:
 
 
 def output_size(request: GenerationRequest, image: Image.Image | None) -> tuple[int, int]:
-    """Requested size, else the input image's aspect at the tool's default area."""
+    """Requested size; else the input image's size (scaled down to the tool's default area if larger)."""
     tool = defaults.tool_defaults(request.tool, request.model)
     if image is None or (request.width and request.height):
         return request.width or tool.width, request.height or tool.height
-    width, height = fit_size(image, tool.width * tool.height)
+    area = min(image.width * image.height, tool.width * tool.height)
     if request.width:
-        height = fit_size(image, request.width * request.width * image.height // image.width)[1]
-        width = request.width
+        area = request.width * request.width * image.height // image.width
     elif request.height:
-        width = fit_size(image, request.height * request.height * image.width // image.height)[0]
-        height = request.height
-    return width, height
+        area = request.height * request.height * image.width // image.height
+    width, height = fit_size(image, area)
+    return request.width or width, request.height or height
 
 
 def input_image(request: GenerationRequest) -> Image.Image:
-    return load_image(request.image, "image")
+    return request.image

@@ -5,7 +5,6 @@ from __future__ import annotations
 from . import defaults, tiny
 from .base import RunContext, Tool, input_image, output_size
 from .control_maps import canny_map, depth_map, load_depth_estimator
-from .images import load_image
 from .sources import resolve_aux
 
 
@@ -17,7 +16,7 @@ class Control(Tool):
         image = input_image(request)
         request.width, request.height = output_size(request, image)
         if request.control_image is not None:
-            control = load_image(request.control_image, "control_image")
+            control = request.control_image
         elif self.name == "canny":
             control = canny_map(image, request.canny_low, request.canny_high)
         else:

@@ -64,6 +64,7 @@ class GenerationRequest:
                 raise UserError("give either --mask (inpaint) or --expand (outpaint), not both.")
         elif self.expand is not None:
             raise UserError(f"--expand is only used by the fill tool, not {self.tool}.")
+        self._load_images()
         self.steps = _int_in("steps", self.steps, defaults.STEPS_MIN, defaults.STEPS_MAX, tool.steps)
         self.guidance = _float_in("guidance", self.guidance, defaults.GUIDANCE_MIN, defaults.GUIDANCE_MAX, tool.guidance)
         for name in ("width", "height"):
@@ -84,6 +85,28 @@ class GenerationRequest:
         self.canny_high = _int_in("canny_high", self.canny_high, 0, 255, defaults.CANNY_HIGH)
         if self.canny_low > self.canny_high:
             raise UserError(f"canny_low={self.canny_low} is above canny_high={self.canny_high}; swap them.")
+
+    def _load_images(self) -> None:
+        """Read and check every image now, before any model is loaded."""
+        from .images import binarize, load_image
+
+        for name in ("image", "reference", "control_image"):
+            if getattr(self, name) is not None:
+                setattr(self, name, load_image(getattr(self, name), name))
+        if self.mask is not None:
+            mask = binarize(load_image(self.mask, "mask", mode="L"))
+            if mask.size != self.image.size:
+                raise UserError(f"mask is {mask.width}x{mask.height} but image is {self.image.width}x"
+                                f"{self.image.height}; they must be the same size.")
+            if mask.getextrema()[1] == 0:
+                raise UserError("mask is empty: paint the area to fill in white.")
+            self.mask = mask
+        if self.tool == "fill" and self.expand:
+            width = self.image.width + self.expand[0] + self.expand[2]
+            height = self.image.height + self.expand[1] + self.expand[3]
+            if max(width, height) > defaults.SIZE_MAX:
+                raise UserError(f"expand={','.join(map(str, self.expand))} makes a {width}x{height} canvas; "
+                                f"the limit is {defaults.SIZE_MAX} per side.")
 
     def parameters(self) -> dict:
         """The request as plain values (images left out), for reports and PNG metadata."""

@@ -1,0 +1,179 @@
+"""Command line: `python app.py [studio options]`, `python app.py generate ...`, `python app.py doctor`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from pipelines import defaults
+
+
+def quiet_libraries() -> None:
+    """Keep third-party import chatter and download bars off the terminal."""
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    for name in ("bitsandbytes", "torchao", "torch.utils._pytree", "httpx"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    import warnings
+
+    import diffusers.utils.logging
+    import transformers.utils.logging
+
+    transformers.utils.logging.disable_progress_bar()
+    diffusers.utils.logging.disable_progress_bar()
+
+    warnings.filterwarnings("ignore", module="torch.utils._pytree")
+    warnings.filterwarnings("ignore", message=".*torchvision.*")
+
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="app.py", description="FluxForge Studio: FLUX.1 tools in one studio.")
+    parser.add_argument("--host", default="127.0.0.1", help="address to serve on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=7860)
+    parser.add_argument("--model", default=None, help="tiny, a hub id or a local diffusers directory")
+    parser.add_argument("--share", action="store_true", help="create a public share link")
+    parser.add_argument("--api", action="store_true", help="open the HTTP API")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 or mps (default: best available)")
+    sub = parser.add_subparsers(dest="command")
+
+    gen = sub.add_parser("generate", help="run one tool headless and write a PNG")
+    gen.add_argument("--tool", required=True, help=", ".join(defaults.TOOLS))
+    gen.add_argument("--prompt", default="")
+    gen.add_argument("--out", required=True, help="output PNG path")
+    gen.add_argument("--model", default=None, help="tiny | HUB_ID | PATH (default: official weights if "
+                                                   "present locally, else tiny)")
+    gen.add_argument("--quant", default="auto", help="auto, none, 8bit or 4bit")
+    gen.add_argument("--image")
+    gen.add_argument("--mask")
+    gen.add_argument("--reference")
+    gen.add_argument("--control-image")
+    gen.add_argument("--expand", help="outpaint: pixels to grow L,T,R,B")
+    gen.add_argument("--width")
+    gen.add_argument("--height")
+    gen.add_argument("--steps")
+    gen.add_argument("--guidance")
+    gen.add_argument("--seed")
+    gen.add_argument("--canny-low", default=defaults.CANNY_LOW)
+    gen.add_argument("--canny-high", default=defaults.CANNY_HIGH)
+    gen.add_argument("--report", help="write the JSON report here")
+    gen.add_argument("--device", default=None)
+
+    bench = sub.add_parser("bench", help="memory, speed and fidelity of every backend and mode",
+                           add_help=False)
+    bench.add_argument("bench_args", nargs=argparse.REMAINDER)
+
+    doc = sub.add_parser("doctor", help="device, library versions and usable backends")
+    doc.add_argument("--json", action="store_true")
+    doc.add_argument("--device", default=None)
+    return parser
+
+
+
+
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    quiet_libraries()
+    from pipelines.errors import UserError
+
+    try:
+        if args.command == "generate":
+            return generate(args)
+        if args.command == "doctor":
+            return doctor(args)
+        if args.command == "bench":
+            from bench.run import main as bench_main
+
+            return bench_main(args.bench_args)
+        return serve(args)
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def _number(value, kind):
+    if value is None:
+        return None
+    try:
+        return kind(value)
+    except ValueError:
+        return value  # the request names it in its error
+
+
+def generate(args) -> int:
+    from pipelines.device import pick_device
+    from pipelines.engine import Studio
+    from pipelines.errors import UserError
+    from pipelines.manager import ModelManager
+    from pipelines.request import GenerationRequest
+    from pipelines.sources import default_model
+
+    out = Path(args.out)
+    if out.suffix.lower() != ".png":
+        raise UserError(f"--out={args.out!r} must end in .png (the metadata lives in PNG text chunks).")
+    if not out.parent.exists():
+        raise UserError(f"--out={args.out!r}: folder {str(out.parent)!r} does not exist.")
+    if args.tool not in defaults.TOOLS:
+        raise UserError(f"--tool={args.tool!r} is unknown; choose one of {', '.join(defaults.TOOLS)}.")
+    model = args.model
+    if model is None:
+        model, notice = default_model(args.tool)
+        if notice:
+            print(f"notice: {notice}", file=sys.stderr)
+    request = GenerationRequest(
+        tool=args.tool, prompt=args.prompt, model=model, quant=args.quant, image=args.image, mask=args.mask,
+        reference=args.reference, control_image=args.control_image, expand=args.expand,
+        width=_number(args.width, int), height=_number(args.height, int), steps=_number(args.steps, int),
+        guidance=_number(args.guidance, float), seed=_number(args.seed, int),
+        canny_low=_number(args.canny_low, int), canny_high=_number(args.canny_high, int),
+    )
+    try:
+        manager = ModelManager(device=pick_device(args.device))
+    except ValueError as error:
+        raise UserError(str(error)) from None
+    studio = Studio(manager, show_progress=True)
+
+    def progress(stage, done, total):
+        if stage != "denoise" and done == 0:
+            print(f"{stage}...", file=sys.stderr)
+
+    result = studio.generate(request, progress)
+    result.save(out)
+    if args.report:
+        Path(args.report).write_text(json.dumps(result.report, indent=2))
+    for notice in result.notices:
+        print(f"notice: {notice}", file=sys.stderr)
+    timings = result.report["timings"]
+    print(f"wrote {out} ({result.image.width}x{result.image.height}, seed {request.seed}, "
+          f"{timings['total_s']:.1f} s)")
+    return 0
+
+
+def doctor(args) -> int:
+    from pipelines.device import pick_device, pick_dtype
+    from pipelines.errors import UserError
+    from quantization.doctor import doctor_report, format_doctor
+
+    try:
+        device = pick_device(args.device)
+    except ValueError as error:
+        raise UserError(str(error)) from None
+    report = doctor_report(device, pick_dtype(device))
+    print(json.dumps(report, indent=2) if args.json else format_doctor(report))
+    return 0
+
+
+def serve(args) -> int:
+    from ui.studio import launch
+
+    return launch(args)

@@ -1,0 +1,1 @@
+"""Device-aware quantization: config objects, a backend registry, the device policy and fallback."""
