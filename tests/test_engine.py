@@ -1,0 +1,252 @@
+"""Every tool end to end on the tiny family, under every quantization mode."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from pipelines.engine import BadOutput, check_output
+from pipelines.images import read_metadata
+from pipelines.request import GenerationRequest
+from quantization.policy import candidates
+from quantization.registry import backend_for
+
+MODES = ["none", "8bit", "4bit", "auto"]
+
+
+def tool_inputs(tool, photo, mask):
+    return {
+        "schnell": {},
+        "dev": {},
+        "fill": {"image": photo, "mask": mask},
+        "kontext": {"image": photo},
+        "depth": {"image": photo},
+        "canny": {"image": photo},
+        "redux": {"image": photo},
+    }[tool]
+
+
+def assert_image_is_not_flat(image: Image.Image):
+    pixels = np.asarray(image, dtype=np.float32)
+    assert pixels.std() > 5.0
+    assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 100
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("tool", ["schnell", "dev", "fill", "kontext", "depth", "canny", "redux"])
+def test_tool_runs_end_to_end_with_an_honest_report(studio, photo, mask, tool, mode):
+    request = GenerationRequest(tool=tool, prompt="a lighthouse at dusk", model="tiny", quant=mode, seed=7,
+                                **tool_inputs(tool, photo, mask))
+    result = studio.generate(request)
+    assert_image_is_not_flat(result.image)
+    assert result.image.size == (request.width, request.height)
+
+    report = result.report
+    assert {"tool", "model", "device", "dtype", "seed", "quantization", "memory", "timings"} <= set(report)
+    assert (report["tool"], report["model"], report["device"], report["dtype"], report["seed"]) == (
+        tool, "tiny", "cpu", "bfloat16", 7)
+    quant = report["quantization"]
+    assert quant["requested"] == mode and quant["fallbacks"] == []
+    expected_mode = "none" if mode == "auto" else mode  # the tiny model fits in any free memory
+    assert quant["resolved"] == expected_mode
+    expected = candidates(expected_mode, "cpu")[0]
+    for name in ("transformer", "text_encoder_2"):
+        component = quant["components"][name]
+        assert (component["backend"], component["mode"]) == (expected.backend, expected.mode)
+        if expected_mode == "none":
+            assert component["bytes_after"] == component["bytes_before"]
+        else:
+            assert component["bytes_after"] < 0.8 * component["bytes_before"]
+            assert component["quantized_layers"] > 0
+    for name in ("text_encoder", "vae"):  # CLIP and VAE stay full precision
+        assert quant["components"][name]["backend"] == "none"
+    assert report["memory"]["kind"] == "cpu-rss" and report["memory"]["peak_bytes"] > 0
+    timings = report["timings"]
+    assert 0 < timings["denoise_s"] <= timings["total_s"]
+    if mode == "auto":
+        assert quant["auto_reason"] and any("Auto chose" in n for n in result.notices)
+
+
+@pytest.mark.parametrize("mode", ["8bit", "4bit"])
+def test_loaded_layers_are_the_backends_quantized_types(studio, mode):
+    result = studio.generate(GenerationRequest(tool="dev", prompt="x", model="tiny", quant=mode, seed=1))
+    loaded = next(p for p in studio.manager._pipelines.values() if p.key[1] == mode and p.key[0].endswith("dev"))
+    config = candidates(mode, "cpu")[0]
+    backend = backend_for(config)
+    for name in ("transformer", "text_encoder_2"):
+        module = loaded.components[name].module
+        quantized = [m for m in module.modules() if backend.is_quantized_layer(m)]
+        plain = [m for m in module.modules() if type(m) is torch.nn.Linear and not backend.is_quantized_layer(m)]
+        assert quantized and not plain
+        assert result.report["quantization"]["components"][name]["quantized_layers"] == len(quantized)
+
+
+def test_same_seed_gives_the_same_image_and_another_seed_does_not(studio):
+    def run(seed):
+        return np.asarray(studio.generate(GenerationRequest(tool="schnell", prompt="x", model="tiny", quant="none",
+                                                            seed=seed)).image)
+
+    assert np.array_equal(run(3), run(3))
+    assert not np.array_equal(run(3), run(4))
+
+
+def test_outpainting_grows_the_canvas(studio, photo):
+    request = GenerationRequest(tool="fill", prompt="more sky", model="tiny", quant="none", image=photo,
+                                expand=(32, 16, 48, 0), seed=1)
+    result = studio.generate(request)
+    assert result.image.size == (photo.width + 80, photo.height + 16)
+    assert_image_is_not_flat(result.image)
+
+
+def test_fill_with_a_reference_image_uses_the_redux_prior(studio, photo, mask):
+    plain = studio.generate(GenerationRequest(tool="fill", prompt="a vase", model="tiny", quant="none",
+                                              image=photo, mask=mask, seed=2))
+    steered = studio.generate(GenerationRequest(tool="fill", prompt="a vase", model="tiny", quant="none",
+                                                image=photo, mask=mask, reference=photo.rotate(90), seed=2))
+    assert not np.array_equal(np.asarray(plain.image), np.asarray(steered.image))
+    assert any(key[0] == "redux-prior" for key in studio.manager._aux)
+
+
+def test_canny_and_depth_return_their_control_maps(studio, photo):
+    canny = studio.generate(GenerationRequest(tool="canny", prompt="x", model="tiny", quant="none", image=photo,
+                                              seed=1, canny_low=50, canny_high=150))
+    edges = np.asarray(canny.control_image)
+    assert set(np.unique(edges)) == {0, 255}  # a binary edge map
+    depth = studio.generate(GenerationRequest(tool="depth", prompt="x", model="tiny", quant="none", image=photo,
+                                              seed=1))
+    assert depth.control_image.size == depth.image.size
+    assert np.asarray(depth.control_image).std() > 1.0
+
+
+def test_ready_made_control_map_is_used_as_given(studio, photo):
+    ready = Image.new("RGB", photo.size, (0, 0, 0))
+    ready.paste((255, 255, 255), (10, 10, 60, 60))
+    result = studio.generate(GenerationRequest(tool="depth", prompt="x", model="tiny", quant="none", image=photo,
+                                               control_image=ready, seed=1))
+    assert np.array_equal(np.asarray(result.control_image), np.asarray(ready.resize(result.image.size)))
+
+
+def test_png_keeps_parameters_and_quantization_outcome(studio, tmp_path):
+    result = studio.generate(GenerationRequest(tool="dev", prompt="a red fox", model="tiny", quant="4bit", seed=11,
+                                               steps=3, guidance=4.0))
+    path = result.save(tmp_path / "fox.png")
+    meta = read_metadata(path)
+    assert (meta["prompt"], meta["seed"], meta["steps"], meta["guidance"], meta["tool"], meta["model"]) == (
+        "a red fox", 11, 3, 4.0, "dev", "tiny")
+    assert (meta["width"], meta["height"]) == result.image.size
+    assert meta["quantization"]["components"]["transformer"]["backend"] == "bitsandbytes"
+    with Image.open(path) as image:
+        assert "Seed: 11" in image.text["parameters"] and "bitsandbytes nf4" in image.text["parameters"]
+
+
+def test_shared_components_are_loaded_once(fresh_studio, photo, mask):
+    fresh_studio.generate(GenerationRequest(tool="dev", prompt="x", model="tiny", quant="8bit", seed=1))
+    fresh_studio.generate(GenerationRequest(tool="fill", prompt="x", model="tiny", quant="8bit", image=photo,
+                                            mask=mask, seed=1))
+    pipes = list(fresh_studio.manager._pipelines.values())
+    assert len(pipes) == 2
+    dev, fill = (p.pipe for p in pipes)
+    for name in ("text_encoder", "text_encoder_2", "vae"):
+        assert getattr(dev, name) is getattr(fill, name)
+    assert dev.transformer is not fill.transformer
+    rows = fresh_studio.manager.status()
+    t5 = [r for r in rows if r["component"] == "text_encoder_2"]
+    assert len(t5) == 1 and len(t5[0]["used_by"]) == 2 and t5[0]["backend"] == "torchao"
+    freed = fresh_studio.manager.unload()
+    assert freed > 0 and fresh_studio.manager.status() == [] and fresh_studio.manager.loaded_bytes() == 0
+
+
+def test_memory_budget_evicts_the_least_recently_used_pipeline(tiny_root):
+    from pipelines.engine import Studio
+    from pipelines.manager import ModelManager
+
+    manager = ModelManager(device="cpu")
+    studio = Studio(manager)
+    studio.generate(GenerationRequest(tool="dev", prompt="x", model="tiny", quant="none", seed=1))
+    one_pipeline = manager.loaded_bytes()
+    manager.budget_bytes = int(one_pipeline * 1.5)  # room for one, not two
+    studio.generate(GenerationRequest(tool="schnell", prompt="x", model="tiny", quant="none", seed=1))
+    assert [key[0].rsplit("/", 1)[-1] for key in manager._pipelines] == ["schnell"]
+    assert manager.loaded_bytes() <= manager.budget_bytes
+
+
+def test_switching_mode_replaces_the_pipeline_instead_of_keeping_both(fresh_studio):
+    fresh_studio.generate(GenerationRequest(tool="dev", prompt="x", model="tiny", quant="8bit", seed=1))
+    fresh_studio.generate(GenerationRequest(tool="dev", prompt="x", model="tiny", quant="4bit", seed=1))
+    assert [key[1] for key in fresh_studio.manager._pipelines] == ["4bit"]
+    assert {r["backend"] for r in fresh_studio.manager.status() if r["component"] == "transformer"} == {"bitsandbytes"}
+
+
+def test_forced_fallback_is_recorded_and_the_run_completes(fresh_studio, monkeypatch):
+    monkeypatch.setenv("FLUXFORGE_DISABLE_BACKENDS", "torchao,bitsandbytes,quanto")
+    result = fresh_studio.generate(GenerationRequest(tool="dev", prompt="x", model="tiny", quant="8bit", seed=1))
+    assert_image_is_not_flat(result.image)
+    components = result.report["quantization"]["components"]
+    assert components["transformer"]["backend"] == "none"
+    fallbacks = result.report["quantization"]["fallbacks"]
+    assert {(f["component"], f["backend"]) for f in fallbacks} == {
+        (c, b) for c in ("transformer", "text_encoder_2") for b in ("torchao", "quanto", "bitsandbytes")}
+    assert all("FLUXFORGE_DISABLE_BACKENDS" in f["reason"] for f in fallbacks)
+    assert any(n.startswith("Fallback: transformer") for n in result.notices)
+
+
+def test_partial_fallback_picks_the_next_backend(fresh_studio, monkeypatch):
+    monkeypatch.setenv("FLUXFORGE_DISABLE_BACKENDS", "bitsandbytes")
+    result = fresh_studio.generate(GenerationRequest(tool="schnell", prompt="x", model="tiny", quant="4bit", seed=1))
+    assert result.report["quantization"]["components"]["transformer"]["backend"] == "quanto"
+    assert result.report["quantization"]["fallbacks"][0]["backend"] == "bitsandbytes"
+
+
+def test_nan_output_from_a_quantized_model_degrades_and_retries(fresh_studio, monkeypatch):
+    """A backend whose first inference yields NaN: the run moves down the chain and says why."""
+    from quantization.backends.torchao_backend import TorchAoBackend
+
+    original = TorchAoBackend.quantize
+
+    def poisoned(self, module, config, device, dtype):
+        module = original(self, module, config, device, dtype)
+        if type(module).__name__ == "FluxTransformer2DModel":
+            module.proj_out.register_forward_hook(lambda m, i, out: out * float("nan"))
+        return module
+
+    monkeypatch.setattr(TorchAoBackend, "quantize", poisoned)
+    result = fresh_studio.generate(GenerationRequest(tool="dev", prompt="x", model="tiny", quant="8bit", seed=1))
+    assert_image_is_not_flat(result.image)
+    transformer = result.report["quantization"]["components"]["transformer"]
+    assert transformer["backend"] == "quanto"  # next in the CPU 8-bit chain
+    reasons = [f["reason"] for f in result.report["quantization"]["fallbacks"] if f["component"] == "transformer"]
+    assert any("NaN" in reason for reason in reasons)
+
+
+def test_inference_error_from_a_quantized_model_degrades_and_retries(fresh_studio, monkeypatch):
+    from quantization.backends.bitsandbytes_backend import BitsAndBytesBackend
+
+    original = BitsAndBytesBackend.quantize
+
+    def failing(self, module, config, device, dtype):
+        module = original(self, module, config, device, dtype)
+
+        def explode(*args):
+            raise RuntimeError("kernel not implemented for this shape")
+
+        if type(module).__name__ == "FluxTransformer2DModel":
+            module.proj_out.register_forward_pre_hook(explode)
+        return module
+
+    monkeypatch.setattr(BitsAndBytesBackend, "quantize", failing)
+    result = fresh_studio.generate(GenerationRequest(tool="schnell", prompt="x", model="tiny", quant="4bit", seed=1))
+    assert result.report["quantization"]["components"]["transformer"]["backend"] == "quanto"
+    assert any("kernel not implemented" in f["reason"] for f in result.report["quantization"]["fallbacks"])
+
+
+@pytest.mark.parametrize("pixels", [np.full((1, 8, 8, 3), np.nan), np.zeros((1, 8, 8, 3)), np.ones((1, 8, 8, 3))])
+def test_check_output_rejects_nan_and_flat_images(pixels):
+    with pytest.raises(BadOutput):
+        check_output(pixels)
+
+
+def test_report_is_json_serialisable(studio):
+    result = studio.generate(GenerationRequest(tool="schnell", prompt="x", model="tiny", quant="4bit", seed=1))
+    assert json.loads(json.dumps(result.report))["quantization"]["requested"] == "4bit"

@@ -1,0 +1,116 @@
+"""Backends: quantized layers are the backend's own types, weights shrink, failures fall back."""
+
+import pytest
+import torch
+
+from pipelines.tiny import tiny_transformer
+from quantization.apply import quantize_with_fallback
+from quantization.config import FULL_PRECISION, BitsAndBytesConfig, QuantoConfig, TorchAoConfig
+from quantization.registry import backend_for
+from quantization.sizes import module_bytes
+
+CPU = torch.device("cpu")
+BF16 = torch.bfloat16
+
+
+def wide_transformer():
+    """The FLUX layout at a realistic-enough width (512) for weight ratios to mean something."""
+    return tiny_transformer(0, hidden=512).to(BF16)
+
+
+def wide_t5():
+    from transformers import T5Config, T5EncoderModel
+
+    torch.manual_seed(0)
+    config = T5Config(vocab_size=256, d_model=512, d_kv=64, d_ff=1280, num_layers=2, num_heads=8,
+                      feed_forward_proj="gated-gelu", is_encoder_decoder=False)
+    return T5EncoderModel(config).to(BF16)
+
+
+CONFIGS = [
+    (QuantoConfig("int8"), "optimum.quanto.nn.qlinear.QLinear", 0.55),
+    (QuantoConfig("int4"), "optimum.quanto.nn.qlinear.QLinear", 0.32),
+    (BitsAndBytesConfig("int8"), "bitsandbytes.nn.modules.Linear8bitLt", 0.55),
+    (BitsAndBytesConfig("nf4"), "bitsandbytes.nn.modules.Linear4bit", 0.32),
+    (TorchAoConfig("int8_dynamic"), "torch.nn.modules.linear.Linear", 0.55),
+    (TorchAoConfig("int8_weight_only"), "torch.nn.modules.linear.Linear", 0.55),
+]
+
+
+@pytest.mark.parametrize("config, layer_type, max_ratio", CONFIGS, ids=lambda v: getattr(v, "label", None))
+@pytest.mark.parametrize("build", [wide_transformer, wide_t5], ids=["transformer", "t5"])
+def test_backend_quantizes_every_linear_and_shrinks_weights(config, layer_type, max_ratio, build):
+    module, chosen, record = quantize_with_fallback("component", build, [config, FULL_PRECISION], CPU, BF16)
+    assert chosen == config and record.fallbacks == []
+    linears = [m for m in module.modules() if isinstance(m, torch.nn.Linear) or "Linear" in type(m).__name__]
+    quantized = [m for m in linears if backend_for(config).is_quantized_layer(m)]
+    assert len(quantized) == len(linears) == record.quantized_layers
+    assert {f"{type(m).__module__}.{type(m).__name__}" for m in quantized} == {layer_type}
+    if config.backend == "torchao":
+        assert all(type(m.weight).__name__ != "Parameter" for m in quantized)
+    assert record.bytes_before == module_bytes(build())
+    assert record.bytes_after == module_bytes(module)
+    assert record.bytes_after / record.bytes_before <= max_ratio
+
+
+@pytest.mark.parametrize("config", [c for c, _, _ in CONFIGS], ids=lambda c: c.label)
+def test_quantized_transformer_stays_close_to_full_precision(config):
+    torch.manual_seed(1)
+    inputs = dict(hidden_states=torch.randn(1, 64, 64, dtype=BF16), encoder_hidden_states=torch.randn(1, 8, 64, dtype=BF16),
+                  pooled_projections=torch.randn(1, 64, dtype=BF16), timestep=torch.tensor([0.5]),
+                  img_ids=torch.zeros(64, 3), txt_ids=torch.zeros(8, 3), guidance=torch.tensor([3.5]))
+    with torch.inference_mode():
+        reference = wide_transformer()(**inputs).sample.float()
+        module, _, _ = quantize_with_fallback("transformer", wide_transformer, [config, FULL_PRECISION], CPU, BF16)
+        output = module(**inputs).sample.float()
+    error = ((output - reference).norm() / reference.norm()).item()
+    assert torch.isfinite(output).all()
+    assert error < (0.05 if config.bits == 8 else 0.25)
+
+
+def test_disabled_backend_is_skipped_with_its_reason(monkeypatch):
+    monkeypatch.setenv("FLUXFORGE_DISABLE_BACKENDS", "torchao, quanto")
+    chain = [TorchAoConfig("int8_dynamic"), QuantoConfig("int8"), BitsAndBytesConfig("int8"), FULL_PRECISION]
+    _, chosen, record = quantize_with_fallback("transformer", wide_transformer, chain, CPU, BF16)
+    assert chosen == BitsAndBytesConfig("int8")
+    assert [(f.backend, f.mode) for f in record.fallbacks] == [("torchao", "int8_dynamic"), ("quanto", "int8")]
+    assert all("FLUXFORGE_DISABLE_BACKENDS" in f.reason for f in record.fallbacks)
+
+
+def test_backend_that_fails_while_quantizing_falls_back_to_full_precision(monkeypatch):
+    backend = backend_for(QuantoConfig("int8"))
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("kernel exploded")
+
+    monkeypatch.setattr(type(backend), "quantize", broken)
+    loads = []
+
+    def load():
+        loads.append(1)
+        return wide_transformer()
+
+    module, chosen, record = quantize_with_fallback("transformer", load, [QuantoConfig("int8"), FULL_PRECISION],
+                                                    CPU, BF16)
+    assert chosen == FULL_PRECISION and record.backend == "none"
+    assert record.bytes_after == record.bytes_before
+    assert "kernel exploded" in record.fallbacks[0].reason
+    assert len(loads) == 2  # a half-quantized module is never reused
+
+
+def test_missing_library_is_reported_with_the_install_fix(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "torchao" else real(name, *a))
+    from quantization.registry import check_backend
+
+    assert check_backend(TorchAoConfig("int8_dynamic"), CPU) == "torchao is not installed (pip install torchao)"
+
+
+def test_mps_refuses_bitsandbytes_and_torchao():
+    from quantization.registry import check_backend
+
+    mps = torch.device("mps")
+    assert "MPS" in check_backend(BitsAndBytesConfig("nf4"), mps)
+    assert "MPS" in check_backend(TorchAoConfig("int8_dynamic"), mps)
