@@ -9,6 +9,7 @@ from PIL import Image
 
 from . import defaults
 from .errors import UserError
+from .images import snap
 
 
 @dataclass
@@ -70,11 +71,7 @@ class GenerationRequest:
         for name in ("width", "height"):
             value = getattr(self, name)
             if value is not None:
-                value = _int_in(name, value, 1, defaults.SIZE_MAX + defaults.SIZE_STEP, value)
-                if value < defaults.SIZE_MIN:
-                    raise UserError(f"{name}={value} is below the minimum {defaults.SIZE_MIN}.")
-                from .images import snap
-
+                value = _int_in(name, value, defaults.SIZE_MIN, defaults.SIZE_MAX, value)
                 setattr(self, name, snap(value, name, self.notices))
         if self.seed is None:
             import secrets

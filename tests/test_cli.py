@@ -1,0 +1,148 @@
+"""The headless CLI: a PNG with metadata and a JSON report; bad input is one line, exit 2, nothing written."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+import cli
+from pipelines.images import read_metadata
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_cli(*args, env=None):
+    return subprocess.run([sys.executable, "app.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, **(env or {})})
+
+
+def test_generate_writes_png_and_report(tmp_path, image_files, tiny_root):
+    out, report = tmp_path / "fill.png", tmp_path / "fill.json"
+    proc = run_cli("generate", "--tool", "fill", "--prompt", "a cat on a sofa", "--model", "tiny", "--quant", "4bit",
+                   "--image", str(image_files["photo"]), "--mask", str(image_files["mask"]), "--seed", "5",
+                   "--out", str(out), "--report", str(report))
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert f"wrote {out}" in proc.stdout
+    data = json.loads(report.read_text())
+    assert data["tool"] == "fill" and data["seed"] == 5 and data["model"] == "tiny"
+    assert data["quantization"]["requested"] == "4bit"
+    assert data["quantization"]["components"]["transformer"]["backend"] == "bitsandbytes"
+    assert {"load_s", "quantize_s", "denoise_s", "total_s"} <= set(data["timings"])
+    meta = read_metadata(out)
+    assert meta["prompt"] == "a cat on a sofa" and meta["quantization"]["resolved"] == "4bit"
+    assert "offline demo model" in proc.stderr  # the tiny model always says what it is
+
+
+def test_forced_fallback_shows_on_the_terminal_and_in_the_report(tmp_path, tiny_root):
+    out, report = tmp_path / "x.png", tmp_path / "x.json"
+    proc = run_cli("generate", "--tool", "schnell", "--prompt", "x", "--model", "tiny", "--quant", "8bit",
+                   "--out", str(out), "--report", str(report), env={"FLUXFORGE_DISABLE_BACKENDS": "torchao"})
+    assert proc.returncode == 0, proc.stderr
+    assert "Fallback: transformer could not use torchao int8_dynamic" in proc.stderr
+    data = json.loads(report.read_text())
+    assert data["quantization"]["components"]["transformer"]["backend"] == "quanto"
+
+
+def test_doctor_lists_backends_and_versions():
+    proc = run_cli("doctor", "--json")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["device"] == "cpu" and report["libraries"]["torch"]
+    assert {(b["backend"], b["mode"]) for b in report["backends"]} >= {("quanto", "int8"), ("bitsandbytes", "nf4"),
+                                                                        ("torchao", "int8_dynamic")}
+    proc = run_cli("doctor", env={"FLUXFORGE_DISABLE_BACKENDS": "quanto"})
+    assert "quanto        int8              unusable: quanto is disabled by FLUXFORGE_DISABLE_BACKENDS" in proc.stdout
+
+
+def bad_cases(files):
+    photo, mask = str(files["photo"]), str(files["mask"])
+    return {
+        "missing image file": (["--tool", "kontext", "--prompt", "x", "--image", "/nonexistent.png"], "no such file"),
+        "empty image file": (["--tool", "kontext", "--prompt", "x", "--image", str(files["empty"])], "empty file"),
+        "truncated png": (["--tool", "kontext", "--prompt", "x", "--image", str(files["truncated"])], "readable"),
+        "text file as image": (["--tool", "canny", "--prompt", "x", "--image", str(files["text"])], "readable"),
+        "mask size differs": (["--tool", "fill", "--prompt", "x", "--image", photo, "--mask",
+                               str(files["small_mask"])], "same size"),
+        "fill without image": (["--tool", "fill", "--prompt", "x", "--mask", mask], "needs an input image"),
+        "fill without mask": (["--tool", "fill", "--prompt", "x", "--image", photo], "needs a mask"),
+        "kontext without image": (["--tool", "kontext", "--prompt", "x"], "needs an input image"),
+        "redux without image": (["--tool", "redux"], "needs an input image"),
+        "empty prompt": (["--tool", "dev", "--prompt", "  "], "prompt is empty"),
+        "unknown tool": (["--tool", "sdxl", "--prompt", "x"], "--tool='sdxl' is unknown"),
+        "unknown mode": (["--tool", "dev", "--prompt", "x", "--quant", "2bit"], "quant='2bit' is unknown"),
+        "unknown model": (["--tool", "dev", "--prompt", "x", "--model", "not a model"], "neither"),
+        "not a diffusers dir": (["--tool", "dev", "--prompt", "x", "--model", str(files["photo"].parent)],
+                                "not a diffusers FLUX directory"),
+        "offline hub model": (["--tool", "dev", "--prompt", "x", "--model", "someone/flux-finetune"],
+                              "--model tiny"),
+        "steps zero": (["--tool", "dev", "--prompt", "x", "--steps", "0"], "steps=0 is out of range"),
+        "steps huge": (["--tool", "dev", "--prompt", "x", "--steps", "100000"], "out of range"),
+        "steps not a number": (["--tool", "dev", "--prompt", "x", "--steps", "ten"], "not a whole number"),
+        "guidance nan": (["--tool", "dev", "--prompt", "x", "--guidance", "nan"], "guidance=nan is out of range"),
+        "guidance inf": (["--tool", "dev", "--prompt", "x", "--guidance", "inf"], "out of range"),
+        "guidance negative": (["--tool", "dev", "--prompt", "x", "--guidance", "-1"], "out of range"),
+        "width too large": (["--tool", "dev", "--prompt", "x", "--width", "8192"], "width=8192 is out of range"),
+        "width zero": (["--tool", "dev", "--prompt", "x", "--width", "0"], "width=0 is out of range; use 64..2048"),
+        "height negative": (["--tool", "dev", "--prompt", "x", "--height", "-16"], "height"),
+        "seed negative": (["--tool", "dev", "--prompt", "x", "--seed", "-1"], "seed=-1 is out of range"),
+        "seed too large": (["--tool", "dev", "--prompt", "x", "--seed", str(2**64)], "out of range"),
+        "malformed expand": (["--tool", "fill", "--prompt", "x", "--image", photo, "--expand", "10,20"],
+                             "four whole numbers"),
+        "negative expand": (["--tool", "fill", "--prompt", "x", "--image", photo, "--expand", "0,0,-5,0"],
+                            "four whole numbers"),
+        "expand and mask": (["--tool", "fill", "--prompt", "x", "--image", photo, "--mask", mask, "--expand",
+                             "0,0,64,0"], "not both"),
+        "mask on a non-fill tool": (["--tool", "dev", "--prompt", "x", "--mask", mask], "only used by the fill"),
+        "prompt too long": (["--tool", "dev", "--prompt", "x" * 5000], "limit"),
+        "control characters": (["--tool", "dev", "--prompt", "a\x07b"], "control characters"),
+        "canny thresholds reversed": (["--tool", "canny", "--prompt", "x", "--image", photo, "--canny-low", "200",
+                                       "--canny-high", "100"], "swap"),
+    }
+
+
+def test_bad_inputs_give_one_line_and_write_nothing(tmp_path, image_files, capsys, tiny_root):
+    for name, (args, expected) in bad_cases(image_files).items():
+        out = tmp_path / "out.png"
+        code = cli.main(["generate", "--model", "tiny", "--out", str(out), *args]
+                        if "--model" not in args else ["generate", "--out", str(out), *args])
+        captured = capsys.readouterr()
+        errors = [line for line in captured.err.splitlines() if line.startswith("error:")]
+        assert code == 2, name
+        assert len(errors) == 1 and expected in errors[0], (name, captured.err)
+        assert "Traceback" not in captured.err, name
+        assert not out.exists(), name
+
+
+@pytest.mark.parametrize("out", ["/nonexistent-dir/x.png", "picture.jpg"])
+def test_bad_output_paths_are_refused(out, capsys):
+    assert cli.main(["generate", "--tool", "dev", "--prompt", "x", "--model", "tiny", "--out", out]) == 2
+    assert capsys.readouterr().err.startswith("error: --out=")
+
+
+def test_bad_input_exits_non_zero_without_traceback_in_a_real_process(tmp_path):
+    out = tmp_path / "never.png"
+    proc = run_cli("generate", "--tool", "dev", "--prompt", "x", "--model", "tiny", "--width", "nan", "--out", str(out))
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: width=")
+    assert "Traceback" not in proc.stderr and not out.exists()
+
+
+def test_sizes_off_the_step_are_snapped_with_a_notice(tmp_path, capsys, tiny_root):
+    out = tmp_path / "snap.png"
+    code = cli.main(["generate", "--tool", "schnell", "--prompt", "x", "--model", "tiny", "--width", "100",
+                     "--height", "90", "--out", str(out), "--quant", "none"])
+    assert code == 0
+    assert "width 100 snapped to 96" in capsys.readouterr().err
+    assert Image.open(out).size == (96, 96)
+
+
+def test_no_model_and_no_local_weights_uses_the_tiny_demo_with_a_notice(tmp_path, capsys, tiny_root):
+    out = tmp_path / "default.png"
+    assert cli.main(["generate", "--tool", "schnell", "--prompt", "x", "--out", str(out), "--quant", "none"]) == 0
+    assert "running the offline demo model 'tiny'" in capsys.readouterr().err
+    assert read_metadata(out)["model"] == "tiny"
