@@ -160,7 +160,7 @@ class Studio:
     def _run(self, loaded, request: GenerationRequest, kwargs: dict, progress: Progress) -> np.ndarray:
         pipe = loaded.pipe
         steps = request.steps
-        pipe.set_progress_bar_config(disable=not self.show_progress, desc=f"{request.tool}", leave=False)
+        pipe.set_progress_bar_config(disable=not self.show_progress, desc=request.tool)
 
         def on_step(_pipe, index, _timestep, callback_kwargs):
             progress("denoise", index + 1, steps)

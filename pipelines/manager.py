@@ -21,7 +21,7 @@ import torch
 
 from quantization.apply import ComponentQuant, Fallback, quantize_with_fallback
 from quantization.config import QuantConfig
-from quantization.policy import AutoChoice, candidates, choose_auto_mode
+from quantization.policy import HEADROOM, RATIO, AutoChoice, candidates, choose_auto_mode
 from quantization.sizes import module_bytes
 
 from .device import empty_cache, free_memory, pick_device, pick_dtype
@@ -184,7 +184,7 @@ class ModelManager:
             loaded = self._pipelines.get(key)
             if loaded is None:
                 self._drop_other_modes(str(root), resolved)
-                self._make_room(root)
+                self._make_room(root, resolved)
                 loaded = self._load_pipeline(key, root, resolved, auto, progress)
                 self._pipelines[key] = loaded
             loaded.last_used = time.monotonic()
@@ -288,15 +288,22 @@ class ModelManager:
     def loaded_bytes(self) -> int:
         return sum(c.bytes for c in self._components.values())
 
-    def _make_room(self, root: Path) -> None:
-        if self.budget_bytes is None:
-            return
-        need = sum(self.estimate_bytes(root))
+    def _fits(self, need: int) -> bool:
+        if self.budget_bytes is not None:
+            return self.loaded_bytes() + need <= self.budget_bytes
+        free = self._free_memory(self.device)
+        return free is None or need * HEADROOM <= free
+
+    def _make_room(self, root: Path, mode: str) -> None:
+        """Unload least recently used pipelines until the new one fits the budget (or free memory)."""
+        quantizable, other = self.estimate_bytes(root)
+        need = int(quantizable * RATIO[mode] + other)
         for key in sorted(self._pipelines, key=lambda k: self._pipelines[k].last_used):
-            if self.loaded_bytes() + need <= self.budget_bytes:
+            if self._fits(need):
                 break
+            log.info("unloading %s to make room", key)
             self._unload(key)
-        empty_cache(self.device)
+            empty_cache(self.device)
 
     def _enforce_budget(self, keep: tuple) -> None:
         if self.budget_bytes is None:

@@ -12,6 +12,7 @@ from pipelines.images import read_metadata
 from pipelines.request import GenerationRequest
 from quantization.policy import candidates
 from quantization.registry import backend_for
+from tests.conftest import make_photo
 
 MODES = ["none", "8bit", "4bit", "auto"]
 
@@ -250,3 +251,18 @@ def test_check_output_rejects_nan_and_flat_images(pixels):
 def test_report_is_json_serialisable(studio):
     result = studio.generate(GenerationRequest(tool="schnell", prompt="x", model="tiny", quant="4bit", seed=1))
     assert json.loads(json.dumps(result.report))["quantization"]["requested"] == "4bit"
+
+
+def test_without_a_budget_pipelines_are_unloaded_when_free_memory_runs_short(tiny_root):
+    from pipelines.engine import Studio
+    from pipelines.manager import ModelManager
+
+    free = {"bytes": 10**12}
+    manager = ModelManager(device="cpu", free_memory_fn=lambda device: free["bytes"])
+    studio = Studio(manager)
+    studio.generate(GenerationRequest(tool="dev", prompt="x", model="tiny", quant="none", seed=1))
+    studio.generate(GenerationRequest(tool="canny", prompt="x", model="tiny", quant="none", image=make_photo(), seed=1))
+    assert len(manager._pipelines) == 2
+    free["bytes"] = 1000  # nothing fits any more: everything older than the new pipeline goes
+    studio.generate(GenerationRequest(tool="schnell", prompt="x", model="tiny", quant="none", seed=1))
+    assert [key[0].rsplit("/", 1)[-1] for key in manager._pipelines] == ["schnell"]

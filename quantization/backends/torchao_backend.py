@@ -24,13 +24,13 @@ class TorchAoBackend(Backend):
     def quantize(self, module, config, device, dtype):
         from torchao.quantization import Int8DynamicActivationInt8WeightConfig, Int8WeightOnlyConfig, quantize_
 
-        wanted = {id(linear) for _, linear in quantizable_linears(module)}
-        if not wanted:
+        layers = quantizable_linears(module)
+        if not layers:
             raise RuntimeError("no Linear layer to quantize")
         ao_config = Int8DynamicActivationInt8WeightConfig() if config.kind == "int8_dynamic" else Int8WeightOnlyConfig()
-        module = module.to(device)
-        quantize_(module, ao_config, filter_fn=lambda m, fqn: id(m) in wanted)
-        return module
+        for _, linear in layers:  # one layer at a time, so the device never holds the full-precision model
+            quantize_(linear.to(device), ao_config, filter_fn=lambda m, fqn: True)
+        return module.to(device)
 
     def is_quantized_layer(self, layer):
         from torch.utils._python_dispatch import is_traceable_wrapper_subclass
