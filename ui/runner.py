@@ -1,0 +1,134 @@
+"""Runs one job for a tab: checks the request, drives the engine with progress, saves, reports.
+
+Every error a user can see passes through here: a UserError becomes a gr.Error with its message,
+anything unexpected a gr.Error with a short line (the traceback stays in the server log).
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+import gradio as gr
+
+from pipelines import defaults
+from pipelines.engine import GenerationResult, Studio
+from pipelines.errors import UserError
+from pipelines.request import GenerationRequest
+
+from . import text
+from .outputs import OutputFolder
+from .settings import HISTORY_LIMIT
+
+log = logging.getLogger(__name__)
+
+STAGE_TEXT = {"load": "Loading model", "quantize": "Quantizing weights", "denoise": "Denoising"}
+
+
+@dataclass
+class Outcome:
+    """One finished run, ready for a tab's result panel."""
+
+    path: Path
+    result: GenerationResult
+    request: GenerationRequest
+
+    @property
+    def caption(self) -> str:
+        q = self.result.report["quantization"]
+        return f"{self.request.tool} · seed {self.request.seed} · {text.QUANT_LABELS.get(q['resolved'], q['resolved'])}"
+
+
+def pick_seed(seed, randomize: bool) -> int | None:
+    """The seed to use: a fresh one when `randomize`, else the number given (checked by the request)."""
+    if randomize or seed is None or seed == "":
+        return secrets.randbelow(defaults.SEED_MAX + 1)
+    return seed
+
+
+def user_error(message: str) -> gr.Error:
+    return gr.Error(message, print_exception=False)
+
+
+class Runner:
+    """Shared by every tab of one studio: the engine, the models per tool and the output folder."""
+
+    def __init__(self, studio: Studio, models: dict[str, str], output: OutputFolder):
+        self.studio = studio
+        self.models = models
+        self.output = output
+
+    def request(self, tool: str, **fields) -> GenerationRequest:
+        """A checked request; bad input raises gr.Error with the request's message."""
+        try:
+            return GenerationRequest(tool=tool, model=self.models[tool], **fields)
+        except UserError as error:
+            raise user_error(str(error)) from None
+
+    def run(self, request: GenerationRequest, progress=None, label: str = "") -> Outcome:
+        """Generate, save the PNG (metadata included) and return the outcome; errors become gr.Error."""
+        report = _progress_adapter(progress, label)
+        try:
+            result = self.studio.generate(request, report)
+            path = self.output.save(result, request.tool, request.seed)
+        except gr.Error:
+            raise
+        except UserError as error:
+            raise user_error(str(error)) from None
+        except Exception as error:  # never a traceback in the browser
+            log.exception("generation failed (%s)", request.tool)
+            raise gr.Error(f"Generation failed ({type(error).__name__}). The server log has the details; "
+                           "try fewer steps, a smaller size, or another quantization mode.",
+                           print_exception=False) from None
+        if result.fallbacks:
+            gr.Warning("Quantization fell back: " + "; ".join(text.fallback_lines(result.fallbacks)[:3]),
+                       duration=15)
+        return Outcome(path, result, request)
+
+
+def _progress_adapter(progress, label: str):
+    """Engine progress (stage, done, total) -> gr.Progress: stages as text, denoising per step."""
+    prefix = f"{label}: " if label else ""
+
+    def report(stage: str, done: int, total: int) -> None:
+        if progress is None:
+            return
+        desc = prefix + STAGE_TEXT.get(stage, stage)
+        if stage == "denoise":
+            progress((done, total), desc=desc, unit="steps")
+        elif stage == "load":
+            progress((done, total), desc=desc, unit="components")
+        else:
+            progress(None, desc=desc)
+
+    return report
+
+
+# ---- history (per browser session, kept in gr.State) -------------------------------------------------
+
+def add_history(history: list | None, outcomes: list[Outcome]) -> list:
+    """Newest first, bounded; items are (path, caption) pairs."""
+    items = [(str(o.path), o.caption) for o in reversed(outcomes)]
+    return (items + list(history or []))[:HISTORY_LIMIT]
+
+
+def panel_values(outcomes: list[Outcome], history: list | None) -> tuple:
+    """Values for a result panel: image, download, status, warning, notices, gallery, history state."""
+    last = outcomes[-1]
+    history = add_history(history, outcomes)
+    fallbacks = [f for o in outcomes for f in o.result.fallbacks]
+    warning = text.warning_html(fallbacks, last.result.report["quantization"]["components"])
+    notices = []
+    for o in outcomes:
+        notices += [n for n in o.result.notices if n not in notices]
+    return (
+        str(last.path),
+        gr.update(value=str(last.path), visible=True),
+        text.status_html(last.result.report, last.path.name),
+        gr.update(value=warning, visible=bool(warning)),
+        gr.update(value=text.notices_html(notices)),
+        history,
+        history,
+    )

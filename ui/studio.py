@@ -1,0 +1,111 @@
+"""Builds and serves the studio: one tab per tool plus System, one job at a time on the device."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import gradio as gr
+
+from .gpu import gpu_decorator
+from .settings import Settings, on_space
+
+log = logging.getLogger(__name__)
+
+TITLE = "FluxForge Studio"
+TABS = (("Generate", "generate"), ("Fill", "fill"), ("Kontext", "kontext"), ("Depth", "depth"),
+        ("Canny", "canny"), ("Redux", "redux"))
+
+
+def pick_models(model: str | None) -> tuple[dict[str, str], list[str], bool]:
+    """The model per tool: `model` for all, else each tool's default; and the tools that run `tiny`."""
+    from pipelines import defaults
+    from pipelines.sources import default_model
+
+    models = {tool: model if model else default_model(tool)[0] for tool in defaults.TOOLS}
+    tiny_tools = [tool for tool, name in models.items() if name == defaults.TINY_MODEL]
+    return models, tiny_tools, bool(model)
+
+
+def create_demo(manager=None, model: str | None = None, device: str | None = None, api: bool = False,
+                output_dir: str | Path | None = None) -> gr.Blocks:
+    """The studio's Blocks, not launched. Nothing is loaded here: models load on a tool's first run."""
+    gpu = gpu_decorator()  # first, so `spaces` is imported before CUDA is touched on ZeroGPU
+    from pipelines.engine import Studio
+    from pipelines.manager import ModelManager
+
+    from . import text
+    from .outputs import OutputFolder
+    from .runner import Runner
+    from .tabs import control, fill, generate, kontext, redux, system
+    from .widgets import TabContext
+
+    settings = Settings(api=api)
+    if output_dir is not None:
+        settings.output_dir = Path(output_dir).expanduser().resolve()
+    manager = manager or ModelManager(device=device)
+    models, tiny_tools, explicit = pick_models(model)
+    runner = Runner(Studio(manager), models, OutputFolder(settings.output_dir, settings.keep))
+    ctx = TabContext(runner=runner, device_type=manager.device.type, api=api, gpu=gpu, models=models)
+
+    with gr.Blocks(title=TITLE, delete_cache=(3600, 6 * 3600)) as demo:
+        gr.HTML(f"<div id='ff-header'><h1>{TITLE}</h1><span class='ff-sub'>FLUX.1 image tools, quantized to fit "
+                f"your memory · {manager.device.type.upper()} · {str(manager.dtype).replace('torch.', '')}"
+                "</span></div>")
+        banner = text.demo_banner(tiny_tools, explicit)
+        if banner:
+            gr.HTML(banner, elem_id="ff-demo-banner")
+        with gr.Tabs(elem_id="ff-tabs"):
+            with gr.Tab("Generate", id="generate", elem_id="tab-generate"):
+                generate.build(ctx)
+            with gr.Tab("Fill", id="fill", elem_id="tab-fill"):
+                fill.build(ctx)
+            with gr.Tab("Kontext", id="kontext", elem_id="tab-kontext"):
+                kontext.build(ctx)
+            with gr.Tab("Depth", id="depth", elem_id="tab-depth"):
+                control.build(ctx, "depth")
+            with gr.Tab("Canny", id="canny", elem_id="tab-canny"):
+                control.build(ctx, "canny")
+            with gr.Tab("Redux", id="redux", elem_id="tab-redux"):
+                redux.build(ctx)
+            with gr.Tab("System", id="system", elem_id="tab-system") as system_tab:
+                system.build(ctx, system_tab)
+    demo.queue(max_size=settings.queue_size, api_open=api, default_concurrency_limit=1)
+    demo.studio_settings = settings
+    demo.studio_manager = manager
+    return demo
+
+
+def launch_options(demo: gr.Blocks) -> dict:
+    """launch() arguments that keep a studio safe by default (and carry its look)."""
+    from .theme import CSS, theme
+
+    settings: Settings = demo.studio_settings
+    settings.output_dir.mkdir(parents=True, exist_ok=True)
+    return {
+        "theme": theme(),
+        "css": CSS,
+        "max_file_size": settings.max_file_size,
+        "allowed_paths": [str(settings.output_dir)],
+        "footer_links": ["api", "gradio", "settings"] if settings.api else ["gradio", "settings"],
+        "mcp_server": False,
+        "show_error": False,
+    }
+
+
+def serve(demo: gr.Blocks, host: str | None = "127.0.0.1", port: int | None = 7860, share: bool = False,
+          **kwargs):
+    """Launch `demo` with the safe defaults; on a Space the host and port come from the Space."""
+    if on_space():
+        host = port = None  # GRADIO_SERVER_NAME / GRADIO_SERVER_PORT, set by the Space
+    return demo.launch(server_name=host, server_port=port, share=share, **launch_options(demo), **kwargs)
+
+
+def launch(args) -> int:
+    """`python app.py`: serve the studio until interrupted."""
+    from cli import quiet_libraries
+
+    quiet_libraries()
+    demo = create_demo(model=args.model, device=args.device, api=args.api)
+    serve(demo, host=args.host, port=args.port, share=args.share)
+    return 0

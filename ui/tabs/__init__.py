@@ -1,0 +1,1 @@
+"""One module per tool tab; each has build(ctx)."""

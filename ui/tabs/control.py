@@ -1,0 +1,128 @@
+"""Depth and Canny: a photo, its control map beside it (computed, or a ready-made one uploaded)."""
+
+from __future__ import annotations
+
+import gradio as gr
+
+from pipelines import defaults, tiny
+from pipelines.control_maps import canny_map, depth_map, load_depth_estimator
+from pipelines.errors import UserError
+from pipelines.sources import resolve_aux, resolve_model
+
+from ..images import asset
+from ..runner import panel_values, pick_seed, user_error
+from ..settings import DEVICE_QUEUE
+from ..widgets import TabContext, result_panel, settings, size_values, wire
+
+FROM_PHOTO, UPLOADED = "photo", "upload"
+PROMPTS = {"depth": "a cozy reading nook, warm afternoon light, film photo",
+           "canny": "a watercolor painting of a sailing boat on a calm bay"}
+EXAMPLES = {"depth": "example-house.png", "canny": "example-boat.png"}
+
+
+def depth_preview(ctx: TabContext, photo):
+    """The depth map of `photo`, with the estimator the Depth tool uses (loaded once, shared)."""
+    manager = ctx.runner.studio.manager
+    source = resolve_model(ctx.models["depth"], "depth")
+    path = resolve_aux(source, defaults.DEPTH_ESTIMATOR_ID, tiny.DEPTH_ESTIMATOR_DIR)
+    with manager.lock:
+        estimator = manager.aux(("depth", str(path)), lambda: load_depth_estimator(path, manager.device))
+        return depth_map(photo.convert("RGB"), estimator)
+
+
+def build(ctx: TabContext, tool: str) -> None:
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=5, min_width=380):
+            with gr.Row(equal_height=True):
+                photo = gr.Image(label="Input photo", type="pil", sources=["upload", "clipboard"], height=230,
+                                 elem_id=f"{tool}-image")
+                control = gr.Image(label=f"{tool.capitalize()} map", type="pil", sources=["upload", "clipboard"],
+                                   height=230, interactive=False, elem_id=f"{tool}-map")
+            source = gr.Radio([("Compute from the photo", FROM_PHOTO), ("Upload a ready-made map", UPLOADED)],
+                              value=FROM_PHOTO, label="Control map", elem_id=f"{tool}-source")
+            if tool == "canny":
+                with gr.Row():
+                    low = gr.Slider(0, 255, value=defaults.CANNY_LOW, step=1, label="Canny low threshold",
+                                    elem_id="canny-low")
+                    high = gr.Slider(0, 255, value=defaults.CANNY_HIGH, step=1, label="Canny high threshold",
+                                     elem_id="canny-high")
+                preview = None
+            else:
+                low = high = None
+                preview = gr.Button("Preview depth map", size="sm", elem_id="depth-preview")
+            prompt = gr.Textbox(label="Prompt", lines=2, max_lines=6, elem_id=f"{tool}-prompt",
+                                placeholder="What the image should show, following the map's structure…")
+            button = gr.Button("Generate", variant="primary", size="lg", elem_id=f"{tool}-run")
+            options = settings(ctx, tool, from_image=True)
+            gr.Examples([[asset(EXAMPLES[tool]), PROMPTS[tool]]], [photo, prompt], label="Example")
+        with gr.Column(scale=6, min_width=420):
+            panel = result_panel(tool)
+
+    # ---- the control map beside the photo --------------------------------------------------------------
+    def switch_source(choice):
+        uploading = choice == UPLOADED
+        return gr.update(interactive=uploading, value=None)
+
+    source.change(switch_source, source, control, queue=False, api_visibility="private", show_progress="hidden")
+
+    if tool == "canny":
+        def canny_preview(image, choice, lo, hi):
+            if choice != FROM_PHOTO:
+                return gr.skip()
+            if image is None:
+                return None
+            if lo > hi:
+                raise user_error(f"Canny low threshold ({lo:g}) is above the high one ({hi:g}); swap them.")
+            return canny_map(image, int(lo), int(hi))
+
+        preview_inputs = [photo, source, low, high]
+        for trigger in (photo.change, low.release, high.release, source.change):
+            trigger(canny_preview, preview_inputs, control, queue=False, api_visibility="private",
+                    show_progress="hidden")
+    else:
+        def run_preview(image, choice):
+            if choice != FROM_PHOTO:
+                raise user_error("The map is uploaded: switch to 'Compute from the photo' to preview one.")
+            if image is None:
+                raise user_error("Upload a photo first.")
+            try:
+                return depth_preview(ctx, image)
+            except UserError as error:
+                raise user_error(str(error)) from None
+
+        photo.change(lambda image, choice: None if choice == FROM_PHOTO else gr.skip(), [photo, source], control,
+                     queue=False, api_visibility="private", show_progress="hidden")
+        preview.click(ctx.gpu(run_preview), [photo, source], control, api_visibility="private",
+                      concurrency_id=DEVICE_QUEUE, concurrency_limit=1)
+
+    # ---- generation ------------------------------------------------------------------------------------
+    def fields(image, map_image, choice, prompt, lo, hi, steps, guidance, quant, match, width, height, seed,
+               randomize):
+        control_image = None
+        if choice == UPLOADED:
+            if map_image is None:
+                raise user_error(f"Upload a {tool} map, or switch to 'Compute from the photo'.")
+            control_image = map_image
+            image = image if image is not None else map_image  # the map alone sets the size
+        elif image is None:
+            raise user_error(f"Upload a photo: the {tool} map is computed from it.")
+        width, height = size_values(match, width, height)
+        extra = {} if lo is None else {"canny_low": int(lo), "canny_high": int(hi)}
+        return dict(prompt=prompt or "", quant=quant, image=image, control_image=control_image, width=width,
+                    height=height, steps=steps, guidance=guidance, seed=pick_seed(seed, randomize), **extra)
+
+    def check(image, map_image, choice, prompt, lo, hi, *rest):
+        ctx.runner.request(tool, **fields(image, map_image, choice, prompt, lo, hi, *rest[:-1]))
+
+    def run(image, map_image, choice, prompt, lo, hi, steps, guidance, quant, match, width, height, seed,
+            randomize, history, progress=gr.Progress()):
+        request = ctx.runner.request(tool, **fields(image, map_image, choice, prompt, lo, hi, steps, guidance,
+                                                    quant, match, width, height, seed, randomize))
+        outcome = ctx.runner.run(request, progress)
+        shown = outcome.result.control_image if choice == FROM_PHOTO else gr.skip()
+        return (*panel_values([outcome], history), request.seed, shown)
+
+    thresholds = [low, high] if tool == "canny" else [gr.State(None), gr.State(None)]
+    inputs = [photo, control, source, prompt, *thresholds, *options.inputs(), panel.history]
+    wire(ctx, button, check, run, inputs, [*panel.outputs(), options.seed, control], api_name=tool)
+

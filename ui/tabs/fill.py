@@ -1,0 +1,78 @@
+"""Fill: inpaint with a brush-drawn mask, or outpaint by growing the canvas; optional Redux reference."""
+
+from __future__ import annotations
+
+import gradio as gr
+
+from pipelines import defaults
+
+from ..images import asset, editor_image, editor_mask, expand_values
+from ..runner import panel_values, pick_seed, user_error
+from ..widgets import TabContext, result_panel, settings, size_values, wire
+
+INPAINT, OUTPAINT = "inpaint", "outpaint"
+
+
+def build(ctx: TabContext) -> None:
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=5, min_width=380):
+            mode = gr.Radio([("Inpaint: paint what to repaint", INPAINT), ("Outpaint: grow the canvas", OUTPAINT)],
+                            value=INPAINT, label="Mode", elem_id="fill-mode")
+            editor = gr.ImageEditor(
+                label="Image (paint the area to repaint: white = repaint)", type="pil", image_mode="RGBA",
+                sources=["upload", "clipboard"], transforms=(), height=360, elem_id="fill-editor",
+                brush=gr.Brush(colors=["#ffffff"], default_color="#ffffff", color_mode="fixed", default_size=24),
+                eraser=gr.Eraser(default_size=24), layers=gr.LayerOptions(allow_additional_layers=False,
+                                                                            layers=["Mask"]))
+            with gr.Group(visible=False) as grow:
+                gr.Markdown("Pixels to add on each side (the new border is generated).", elem_classes=["ff-note"])
+                with gr.Row():
+                    sides = [gr.Number(value, label=name, precision=0, minimum=0, maximum=defaults.EXPAND_MAX,
+                                       step=16, elem_id=f"fill-expand-{name.lower()}", min_width=70)
+                             for name, value in (("Left", 0), ("Top", 0), ("Right", 64), ("Bottom", 0))]
+            prompt = gr.Textbox(label="Prompt", lines=2, max_lines=6, elem_id="fill-prompt",
+                                placeholder="What should appear in the painted area…")
+            with gr.Accordion("Reference image (optional, Redux-steered fill)", open=False):
+                reference = gr.Image(label="Reference", type="pil", sources=["upload", "clipboard"], height=160,
+                                     elem_id="fill-reference")
+            button = gr.Button("Fill", variant="primary", size="lg", elem_id="fill-run")
+            options = settings(ctx, "fill", from_image=True)
+            gr.Examples([[asset("example-room.png"), "a potted plant on the table"]], [editor, prompt],
+                        label="Example")
+        with gr.Column(scale=6, min_width=420):
+            panel = result_panel("fill")
+
+    mode.change(lambda m: gr.update(visible=m == OUTPAINT), mode, grow, queue=False, api_visibility="private",
+                show_progress="hidden")
+
+    def fields(mode, editor, left, top, right, bottom, prompt, reference, steps, guidance, quant, match, width,
+               height, seed, randomize):
+        image = editor_image(editor)
+        if image is None:
+            raise user_error("Upload an image to fill first.")
+        if mode == OUTPAINT:
+            expand = expand_values(left, top, right, bottom)
+            if not any(expand):
+                raise user_error("Outpaint: choose how many pixels to add on at least one side.")
+            mask = None
+        else:
+            expand = None
+            mask = editor_mask(editor, image.size)
+            if mask is None:
+                raise user_error("No mask drawn: paint over the area to repaint with the brush (white = repaint).")
+        width, height = size_values(match, width, height)
+        return dict(prompt=prompt or "", quant=quant, image=image, mask=mask, expand=expand, reference=reference,
+                    width=width, height=height, steps=steps, guidance=guidance, seed=pick_seed(seed, randomize))
+
+    def check(*args):
+        ctx.runner.request("fill", **fields(*args[:-1]))
+
+    def run(mode, editor, left, top, right, bottom, prompt, reference, steps, guidance, quant, match, width, height,
+            seed, randomize, history, progress=gr.Progress()):
+        request = ctx.runner.request("fill", **fields(mode, editor, left, top, right, bottom, prompt, reference,
+                                                      steps, guidance, quant, match, width, height, seed, randomize))
+        outcome = ctx.runner.run(request, progress)
+        return (*panel_values([outcome], history), request.seed)
+
+    inputs = [mode, editor, *sides, prompt, reference, *options.inputs(), panel.history]
+    wire(ctx, button, check, run, inputs, [*panel.outputs(), options.seed], api_name="fill")

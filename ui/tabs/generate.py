@@ -1,0 +1,57 @@
+"""Generate: text to image with FLUX.1 [schnell] or [dev]."""
+
+from __future__ import annotations
+
+import gradio as gr
+
+from .. import text
+from ..runner import panel_values, pick_seed, user_error
+from ..widgets import TabContext, result_panel, settings, wire
+
+VARIANTS = ("schnell", "dev")
+EXAMPLES = [
+    "a lighthouse on a cliff at dusk, warm light in the windows, long exposure sea",
+    "studio photo of a ceramic teapot shaped like a snail, soft shadows",
+    "isometric pixel-art city block at night with neon signs",
+]
+
+
+def build(ctx: TabContext) -> None:
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=5, min_width=380):
+            variant = gr.Radio([(text.TOOL_TITLES[v], v) for v in VARIANTS], value="schnell", label="Model",
+                               elem_id="generate-variant",
+                               info="schnell: 4 steps, no guidance. dev: more steps, follows the prompt closer.")
+            prompt = gr.Textbox(label="Prompt", lines=3, max_lines=8, elem_id="generate-prompt",
+                                placeholder="Describe the image…")
+            button = gr.Button("Generate", variant="primary", size="lg", elem_id="generate-run")
+            options = settings(ctx, "schnell")
+            gr.Examples([[p] for p in EXAMPLES], [prompt], label="Example prompts")
+        with gr.Column(scale=6, min_width=420):
+            panel = result_panel("generate")
+
+    def switch(tool):
+        d = ctx.defaults(tool)
+        return d.steps, d.guidance, d.width, d.height
+
+    variant.change(switch, variant, [options.steps, options.guidance, options.width, options.height],
+                   queue=False, api_visibility="private", show_progress="hidden")
+
+    def check(tool, prompt, steps, guidance, quant, width, height, seed, randomize, history):
+        if tool not in VARIANTS:
+            raise user_error(f"Choose FLUX.1 schnell or dev (got {tool!r}).")
+        if not (prompt or "").strip():
+            raise user_error("Write a prompt first: describe the image you want.")
+        ctx.runner.request(tool, prompt=prompt, quant=quant, width=width, height=height, steps=steps,
+                           guidance=guidance, seed=pick_seed(seed, randomize))
+
+    def run(tool, prompt, steps, guidance, quant, width, height, seed, randomize, history,
+            progress=gr.Progress()):
+        check(tool, prompt, steps, guidance, quant, width, height, seed, randomize, history)
+        request = ctx.runner.request(tool, prompt=prompt, quant=quant, width=width, height=height, steps=steps,
+                                     guidance=guidance, seed=pick_seed(seed, randomize))
+        outcome = ctx.runner.run(request, progress)
+        return (*panel_values([outcome], history), request.seed)
+
+    inputs = [variant, prompt, *options.inputs(), panel.history]
+    wire(ctx, button, check, run, inputs, [*panel.outputs(), options.seed], api_name="generate")

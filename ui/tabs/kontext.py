@@ -1,0 +1,46 @@
+"""Kontext: edit an image with an instruction."""
+
+from __future__ import annotations
+
+import gradio as gr
+
+from ..images import asset
+from ..runner import panel_values, pick_seed, user_error
+from ..widgets import TabContext, result_panel, settings, size_values, wire
+
+
+def build(ctx: TabContext) -> None:
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=5, min_width=380):
+            image = gr.Image(label="Input image", type="pil", sources=["upload", "clipboard"], height=300,
+                             elem_id="kontext-image")
+            prompt = gr.Textbox(label="Edit instruction", lines=2, max_lines=6, elem_id="kontext-prompt",
+                                placeholder="e.g. make it night time, keep the house unchanged")
+            button = gr.Button("Edit", variant="primary", size="lg", elem_id="kontext-run")
+            options = settings(ctx, "kontext", from_image=True)
+            gr.Examples([[asset("example-house.png"), "make it a snowy winter night, lights on in the windows"]],
+                        [image, prompt], label="Example")
+        with gr.Column(scale=6, min_width=420):
+            panel = result_panel("kontext")
+
+    def fields(image, prompt, steps, guidance, quant, match, width, height, seed, randomize):
+        if image is None:
+            raise user_error("Kontext edits an image: upload an input image first.")
+        if not (prompt or "").strip():
+            raise user_error("Write an edit instruction, e.g. 'make it night time'.")
+        width, height = size_values(match, width, height)
+        return dict(prompt=prompt, quant=quant, image=image, width=width, height=height, steps=steps,
+                    guidance=guidance, seed=pick_seed(seed, randomize))
+
+    def check(*args):
+        ctx.runner.request("kontext", **fields(*args[:-1]))
+
+    def run(image, prompt, steps, guidance, quant, match, width, height, seed, randomize, history,
+            progress=gr.Progress()):
+        request = ctx.runner.request("kontext", **fields(image, prompt, steps, guidance, quant, match, width,
+                                                         height, seed, randomize))
+        outcome = ctx.runner.run(request, progress)
+        return (*panel_values([outcome], history), request.seed)
+
+    inputs = [image, prompt, *options.inputs(), panel.history]
+    wire(ctx, button, check, run, inputs, [*panel.outputs(), options.seed], api_name="kontext")

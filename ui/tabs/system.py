@@ -1,0 +1,111 @@
+"""System: device, libraries, usable backends (the doctor report), loaded models, unload, offload options."""
+
+from __future__ import annotations
+
+import html
+
+import gradio as gr
+
+from pipelines.manager import OFFLOAD_MODES
+from quantization.doctor import doctor_report
+
+from ..settings import DEVICE_QUEUE
+from ..widgets import TabContext
+
+OFFLOAD_LABELS = {"none": "None (everything on the device)", "model": "Model CPU offload (one model at a time)",
+                  "sequential": "Sequential CPU offload (layer by layer, lowest memory, slowest)"}
+
+
+def _mib(value: int) -> str:
+    return f"{value / 2**20:,.1f} MiB"
+
+
+def _table(headers: list[str], rows: list[list[str]], cls: str = "") -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td>{cell}</td>" for cell in row) + "</tr>" for row in rows)
+    return f"<table class='ff-table {cls}'><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def doctor_html(report: dict) -> tuple[str, str]:
+    """(device and libraries, backends and fallback chains) as HTML."""
+    libs = [[html.escape(name), html.escape(version) if version else "<span class='ff-no'>not installed</span>"]
+            for name, version in report["libraries"].items()]
+    left = (f"<div class='ff-kv'><b>Device</b> {html.escape(report['device'])} ({html.escape(report['device_name'])})"
+            f" · <b>dtype</b> {html.escape(report['dtype'])} · <b>Python</b> {html.escape(report['python'])}</div>"
+            + _table(["Library", "Version"], libs))
+    rows = []
+    for row in report["backends"]:
+        state = "<span class='ff-ok'>usable</span>" if row["usable"] else "<span class='ff-no'>not usable</span>"
+        rows.append([html.escape(row["backend"]), html.escape(row["mode"]), state, html.escape(row["reason"])])
+    chains = "".join(f"<li><b>{html.escape(mode)}</b>: {' → '.join(html.escape(c) for c in chain)}</li>"
+                     for mode, chain in report["policy"].items())
+    right = (_table(["Backend", "Mode", "Here", "Why not"], rows)
+             + f"<div class='ff-kv'><b>Fallback order on this device</b><ul>{chains}</ul></div>")
+    return left, right
+
+
+def loaded_html(rows: list[dict], total: int) -> str:
+    if not rows:
+        return "<div class='ff-muted'>No models are loaded. They load on the first run of a tool.</div>"
+    cells = [[html.escape(r["component"]), html.escape(r["class"]), html.escape(str(r["backend"])),
+              html.escape(str(r["mode"])), _mib(r["bytes"]), html.escape(", ".join(r["used_by"]))] for r in rows]
+    return (_table(["Component", "Class", "Backend", "Mode", "Memory", "Used by"], cells)
+            + f"<div class='ff-kv'><b>Total held by loaded models:</b> {_mib(total)}</div>")
+
+
+def build(ctx: TabContext, tab: gr.Tab) -> None:
+    manager = ctx.runner.studio.manager
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=1):
+            gr.Markdown("### This machine")
+            machine = gr.HTML("<div class='ff-muted'>Loading…</div>", elem_id="system-machine")
+        with gr.Column(scale=1):
+            gr.Markdown("### Quantization backends")
+            backends = gr.HTML("", elem_id="system-backends")
+    gr.Markdown("### Loaded models")
+    loaded = gr.HTML(loaded_html([], 0), elem_id="system-loaded")
+    with gr.Row():
+        refresh = gr.Button("Refresh", size="sm", elem_id="system-refresh")
+        unload = gr.Button("Unload all models", variant="stop", size="sm", elem_id="system-unload")
+    gr.Markdown("### Memory options")
+    with gr.Row(equal_height=True):
+        offload = gr.Radio([(OFFLOAD_LABELS[m], m) for m in OFFLOAD_MODES], value=manager.offload,
+                           label="CPU offload", elem_id="system-offload", scale=3,
+                           info="Lowers GPU memory by keeping weights in RAM until used; no effect on CPU.")
+        with gr.Column(scale=1, min_width=200):
+            tiling = gr.Checkbox(manager.vae_tiling, label="VAE tiling (large images, less memory)",
+                                 elem_id="system-vae-tiling")
+            slicing = gr.Checkbox(manager.vae_slicing, label="VAE slicing (decode one image at a time)",
+                                  elem_id="system-vae-slicing")
+    options_note = gr.HTML("", elem_id="system-options-note")
+
+    def show_doctor():
+        return doctor_html(doctor_report(manager.device, manager.dtype))
+
+    def show_loaded():
+        return loaded_html(manager.status(), manager.loaded_bytes())
+
+    def refresh_all():
+        return (*show_doctor(), show_loaded())
+
+    def unload_all():
+        freed = manager.unload()
+        gr.Info(f"Unloaded all models ({_mib(freed)} freed).")
+        return show_loaded()
+
+    def set_options(mode, tile, slice_):
+        manager.set_memory_options(offload=mode, vae_tiling=tile, vae_slicing=slice_)
+        note = "Applied: offload {}, VAE tiling {}, VAE slicing {}; they take effect from the next run.".format(
+            mode, "on" if tile else "off", "on" if slice_ else "off")
+        if mode != "none" and manager.device.type == "cpu":
+            note += " CPU offload has no effect here: this studio runs on the CPU."
+        return f"<div class='ff-muted'>{html.escape(note)}</div>"
+
+    outputs = [machine, backends, loaded]
+    refresh.click(refresh_all, None, outputs, queue=False, api_visibility="private")
+    tab.select(refresh_all, None, outputs, queue=False, api_visibility="private")
+    unload.click(unload_all, None, loaded, api_visibility="private", concurrency_id=DEVICE_QUEUE,
+                 concurrency_limit=1)
+    for control in (offload, tiling, slicing):
+        control.change(set_options, [offload, tiling, slicing], options_note, queue=False,
+                       api_visibility="private", show_progress="hidden")

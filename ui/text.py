@@ -1,0 +1,120 @@
+"""Texts the studio shows: quantization labels and hints, the status line, warnings and banners."""
+
+from __future__ import annotations
+
+import html
+
+from pipelines import defaults
+from quantization.policy import RATIO, candidates
+
+QUANT_LABELS = {"auto": "Auto", "none": "None", "8bit": "8-bit", "4bit": "4-bit"}
+QUANT_CHOICES = [(QUANT_LABELS[mode], mode) for mode in defaults.QUANT_MODES]
+
+TOOL_TITLES = {
+    "schnell": "FLUX.1 [schnell]",
+    "dev": "FLUX.1 [dev]",
+    "fill": "FLUX.1 Fill",
+    "kontext": "FLUX.1 Kontext",
+    "depth": "FLUX.1 Depth",
+    "canny": "FLUX.1 Canny",
+    "redux": "FLUX.1 Redux",
+}
+
+
+def _first_backend(mode: str, device_type: str) -> str:
+    return candidates(mode, device_type)[0].label
+
+
+def quant_hint(device_type: str) -> str:
+    """One line on the memory/speed trade-off of each mode on this kind of device."""
+    eight, four = round(RATIO["8bit"] * 100), round(RATIO["4bit"] * 100)
+    if device_type == "cuda":
+        return (f"GPU: Auto picks the largest precision that fits free VRAM. 8-bit ({_first_backend('8bit', 'cuda')}) "
+                f"keeps ~{eight}% of the weight memory, a little slower; 4-bit ({_first_backend('4bit', 'cuda')}) "
+                f"~{four}%, fits FLUX.1 on 12-16 GB cards at a small quality cost.")
+    if device_type == "mps":
+        return (f"Apple Silicon: 8-bit and 4-bit use {_first_backend('8bit', 'mps').split()[0]} (weight-only): "
+                f"~{eight}% / ~{four}% of the unified memory for weights, slower per step than bf16. "
+                "Auto picks what fits.")
+    return (f"CPU: Auto keeps full precision while RAM allows. 8-bit ({_first_backend('8bit', 'cpu')}) keeps "
+            f"~{eight}% of the weight RAM at about the same speed; 4-bit ({_first_backend('4bit', 'cpu')}) ~{four}%; "
+            "other backends are slower fallbacks.")
+
+
+def _mib(value: int | None) -> str:
+    if not value:
+        return "n/a"
+    if value >= 2**30:
+        return f"{value / 2**30:.2f} GiB"
+    return f"{value / 2**20:.0f} MiB"
+
+
+MEMORY_KINDS = {"cuda": "GPU peak allocated", "mps": "MPS driver peak", "cpu-rss": "process RSS peak"}
+COMPONENT_ORDER = ("transformer", "text_encoder_2", "text_encoder", "vae")
+
+
+def status_html(report: dict, path_name: str | None = None) -> str:
+    """The status line after a run: backend and mode per component, peak memory and times."""
+    quant = report["quantization"]
+    names = sorted(quant["components"], key=lambda n: (COMPONENT_ORDER.index(n) if n in COMPONENT_ORDER else 9, n))
+    parts = []
+    for name in names:
+        comp = quant["components"][name]
+        backend = "full precision" if comp["backend"] == "none" else comp["backend"]
+        parts.append(f"<span class='ff-chip'><b>{html.escape(name)}</b> {html.escape(backend)} "
+                     f"{html.escape(str(comp['mode']))}</span>")
+    timings = report["timings"]
+    memory = report["memory"]
+    params = report["parameters"]
+    requested = QUANT_LABELS.get(quant["requested"], quant["requested"])
+    resolved = QUANT_LABELS.get(quant["resolved"], quant["resolved"])
+    mode = requested if requested == resolved else f"{requested} → {resolved}"
+    head = (f"<b>{html.escape(TOOL_TITLES.get(report['tool'], report['tool']))}</b> · {params['width']}×"
+            f"{params['height']} · {params['steps']} steps · seed {report['seed']} · {html.escape(report['device'])} "
+            f"{html.escape(report['dtype'])} · quantization {html.escape(mode)}")
+    numbers = (f"peak {_mib(memory['peak_bytes'])} ({MEMORY_KINDS.get(memory['kind'], memory['kind'])}) · "
+               f"load {timings['load_s']:.2f} s · quantize {timings['quantize_s']:.2f} s · "
+               f"denoise {timings['denoise_s']:.2f} s · total {timings['total_s']:.2f} s")
+    saved = f" · saved {html.escape(path_name)}" if path_name else ""
+    return (f"<div class='ff-status'><div>{head}</div><div class='ff-chips'>{''.join(parts)}</div>"
+            f"<div class='ff-muted'>{numbers}{saved}</div></div>")
+
+
+def fallback_lines(fallbacks: list[dict]) -> list[str]:
+    return [f"{f['component']}: {f['backend']} {f['mode']} was not used ({f['reason']})" for f in fallbacks]
+
+
+def warning_html(fallbacks: list[dict], components: dict) -> str:
+    """The visible warning box shown in the tab when a quantization fell back."""
+    if not fallbacks:
+        return ""
+    used = ", ".join(f"{name} → {'full precision' if c['backend'] == 'none' else c['backend'] + ' ' + c['mode']}"
+                     for name, c in components.items() if name in {f["component"] for f in fallbacks})
+    items = "".join(f"<li>{html.escape(line)}</li>" for line in fallback_lines(fallbacks))
+    return (f"<div class='ff-warning' role='alert'><b>⚠ Quantization fell back.</b> Ran with: "
+            f"{html.escape(used)}.<ul>{items}</ul></div>")
+
+
+def notices_html(notices: list[str]) -> str:
+    keep = [n for n in notices if not n.startswith("Fallback:")]
+    if not keep:
+        return ""
+    items = "".join(f"<li>{html.escape(n)}</li>" for n in keep)
+    return f"<ul class='ff-notices'>{items}</ul>"
+
+
+def demo_banner(tiny_tools: list[str], explicit: bool = False) -> str:
+    """The banner shown when any tool runs the offline demo model `tiny`."""
+    if not tiny_tools:
+        return ""
+    if explicit:
+        why = "You started the studio with <code>--model tiny</code>, the offline demo model"
+    elif len(tiny_tools) == len(TOOL_TITLES):
+        why = "No FLUX.1 weights were found locally, so every tool runs <code>tiny</code>, the offline demo model"
+    else:
+        names = ", ".join(TOOL_TITLES[t] for t in tiny_tools)
+        why = (f"No FLUX.1 weights were found locally for {html.escape(names)}, so these run <code>tiny</code>, "
+               "the offline demo model")
+    return (f"<div class='ff-banner' role='status'><b>Offline demo model.</b> {why}: random weights, so images "
+            "look like noise; quantization, fallbacks, memory and metadata are real. Start with "
+            "<code>--model HUB_ID_OR_PATH</code> or download the official weights for real images.</div>")

@@ -1,0 +1,129 @@
+"""Controls every tool tab shares: settings (steps, guidance, quantization, size, seed) and the result panel."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import gradio as gr
+
+from pipelines import defaults
+
+from . import text
+
+
+@dataclass
+class TabContext:
+    """What a tab needs to build itself and wire its events."""
+
+    runner: object  # ui.runner.Runner
+    device_type: str
+    api: bool
+    gpu: object  # decorator for device work (spaces.GPU on ZeroGPU, else identity)
+    models: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def visibility(self) -> str:
+        return "public" if self.api else "private"
+
+    def defaults(self, tool: str) -> defaults.ToolDefaults:
+        return defaults.tool_defaults(tool, self.models[tool])
+
+
+@dataclass
+class Settings:
+    steps: gr.Slider
+    guidance: gr.Slider
+    quant: gr.Dropdown
+    width: gr.Slider
+    height: gr.Slider
+    seed: gr.Number
+    randomize: gr.Checkbox
+    match_input: gr.Checkbox | None = None
+
+    def inputs(self) -> list:
+        """In the order tab run functions take them: steps, guidance, quant, [match], width, height, seed, randomize."""
+        extra = [self.match_input] if self.match_input is not None else []
+        return [self.steps, self.guidance, self.quant, *extra, self.width, self.height, self.seed, self.randomize]
+
+
+def settings(ctx: TabContext, tool: str, from_image: bool = False) -> Settings:
+    """The settings accordion; the Quantization dropdown sits right after guidance."""
+    d = ctx.defaults(tool)
+    with gr.Accordion("Advanced settings", open=True, elem_classes=["ff-settings"]):
+        with gr.Row():
+            steps = gr.Slider(defaults.STEPS_MIN, defaults.STEPS_MAX, value=d.steps, step=1, label="Steps",
+                              elem_id=f"{tool}-steps")
+            guidance = gr.Slider(defaults.GUIDANCE_MIN, min(defaults.GUIDANCE_MAX, 50.0), value=d.guidance, step=0.5,
+                                 label="Guidance", elem_id=f"{tool}-guidance")
+        quant = gr.Dropdown(text.QUANT_CHOICES, value="auto", label="Quantization", elem_id=f"{tool}-quant",
+                            info=text.quant_hint(ctx.device_type), interactive=True, filterable=False)
+        match_input = None
+        if from_image:
+            match_input = gr.Checkbox(True, label="Output size from the input image", elem_id=f"{tool}-match")
+        with gr.Row():
+            width = gr.Slider(defaults.SIZE_MIN, defaults.SIZE_MAX, value=d.width, step=defaults.SIZE_STEP,
+                              label="Width", elem_id=f"{tool}-width", interactive=not from_image)
+            height = gr.Slider(defaults.SIZE_MIN, defaults.SIZE_MAX, value=d.height, step=defaults.SIZE_STEP,
+                               label="Height", elem_id=f"{tool}-height", interactive=not from_image)
+        with gr.Row(equal_height=True):
+            seed = gr.Number(0, label="Seed", precision=0, minimum=0, maximum=defaults.SEED_MAX,
+                             elem_id=f"{tool}-seed", scale=3)
+            randomize = gr.Checkbox(True, label="Randomize seed", elem_id=f"{tool}-randomize", scale=2)
+    if match_input is not None:
+        match_input.change(lambda on: (gr.update(interactive=not on), gr.update(interactive=not on)),
+                           match_input, [width, height], queue=False, api_visibility="private",
+                           show_progress="hidden")
+    return Settings(steps, guidance, quant, width, height, seed, randomize, match_input)
+
+
+def size_values(match_input: bool | None, width, height) -> tuple:
+    """(width, height) for the request: None lets the engine take the input image's size."""
+    if match_input:
+        return None, None
+    return width, height
+
+
+@dataclass
+class ResultPanel:
+    image: gr.Image
+    download: gr.DownloadButton
+    status: gr.HTML
+    warning: gr.HTML
+    notices: gr.HTML
+    gallery: gr.Gallery
+    history: gr.State
+
+    def outputs(self) -> list:
+        """In the order ui.runner.panel_values returns them."""
+        return [self.image, self.download, self.status, self.warning, self.notices, self.gallery, self.history]
+
+
+def result_panel(tool: str) -> ResultPanel:
+    image = gr.Image(label="Result", type="filepath", format="png", interactive=False, height=400,
+                     buttons=["download", "fullscreen"], elem_id=f"{tool}-result")
+    warning = gr.HTML("", visible=False, elem_id=f"{tool}-warning")
+    status = gr.HTML("<div class='ff-status ff-muted'>No image yet: the status of each run (backends per "
+                     "component, peak memory, times) appears here.</div>", elem_id=f"{tool}-status")
+    notices = gr.HTML("", elem_id=f"{tool}-notices")
+    download = gr.DownloadButton("Download PNG (with metadata)", visible=False, size="sm",
+                                 elem_id=f"{tool}-download")
+    gallery = gr.Gallery(label="Session history (newest first)", columns=6, height=150, allow_preview=True,
+                         object_fit="cover", elem_id=f"{tool}-history", interactive=False, format="png")
+    history = gr.State([])
+
+    def show(history_items, evt: gr.SelectData):
+        path = history_items[evt.index][0]
+        return path, gr.update(value=path, visible=True)
+
+    gallery.select(show, history, [image, download], queue=False, api_visibility="private",
+                   show_progress="hidden")
+    return ResultPanel(image, download, status, warning, notices, gallery, history)
+
+
+def wire(ctx: TabContext, button: gr.Button, check, run, inputs: list, outputs: list, api_name: str):
+    """Cheap checks first, outside the queue (bad input never waits for the device), then the job itself."""
+    from .settings import DEVICE_QUEUE
+
+    return button.click(check, inputs, None, queue=False, api_visibility="private", show_progress="hidden").success(
+        ctx.gpu(run), inputs, outputs, api_name=api_name, api_visibility=ctx.visibility,
+        concurrency_id=DEVICE_QUEUE, concurrency_limit=1)
