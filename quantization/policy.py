@@ -6,24 +6,47 @@ from dataclasses import dataclass
 
 from .config import (FULL_PRECISION, BitsAndBytesConfig, NoQuantConfig, QuantConfig, QuantoConfig,
                      TorchAoConfig)
+from .measured import CPU_STEP_RATIO, CPU_WEIGHT_RATIO
 
 MODES = ("auto", "none", "8bit", "4bit")
 
 # Candidates in order of preference; full precision always ends the chain.
-# MPS: quanto (never float8). CUDA: bitsandbytes. CPU: measured fastest first (bench/, REFERENCE.md):
-# torchao int8-dynamic and bitsandbytes NF4 ran at ~1.0x of bf16 on 2 cores; quanto and bnb int8 at 3.5-4.3x.
+# MPS: quanto (never float8). CUDA: bitsandbytes. CPU: ordered from measurements (cpu_order, below).
 POLICY: dict[tuple[str, str], tuple[QuantConfig, ...]] = {
     ("cuda", "8bit"): (BitsAndBytesConfig("int8"), TorchAoConfig("int8_weight_only"), QuantoConfig("int8")),
     ("cuda", "4bit"): (BitsAndBytesConfig("nf4"), QuantoConfig("int4")),
     ("mps", "8bit"): (QuantoConfig("int8"),),
     ("mps", "4bit"): (QuantoConfig("int4"),),
-    ("cpu", "8bit"): (TorchAoConfig("int8_dynamic"), QuantoConfig("int8"), BitsAndBytesConfig("int8")),
-    ("cpu", "4bit"): (BitsAndBytesConfig("nf4"), QuantoConfig("int4")),
 }
 
 # Weight bytes relative to bf16 (REFERENCE.md's physical floor plus scales).
 RATIO = {"none": 1.0, "8bit": 0.51, "4bit": 0.28}
 HEADROOM = 1.25  # activations, latents and the allocator's slack
+
+# CPU options per mode, in the order used where measurements tie or are missing.
+CPU_OPTIONS: dict[str, tuple[QuantConfig, ...]] = {
+    "8bit": (TorchAoConfig("int8_dynamic"), QuantoConfig("int8"), BitsAndBytesConfig("int8"),
+             TorchAoConfig("int8_weight_only")),
+    "4bit": (BitsAndBytesConfig("nf4"), QuantoConfig("int4")),
+}
+
+
+def cpu_order(mode: str, step_ratio: dict[tuple[str, str], float],
+              weight_ratio: dict[tuple[str, str], float]) -> tuple[QuantConfig, ...]:
+    """CPU candidates for ``mode``: options meeting RATIO[mode], fastest measured step first; then the rest.
+
+    ``step_ratio`` / ``weight_ratio``: (backend, mode) -> measured ratio to full precision (quantization/measured.py).
+    """
+    def key(config: QuantConfig) -> tuple:
+        name = (config.backend, config.mode)
+        meets = weight_ratio.get(name, float("inf")) <= RATIO[mode]
+        return (not meets, name not in step_ratio, step_ratio.get(name, 0.0))
+
+    return tuple(sorted(CPU_OPTIONS[mode], key=key))
+
+
+POLICY[("cpu", "8bit")] = cpu_order("8bit", CPU_STEP_RATIO, CPU_WEIGHT_RATIO)
+POLICY[("cpu", "4bit")] = cpu_order("4bit", CPU_STEP_RATIO, CPU_WEIGHT_RATIO)
 
 
 def candidates(mode: str, device_type: str) -> tuple[QuantConfig, ...]:

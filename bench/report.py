@@ -1,0 +1,203 @@
+"""Machine description, targets, Markdown table, PNG plot and the measured CPU table for the policy."""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+from pathlib import Path
+
+import torch
+
+from quantization.doctor import device_name, library_versions
+from quantization.policy import RATIO
+
+# Targets the numbers are checked against (the weight-ratio targets are the policy's RATIO).
+STEP_TARGET = 1.1  # auto on CPU: seconds per step relative to full precision
+ERROR_TARGET = {8: 1e-3, 4: 3e-2}  # transformer output, relative to full precision
+MEASURED_PATH = Path(__file__).resolve().parents[1] / "quantization" / "measured.py"
+
+
+def mode_of(bits: int) -> str:
+    return "8bit" if bits == 8 else "4bit"
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine(device: torch.device) -> dict:
+    import psutil
+
+    versions = library_versions()
+    info = {
+        "cpu": cpu_model(), "cores": os.cpu_count(), "threads": torch.get_num_threads(),
+        "ram_bytes": int(psutil.virtual_memory().total), "os": platform.platform(),
+        "python": platform.python_version(), "device": str(device), "device_name": device_name(device),
+        "versions": {name: versions.get(name) for name in
+                     ("torch", "diffusers", "transformers", "optimum-quanto", "bitsandbytes", "torchao")},
+    }
+    if device.type == "cuda":
+        info["gpu_memory_bytes"] = int(torch.cuda.get_device_properties(device).total_memory)
+    return info
+
+
+def machine_slug(info: dict) -> str:
+    """Short file-name form: cpu-2core, or the GPU's name."""
+    if info["device"].startswith("cpu"):
+        return f"cpu-{info['cores']}core"
+    return re.sub(r"[^a-z0-9]+", "-", info["device_name"].lower()).strip("-")
+
+
+def targets(records: list[dict]) -> list[dict]:
+    """Each target with what was measured and whether it was met."""
+    rows = []
+    by = {(r["component"], r["backend"], r["mode"]): r for r in records}
+    quantized = [r for r in records if r["bits"] < 16]
+    for r in quantized:
+        limit = RATIO[mode_of(r["bits"])]
+        rows.append({"target": f"{r['component']} {r['label']}: weight ratio <= {limit}",
+                     "measured": f"{r['weight_ratio']:.3f} (full depth est. {r['full_depth_weight_ratio']:.3f})",
+                     "met": r["weight_ratio"] <= limit})
+    for r in quantized:
+        if r["component"] != "transformer":
+            continue
+        limit = ERROR_TARGET[r["bits"]]
+        rows.append({"target": f"transformer {r['label']}: rel error <= {limit:g}",
+                     "measured": f"{r['rel_error']:.2e}", "met": r["rel_error"] <= limit})
+    for r in quantized:
+        if r["component"] != "transformer" or not r.get("auto") or not r["device"].startswith("cpu"):
+            continue
+        t5 = by.get(("text_encoder_2", r["backend"], r["mode"]))
+        limit = RATIO[mode_of(r["bits"])]
+        meets_ratio = r["weight_ratio"] <= limit and (t5 is None or t5["full_depth_weight_ratio"] <= limit)
+        rows.append({"target": f"auto {mode_of(r['bits'])} on CPU ({r['label']}): step <= {STEP_TARGET}x "
+                               f"full precision, weight ratio <= {limit}",
+                     "measured": f"{r['step_ratio']:.2f}x, transformer {r['weight_ratio']:.3f}"
+                                 + (f", T5 full depth est. {t5['full_depth_weight_ratio']:.3f}" if t5 else ""),
+                     "met": r["step_ratio"] <= STEP_TARGET and meets_ratio})
+    return rows
+
+
+def _bytes(value: int) -> str:
+    return f"{value / 1e9:.2f} GB" if value >= 1e9 else f"{value / 1e6:.1f} MB"
+
+
+def _num(value, fmt: str, none: str = "-") -> str:
+    return none if value is None else format(value, fmt)
+
+
+def markdown(result: dict) -> str:
+    info, shape = result["machine"], result["shape"]
+    lines = [
+        f"# Quantization benchmark: {result['preset']} on {result['slug']}",
+        "",
+        f"Machine: {info['device_name']} ({info['device']}), CPU {info['cpu']}, {info['cores']} cores, "
+        f"{info['ram_bytes'] / 2**30:.0f} GiB RAM; " + ", ".join(f"{k} {v}" for k, v in info["versions"].items()),
+        f"Date: {result['date']}; total run {result['total_s']:.0f} s; dtype {result['dtype']}; "
+        f"each option measured in {'its own process' if result['isolated'] else 'one shared process'}.",
+        f"Shapes: transformer {shape['double_blocks']} double + {shape['single_blocks']} single blocks, hidden "
+        f"{shape['hidden']} ({shape['heads']} x {shape['head_dim']}); T5 {shape['t5_layers']} layers, d_model "
+        f"{shape['joint_attention_dim']}, d_ff {shape['t5_d_ff']}; {shape['image_size']}x{shape['image_size']} "
+        f"({shape['image_tokens']} image + {shape['text_tokens']} text tokens), {shape['steps']} steps, seed "
+        f"{shape['seed']}.",
+        "",
+        "| component | backend | mode | auto | weights | ratio | ratio at full depth (est.) | load s | quantize s "
+        "| s/step | vs full | peak memory | rel error | PSNR dB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in result["records"]:
+        lines.append(
+            f"| {r['component']} | {r['backend']} | {r['mode']} | {r['auto_for'] or ''} | {_bytes(r['weight_bytes'])} "
+            f"| {r['weight_ratio']:.3f} | {r['full_depth_weight_ratio']:.3f} | {r['load_s']:.1f} "
+            f"| {r['quantize_s']:.1f} | {r['step_s']:.3f} | {r['step_ratio']:.2f}x "
+            f"| {r['peak_bytes'] / 2**30:.2f} GiB | {r['rel_error']:.2e} | {_num(r.get('psnr'), '.1f')} |")
+    lines += [
+        "",
+        "s/step: median seconds per transformer step (T5: per encode) after a warm-up; 'vs full' divides by the "
+        "full-precision median measured in the same process, steps interleaved. Peak memory: "
+        f"{result['records'][0]['memory_kind'] if result['records'] else ''} of the whole run of that option "
+        "(loading, quantizing, one encode and one step; both components held). Rel error: ||q - ref|| / ||ref|| "
+        "of one transformer output (T5: last hidden state) on the same inputs. PSNR: images decoded by a "
+        "random-weight FLUX-shaped VAE from the final latents of the quantized and full-precision trajectories. "
+        "Ratio at full depth: bytes per block measured here, extrapolated to 19 + 38 blocks and 24 T5 layers "
+        "(the T5 slice's ratio is dominated by its unquantized embedding).",
+    ]
+    floor = next((r["bf16_floor"] for r in result["records"] if r.get("bf16_floor") is not None), None)
+    if floor is not None:
+        lines.append(f"For scale: the bf16 transformer's output differs from the same weights computed in "
+                     f"float32 by {floor:.2e} (relative).")
+    lines += ["", "## Targets", "", "| target | measured | met |", "|---|---|---|"]
+    lines += [f"| {t['target']} | {t['measured']} | {'yes' if t['met'] else 'NO'} |" for t in result["targets"]]
+    int8_ok = [t for t in result["targets"] if "rel error <= 0.001" in t["target"] and t["met"]]
+    if not int8_ok and any("rel error <= 0.001" in t["target"] for t in result["targets"]):
+        lines.append("\nNo int8 option meets the rel error <= 1e-3 target here.")
+    if result["skipped"] or result["failed"]:
+        lines += ["", "## Not measured", ""]
+        lines += [f"- {s['backend']} {s['mode']}: skipped ({s['reason']})" for s in result["skipped"]]
+        lines += [f"- {f['backend']} {f['mode']}: failed ({f['error']})" for f in result["failed"]]
+    return "\n".join(lines) + "\n"
+
+
+def plot(result: dict, path: Path) -> None:
+    """Peak memory and transformer weight bytes against seconds per step, one point per option."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in result["records"] if r["component"] == "transformer"]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5))
+    panels = ((axes[0], "peak_bytes", 2**30, "peak memory of the run (GiB)"),
+              (axes[1], "weight_bytes", 1e9, "transformer weights (GB)"))
+    for axis, field, unit, label in panels:
+        for r in rows:
+            marker = "*" if r["auto_for"] else "o"
+            axis.scatter(r["step_s"], r[field] / unit, marker=marker, s=160 if r["auto_for"] else 50)
+            axis.annotate(f"{r['backend']} {r['mode']}" + (f" (auto {r['auto_for']})" if r["auto_for"] else ""),
+                          (r["step_s"], r[field] / unit), textcoords="offset points", xytext=(5, 5), fontsize=8)
+        axis.set_xlabel("seconds per transformer step (median)")
+        axis.set_ylabel(label)
+        axis.grid(alpha=0.3)
+    shape = result["shape"]
+    fig.suptitle(f"{result['slug']} {result['preset']}: {shape['double_blocks']}+{shape['single_blocks']} blocks, "
+                 f"{shape['image_tokens']} image tokens ({result['machine']['device_name']})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def measured_tables(records: list[dict]) -> tuple[dict, dict]:
+    """(backend, mode) -> step ratio and weight ratio of the transformer, for quantized options."""
+    rows = [r for r in records if r["component"] == "transformer" and r["bits"] < 16]
+    steps = {(r["backend"], r["mode"]): round(r["step_ratio"], 3) for r in rows}
+    weights = {(r["backend"], r["mode"]): round(r["weight_ratio"], 3) for r in rows}
+    return steps, weights
+
+
+def write_measured(records: list[dict], result: dict, path: Path = MEASURED_PATH) -> tuple[dict, dict]:
+    """Rewrite quantization/measured.py from the transformer records."""
+    steps, weights = measured_tables(records)
+    info, shape = result["machine"], result["shape"]
+
+    def table(name: str, values: dict) -> str:
+        body = "".join(f"    {key!r}: {value},\n" for key, value in sorted(values.items(), key=lambda kv: kv[1]))
+        return f"{name} = {{\n{body}}}\n"
+
+    text = (
+        '"""Transformer step-time and weight ratios to full precision, measured on a CPU.\n\n'
+        "Written by `python app.py bench --quick --update-policy`; policy.py orders the CPU chains from it.\n"
+        f"Machine: {info['cpu']}, {info['cores']} cores, torch {info['versions']['torch']}; {result['date']}.\n"
+        f"Slice: {shape['double_blocks']} double + {shape['single_blocks']} single blocks at hidden "
+        f"{shape['hidden']}, {shape['image_tokens']} image + {shape['text_tokens']} text tokens.\n"
+        '"""\n\n'
+        + table("CPU_STEP_RATIO", steps) + "\n" + table("CPU_WEIGHT_RATIO", weights)
+    )
+    Path(path).write_text(text)
+    return steps, weights

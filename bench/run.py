@@ -1,0 +1,250 @@
+"""`python app.py bench`: weight bytes, speed, memory and fidelity of every backend x mode on this device.
+
+  --quick  (default) CPU-sized slice at full width: 1 double + 2 single blocks, 2 T5 layers, 256 image tokens
+  --full   the real depth: 19 + 38 blocks, 24 T5 layers, 1024x1024, 28 steps of Dev (needs a large GPU)
+  --tiny   narrow models for tests
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import torch
+
+from .shapes import PRESETS
+
+REPO = Path(__file__).resolve().parents[1]
+FULL_GPU_FACTOR = 1.6  # the bf16 transformer and a quantized copy are held together, plus activations
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="app.py bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    size = parser.add_mutually_exclusive_group()
+    for name in PRESETS:
+        size.add_argument(f"--{name}", dest="preset", action="store_const", const=name)
+    parser.set_defaults(preset="quick")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 or mps (default: best available)")
+    parser.add_argument("--force", action="store_true", help="run --full without a CUDA device, or on a small GPU")
+    parser.add_argument("--only", default=None,
+                        help="comma list of backend:mode (e.g. torchao:int8_dynamic,quanto:int4); none:bf16 is "
+                             "always measured")
+    parser.add_argument("--json", default=None, help="write the records here, and the .md and .png beside it")
+    parser.add_argument("--update-policy", action="store_true",
+                        help="rewrite quantization/measured.py (the CPU policy's table) from this run")
+    parser.add_argument("--no-isolate", action="store_true",
+                        help="measure every option in this process (faster; peak memory is then cumulative)")
+    parser.add_argument("--cache", default=None, help="where the random-weight components are saved "
+                                                      "(default: the studio cache, bench-weights/)")
+    for field in ("double_blocks", "single_blocks", "t5_layers", "image_size", "text_tokens", "steps", "seed"):
+        parser.add_argument(f"--{field.replace('_', '-')}", dest=field, type=int, default=None,
+                            help="override the preset")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--"]:  # `app.py bench -- --quick`
+        argv = argv[1:]
+    args = build_parser().parse_args(argv)
+    from pipelines.device import pick_device, pick_dtype
+    from pipelines.tiny import cache_root
+
+    try:
+        device = pick_device(args.device)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    overrides = {k: getattr(args, k) for k in ("double_blocks", "single_blocks", "t5_layers", "image_size",
+                                               "text_tokens", "steps", "seed") if getattr(args, k) is not None}
+    shape = replace(PRESETS[args.preset], **overrides)
+    refusal = check_request(args, shape, device)
+    if refusal:
+        print(f"error: {refusal}", file=sys.stderr)
+        return 2
+    cache = Path(args.cache) if args.cache else cache_root()
+    result = run(shape, args.preset, device, pick_dtype(device), cache, options(args.only), not args.no_isolate,
+                 update_policy=args.update_policy)
+    from .report import markdown
+
+    text = markdown(result)
+    print(text)
+    if args.json:
+        write_outputs(result, Path(args.json))
+        print(f"wrote {args.json} and its .md and .png", file=sys.stderr)
+    return 0 if result["records"] else 1
+
+
+def check_request(args, shape, device: torch.device) -> str | None:
+    """Why this run should not start (None when it may)."""
+    if args.update_policy and (device.type != "cpu" or args.preset == "tiny"):
+        return ("--update-policy writes the CPU table: run it on a CPU with --quick (or --full), "
+                "not with --tiny or on a GPU.")
+    if args.preset != "full" or args.force:
+        return None
+    if device.type != "cuda":
+        return ("--full builds the real 12B transformer and 4.8B T5 and runs 28 steps at 1024x1024: it needs a "
+                "CUDA GPU (about 40 GB). Use --quick here, or add --force to run it anyway.")
+    need = full_gpu_bytes(shape)
+    total = torch.cuda.get_device_properties(device).total_memory
+    if total < need:
+        return (f"--full needs about {need / 2**30:.0f} GiB of GPU memory (the bf16 transformer and a quantized "
+                f"copy side by side); this GPU has {total / 2**30:.0f} GiB. Add --force to try anyway.")
+    return None
+
+
+def full_gpu_bytes(shape) -> int:
+    """GPU bytes --full needs: the bf16 transformer (36 h^2 params per double block, 15 h^2 per single) and more."""
+    params = (36 * shape.double_blocks + 15 * shape.single_blocks) * shape.hidden ** 2
+    return int(FULL_GPU_FACTOR * 2 * params)
+
+
+def options(only: str | None):
+    from .measure import ALL_OPTIONS, config_for
+
+    if not only:
+        return (ALL_OPTIONS[-1],) + ALL_OPTIONS[:-1]  # full precision first
+    chosen = [config_for(*item.strip().split(":", 1)) for item in only.split(",") if item.strip()]
+    return (ALL_OPTIONS[-1],) + tuple(c for c in chosen if c.bits < 16)
+
+
+def run(shape, preset: str, device: torch.device, dtype: torch.dtype, cache: Path, configs, isolate: bool = True,
+        update_policy: bool = False) -> dict:
+    """Measure every usable option; returns the result dict (records, skipped, failed, machine, targets)."""
+    from quantization.registry import check_backend
+
+    from .models import build_vae, psnr, weights_dir
+    from .report import machine, machine_slug, targets
+
+    start = time.perf_counter()
+    info = machine(device)
+    log(f"building FLUX-shaped components ({preset}) in {cache} ...")
+    build_start = time.perf_counter()
+    root = weights_dir(cache, shape)
+    build_s = time.perf_counter() - build_start
+    records, skipped, failed, latents = [], [], [], {}
+    for config in configs:
+        reason = check_backend(config, device)
+        if reason:
+            skipped.append({"backend": config.backend, "mode": config.mode, "reason": reason})
+            continue
+        option_start = time.perf_counter()
+        log(f"{config.label} ...")
+        found, error = (measure_in_subprocess if isolate else measure_here)(config, shape, device, dtype, root,
+                                                                            floor=preset != "full")
+        if error:
+            failed.append({"backend": config.backend, "mode": config.mode, "error": error})
+            log(f"{config.label}: failed: {error}")
+            continue
+        records += found[0]
+        latents[(config.backend, config.mode)] = found[1]
+        log(f"{config.label}: {time.perf_counter() - option_start:.0f} s")
+
+    log("decoding images ...")
+    vae = build_vae(shape).to(device)
+    images: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+    for record in records:
+        if record["component"] != "transformer":
+            continue
+        pair = latents[(record["backend"], record["mode"])]
+        ref_image = _decoded(images, vae, pair["reference"], shape)
+        record["psnr"] = psnr(_decoded(images, vae, pair["quantized"], shape), ref_image)
+    del vae
+
+    result = {"preset": preset, "shape": shape.to_dict(), "device": str(device), "dtype": str(dtype)[6:],
+              "date": datetime.date.today().isoformat(), "machine": info, "slug": machine_slug(info),
+              "isolated": isolate, "build_s": build_s, "skipped": skipped, "failed": failed}
+    if update_policy:
+        from quantization.policy import cpu_order
+
+        from .report import write_measured
+
+        steps, weights = write_measured(records, result)
+        chains = {mode: cpu_order(mode, steps, weights) for mode in ("8bit", "4bit")}
+        log("rewrote quantization/measured.py")
+    else:
+        from quantization.policy import candidates
+
+        chains = {mode: candidates(mode, device.type) for mode in ("8bit", "4bit")}
+    auto = {(chain[0].backend, chain[0].mode): mode for mode, chain in chains.items()}
+    for record in records:
+        record["auto_for"] = auto.get((record["backend"], record["mode"]))
+        record["auto"] = record["auto_for"] is not None
+        record.update(device=str(device), machine=info, preset=preset, isolated=isolate)
+    order = {(c.backend, c.mode): i for i, c in enumerate(configs)}
+    records.sort(key=lambda r: (r["component"] != "transformer", order[(r["backend"], r["mode"])]))
+    result["records"] = records
+    result["policy"] = {mode: [c.label for c in chain] for mode, chain in chains.items()}
+    result["targets"] = targets(records)
+    result["total_s"] = time.perf_counter() - start
+    return result
+
+
+def _decoded(cache: dict, vae, latents: torch.Tensor, shape) -> torch.Tensor:
+    """Decode once per distinct latents tensor."""
+    from .models import decode
+
+    for tensor, image in cache.values():
+        if torch.equal(tensor, latents):
+            return image
+    image = decode(vae, latents, shape)
+    cache[len(cache)] = (latents, image)
+    return image
+
+
+def measure_here(config, shape, device, dtype, root, floor):
+    from .measure import measure
+
+    try:
+        return measure(config, shape, device, dtype, root, floor), None
+    except Exception as error:  # reported with the option's name
+        return None, f"{type(error).__name__}: {error}"
+
+
+def measure_in_subprocess(config, shape, device, dtype, root, floor):
+    """Run one option in a fresh Python process so its peak memory is its own."""
+    with tempfile.TemporaryDirectory(prefix="fluxforge-bench-") as tmp:
+        job = Path(tmp) / "job.json"
+        job.write_text(json.dumps({"backend": config.backend, "mode": config.mode, "shape": asdict(shape),
+                                   "device": str(device), "dtype": str(dtype)[6:], "root": str(root),
+                                   "floor": floor}))
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+        proc = subprocess.run([sys.executable, "-m", "bench.measure", str(job), tmp], cwd=REPO, env=env,
+                              capture_output=True, text=True)
+        out = Path(tmp) / "result.json"
+        if not out.exists():
+            tail = (proc.stderr or "").strip().splitlines()[-3:]
+            return None, f"worker exited with code {proc.returncode}: {' | '.join(tail)}"
+        data = json.loads(out.read_text())
+        if "error" in data:
+            return None, data["error"]
+        return (data["records"], torch.load(Path(tmp) / "latents.pt")), None
+
+
+def write_outputs(result: dict, path: Path) -> None:
+    from .report import markdown, plot
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=1, default=str) + "\n")
+    path.with_suffix(".md").write_text(markdown(result))
+    plot(result, path.with_suffix(".png"))
+
+
+def log(message: str) -> None:
+    print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+
+if __name__ == "__main__":
+    from cli import quiet_libraries
+
+    quiet_libraries()
+    sys.exit(main())
