@@ -10,6 +10,8 @@ from typing import Callable, Sequence
 import torch
 
 from .config import QuantConfig
+from .probe import enabled as probe_enabled
+from .probe import linear_shapes, probe
 from .registry import backend_for, check_backend
 from .sizes import module_bytes
 
@@ -66,6 +68,10 @@ def quantize_with_fallback(
         reason = check_backend(config, device)
         if reason is None:
             module = module if module is not None else load()
+            if config.bits < 16 and probe_enabled():
+                result = probe(config, device, dtype, linear_shapes(module))
+                reason = None if result.ok else result.reason
+        if reason is None:
             before = module_bytes(module)
             start = time.perf_counter()
             try:

@@ -154,7 +154,8 @@ def test_shared_components_are_loaded_once(fresh_studio, photo, mask):
     assert dev.transformer is not fill.transformer
     rows = fresh_studio.manager.status()
     t5 = [r for r in rows if r["component"] == "text_encoder_2"]
-    assert len(t5) == 1 and len(t5[0]["used_by"]) == 2 and t5[0]["backend"] == "torchao"
+    assert len(t5) == 1 and len(t5[0]["used_by"]) == 2
+    assert t5[0]["backend"] == candidates("8bit", "cpu")[0].backend
     freed = fresh_studio.manager.unload()
     assert freed > 0 and fresh_studio.manager.status() == [] and fresh_studio.manager.loaded_bytes() == 0
 
@@ -194,51 +195,48 @@ def test_forced_fallback_is_recorded_and_the_run_completes(fresh_studio, monkeyp
 
 
 def test_partial_fallback_picks_the_next_backend(fresh_studio, monkeypatch):
-    monkeypatch.setenv("FLUXFORGE_DISABLE_BACKENDS", "bitsandbytes")
+    first, second = candidates("4bit", "cpu")[:2]
+    monkeypatch.setenv("FLUXFORGE_DISABLE_BACKENDS", first.backend)
     result = fresh_studio.generate(GenerationRequest(tool="schnell", prompt="x", model="tiny", quant="4bit", seed=1))
-    assert result.report["quantization"]["components"]["transformer"]["backend"] == "quanto"
-    assert result.report["quantization"]["fallbacks"][0]["backend"] == "bitsandbytes"
+    assert result.report["quantization"]["components"]["transformer"]["backend"] == second.backend
+    assert result.report["quantization"]["fallbacks"][0]["backend"] == first.backend
+
+
+def poison_first_backend(monkeypatch, mode, hook):
+    """Make the first backend of the CPU chain give a transformer that misbehaves at inference."""
+    first, second = candidates(mode, "cpu")[:2]
+    backend_type = type(backend_for(first))
+    original = backend_type.quantize
+
+    def poisoned(self, module, config, device, dtype):
+        module = original(self, module, config, device, dtype)
+        if type(module).__name__ == "FluxTransformer2DModel" and config == first:
+            hook(module)
+        return module
+
+    monkeypatch.setattr(backend_type, "quantize", poisoned)
+    return second
 
 
 def test_nan_output_from_a_quantized_model_degrades_and_retries(fresh_studio, monkeypatch):
     """A backend whose first inference yields NaN: the run moves down the chain and says why."""
-    from quantization.backends.torchao_backend import TorchAoBackend
-
-    original = TorchAoBackend.quantize
-
-    def poisoned(self, module, config, device, dtype):
-        module = original(self, module, config, device, dtype)
-        if type(module).__name__ == "FluxTransformer2DModel":
-            module.proj_out.register_forward_hook(lambda m, i, out: out * float("nan"))
-        return module
-
-    monkeypatch.setattr(TorchAoBackend, "quantize", poisoned)
+    second = poison_first_backend(monkeypatch, "8bit", lambda module: module.proj_out.register_forward_hook(
+        lambda m, i, out: out * float("nan")))
     result = fresh_studio.generate(GenerationRequest(tool="dev", prompt="x", model="tiny", quant="8bit", seed=1))
     assert_image_is_not_flat(result.image)
     transformer = result.report["quantization"]["components"]["transformer"]
-    assert transformer["backend"] == "quanto"  # next in the CPU 8-bit chain
+    assert (transformer["backend"], transformer["mode"]) == (second.backend, second.mode)
     reasons = [f["reason"] for f in result.report["quantization"]["fallbacks"] if f["component"] == "transformer"]
     assert any("NaN" in reason for reason in reasons)
 
 
 def test_inference_error_from_a_quantized_model_degrades_and_retries(fresh_studio, monkeypatch):
-    from quantization.backends.bitsandbytes_backend import BitsAndBytesBackend
+    def explode(*args):
+        raise RuntimeError("kernel not implemented for this shape")
 
-    original = BitsAndBytesBackend.quantize
-
-    def failing(self, module, config, device, dtype):
-        module = original(self, module, config, device, dtype)
-
-        def explode(*args):
-            raise RuntimeError("kernel not implemented for this shape")
-
-        if type(module).__name__ == "FluxTransformer2DModel":
-            module.proj_out.register_forward_pre_hook(explode)
-        return module
-
-    monkeypatch.setattr(BitsAndBytesBackend, "quantize", failing)
+    second = poison_first_backend(monkeypatch, "4bit", lambda module: module.proj_out.register_forward_pre_hook(explode))
     result = fresh_studio.generate(GenerationRequest(tool="schnell", prompt="x", model="tiny", quant="4bit", seed=1))
-    assert result.report["quantization"]["components"]["transformer"]["backend"] == "quanto"
+    assert result.report["quantization"]["components"]["transformer"]["backend"] == second.backend
     assert any("kernel not implemented" in f["reason"] for f in result.report["quantization"]["fallbacks"])
 
 
