@@ -28,7 +28,7 @@ def pick_models(model: str | None) -> tuple[dict[str, str], list[str], bool]:
 
 
 def create_demo(manager=None, model: str | None = None, device: str | None = None, api: bool = False,
-                output_dir: str | Path | None = None) -> gr.Blocks:
+                output_dir: str | Path | None = None, queue_size: int | None = None) -> gr.Blocks:
     """The studio's Blocks, not launched. Nothing is loaded here: models load on a tool's first run."""
     gpu = gpu_decorator()  # first, so `spaces` is imported before CUDA is touched on ZeroGPU
     from pipelines.engine import Studio
@@ -43,12 +43,14 @@ def create_demo(manager=None, model: str | None = None, device: str | None = Non
     settings = Settings(api=api)
     if output_dir is not None:
         settings.output_dir = Path(output_dir).expanduser().resolve()
+    if queue_size is not None:
+        settings.queue_size = queue_size
     manager = manager or ModelManager(device=device)
     models, tiny_tools, explicit = pick_models(model)
     runner = Runner(Studio(manager), models, OutputFolder(settings.output_dir, settings.keep))
     ctx = TabContext(runner=runner, device_type=manager.device.type, api=api, gpu=gpu, models=models)
 
-    with gr.Blocks(title=TITLE, delete_cache=(3600, 6 * 3600)) as demo:
+    with gr.Blocks(title=TITLE, analytics_enabled=False, delete_cache=(3600, 6 * 3600)) as demo:
         gr.HTML(f"<div id='ff-header'><h1>{TITLE}</h1><span class='ff-sub'>FLUX.1 image tools, quantized to fit "
                 f"your memory · {manager.device.type.upper()} · {str(manager.dtype).replace('torch.', '')}"
                 "</span></div>")
@@ -73,6 +75,7 @@ def create_demo(manager=None, model: str | None = None, device: str | None = Non
     demo.queue(max_size=settings.queue_size, api_open=api, default_concurrency_limit=1)
     demo.studio_settings = settings
     demo.studio_manager = manager
+    demo.studio_runner = runner
     return demo
 
 

@@ -21,24 +21,32 @@ TOOL_TITLES = {
 }
 
 
-def _first_backend(mode: str, device_type: str) -> str:
-    return candidates(mode, device_type)[0].label
+def _first(mode: str, device_type: str):
+    return candidates(mode, device_type)[0]
+
+
+def _cpu_speed(config) -> str:
+    """', ~1.0x step time' from the CPU measurements, when there are any."""
+    try:
+        from quantization.measured import CPU_STEP_RATIO
+    except ImportError:
+        return ""
+    ratio = CPU_STEP_RATIO.get((config.backend, config.mode))
+    return f", ~{ratio:.1f}× step time" if ratio else ""
 
 
 def quant_hint(device_type: str) -> str:
     """One line on the memory/speed trade-off of each mode on this kind of device."""
     eight, four = round(RATIO["8bit"] * 100), round(RATIO["4bit"] * 100)
+    q8, q4 = _first("8bit", device_type), _first("4bit", device_type)
     if device_type == "cuda":
-        return (f"GPU: Auto picks the largest precision that fits free VRAM. 8-bit ({_first_backend('8bit', 'cuda')}) "
-                f"keeps ~{eight}% of the weight memory, a little slower; 4-bit ({_first_backend('4bit', 'cuda')}) "
-                f"~{four}%, fits FLUX.1 on 12-16 GB cards at a small quality cost.")
+        return (f"On this GPU: 8-bit ({q8.label}) ~{eight}% of weight VRAM, a bit slower · 4-bit ({q4.label}) "
+                f"~{four}%, small quality cost · Auto: highest precision that fits.")
     if device_type == "mps":
-        return (f"Apple Silicon: 8-bit and 4-bit use {_first_backend('8bit', 'mps').split()[0]} (weight-only): "
-                f"~{eight}% / ~{four}% of the unified memory for weights, slower per step than bf16. "
-                "Auto picks what fits.")
-    return (f"CPU: Auto keeps full precision while RAM allows. 8-bit ({_first_backend('8bit', 'cpu')}) keeps "
-            f"~{eight}% of the weight RAM at about the same speed; 4-bit ({_first_backend('4bit', 'cpu')}) ~{four}%; "
-            "other backends are slower fallbacks.")
+        return (f"On Apple Silicon: 8-bit ({q8.label}) ~{eight}% of weight memory · 4-bit ({q4.label}) ~{four}% · "
+                "both slower per step than bf16 · Auto: highest precision that fits.")
+    return (f"On this CPU: 8-bit ({q8.label}) ~{eight}% of weight RAM{_cpu_speed(q8)} · 4-bit ({q4.label}) "
+            f"~{four}%{_cpu_speed(q4)} · Auto: full precision while it fits.")
 
 
 def _mib(value: int | None) -> str:
@@ -67,7 +75,7 @@ def status_html(report: dict, path_name: str | None = None) -> str:
     memory = report["memory"]
     params = report["parameters"]
     requested = QUANT_LABELS.get(quant["requested"], quant["requested"])
-    resolved = QUANT_LABELS.get(quant["resolved"], quant["resolved"])
+    resolved = "full precision" if quant["resolved"] == "none" else QUANT_LABELS.get(quant["resolved"], quant["resolved"])
     mode = requested if requested == resolved else f"{requested} → {resolved}"
     head = (f"<b>{html.escape(TOOL_TITLES.get(report['tool'], report['tool']))}</b> · {params['width']}×"
             f"{params['height']} · {params['steps']} steps · seed {report['seed']} · {html.escape(report['device'])} "

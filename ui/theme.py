@@ -6,12 +6,12 @@ import gradio as gr
 
 
 def theme() -> gr.themes.Base:
-    return gr.themes.Soft(primary_hue="orange", secondary_hue="slate", neutral_hue="slate",
-                          spacing_size="sm", radius_size="md", text_size="sm")
+    return gr.themes.Default(primary_hue="orange", secondary_hue="slate", neutral_hue="slate",
+                             spacing_size="sm", radius_size="md", text_size="sm")
 
 
 CSS = """
-.gradio-container { max-width: 1440px !important; }
+.gradio-container { max-width: 1440px !important; padding-top: 8px !important; }
 #ff-header { display: flex; align-items: baseline; gap: 12px; margin: 0 0 2px 0; }
 #ff-header h1 { font-size: 1.35rem; margin: 0; }
 #ff-header .ff-sub { color: var(--body-text-color-subdued); font-size: 0.9rem; }
@@ -22,6 +22,8 @@ CSS = """
 .ff-warning ul { margin: 4px 0 0 18px; padding: 0; }
 .ff-status { font-size: 0.85rem; line-height: 1.45; padding: 6px 2px; }
 .ff-chips { display: flex; flex-wrap: wrap; gap: 4px; margin: 4px 0; }
+.ff-result img { width: 100%; height: 100%; object-fit: contain; }
+.ff-chip b { font-size: 0.78rem; font-weight: 600; }
 .ff-chip { border: 1px solid var(--border-color-primary); border-radius: 999px; padding: 1px 8px;
   font-size: 0.78rem; white-space: nowrap; background: var(--background-fill-secondary); }
 .ff-muted { color: var(--body-text-color-subdued); font-size: 0.82rem; }

@@ -85,6 +85,7 @@ def size_values(match_input: bool | None, width, height) -> tuple:
 
 @dataclass
 class ResultPanel:
+    button: gr.Button
     image: gr.Image
     download: gr.DownloadButton
     status: gr.HTML
@@ -98,16 +99,18 @@ class ResultPanel:
         return [self.image, self.download, self.status, self.warning, self.notices, self.gallery, self.history]
 
 
-def result_panel(tool: str) -> ResultPanel:
-    image = gr.Image(label="Result", type="filepath", format="png", interactive=False, height=400,
-                     buttons=["download", "fullscreen"], elem_id=f"{tool}-result")
+def result_panel(tool: str, action: str) -> ResultPanel:
+    """The right-hand column: the run button on top (always in view), then the result and its status."""
+    button = gr.Button(action, variant="primary", size="lg", elem_id=f"{tool}-run")
+    image = gr.Image(label="Result", type="filepath", format="png", interactive=False, height=380,
+                     buttons=["download", "fullscreen"], elem_id=f"{tool}-result", elem_classes=["ff-result"])
     warning = gr.HTML("", visible=False, elem_id=f"{tool}-warning")
     status = gr.HTML("<div class='ff-status ff-muted'>No image yet: the status of each run (backends per "
                      "component, peak memory, times) appears here.</div>", elem_id=f"{tool}-status")
     notices = gr.HTML("", elem_id=f"{tool}-notices")
     download = gr.DownloadButton("Download PNG (with metadata)", visible=False, size="sm",
                                  elem_id=f"{tool}-download")
-    gallery = gr.Gallery(label="Session history (newest first)", columns=6, height=150, allow_preview=True,
+    gallery = gr.Gallery(label="Session history (newest first)", columns=8, height=130, allow_preview=False,
                          object_fit="cover", elem_id=f"{tool}-history", interactive=False, format="png")
     history = gr.State([])
 
@@ -117,7 +120,7 @@ def result_panel(tool: str) -> ResultPanel:
 
     gallery.select(show, history, [image, download], queue=False, api_visibility="private",
                    show_progress="hidden")
-    return ResultPanel(image, download, status, warning, notices, gallery, history)
+    return ResultPanel(button, image, download, status, warning, notices, gallery, history)
 
 
 def wire(ctx: TabContext, button: gr.Button, check, run, inputs: list, outputs: list, api_name: str):

@@ -52,11 +52,10 @@ def build(ctx: TabContext, tool: str) -> None:
                 preview = gr.Button("Preview depth map", size="sm", elem_id="depth-preview")
             prompt = gr.Textbox(label="Prompt", lines=2, max_lines=6, elem_id=f"{tool}-prompt",
                                 placeholder="What the image should show, following the map's structure…")
-            button = gr.Button("Generate", variant="primary", size="lg", elem_id=f"{tool}-run")
             options = settings(ctx, tool, from_image=True)
             gr.Examples([[asset(EXAMPLES[tool]), PROMPTS[tool]]], [photo, prompt], label="Example")
         with gr.Column(scale=6, min_width=420):
-            panel = result_panel(tool)
+            panel = result_panel(tool, "Generate")
 
     # ---- the control map beside the photo --------------------------------------------------------------
     def switch_source(choice):
@@ -124,5 +123,5 @@ def build(ctx: TabContext, tool: str) -> None:
 
     thresholds = [low, high] if tool == "canny" else [gr.State(None), gr.State(None)]
     inputs = [photo, control, source, prompt, *thresholds, *options.inputs(), panel.history]
-    wire(ctx, button, check, run, inputs, [*panel.outputs(), options.seed, control], api_name=tool)
+    wire(ctx, panel.button, check, run, inputs, [*panel.outputs(), options.seed, control], api_name=tool)
 

@@ -35,12 +35,11 @@ def build(ctx: TabContext) -> None:
             with gr.Accordion("Reference image (optional, Redux-steered fill)", open=False):
                 reference = gr.Image(label="Reference", type="pil", sources=["upload", "clipboard"], height=160,
                                      elem_id="fill-reference")
-            button = gr.Button("Fill", variant="primary", size="lg", elem_id="fill-run")
             options = settings(ctx, "fill", from_image=True)
             gr.Examples([[asset("example-room.png"), "a potted plant on the table"]], [editor, prompt],
                         label="Example")
         with gr.Column(scale=6, min_width=420):
-            panel = result_panel("fill")
+            panel = result_panel("fill", "Fill")
 
     mode.change(lambda m: gr.update(visible=m == OUTPAINT), mode, grow, queue=False, api_visibility="private",
                 show_progress="hidden")
@@ -75,4 +74,4 @@ def build(ctx: TabContext) -> None:
         return (*panel_values([outcome], history), request.seed)
 
     inputs = [mode, editor, *sides, prompt, reference, *options.inputs(), panel.history]
-    wire(ctx, button, check, run, inputs, [*panel.outputs(), options.seed], api_name="fill")
+    wire(ctx, panel.button, check, run, inputs, [*panel.outputs(), options.seed], api_name="fill")

@@ -24,11 +24,10 @@ def build(ctx: TabContext) -> None:
                                info="schnell: 4 steps, no guidance. dev: more steps, follows the prompt closer.")
             prompt = gr.Textbox(label="Prompt", lines=3, max_lines=8, elem_id="generate-prompt",
                                 placeholder="Describe the image…")
-            button = gr.Button("Generate", variant="primary", size="lg", elem_id="generate-run")
             options = settings(ctx, "schnell")
             gr.Examples([[p] for p in EXAMPLES], [prompt], label="Example prompts")
         with gr.Column(scale=6, min_width=420):
-            panel = result_panel("generate")
+            panel = result_panel("generate", "Generate")
 
     def switch(tool):
         d = ctx.defaults(tool)
@@ -54,4 +53,4 @@ def build(ctx: TabContext) -> None:
         return (*panel_values([outcome], history), request.seed)
 
     inputs = [variant, prompt, *options.inputs(), panel.history]
-    wire(ctx, button, check, run, inputs, [*panel.outputs(), options.seed], api_name="generate")
+    wire(ctx, panel.button, check, run, inputs, [*panel.outputs(), options.seed], api_name="generate")

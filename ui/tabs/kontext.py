@@ -16,12 +16,11 @@ def build(ctx: TabContext) -> None:
                              elem_id="kontext-image")
             prompt = gr.Textbox(label="Edit instruction", lines=2, max_lines=6, elem_id="kontext-prompt",
                                 placeholder="e.g. make it night time, keep the house unchanged")
-            button = gr.Button("Edit", variant="primary", size="lg", elem_id="kontext-run")
             options = settings(ctx, "kontext", from_image=True)
             gr.Examples([[asset("example-house.png"), "make it a snowy winter night, lights on in the windows"]],
                         [image, prompt], label="Example")
         with gr.Column(scale=6, min_width=420):
-            panel = result_panel("kontext")
+            panel = result_panel("kontext", "Edit")
 
     def fields(image, prompt, steps, guidance, quant, match, width, height, seed, randomize):
         if image is None:
@@ -43,4 +42,4 @@ def build(ctx: TabContext) -> None:
         return (*panel_values([outcome], history), request.seed)
 
     inputs = [image, prompt, *options.inputs(), panel.history]
-    wire(ctx, button, check, run, inputs, [*panel.outputs(), options.seed], api_name="kontext")
+    wire(ctx, panel.button, check, run, inputs, [*panel.outputs(), options.seed], api_name="kontext")

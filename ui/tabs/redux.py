@@ -22,11 +22,10 @@ def build(ctx: TabContext) -> None:
                                 placeholder="Leave empty for pure variations, or steer them with a few words")
             variations = gr.Slider(1, MAX_VARIATIONS, value=1, step=1, label="Variations",
                                    info="each one uses the next seed", elem_id="redux-variations")
-            button = gr.Button("Make variations", variant="primary", size="lg", elem_id="redux-run")
             options = settings(ctx, "redux", from_image=True)
             gr.Examples([[asset("example-boat.png"), ""]], [image, prompt], label="Example")
         with gr.Column(scale=6, min_width=420):
-            panel = result_panel("redux")
+            panel = result_panel("redux", "Make variations")
 
     def fields(image, prompt, count, steps, guidance, quant, match, width, height, seed, randomize):
         if image is None:
@@ -52,4 +51,4 @@ def build(ctx: TabContext) -> None:
         return (*panel_values(outcomes, history), base["seed"])
 
     inputs = [image, prompt, variations, *options.inputs(), panel.history]
-    wire(ctx, button, check, run, inputs, [*panel.outputs(), options.seed], api_name="redux")
+    wire(ctx, panel.button, check, run, inputs, [*panel.outputs(), options.seed], api_name="redux")

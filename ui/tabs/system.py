@@ -65,8 +65,9 @@ def build(ctx: TabContext, tab: gr.Tab) -> None:
     gr.Markdown("### Loaded models")
     loaded = gr.HTML(loaded_html([], 0), elem_id="system-loaded")
     with gr.Row():
-        refresh = gr.Button("Refresh", size="sm", elem_id="system-refresh")
-        unload = gr.Button("Unload all models", variant="stop", size="sm", elem_id="system-unload")
+        refresh = gr.Button("Refresh", size="sm", scale=0, min_width=120, elem_id="system-refresh")
+        unload = gr.Button("Unload all models", variant="stop", size="sm", scale=0, min_width=180,
+                           elem_id="system-unload")
     gr.Markdown("### Memory options")
     with gr.Row(equal_height=True):
         offload = gr.Radio([(OFFLOAD_LABELS[m], m) for m in OFFLOAD_MODES], value=manager.offload,
@@ -102,8 +103,8 @@ def build(ctx: TabContext, tab: gr.Tab) -> None:
         return f"<div class='ff-muted'>{html.escape(note)}</div>"
 
     outputs = [machine, backends, loaded]
-    refresh.click(refresh_all, None, outputs, queue=False, api_visibility="private")
-    tab.select(refresh_all, None, outputs, queue=False, api_visibility="private")
+    refresh.click(refresh_all, None, outputs, queue=False, api_visibility="private", show_progress="minimal")
+    tab.select(refresh_all, None, outputs, queue=False, api_visibility="private", show_progress="minimal")
     unload.click(unload_all, None, loaded, api_visibility="private", concurrency_id=DEVICE_QUEUE,
                  concurrency_limit=1)
     for control in (offload, tiling, slicing):

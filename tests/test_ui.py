@@ -1,0 +1,290 @@
+"""The studio without a server: how it is built, served, and what its helpers do."""
+
+from __future__ import annotations
+
+import gradio as gr
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipelines import defaults
+from pipelines.errors import UserError
+from tests.ui_fixtures import asset, brush_mask
+
+GENERATION_APIS = {"generate", "fill", "kontext", "depth", "canny", "redux"}
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    from app import create_demo
+
+    return create_demo(model="tiny", output_dir=tmp_path_factory.mktemp("outputs"))
+
+
+def test_build_loads_no_model(demo):
+    assert demo.studio_manager.loaded_bytes() == 0
+    assert demo.studio_manager.status() == []
+
+
+def test_every_tab_is_there(demo):
+    labels = [block.label for block in demo.blocks.values() if isinstance(block, gr.Tab)]
+    assert labels == ["Generate", "Fill", "Kontext", "Depth", "Canny", "Redux", "System"]
+
+
+def _blocks(demo, cls, suffix):
+    return {b.elem_id: b for b in demo.blocks.values() if isinstance(b, cls) and (b.elem_id or "").endswith(suffix)}
+
+
+def test_every_tool_tab_has_the_four_quantization_modes(demo):
+    dropdowns = _blocks(demo, gr.Dropdown, "-quant")
+    assert set(dropdowns) == {f"{t}-quant" for t in ("schnell", "fill", "kontext", "depth", "canny", "redux")}
+    for dropdown in dropdowns.values():
+        assert [label for label, _ in dropdown.choices] == ["Auto", "None", "8-bit", "4-bit"]
+        assert [value for _, value in dropdown.choices] == list(defaults.QUANT_MODES)
+        assert dropdown.value == "auto"
+        assert dropdown.label == "Quantization"
+        assert "CPU" in dropdown.info
+
+
+def test_quantization_sits_right_after_guidance(demo):
+    ids = [b.elem_id for b in demo.blocks.values() if b.elem_id]
+    for tool in ("schnell", "fill", "kontext", "depth", "canny", "redux"):
+        assert ids.index(f"{tool}-quant") == ids.index(f"{tool}-guidance") + 1
+
+
+def test_settings_defaults_come_from_the_defaults_module(demo):
+    for tool in ("schnell", "fill", "kontext", "depth", "canny", "redux"):
+        expected = defaults.tool_defaults(tool, "tiny")
+        blocks = {b.elem_id: b for b in demo.blocks.values() if b.elem_id}
+        assert blocks[f"{tool}-steps"].value == expected.steps
+        assert blocks[f"{tool}-guidance"].value == expected.guidance
+        assert blocks[f"{tool}-width"].value == expected.width
+        assert blocks[f"{tool}-width"].step == defaults.SIZE_STEP
+        assert blocks[f"{tool}-height"].step == defaults.SIZE_STEP
+        assert blocks[f"{tool}-randomize"].value is True
+
+
+def test_generation_shares_one_device_queue(demo):
+    runs = [fn for fn in demo.fns.values() if fn.api_name in GENERATION_APIS]
+    assert {fn.api_name for fn in runs} == GENERATION_APIS
+    for fn in runs:
+        assert fn.concurrency_id == "device" and fn.concurrency_limit == 1
+        assert fn.api_visibility == "private"  # API closed unless --api
+    assert demo._queue.max_size == demo.studio_settings.queue_size
+    assert demo.api_open is False
+
+
+def test_bad_input_is_checked_before_the_queue(demo):
+    """Each run button first calls a cheap check outside the queue, then the queued job on success."""
+    for fn in demo.fns.values():
+        if fn.api_name in GENERATION_APIS:
+            check = demo.fns[fn.trigger_after]
+            assert fn.trigger_only_on_success and fn.queue is not False
+            assert check.queue is False and check.api_visibility == "private"
+            assert check.inputs == fn.inputs
+
+
+def test_api_flag_opens_the_endpoints(tmp_path):
+    from app import create_demo
+
+    demo = create_demo(model="tiny", api=True, output_dir=tmp_path)
+    public = {fn.api_name for fn in demo.fns.values() if fn.api_visibility == "public"}
+    assert public == GENERATION_APIS
+    assert demo.api_open is True
+
+
+def test_launch_options_are_safe_by_default(demo):
+    from ui.studio import launch_options
+
+    options = launch_options(demo)
+    assert options["allowed_paths"] == [str(demo.studio_settings.output_dir)]
+    assert options["max_file_size"]
+    assert "api" not in options["footer_links"]
+    assert options["mcp_server"] is False
+
+
+def test_launch_serves_locally_without_share(monkeypatch):
+    from cli import build_parser
+    from ui import studio
+
+    seen = {}
+    monkeypatch.setattr(studio, "create_demo", lambda **kw: seen.setdefault("build", kw) and "demo")
+    monkeypatch.setattr(studio, "serve", lambda demo, **kw: seen.setdefault("serve", kw))
+    monkeypatch.delenv("SPACE_ID", raising=False)
+    studio.launch(build_parser().parse_args([]))
+    assert seen["serve"] == {"host": "127.0.0.1", "port": 7860, "share": False}
+    assert seen["build"]["api"] is False
+
+
+def test_gpu_wrapper_is_identity_off_spaces(monkeypatch):
+    from ui.gpu import gpu_decorator
+
+    monkeypatch.delenv("SPACE_ID", raising=False)
+
+    def job():
+        return 1
+
+    assert gpu_decorator()(job) is job
+
+
+def test_gpu_wrapper_uses_spaces_on_a_space(monkeypatch):
+    import spaces
+
+    from ui.gpu import gpu_decorator
+
+    calls = []
+    monkeypatch.setenv("SPACE_ID", "someone/fluxforge")
+    monkeypatch.setattr(spaces, "GPU", lambda **kw: calls.append(kw) or (lambda fn: ("wrapped", fn)))
+    assert gpu_decorator()(print) == ("wrapped", print)
+    assert calls and calls[0]["duration"] > 0
+
+
+def test_demo_banner_names_the_offline_model():
+    from ui.text import demo_banner
+
+    assert demo_banner([]) == ""
+    assert "offline demo model" in demo_banner(list(defaults.TOOLS))
+    assert "--model tiny" in demo_banner(list(defaults.TOOLS), explicit=True)
+    assert "Kontext" in demo_banner(["kontext"])
+
+
+def test_quant_hint_is_device_specific():
+    from ui.text import quant_hint
+
+    hints = {device: quant_hint(device) for device in ("cpu", "cuda", "mps")}
+    assert hints["cpu"].startswith("On this CPU")
+    assert hints["cuda"].startswith("On this GPU")
+    assert hints["mps"].startswith("On Apple Silicon")
+    assert all("8-bit" in h and "4-bit" in h and "Auto" in h and "\n" not in h for h in hints.values())
+
+
+REPORT = {
+    "tool": "dev", "model": "tiny", "device": "cpu", "dtype": "bfloat16", "seed": 7,
+    "parameters": {"width": 128, "height": 128, "steps": 8},
+    "quantization": {"requested": "8bit", "resolved": "8bit", "auto_reason": None,
+                     "components": {"transformer": {"backend": "none", "mode": "bf16"},
+                                    "text_encoder_2": {"backend": "none", "mode": "bf16"},
+                                    "vae": {"backend": "none", "mode": "bf16"}},
+                     "fallbacks": [{"component": "transformer", "backend": "torchao", "mode": "int8_dynamic",
+                                    "reason": "torchao is disabled"}]},
+    "memory": {"peak_bytes": 600 * 2**20, "kind": "cpu-rss"},
+    "timings": {"load_s": 1.0, "quantize_s": 0.5, "denoise_s": 0.25, "total_s": 1.75},
+}
+
+
+def test_status_line_names_backends_memory_and_times():
+    from ui.text import status_html
+
+    line = status_html(REPORT, "x.png")
+    for part in ("transformer", "text_encoder_2", "full precision bf16", "peak 600 MiB", "process RSS",
+                 "load 1.00 s", "denoise 0.25 s", "total 1.75 s", "seed 7"):
+        assert part in line
+
+
+def test_warning_box_lists_each_fallback_and_reason():
+    from ui.text import warning_html
+
+    assert warning_html([], {}) == ""
+    box = warning_html(REPORT["quantization"]["fallbacks"], REPORT["quantization"]["components"])
+    assert "ff-warning" in box and "torchao int8_dynamic" in box and "torchao is disabled" in box
+    assert "transformer → full precision" in box
+
+
+def test_editor_mask_is_the_painted_layer():
+    from ui.images import editor_image, editor_mask
+
+    room = Image.open(asset("example-room.png"))
+    value = {"background": room.convert("RGBA"), "layers": [brush_mask(room.size, (10, 20, 50, 60))],
+             "composite": room}
+    image = editor_image(value)
+    mask = editor_mask(value, image.size)
+    assert image.mode == "RGB" and mask.size == room.size
+    pixels = np.asarray(mask)
+    assert pixels[30, 20] == 255 and pixels[5, 5] == 0 and pixels.max() == 255
+    empty = {"background": room, "layers": [brush_mask(room.size, (0, 0, 0, 0))], "composite": room}
+    assert editor_mask(empty, room.size) is None
+    assert editor_mask({"background": room, "layers": [], "composite": room}, room.size) is None
+    assert editor_image(None) is None
+
+
+def test_output_folder_keeps_the_newest(tmp_path):
+    import os
+
+    from ui.outputs import OutputFolder
+
+    folder = OutputFolder(tmp_path, keep=3)
+    (tmp_path / "mine.png").write_bytes(b"x")
+    for index in range(5):
+        path = folder.new_path("dev", index)
+        path.write_bytes(b"png")
+        os.utime(path, (index, index))
+    folder.prune()
+    left = sorted(p.name for p in tmp_path.glob("fluxforge-*.png"))
+    assert len(left) == 3 and all(f"-dev-{i}-" in " ".join(left) for i in (2, 3, 4))
+    assert (tmp_path / "mine.png").exists()  # other files are never touched
+
+
+def test_history_is_newest_first_and_bounded():
+    from ui.runner import add_history
+    from ui.settings import HISTORY_LIMIT
+
+    class Fake:
+        def __init__(self, name):
+            self.path, self.caption = name, name
+
+    history = add_history([], [Fake("a")])
+    history = add_history(history, [Fake("b"), Fake("c")])
+    assert [p for p, _ in history] == ["c", "b", "a"]
+    for index in range(HISTORY_LIMIT + 5):
+        history = add_history(history, [Fake(str(index))])
+    assert len(history) == HISTORY_LIMIT and history[0][0] == str(HISTORY_LIMIT + 4)
+
+
+def test_user_errors_become_readable_gr_errors(tmp_path):
+    from ui.outputs import OutputFolder
+    from ui.runner import Runner
+
+    class Broken:
+        def __init__(self, error):
+            self.error = error
+
+        def generate(self, request, progress):
+            raise self.error
+
+    models = {tool: "tiny" for tool in defaults.TOOLS}
+    runner = Runner(Broken(UserError("out of memory: try 4-bit.")), models, OutputFolder(tmp_path, 5))
+    request = runner.request("dev", prompt="cat")
+    with pytest.raises(gr.Error, match="out of memory: try 4-bit."):
+        runner.run(request)
+    runner.studio = Broken(RuntimeError("CUDA kernel exploded at 0xdeadbeef"))
+    with pytest.raises(gr.Error) as caught:
+        runner.run(request)
+    assert "RuntimeError" in caught.value.message and "0xdeadbeef" not in caught.value.message
+    with pytest.raises(gr.Error, match="prompt is empty"):
+        runner.request("dev", prompt="  ")
+
+
+def test_progress_reports_stages_and_steps():
+    from ui.runner import _progress_adapter
+
+    calls = []
+    report = _progress_adapter(lambda value, desc=None, unit=None: calls.append((value, desc)), "")
+    report("load", 1, 4)
+    report("quantize", 0, 1)
+    report("denoise", 3, 8)
+    assert calls == [((1, 4), "Loading model"), (None, "Quantizing weights"), ((3, 8), "Denoising")]
+
+
+def test_examples_are_small_and_made_by_the_script(tmp_path, monkeypatch):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_examples", asset("make_examples.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setattr(module, "HERE", tmp_path)
+    module.main()
+    for name in module.EXAMPLES:
+        committed = Image.open(asset(name))
+        drawn = Image.open(tmp_path / name)
+        assert committed.size == drawn.size and np.array_equal(np.asarray(committed), np.asarray(drawn))
+        assert (tmp_path / name).stat().st_size < 64 * 1024
