@@ -1,0 +1,191 @@
+"""Every tool through the studio's HTTP API (gradio_client), on the tiny model, plus the serving rules."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import httpx
+import pytest
+from gradio_client import Client, handle_file
+from PIL import Image
+
+from pipelines.errors import UserError
+from tests.ui_fixtures import api_studio, asset, brush_mask, start_studio, web_studio  # noqa: F401
+
+pytestmark = pytest.mark.slow
+
+SETTINGS = dict(steps=2, guidance=3.5, quant="auto", width=128, height=128, seed=11, randomize=False)
+IMAGE_SETTINGS = dict(SETTINGS, match=True)
+
+
+@pytest.fixture(scope="module")
+def client(api_studio):  # noqa: F811
+    return Client(api_studio.url, verbose=False, download_files=True)
+
+
+def metadata(path) -> dict:
+    with Image.open(path) as image:
+        return json.loads(image.text["fluxforge"])
+
+
+def check_result(result, tool: str, seed: int = 11, size=(128, 128)) -> dict:
+    image_path, download, status, warning, notices, gallery, used_seed = result[:7]
+    with Image.open(image_path) as image:
+        assert image.format == "PNG" and image.size == size
+    meta = metadata(image_path)  # the served file is the saved PNG, metadata intact
+    assert meta["tool"] == tool and meta["seed"] == seed and meta["model"] == "tiny"
+    assert "quantization_summary" in meta
+    assert metadata(download["value"])["seed"] == seed
+    assert "transformer" in status and "peak" in status and "denoise" in status
+    assert warning["visible"] is False
+    assert gallery and gallery[0]["caption"].startswith(tool)
+    assert used_seed == seed
+    return meta
+
+
+def test_only_the_tools_are_public(client):
+    endpoints = set(client.view_api(print_info=False, return_format="dict")["named_endpoints"])
+    assert endpoints == {"/generate", "/fill", "/kontext", "/depth", "/canny", "/redux"}
+
+
+@pytest.mark.parametrize("variant", ["schnell", "dev"])
+def test_generate(client, variant):
+    result = client.predict(tool=variant, prompt="a lighthouse", **SETTINGS, api_name="/generate")
+    meta = check_result(result, variant)
+    assert meta["steps"] == 2 and meta["prompt"] == "a lighthouse"
+
+
+def test_fill_inpaint_with_a_painted_layer(client, tmp_path):
+    room = Image.open(asset("example-room.png"))
+    layer = tmp_path / "layer.png"
+    brush_mask(room.size, (60, 100, 120, 160)).save(layer)
+    editor = {"background": handle_file(asset("example-room.png")), "layers": [handle_file(str(layer))],
+              "composite": handle_file(asset("example-room.png"))}
+    result = client.predict(mode="inpaint", editor=editor, left=0, top=0, right=0, bottom=0, prompt="a plant",
+                            reference=None, **IMAGE_SETTINGS, api_name="/fill")
+    assert check_result(result, "fill")["expand"] is None
+
+
+def test_fill_outpaint_grows_the_canvas(client):
+    editor = {"background": handle_file(asset("example-room.png")), "layers": [], "composite": None}
+    result = client.predict(mode="outpaint", editor=editor, left=0, top=0, right=64, bottom=0, prompt="more room",
+                            reference=None, **IMAGE_SETTINGS, api_name="/fill")
+    assert check_result(result, "fill", size=(320, 256))["expand"] == [0, 0, 64, 0]
+
+
+def test_fill_with_a_reference_image(client, tmp_path):
+    room = Image.open(asset("example-room.png"))
+    layer = tmp_path / "layer.png"
+    brush_mask(room.size, (0, 0, 128, 128)).save(layer)
+    editor = {"background": handle_file(asset("example-room.png")), "layers": [handle_file(str(layer))],
+              "composite": None}
+    result = client.predict(mode="inpaint", editor=editor, left=0, top=0, right=0, bottom=0, prompt="a boat",
+                            reference=handle_file(asset("example-boat.png")), **IMAGE_SETTINGS, api_name="/fill")
+    check_result(result, "fill")
+
+
+def test_fill_without_a_mask_is_refused(client):
+    editor = {"background": handle_file(asset("example-room.png")), "layers": [], "composite": None}
+    with pytest.raises(Exception, match="No mask drawn"):
+        client.predict(mode="inpaint", editor=editor, left=0, top=0, right=0, bottom=0, prompt="a plant",
+                       reference=None, **IMAGE_SETTINGS, api_name="/fill")
+
+
+def test_kontext(client):
+    result = client.predict(image=handle_file(asset("example-house.png")), prompt="make it night",
+                            **IMAGE_SETTINGS, api_name="/kontext")
+    check_result(result, "kontext")
+
+
+def test_kontext_without_an_image_is_refused(client):
+    with pytest.raises(Exception, match="upload an input image"):
+        client.predict(image=None, prompt="make it night", **IMAGE_SETTINGS, api_name="/kontext")
+
+
+@pytest.mark.parametrize("tool", ["depth", "canny"])
+def test_control_tools_show_their_map(client, tool):
+    extra = {"lo": 50, "hi": 150} if tool == "canny" else {}
+    result = client.predict(image=handle_file(asset("example-house.png")), map_image=None, choice="photo",
+                            prompt="a cottage", **extra, **IMAGE_SETTINGS, api_name=f"/{tool}")
+    meta = check_result(result, tool)
+    with Image.open(result[7]) as control:
+        assert control.size == (128, 128)
+    if tool == "canny":
+        assert (meta["canny_low"], meta["canny_high"]) == (50, 150)
+
+
+def test_canny_with_an_uploaded_map(client):
+    result = client.predict(image=None, map_image=handle_file(asset("example-boat.png")), choice="upload",
+                            prompt="a boat", lo=100, hi=200, **IMAGE_SETTINGS, api_name="/canny")
+    check_result(result, "canny")
+
+
+def test_redux_variations(client):
+    result = client.predict(image=handle_file(asset("example-boat.png")), prompt="", count=2, **IMAGE_SETTINGS,
+                            api_name="/redux")
+    gallery = result[5]
+    assert [item["caption"].split(" · ")[1] for item in gallery[:2]] == ["seed 12", "seed 11"]
+    assert metadata(result[0])["seed"] == 12  # the newest is shown
+
+
+def test_bad_numbers_are_refused_with_the_reason(client):
+    with pytest.raises(Exception, match="prompt is 2500 characters; the limit is 2000"):
+        client.predict(tool="dev", prompt="c" * 2500, **SETTINGS, api_name="/generate")
+    with pytest.raises(Exception, match="less than minimum"):
+        client.predict(tool="dev", prompt="cat", **{**SETTINGS, "steps": 0}, api_name="/generate")
+
+
+def test_forced_fallback_is_reported(client, api_studio, monkeypatch):  # noqa: F811
+    manager = api_studio.demo.studio_manager
+    monkeypatch.setenv("FLUXFORGE_DISABLE_BACKENDS", "bitsandbytes,torchao,quanto")
+    manager.unload()
+    try:
+        result = client.predict(tool="dev", prompt="cat", **{**SETTINGS, "quant": "8bit"}, api_name="/generate")
+    finally:
+        manager.unload()  # nothing degraded stays loaded for other tests
+    warning = result[3]
+    assert warning["visible"] is True
+    assert "Quantization fell back" in warning["value"] and "disabled by FLUXFORGE_DISABLE_BACKENDS" in warning["value"]
+    assert metadata(result[0])["quantization"]["fallbacks"]
+
+
+# ---- serving rules -------------------------------------------------------------------------------------
+
+def test_api_is_closed_by_default(web_studio):  # noqa: F811
+    info = httpx.get(web_studio.url + "gradio_api/info", timeout=30).json()
+    assert info["named_endpoints"] == {}
+    response = httpx.post(web_studio.url + "gradio_api/run/generate", timeout=30,
+                          json={"data": ["dev", "cat", 2, 3.5, "auto", 128, 128, 1, False, []]})
+    assert response.status_code == 404
+    config = httpx.get(web_studio.url + "config", timeout=30).json()
+    assert "api" not in config["footer_links"]
+    assert config["max_file_size"] > 0
+
+
+def test_output_folder_is_the_only_allowed_path(web_studio):  # noqa: F811
+    blocks = web_studio.demo
+    assert blocks.allowed_paths == [str(web_studio.output_dir.resolve())]
+    assert not blocks.share
+
+
+def test_a_full_queue_says_so(tmp_path):
+    studio = start_studio(tmp_path, api=True, queue_size=1)
+    try:
+        def slow(request, progress=None):
+            time.sleep(2)
+            raise UserError("stopped on purpose")
+
+        studio.demo.studio_runner.studio.generate = slow
+        client = Client(studio.url, verbose=False)
+        jobs = [client.submit(tool="dev", prompt="cat", **SETTINGS, api_name="/generate") for _ in range(3)]
+        messages = []
+        for job in jobs:
+            try:
+                job.result()
+            except Exception as error:  # noqa: BLE001
+                messages.append(str(error))
+        assert messages.count("stopped on purpose") == 2
+        assert any("Queue is full" in m for m in messages)
+    finally:
+        studio.close()
