@@ -107,32 +107,14 @@ class Studio:
                 notices.append(f"Auto chose {loaded.mode}: {loaded.auto.reason}.")
             ctx = RunContext(self.manager, source, loaded)
             kwargs = tool.pipeline_kwargs(request, ctx)
-            notices += self.manager.prepare_for_run(loaded.pipe)
-            retry_fallbacks = []
-            while True:
-                try:
-                    denoise_start = time.perf_counter()
-                    images = self._run(loaded, request, kwargs, progress)
-                    check_output(images)
-                    denoise_s = time.perf_counter() - denoise_start
-                    break
-                except (UserError, KeyboardInterrupt):
-                    raise
-                except Exception as error:  # a quantized run that fails degrades, then retries
-                    if _is_oom(error):
-                        raise UserError("out of memory: try a smaller size, 4-bit, or model CPU offload.") from None
-                    reason = f"first inference failed: {type(error).__name__}: {error}".strip()
-                    made = self.manager.degrade(loaded, reason)
-                    if not made:
-                        raise
-                    retry_fallbacks += made
-                    notices.append(f"Retrying with less quantization ({reason}).")
-                    if request.tool in ("redux",) or request.reference is not None:
-                        kwargs = tool.pipeline_kwargs(request, ctx)
+            run_fallbacks: list[dict] = []
+            denoise_start = time.perf_counter()
+            images = self._run_with_recovery(tool, ctx, request, kwargs, progress, notices, run_fallbacks)
+            denoise_s = time.perf_counter() - denoise_start
         image = Image.fromarray((images[0] * 255).round().clip(0, 255).astype(np.uint8))
         components = {name: c.quant.to_dict() for name, c in loaded.components.items()
                       if c.quant and isinstance(c.module, torch.nn.Module)}
-        fallbacks = [f.to_dict() for f in loaded.fallbacks]
+        fallbacks = [f.to_dict() for f in loaded.fallbacks] + run_fallbacks
         report = {
             "tool": request.tool,
             "model": request.model,
@@ -157,12 +139,44 @@ class Studio:
                            f"{fallback['mode']} ({fallback['reason']}).")
         return GenerationResult(image, report, notices, ctx.extras.get("control_image"))
 
-    def _run(self, loaded, request: GenerationRequest, kwargs: dict, progress: Progress) -> np.ndarray:
-        pipe = loaded.pipe
+    def _run_with_recovery(self, tool, ctx, request, kwargs, progress, notices, run_fallbacks) -> np.ndarray:
+        """Denoise and decode; on failure, retry along the fallback chain, then with freed memory/offload."""
+        loaded = ctx.loaded
+        oom_steps = list(oom_recovery_steps(self.manager.device.type))
+        notices += self.manager.prepare_for_run(loaded.pipe)
+        while True:
+            try:
+                latents = self._denoise(loaded.pipe, request, kwargs, progress)
+                return self._decode(loaded.pipe, latents, request, notices, run_fallbacks)
+            except (UserError, KeyboardInterrupt):
+                raise
+            except Exception as error:
+                if _is_oom(error):
+                    self.manager.free_after_oom(keep=loaded.key)
+                    if not oom_steps:
+                        raise UserError("out of memory: try a smaller size, 4-bit, or model CPU offload "
+                                        "(System tab / --offload).") from None
+                    step = oom_steps.pop(0)
+                    notices.append(f"Out of memory: retrying with {step}.")
+                    run_fallbacks.append({"component": "pipeline", "backend": "memory", "mode": step,
+                                          "reason": "out of memory"})
+                    if step != "freed memory":
+                        notices += self.manager.prepare_for_run(loaded.pipe, offload=step.split()[0])
+                    continue
+                reason = f"first inference failed: {type(error).__name__}: {error}".strip()
+                if not self.manager.degrade(loaded, reason):
+                    raise
+                notices.append(f"Retrying with less quantization ({reason}).")
+                if request.tool == "redux" or request.reference is not None:
+                    kwargs = tool.pipeline_kwargs(request, ctx)  # the prior used the replaced text encoders
+
+    def _denoise(self, pipe, request: GenerationRequest, kwargs: dict, progress: Progress) -> torch.Tensor:
         steps = request.steps
         pipe.set_progress_bar_config(disable=not self.show_progress, desc=request.tool)
 
         def on_step(_pipe, index, _timestep, callback_kwargs):
+            if not torch.isfinite(callback_kwargs["latents"]).all():
+                raise BadOutput(f"latents became NaN/inf at step {index + 1}")
             progress("denoise", index + 1, steps)
             return callback_kwargs
 
@@ -177,9 +191,45 @@ class Studio:
             generator=torch.Generator("cpu").manual_seed(request.seed),
             max_sequence_length=tool_defaults.max_sequence_length,
             callback_on_step_end=on_step,
-            output_type="np",
+            output_type="latent",
         )
         return output.images
+
+    @torch.no_grad()
+    def _decode(self, pipe, latents, request, notices, run_fallbacks) -> np.ndarray:
+        """Decode with the VAE; NaN or flat pixels from a bf16 decode are retried once in float32."""
+        vae_dtype = pipe.vae.dtype
+        latents = pipe._unpack_latents(latents, request.height, request.width, pipe.vae_scale_factor)
+        latents = latents / pipe.vae.config.scaling_factor + pipe.vae.config.shift_factor
+        images = self._vae_decode(pipe, latents, vae_dtype)
+        try:
+            check_output(images)
+            return images
+        except BadOutput as error:
+            if vae_dtype == torch.float32:
+                raise
+            notices.append(f"Decoding gave bad pixels ({error}): decoded again with a float32 VAE.")
+            run_fallbacks.append({"component": "vae", "backend": "none", "mode": str(vae_dtype).replace(
+                "torch.", ""), "reason": str(error)})
+        try:
+            pipe.vae.to(torch.float32)
+            images = self._vae_decode(pipe, latents, torch.float32)
+        finally:
+            pipe.vae.to(vae_dtype)
+        check_output(images)
+        return images
+
+    @staticmethod
+    def _vae_decode(pipe, latents, dtype) -> np.ndarray:
+        image = pipe.vae.decode(latents.to(dtype), return_dict=False)[0]
+        return pipe.image_processor.postprocess(image.float(), output_type="np")
+
+
+def oom_recovery_steps(device_type: str) -> tuple[str, ...]:
+    """What to try, in order, after running out of memory (offload needs an accelerator)."""
+    if device_type in ("cuda", "mps"):
+        return ("model offload", "sequential offload")
+    return ("freed memory",)
 
 
 def _is_oom(error: Exception) -> bool:

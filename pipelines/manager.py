@@ -133,17 +133,18 @@ class ModelManager:
         if vae_slicing is not None:
             self.vae_slicing = bool(vae_slicing)
 
-    def prepare_for_run(self, pipe) -> list[str]:
+    def prepare_for_run(self, pipe, offload: str | None = None) -> list[str]:
         """Apply offload and VAE options before a run; returns notices."""
         notices = []
+        offload = offload or self.offload
         vae = getattr(pipe, "vae", None)
         if vae is not None:
             vae.enable_tiling() if self.vae_tiling else vae.disable_tiling()
             vae.enable_slicing() if self.vae_slicing else vae.disable_slicing()
-        if self.offload != "none":
+        if offload != "none":
             if self.device.type == "cpu":
                 notices.append("CPU offload has no effect when running on the CPU.")
-            elif self.offload == "model":
+            elif offload == "model":
                 pipe.enable_model_cpu_offload(device=self.device)
             else:
                 pipe.enable_sequential_cpu_offload(device=self.device)
@@ -314,6 +315,13 @@ class ModelManager:
             if key != keep:
                 self._unload(key)
         empty_cache(self.device)
+
+    def free_after_oom(self, keep: tuple) -> None:
+        """After running out of memory: drop every other pipeline and return cached memory."""
+        with self.lock:
+            for key in [k for k in self._pipelines if k != keep]:
+                self._unload(key)
+            empty_cache(self.device)
 
     def unload(self) -> int:
         """Unload everything; returns the bytes freed."""

@@ -264,3 +264,85 @@ def test_without_a_budget_pipelines_are_unloaded_when_free_memory_runs_short(tin
     free["bytes"] = 1000  # nothing fits any more: everything older than the new pipeline goes
     studio.generate(GenerationRequest(tool="schnell", prompt="x", model="tiny", quant="none", seed=1))
     assert [key[0].rsplit("/", 1)[-1] for key in manager._pipelines] == ["schnell"]
+
+
+def test_nan_from_a_bf16_vae_decode_is_retried_in_float32(fresh_studio, monkeypatch):
+    from pipelines.engine import Studio
+
+    original = Studio._vae_decode
+
+    def flaky(pipe, latents, dtype):
+        images = original(pipe, latents, dtype)
+        return images * np.nan if dtype == torch.bfloat16 else images
+
+    monkeypatch.setattr(Studio, "_vae_decode", staticmethod(flaky))
+    result = fresh_studio.generate(GenerationRequest(tool="schnell", prompt="x", model="tiny", quant="none", seed=1))
+    assert_image_is_not_flat(result.image)
+    assert any(f["component"] == "vae" and "NaN" in f["reason"] for f in result.fallbacks)
+    assert any("float32 VAE" in n for n in result.notices)
+    assert next(fresh_studio.manager._pipelines.values().__iter__()).pipe.vae.dtype == torch.bfloat16
+
+
+def test_nan_latents_stop_the_run_early_and_fall_back(fresh_studio, monkeypatch):
+    calls = []
+
+    def hook(module):
+        def poison(m, i, out):
+            calls.append(1)
+            return out * float("nan")
+
+        module.proj_out.register_forward_hook(poison)
+
+    second = poison_first_backend(monkeypatch, "4bit", hook)
+    request = GenerationRequest(tool="dev", prompt="x", model="tiny", quant="4bit", seed=1, steps=6)
+    result = fresh_studio.generate(request)
+    assert result.report["quantization"]["components"]["transformer"]["backend"] == second.backend
+    assert len(calls) == 1  # stopped after the first step, not after all six
+    assert any("latents became NaN/inf at step 1" in f["reason"] for f in result.fallbacks)
+
+
+def test_out_of_memory_frees_other_models_and_retries_once(fresh_studio, monkeypatch, photo):
+    fresh_studio.generate(GenerationRequest(tool="canny", prompt="x", model="tiny", quant="none", image=photo, seed=1))
+    from diffusers import FluxTransformer2DModel
+
+    original = FluxTransformer2DModel.forward
+    raised = []
+
+    def forward(self, *args, **kwargs):
+        if not raised:
+            raised.append(1)
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(FluxTransformer2DModel, "forward", forward)
+    result = fresh_studio.generate(GenerationRequest(tool="dev", prompt="x", model="tiny", quant="none", seed=1))
+    assert_image_is_not_flat(result.image)
+    assert any("Out of memory: retrying" in n for n in result.notices)
+    assert [k[0].rsplit("/", 1)[-1] for k in fresh_studio.manager._pipelines] == ["dev"]  # canny was freed
+
+
+def test_out_of_memory_twice_gives_advice_and_the_next_request_works(fresh_studio, monkeypatch):
+    from diffusers import FluxTransformer2DModel
+
+    from pipelines.errors import UserError
+
+    original = FluxTransformer2DModel.forward
+
+    def always_oom(self, *args, **kwargs):
+        raise RuntimeError("MPS backend out of memory (MPS allocated: 17.00 GB)")
+
+    monkeypatch.setattr(FluxTransformer2DModel, "forward", always_oom)
+    with pytest.raises(UserError, match="out of memory: try a smaller size, 4-bit, or model CPU offload"):
+        fresh_studio.generate(GenerationRequest(tool="dev", prompt="x", model="tiny", quant="none", seed=1))
+    monkeypatch.setattr(FluxTransformer2DModel, "forward", original)
+    result = fresh_studio.generate(GenerationRequest(tool="dev", prompt="x", model="tiny", quant="none", seed=1))
+    assert_image_is_not_flat(result.image)
+
+
+@pytest.mark.parametrize("device, steps", [("cuda", ("model offload", "sequential offload")),
+                                           ("mps", ("model offload", "sequential offload")),
+                                           ("cpu", ("freed memory",))])
+def test_oom_recovery_steps_per_device(device, steps):
+    from pipelines.engine import oom_recovery_steps
+
+    assert oom_recovery_steps(device) == steps
