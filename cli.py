@@ -69,6 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     doc = sub.add_parser("doctor", help="device, library versions and usable backends")
     doc.add_argument("--json", action="store_true")
+    doc.add_argument("--probe", action="store_true", help="probe every backend now (in child processes)")
+    doc.add_argument("--reprobe", action="store_true", help="forget cached probe results and probe again")
     doc.add_argument("--device", default=None)
     return parser
 
@@ -168,6 +170,11 @@ def doctor(args) -> int:
         device = pick_device(args.device)
     except ValueError as error:
         raise UserError(str(error)) from None
+    if args.probe or args.reprobe:
+        from quantization.doctor import run_probes
+
+        print("probing backends...", file=sys.stderr)
+        run_probes(device, pick_dtype(device), fresh=args.reprobe)
     report = doctor_report(device, pick_dtype(device))
     print(json.dumps(report, indent=2) if args.json else format_doctor(report))
     return 0

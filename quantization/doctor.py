@@ -35,7 +35,24 @@ def device_name(device: torch.device) -> str:
     return platform.processor() or platform.machine()
 
 
+# FLUX.1 transformer Linear shapes (hidden 3072, MLP 12288): what `doctor --probe` tries.
+PROBE_SHAPES = [(3072, 3072), (3072, 12288), (12288, 3072)]
+
+
+def run_probes(device: torch.device, dtype: torch.dtype, fresh: bool = False) -> None:
+    """Probe every usable backend x mode on FLUX shapes (``fresh`` forgets earlier results first)."""
+    from .probe import clear_cache, probe
+
+    if fresh:
+        clear_cache()
+    for config in ALL_CONFIGS:
+        if check_backend(config, device) is None:
+            probe(config, device, dtype, PROBE_SHAPES)
+
+
 def doctor_report(device: torch.device, dtype: torch.dtype) -> dict:
+    from .probe import cached_results
+
     backends = []
     for config in ALL_CONFIGS:
         reason = check_backend(config, device)
@@ -50,6 +67,7 @@ def doctor_report(device: torch.device, dtype: torch.dtype) -> dict:
         "libraries": library_versions(),
         "backends": backends,
         "policy": policy,
+        "probes": cached_results(),
     }
 
 
@@ -61,6 +79,13 @@ def format_doctor(report: dict) -> str:
     for row in report["backends"]:
         state = "ok" if row["usable"] else f"unusable: {row['reason']}"
         lines.append(f"  {row['backend']:<13} {row['mode']:<17} {state}")
+    lines.append("probes (quantize and run in a child process; cached per environment):")
+    if not report["probes"]:
+        lines.append("  none yet: they run when a backend is first used, or with `doctor --probe`")
+    for row in report["probes"]:
+        state = "ok" if row["ok"] else f"unusable: {row['reason']}"
+        lines.append(f"  {row['backend']:<13} {row['mode']:<17} {row['device']} {row['dtype']}: {state} "
+                     f"({row['shapes']} shapes)")
     lines.append("fallback chains:")
     lines += [f"  {mode}: {' -> '.join(chain)}" for mode, chain in report["policy"].items()]
     return "\n".join(lines)

@@ -149,3 +149,14 @@ def test_no_model_and_no_local_weights_uses_the_tiny_demo_with_a_notice(tmp_path
     assert cli.main(["generate", "--tool", "schnell", "--prompt", "x", "--out", str(out), "--quant", "none"]) == 0
     assert "running the offline demo model 'tiny'" in capsys.readouterr().err
     assert read_metadata(out)["model"] == "tiny"
+
+
+def test_doctor_shows_probe_results_and_can_reprobe(tmp_path):
+    env = {"FLUXFORGE_CACHE_DIR": str(tmp_path), "FLUXFORGE_DISABLE_BACKENDS": "quanto,bitsandbytes"}
+    proc = run_cli("doctor", env=env)
+    assert "none yet" in proc.stdout
+    proc = run_cli("doctor", "--reprobe", "--json", env=env)
+    assert proc.returncode == 0, proc.stderr
+    probes = json.loads(proc.stdout)["probes"]
+    assert {(p["backend"], p["mode"], p["ok"]) for p in probes} == {("torchao", "int8_dynamic", True),
+                                                                    ("torchao", "int8_weight_only", True)}
