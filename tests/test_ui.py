@@ -75,13 +75,10 @@ def test_generation_shares_one_device_queue(demo):
 
 
 def test_bad_input_is_checked_before_the_queue(demo):
-    """Each run button first calls a cheap check outside the queue, then the queued job on success."""
+    """Each job has a cheap validator that refuses bad input before the job joins the queue."""
     for fn in demo.fns.values():
         if fn.api_name in GENERATION_APIS:
-            check = demo.fns[fn.trigger_after]
-            assert fn.trigger_only_on_success and fn.queue is not False
-            assert check.queue is False and check.api_visibility == "private"
-            assert check.inputs == fn.inputs
+            assert fn.validator is not None
 
 
 def test_api_flag_opens_the_endpoints(tmp_path):
@@ -187,7 +184,11 @@ def test_warning_box_lists_each_fallback_and_reason():
     assert warning_html([], {}) == ""
     box = warning_html(REPORT["quantization"]["fallbacks"], REPORT["quantization"]["components"])
     assert "ff-warning" in box and "torchao int8_dynamic" in box and "torchao is disabled" in box
-    assert "transformer → full precision" in box
+    assert "<b>transformer</b> ran with full precision" in box
+    from ui.text import fallback_summary
+
+    assert fallback_summary(REPORT["quantization"]["fallbacks"], REPORT["quantization"]["components"]) == (
+        "Quantization fell back: transformer → full precision.")
 
 
 def test_editor_mask_is_the_painted_layer():

@@ -7,6 +7,7 @@ anything unexpected a gr.Error with a short line (the traceback stays in the ser
 from __future__ import annotations
 
 import logging
+import re
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,8 +49,19 @@ def pick_seed(seed, randomize: bool) -> int | None:
     return seed
 
 
-def user_error(message: str) -> gr.Error:
-    return gr.Error(message, print_exception=False)
+class Invalid(gr.Error):
+    """Bad input: a readable message, and the input it is about (e.g. 'prompt', 'mask', 'steps')."""
+
+    def __init__(self, message: str, field: str | None = None):
+        super().__init__(message, print_exception=False)
+        if field is None:
+            match = re.match(r"[a-z_]+", message)
+            field = match.group(0) if match else None
+        self.field = field
+
+
+def user_error(message: str, field: str | None = None) -> Invalid:
+    return Invalid(message, field)
 
 
 class Runner:
@@ -83,8 +95,8 @@ class Runner:
                            "try fewer steps, a smaller size, or another quantization mode.",
                            print_exception=False) from None
         if result.fallbacks:
-            gr.Warning("Quantization fell back: " + "; ".join(text.fallback_lines(result.fallbacks)[:3]),
-                       duration=15)
+            components = result.report["quantization"]["components"]
+            gr.Warning(text.fallback_summary(result.fallbacks, components) + " Details are in the tab.", duration=15)
         return Outcome(path, result, request)
 
 

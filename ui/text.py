@@ -92,15 +92,32 @@ def fallback_lines(fallbacks: list[dict]) -> list[str]:
     return [f"{f['component']}: {f['backend']} {f['mode']} was not used ({f['reason']})" for f in fallbacks]
 
 
+def _used(component: dict | None) -> str:
+    if not component:
+        return "?"
+    return "full precision" if component["backend"] == "none" else f"{component['backend']} {component['mode']}"
+
+
+def fallback_summary(fallbacks: list[dict], components: dict) -> str:
+    """One line for the toast: which components fell back, and to what."""
+    names = list(dict.fromkeys(f["component"] for f in fallbacks))
+    return "Quantization fell back: " + ", ".join(f"{n} → {_used(components.get(n))}" for n in names) + "."
+
+
 def warning_html(fallbacks: list[dict], components: dict) -> str:
-    """The visible warning box shown in the tab when a quantization fell back."""
+    """The visible warning box shown in the tab when a quantization fell back: per component, what was tried."""
     if not fallbacks:
         return ""
-    used = ", ".join(f"{name} → {'full precision' if c['backend'] == 'none' else c['backend'] + ' ' + c['mode']}"
-                     for name, c in components.items() if name in {f["component"] for f in fallbacks})
-    items = "".join(f"<li>{html.escape(line)}</li>" for line in fallback_lines(fallbacks))
-    return (f"<div class='ff-warning' role='alert'><b>⚠ Quantization fell back.</b> Ran with: "
-            f"{html.escape(used)}.<ul>{items}</ul></div>")
+    by_component: dict[str, list[dict]] = {}
+    for f in fallbacks:
+        by_component.setdefault(f["component"], []).append(f)
+    items = []
+    for name, tried in by_component.items():
+        attempts = "; ".join(f"{f['backend']} {f['mode']}: {f['reason']}" for f in tried)
+        items.append(f"<li><b>{html.escape(name)}</b> ran with {html.escape(_used(components.get(name)))}. "
+                     f"Not used: {html.escape(attempts)}.</li>")
+    return (f"<div class='ff-warning' role='alert'><b>⚠ Quantization fell back.</b> The image was made, with less "
+            f"quantization than asked for:<ul>{''.join(items)}</ul></div>")
 
 
 def notices_html(notices: list[str]) -> str:

@@ -102,9 +102,9 @@ class ResultPanel:
 def result_panel(tool: str, action: str) -> ResultPanel:
     """The right-hand column: the run button on top (always in view), then the result and its status."""
     button = gr.Button(action, variant="primary", size="lg", elem_id=f"{tool}-run")
+    warning = gr.HTML("", visible=False, elem_id=f"{tool}-warning")
     image = gr.Image(label="Result", type="filepath", format="png", interactive=False, height=380,
                      buttons=["download", "fullscreen"], elem_id=f"{tool}-result", elem_classes=["ff-result"])
-    warning = gr.HTML("", visible=False, elem_id=f"{tool}-warning")
     status = gr.HTML("<div class='ff-status ff-muted'>No image yet: the status of each run (backends per "
                      "component, peak memory, times) appears here.</div>", elem_id=f"{tool}-status")
     notices = gr.HTML("", elem_id=f"{tool}-notices")
@@ -123,10 +123,35 @@ def result_panel(tool: str, action: str) -> ResultPanel:
     return ResultPanel(button, image, download, status, warning, notices, gallery, history)
 
 
-def wire(ctx: TabContext, button: gr.Button, check, run, inputs: list, outputs: list, api_name: str):
-    """Cheap checks first, outside the queue (bad input never waits for the device), then the job itself."""
+def validator(check, inputs: list, names: list[str], aliases: dict[str, str]):
+    """Runs `check` before the job joins the queue; its message is shown on the input it is about."""
+    shown = [i for i, block in enumerate(inputs) if not isinstance(block, gr.State)]
+
+    def validate(*args):
+        try:
+            check(*args)
+        except gr.Error as error:
+            field = aliases.get(getattr(error, "field", None), getattr(error, "field", None))
+            target = names.index(field) if field in names else None
+            if target is None or target not in shown:
+                target = names.index("prompt") if "prompt" in names else shown[0]
+            return [gr.validate(i != target, error.message if i == target else "") for i in range(len(args))]
+        return [gr.validate(True, "") for _ in args]
+
+    return validate
+
+
+def wire(ctx: TabContext, button: gr.Button, check, run, inputs: list, outputs: list, api_name: str,
+         aliases: dict[str, str] | None = None):
+    """The job, validated before it is queued (bad input never waits for the device), on the device queue.
+
+    `check` raises ui.runner.Invalid; `aliases` maps request field names (e.g. 'mask') to `run` parameters.
+    """
+    import inspect
+
     from .settings import DEVICE_QUEUE
 
-    return button.click(check, inputs, None, queue=False, api_visibility="private", show_progress="hidden").success(
-        ctx.gpu(run), inputs, outputs, api_name=api_name, api_visibility=ctx.visibility,
-        concurrency_id=DEVICE_QUEUE, concurrency_limit=1)
+    names = [name for name in inspect.signature(run).parameters if name != "progress"]
+    return button.click(ctx.gpu(run), inputs, outputs, api_name=api_name, api_visibility=ctx.visibility,
+                        concurrency_id=DEVICE_QUEUE, concurrency_limit=1,
+                        validator=validator(check, inputs, names, aliases or {}))

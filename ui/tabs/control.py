@@ -100,11 +100,11 @@ def build(ctx: TabContext, tool: str) -> None:
         control_image = None
         if choice == UPLOADED:
             if map_image is None:
-                raise user_error(f"Upload a {tool} map, or switch to 'Compute from the photo'.")
+                raise user_error(f"Upload a {tool} map, or switch to 'Compute from the photo'.", "map_image")
             control_image = map_image
             image = image if image is not None else map_image  # the map alone sets the size
         elif image is None:
-            raise user_error(f"Upload a photo: the {tool} map is computed from it.")
+            raise user_error(f"Upload a photo: the {tool} map is computed from it.", "image")
         width, height = size_values(match, width, height)
         extra = {} if lo is None else {"canny_low": int(lo), "canny_high": int(hi)}
         return dict(prompt=prompt or "", quant=quant, image=image, control_image=control_image, width=width,
@@ -123,5 +123,6 @@ def build(ctx: TabContext, tool: str) -> None:
 
     thresholds = [low, high] if tool == "canny" else [gr.State(None), gr.State(None)]
     inputs = [photo, control, source, prompt, *thresholds, *options.inputs(), panel.history]
-    wire(ctx, panel.button, check, run, inputs, [*panel.outputs(), options.seed, control], api_name=tool)
+    wire(ctx, panel.button, check, run, inputs, [*panel.outputs(), options.seed, control], api_name=tool,
+         aliases={"control_image": "map_image", "canny_low": "lo", "canny_high": "hi"})
 

@@ -48,17 +48,18 @@ def build(ctx: TabContext) -> None:
                height, seed, randomize):
         image = editor_image(editor)
         if image is None:
-            raise user_error("Upload an image to fill first.")
+            raise user_error("Upload an image to fill first.", "editor")
         if mode == OUTPAINT:
             expand = expand_values(left, top, right, bottom)
             if not any(expand):
-                raise user_error("Outpaint: choose how many pixels to add on at least one side.")
+                raise user_error("Outpaint: choose how many pixels to add on at least one side.", "right")
             mask = None
         else:
             expand = None
             mask = editor_mask(editor, image.size)
             if mask is None:
-                raise user_error("No mask drawn: paint over the area to repaint with the brush (white = repaint).")
+                raise user_error("No mask drawn: paint over the area to repaint with the brush (white = repaint).",
+                                 "editor")
         width, height = size_values(match, width, height)
         return dict(prompt=prompt or "", quant=quant, image=image, mask=mask, expand=expand, reference=reference,
                     width=width, height=height, steps=steps, guidance=guidance, seed=pick_seed(seed, randomize))
@@ -74,4 +75,5 @@ def build(ctx: TabContext) -> None:
         return (*panel_values([outcome], history), request.seed)
 
     inputs = [mode, editor, *sides, prompt, reference, *options.inputs(), panel.history]
-    wire(ctx, panel.button, check, run, inputs, [*panel.outputs(), options.seed], api_name="fill")
+    wire(ctx, panel.button, check, run, inputs, [*panel.outputs(), options.seed], api_name="fill",
+         aliases={"image": "editor", "mask": "editor", "expand": "right"})

@@ -38,9 +38,9 @@ def build(ctx: TabContext) -> None:
 
     def check(tool, prompt, steps, guidance, quant, width, height, seed, randomize, history):
         if tool not in VARIANTS:
-            raise user_error(f"Choose FLUX.1 schnell or dev (got {tool!r}).")
+            raise user_error(f"Choose FLUX.1 schnell or dev (got {tool!r}).", "tool")
         if not (prompt or "").strip():
-            raise user_error("Write a prompt first: describe the image you want.")
+            raise user_error("Write a prompt first: describe the image you want.", "prompt")
         ctx.runner.request(tool, prompt=prompt, quant=quant, width=width, height=height, steps=steps,
                            guidance=guidance, seed=pick_seed(seed, randomize))
 

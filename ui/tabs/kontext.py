@@ -24,9 +24,9 @@ def build(ctx: TabContext) -> None:
 
     def fields(image, prompt, steps, guidance, quant, match, width, height, seed, randomize):
         if image is None:
-            raise user_error("Kontext edits an image: upload an input image first.")
+            raise user_error("Kontext edits an image: upload an input image first.", "image")
         if not (prompt or "").strip():
-            raise user_error("Write an edit instruction, e.g. 'make it night time'.")
+            raise user_error("Write an edit instruction, e.g. 'make it night time'.", "prompt")
         width, height = size_values(match, width, height)
         return dict(prompt=prompt, quant=quant, image=image, width=width, height=height, steps=steps,
                     guidance=guidance, seed=pick_seed(seed, randomize))

@@ -29,9 +29,9 @@ def build(ctx: TabContext) -> None:
 
     def fields(image, prompt, count, steps, guidance, quant, match, width, height, seed, randomize):
         if image is None:
-            raise user_error("Redux makes variations of an image: upload an input image first.")
+            raise user_error("Redux makes variations of an image: upload an input image first.", "image")
         if not 1 <= int(count or 0) <= MAX_VARIATIONS:
-            raise user_error(f"Variations must be 1..{MAX_VARIATIONS}.")
+            raise user_error(f"Variations must be 1..{MAX_VARIATIONS}.", "count")
         width, height = size_values(match, width, height)
         return dict(prompt=prompt or "", quant=quant, image=image, width=width, height=height, steps=steps,
                     guidance=guidance, seed=pick_seed(seed, randomize))

@@ -35,19 +35,21 @@ def doctor_html(report: dict) -> tuple[str, str]:
             + _table(["Library", "Version"], libs))
     rows = []
     for row in report["backends"]:
-        state = "<span class='ff-ok'>usable</span>" if row["usable"] else "<span class='ff-no'>not usable</span>"
+        state = "<span class='ff-ok'>yes</span>" if row["usable"] else "<span class='ff-no'>no</span>"
         rows.append([html.escape(row["backend"]), html.escape(row["mode"]), state, html.escape(row["reason"])])
     chains = "".join(f"<li><b>{html.escape(mode)}</b>: {' → '.join(html.escape(c) for c in chain)}</li>"
                      for mode, chain in report["policy"].items())
-    right = (_table(["Backend", "Mode", "Here", "Why not"], rows)
+    right = (_table(["Backend", "Mode", "Usable", "Why not"], rows)
              + f"<div class='ff-kv'><b>Fallback order on this device</b><ul>{chains}</ul></div>")
     return left, right
 
 
 def loaded_html(rows: list[dict], total: int) -> str:
+    rows = sorted((r for r in rows if r["bytes"]), key=lambda r: -r["bytes"])  # tokenizers hold no weights
     if not rows:
         return "<div class='ff-muted'>No models are loaded. They load on the first run of a tool.</div>"
-    cells = [[html.escape(r["component"]), html.escape(r["class"]), html.escape(str(r["backend"])),
+    cells = [[html.escape(r["component"]), html.escape(r["class"]),
+              "full precision" if r["backend"] == "none" else html.escape(str(r["backend"])),
               html.escape(str(r["mode"])), _mib(r["bytes"]), html.escape(", ".join(r["used_by"]))] for r in rows]
     return (_table(["Component", "Class", "Backend", "Mode", "Memory", "Used by"], cells)
             + f"<div class='ff-kv'><b>Total held by loaded models:</b> {_mib(total)}</div>")
@@ -55,13 +57,6 @@ def loaded_html(rows: list[dict], total: int) -> str:
 
 def build(ctx: TabContext, tab: gr.Tab) -> None:
     manager = ctx.runner.studio.manager
-    with gr.Row(equal_height=False):
-        with gr.Column(scale=1):
-            gr.Markdown("### This machine")
-            machine = gr.HTML("<div class='ff-muted'>Loading…</div>", elem_id="system-machine")
-        with gr.Column(scale=1):
-            gr.Markdown("### Quantization backends")
-            backends = gr.HTML("", elem_id="system-backends")
     gr.Markdown("### Loaded models")
     loaded = gr.HTML(loaded_html([], 0), elem_id="system-loaded")
     with gr.Row():
@@ -79,6 +74,13 @@ def build(ctx: TabContext, tab: gr.Tab) -> None:
             slicing = gr.Checkbox(manager.vae_slicing, label="VAE slicing (decode one image at a time)",
                                   elem_id="system-vae-slicing")
     options_note = gr.HTML("", elem_id="system-options-note")
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=1):
+            gr.Markdown("### This machine")
+            machine = gr.HTML("<div class='ff-muted'>Loading…</div>", elem_id="system-machine")
+        with gr.Column(scale=1):
+            gr.Markdown("### Quantization backends")
+            backends = gr.HTML("", elem_id="system-backends")
 
     def show_doctor():
         return doctor_html(doctor_report(manager.device, manager.dtype))

@@ -1,0 +1,213 @@
+"""The studio in headless Chromium on the tiny model: tabs, runs, a drawn mask, errors and a forced fallback.
+
+Screenshots (1280x800) go to test-artifacts/browser/.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.ui_fixtures import ARTIFACTS, asset, web_studio  # noqa: F401
+
+CHROMIUM = Path("/usr/bin/chromium")
+SHOTS = ARTIFACTS / "browser"
+RUN_TIMEOUT_MS = 90_000
+TABS = {"Generate": "schnell", "Fill": "fill", "Kontext": "kontext", "Depth": "depth", "Canny": "canny",
+        "Redux": "redux"}
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's Chromium is not installed at /usr/bin/chromium "
+                                                     "(apt-get install -y chromium)"),
+]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    with sync_api.sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(
+            executable_path=str(CHROMIUM), args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def clean_shots():
+    shutil.rmtree(SHOTS, ignore_errors=True)
+    SHOTS.mkdir(parents=True, exist_ok=True)
+
+
+@pytest.fixture
+def page(browser, web_studio):  # noqa: F811
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    page = context.new_page()
+    page.set_default_timeout(30_000)
+    page.goto(web_studio.url)
+    page.wait_for_selector("#generate-run")
+    yield page
+    context.close()
+
+
+def shot(page, name: str) -> None:
+    page.screenshot(path=str(SHOTS / f"{name}.png"))
+
+
+def open_tab(page, label: str) -> None:
+    page.get_by_role("tab", name=label, exact=True).click()
+
+
+def quant_options(page, tool: str) -> list[str]:
+    page.locator(f"#{tool}-quant input").click()
+    options = page.get_by_role("option")
+    options.first.wait_for()
+    texts = [t.replace("✓", "").strip() for t in options.all_inner_texts()]
+    page.keyboard.press("Escape")
+    return texts
+
+
+def choose_quant(page, tool: str, label: str) -> None:
+    page.locator(f"#{tool}-quant input").click()
+    page.get_by_role("option", name=label).click()
+
+
+def upload(page, selector: str, path: str) -> None:
+    page.locator(f"{selector} input[type=file]").first.set_input_files(path)
+
+
+def wait_for_run(page, tab: str) -> None:
+    """The status line of a finished run (backends per component) and the result image."""
+    try:
+        page.wait_for_selector(f"#{tab}-status .ff-chips", timeout=RUN_TIMEOUT_MS)
+        page.wait_for_selector(f"#{tab}-result img", timeout=RUN_TIMEOUT_MS)
+    except Exception:
+        shot(page, f"FAILED-{tab}")
+        raise
+
+
+def check_status(page, tab: str) -> str:
+    status = page.locator(f"#{tab}-status").inner_text()
+    assert "transformer" in status and "peak" in status and "total" in status
+    assert page.locator(f"#{tab}-history img").count() >= 1
+    assert page.locator(f"#{tab}-download").is_visible()
+    return status
+
+
+def test_every_tab_renders_with_the_four_modes(page):
+    assert page.locator("#ff-demo-banner").inner_text().startswith("Offline demo model")
+    for label, tool in TABS.items():
+        open_tab(page, label)
+        run = page.locator(f"#{'generate' if label == 'Generate' else tool}-run")
+        run.wait_for(state="visible")
+        assert quant_options(page, tool) == ["Auto", "None", "8-bit", "4-bit"]
+        assert "On this CPU" in page.locator(f"#{tool}-quant").inner_text()
+        shot(page, f"tab-{label.lower()}")
+    open_tab(page, "System")
+    page.wait_for_selector("#system-backends table")
+    text = page.locator("#system-backends").inner_text()
+    assert "quanto" in text and "bitsandbytes" in text and "torchao" in text
+    assert "torch" in page.locator("#system-machine").inner_text()
+    shot(page, "tab-system")
+
+
+def test_generate(page):
+    page.locator("#generate-prompt textarea").fill("a lighthouse at dusk")
+    page.locator("#generate-run").click()
+    wait_for_run(page, "generate")
+    assert "FLUX.1 [schnell]" in check_status(page, "generate")
+    shot(page, "run-generate")
+
+
+def test_fill_needs_a_drawn_mask(page):
+    open_tab(page, "Fill")
+    upload(page, "#fill-editor", asset("example-room.png"))
+    page.locator("#fill-editor").get_by_text("Upload an image").wait_for(state="hidden")
+    page.locator("#fill-prompt textarea").fill("a potted plant")
+    page.locator("#fill-run").click()
+    page.get_by_text("No mask drawn").first.wait_for()
+    assert page.locator("#fill-status .ff-chips").count() == 0
+    shot(page, "error-fill-no-mask")
+
+
+def draw_stroke(page) -> None:
+    """Drag the brush across the middle of the image in the Fill editor."""
+    editor = page.locator("#fill-editor")
+    editor.get_by_text("Upload an image").wait_for(state="hidden")
+    page.wait_for_timeout(800)  # the image is placed on the canvas
+    box = editor.locator("canvas").first.bounding_box()
+    x, y = box["x"] + box["width"] * 0.42, box["y"] + box["height"] * 0.5
+    page.mouse.move(x, y)
+    page.mouse.down()
+    for step in range(12):
+        page.mouse.move(x + step * 8, y + (step % 3) * 6, steps=3)
+    page.mouse.up()
+    page.wait_for_timeout(500)  # the editor sends its layers after a short pause
+
+
+def test_fill_with_a_drawn_mask(page):
+    open_tab(page, "Fill")
+    upload(page, "#fill-editor", asset("example-room.png"))
+    draw_stroke(page)
+    page.locator("#fill-prompt textarea").fill("a potted plant")
+    page.locator("#fill-run").click()
+    wait_for_run(page, "fill")
+    assert "FLUX.1 Fill" in check_status(page, "fill")
+    shot(page, "run-fill")
+
+
+def test_kontext_needs_an_image(page):
+    open_tab(page, "Kontext")
+    page.locator("#kontext-prompt textarea").fill("make it night")
+    page.locator("#kontext-run").click()
+    page.get_by_text("upload an input image first").first.wait_for()
+    shot(page, "error-kontext-no-image")
+
+
+def test_canny_shows_its_map_and_runs(page):
+    open_tab(page, "Canny")
+    upload(page, "#canny-image", asset("example-boat.png"))
+    page.wait_for_selector("#canny-map img")  # computed beside the photo
+    page.locator("#canny-prompt textarea").fill("a watercolor boat")
+    page.locator("#canny-run").click()
+    wait_for_run(page, "canny")
+    assert "FLUX.1 Canny" in check_status(page, "canny")
+    shot(page, "run-canny")
+
+
+def test_redux(page):
+    open_tab(page, "Redux")
+    upload(page, "#redux-image", asset("example-boat.png"))
+    page.wait_for_selector("#redux-image img")
+    page.locator("#redux-run").click()
+    wait_for_run(page, "redux")
+    assert "FLUX.1 Redux" in check_status(page, "redux")
+    shot(page, "run-redux")
+
+
+def test_forced_fallback_shows_a_warning(page, web_studio, monkeypatch):  # noqa: F811
+    monkeypatch.setenv("FLUXFORGE_DISABLE_BACKENDS", "bitsandbytes,torchao,quanto")
+    try:
+        open_tab(page, "System")
+        page.locator("#system-unload").click()
+        page.get_by_text("Unloaded all models").first.wait_for()
+        open_tab(page, "Generate")
+        choose_quant(page, "schnell", "8-bit")
+        page.locator("#generate-prompt textarea").fill("a lighthouse at dusk")
+        page.locator("#generate-run").click()
+        wait_for_run(page, "generate")
+        warning = page.locator("#generate-warning .ff-warning")
+        warning.wait_for(state="visible")
+        text = warning.inner_text()
+        assert "Quantization fell back" in text and "disabled by FLUXFORGE_DISABLE_BACKENDS" in text
+        page.get_by_text("Quantization fell back:").first.wait_for()  # the toast as well
+        shot(page, "fallback-warning")
+        open_tab(page, "System")
+        page.locator("#system-refresh").click()
+        page.wait_for_selector("#system-loaded table")
+        assert "transformer" in page.locator("#system-loaded").inner_text()
+        shot(page, "system-loaded")
+    finally:
+        web_studio.demo.studio_manager.unload()
