@@ -1,8 +1,8 @@
 """One backend x mode: load, quantize and run both components, then the full-precision reference beside it.
 
 Phase 1 (its peak memory is the record's): load and quantize T5, encode, load and quantize the transformer,
-one transformer step. Phase 2: the full-precision T5 and transformer in the same process; the two denoising
-trajectories run interleaved step by step, so step times are compared side by side.
+one transformer step. Phase 2: the full-precision T5 and transformer in the same process; encodes and the two
+denoising trajectories run interleaved, so times are compared side by side.
 
 `python -m bench.measure JOB.json OUT_DIR` runs one job in a fresh process (honest per-backend RSS).
 """
@@ -79,17 +79,33 @@ def full_depth_bytes(component: str, module: torch.nn.Module) -> int:
     return total
 
 
-def timed(device: torch.device, fn):
-    sync(device)
-    start = time.perf_counter()
-    value = fn()
-    sync(device)
-    return value, time.perf_counter() - start
+class Clock:
+    """Wall time of each timed call, and the process's CPU time over them (a contention indicator)."""
+
+    def __init__(self, device: torch.device):
+        self.device, self.wall, self.cpu = device, 0.0, 0.0
+
+    def __call__(self, fn):
+        sync(self.device)
+        wall, cpu = time.perf_counter(), time.process_time()
+        value = fn()
+        sync(self.device)
+        seconds = time.perf_counter() - wall
+        self.wall += seconds
+        self.cpu += time.process_time() - cpu
+        return value, seconds
+
+    def cpu_share(self) -> float | None:
+        """Process CPU seconds / (wall seconds x torch threads); well below 1 when other work took the cores."""
+        if self.device.type != "cpu" or not self.wall:
+            return None
+        return self.cpu / (self.wall * torch.get_num_threads())
 
 
 def load_quantized(component: str, config: QuantConfig, root: Path, device, dtype):
-    module, load_s = timed(device, lambda: load(component, root, dtype))
-    module, quantize_s = timed(device, lambda: backend_for(config).quantize(module, config, device, dtype))
+    clock = Clock(device)
+    module, load_s = clock(lambda: load(component, root, dtype))
+    module, quantize_s = clock(lambda: backend_for(config).quantize(module, config, device, dtype))
     layers = count_quantized_layers(module, config) if config.bits < 16 else 0
     if config.bits < 16 and layers == 0:
         raise RuntimeError(f"{config.label}: no layer of {component} was quantized")
@@ -100,13 +116,18 @@ def load_reference(component: str, root: Path, device, dtype):
     return load(component, root, dtype).to(device).eval()
 
 
-def encode_times(text_encoder, inputs: Inputs, count: int, device) -> tuple[torch.Tensor, list[float]]:
-    out = inputs.encode(text_encoder)  # warm-up
-    times = []
-    for _ in range(count):
-        out, seconds = timed(device, lambda: inputs.encode(text_encoder))
-        times.append(seconds)
-    return out, times
+def sizes(component: str, module: torch.nn.Module) -> dict:
+    return {"weight_bytes": module_bytes(module), "full_depth_bytes": full_depth_bytes(component, module),
+            "params": sum(p.numel() for p in module.parameters())}
+
+
+def interleaved(clock: Clock, calls: dict, count: int) -> dict[str, list[float]]:
+    """Time ``count`` rounds of each call, alternating which goes first."""
+    times = {name: [] for name in calls}
+    for index in range(count):
+        for name in (list(calls) if index % 2 == 0 else list(reversed(calls))):
+            times[name].append(clock(calls[name])[1])
+    return times
 
 
 def measure(config: QuantConfig, shape: Shape, device: torch.device, dtype: torch.dtype, root: Path,
@@ -120,59 +141,55 @@ def measure(config: QuantConfig, shape: Shape, device: torch.device, dtype: torc
     # Phase 1: what a studio run holds.
     with PeakMemory(device) as peak:
         t5, t5_info = load_quantized("text_encoder_2", config, root, device, dtype)
-        t5_out, t5_times = encode_times(t5, inputs, shape.encodes, device)
+        t5_out = inputs.encode(t5)
         transformer, tr_info = load_quantized("transformer", config, root, device, dtype)
-        first = inputs.forward(transformer, inputs.noise, inputs.sigmas[0])
+        first = inputs.forward(transformer, inputs.noise, inputs.sigmas[0])  # also the warm-up
         sync(device)
-    t5_info.update(weight_bytes=module_bytes(t5), full_depth_bytes=full_depth_bytes("text_encoder_2", t5))
-    tr_info.update(weight_bytes=module_bytes(transformer),
-                   full_depth_bytes=full_depth_bytes("transformer", transformer))
+    release(device)
+    resident = memory_now(device)
+    t5_info.update(sizes("text_encoder_2", t5))
+    tr_info.update(sizes("transformer", transformer))
 
-    # Phase 2: the full-precision reference in the same process.
-    if full:
-        t5_ref, t5_ref_out, t5_ref_times = t5, t5_out, t5_times
-    else:
-        del t5
-        release(device)
-        t5_ref = load_reference("text_encoder_2", root, device, dtype)
-        t5_ref_out, t5_ref_times = encode_times(t5_ref, inputs, shape.encodes, device)
-    t5 = None
-    t5_ref_info = {"weight_bytes": module_bytes(t5_ref), "full_depth_bytes": full_depth_bytes("text_encoder_2", t5_ref),
-                   "params": sum(p.numel() for p in t5_ref.parameters())}
-    del t5_ref
+    # Phase 2: the full-precision reference in the same process, timed side by side.
+    clock = Clock(device)
+    t5_ref = t5 if full else load_reference("text_encoder_2", root, device, dtype)
+    t5_ref_out = inputs.encode(t5_ref)  # warm-up
+    t5_times = interleaved(clock, {"quantized": lambda: inputs.encode(t5), "reference": lambda: inputs.encode(t5_ref)}
+                           if not full else {"quantized": lambda: inputs.encode(t5)}, shape.encodes)
+    t5_ref_info = sizes("text_encoder_2", t5_ref)
+    del t5, t5_ref
     release(device)
 
     ref = transformer if full else load_reference("transformer", root, device, dtype)
-    ref_first = first if full else inputs.forward(ref, inputs.noise, inputs.sigmas[0])
-    tr_ref_info = {"weight_bytes": module_bytes(ref), "full_depth_bytes": full_depth_bytes("transformer", ref),
-                   "params": sum(p.numel() for p in ref.parameters())}
+    ref_first = first if full else inputs.forward(ref, inputs.noise, inputs.sigmas[0])  # also the warm-up
+    tr_ref_info = sizes("transformer", ref)
     models = {"quantized": transformer} if full else {"quantized": transformer, "reference": ref}
     latents = {name: inputs.noise.clone() for name in models}
     times = {name: [] for name in models}
-    for step in range(shape.steps):
+    for step in range(shape.steps):  # the two trajectories, interleaved step by step
         sigma, sigma_next = inputs.sigmas[step], inputs.sigmas[step + 1]
-        order = list(models) if step % 2 == 0 else list(reversed(models))
-        for name in order:
-            velocity, seconds = timed(device, lambda: inputs.forward(models[name], latents[name], sigma))
+        for name in (list(models) if step % 2 == 0 else list(reversed(models))):
+            velocity, seconds = clock(lambda: inputs.forward(models[name], latents[name], sigma))
             latents[name] = latents[name] + (sigma_next - sigma) * velocity.cpu()
             times[name].append(seconds)
-    if full:
-        latents["reference"], times["reference"] = latents["quantized"], times["quantized"]
+    for table in (t5_times, times, latents):
+        table.setdefault("reference", table["quantized"])
 
     floor_error = None
-    if floor and full:
+    if floor and full:  # bf16 compute against float32 compute, same weights and bf16-rounded inputs
         reference32 = load("transformer", root, dtype).float().to(device)
-        floor_error = rel_error(first, inputs.forward(reference32, inputs.noise, inputs.sigmas[0], torch.float32))
+        floor_error = rel_error(first, inputs.forward(reference32, inputs.noise.to(dtype).float(),
+                                                      inputs.sigmas[0], torch.float32))
         del reference32
     del models, transformer, ref
     release(device)
 
     common = {"backend": config.backend, "mode": config.mode, "label": config.label, "bits": config.bits,
               "dtype": str(dtype).replace("torch.", ""), "peak_bytes": peak.peak_bytes, "base_bytes": base,
-              "memory_kind": memory_kind(device)}
+              "resident_bytes": resident, "memory_kind": memory_kind(device), "cpu_share": clock.cpu_share()}
     records = [
-        _record("text_encoder_2", common, t5_info, t5_ref_info, t5_times, t5_ref_times, "T5 encode",
-                rel_error(t5_out, t5_ref_out)),
+        _record("text_encoder_2", common, t5_info, t5_ref_info, t5_times["quantized"], t5_times["reference"],
+                "T5 encode", rel_error(t5_out, t5_ref_out)),
         _record("transformer", common, tr_info, tr_ref_info, times["quantized"], times["reference"],
                 "transformer step", rel_error(first, ref_first),
                 latent_rel_error=rel_error(latents["quantized"], latents["reference"]), bf16_floor=floor_error),

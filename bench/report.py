@@ -109,21 +109,23 @@ def markdown(result: dict) -> str:
         f"{shape['seed']}.",
         "",
         "| component | backend | mode | auto | weights | ratio | ratio at full depth (est.) | load s | quantize s "
-        "| s/step | vs full | peak memory | rel error | PSNR dB |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| s/step | vs full | peak memory | resident | rel error | PSNR dB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in result["records"]:
         lines.append(
             f"| {r['component']} | {r['backend']} | {r['mode']} | {r['auto_for'] or ''} | {_bytes(r['weight_bytes'])} "
             f"| {r['weight_ratio']:.3f} | {r['full_depth_weight_ratio']:.3f} | {r['load_s']:.1f} "
             f"| {r['quantize_s']:.1f} | {r['step_s']:.3f} | {r['step_ratio']:.2f}x "
-            f"| {r['peak_bytes'] / 2**30:.2f} GiB | {r['rel_error']:.2e} | {_num(r.get('psnr'), '.1f')} |")
+            f"| {r['peak_bytes'] / 2**30:.2f} GiB | {r['resident_bytes'] / 2**30:.2f} GiB | {r['rel_error']:.2e} "
+            f"| {_num(r.get('psnr'), '.1f')} |")
     lines += [
         "",
         "s/step: median seconds per transformer step (T5: per encode) after a warm-up; 'vs full' divides by the "
         "full-precision median measured in the same process, steps interleaved. Peak memory: "
         f"{result['records'][0]['memory_kind'] if result['records'] else ''} of the whole run of that option "
-        "(loading, quantizing, one encode and one step; both components held). Rel error: ||q - ref|| / ||ref|| "
+        "(loading, quantizing, one encode and one step; both components held); resident: after that run, once "
+        "freed memory is collected. Rel error: ||q - ref|| / ||ref|| "
         "of one transformer output (T5: last hidden state) on the same inputs. PSNR: images decoded by a "
         "random-weight FLUX-shaped VAE from the final latents of the quantized and full-precision trajectories. "
         "Ratio at full depth: bytes per block measured here, extrapolated to 19 + 38 blocks and 24 T5 layers "
@@ -133,6 +135,12 @@ def markdown(result: dict) -> str:
     if floor is not None:
         lines.append(f"For scale: the bf16 transformer's output differs from the same weights computed in "
                      f"float32 by {floor:.2e} (relative).")
+    shares = [(r["label"], r["cpu_share"]) for r in result["records"]
+              if r["component"] == "transformer" and r.get("cpu_share") is not None]
+    if shares:
+        lines.append("CPU share during the timed steps (process CPU time / (wall time x threads); low values mean "
+                     "other work shared the cores): " + ", ".join(f"{label} {share:.2f}" for label, share in shares)
+                     + ".")
     lines += ["", "## Targets", "", "| target | measured | met |", "|---|---|---|"]
     lines += [f"| {t['target']} | {t['measured']} | {'yes' if t['met'] else 'NO'} |" for t in result["targets"]]
     int8_ok = [t for t in result["targets"] if "rel error <= 0.001" in t["target"] and t["met"]]

@@ -1,0 +1,145 @@
+"""The benchmark harness at tiny widths, and the CPU policy ordered from a measured table."""
+
+from __future__ import annotations
+
+import json
+import math
+import runpy
+
+import pytest
+
+from quantization.config import BitsAndBytesConfig, QuantoConfig, TorchAoConfig
+from quantization.policy import RATIO, cpu_order
+
+FIELDS = ("component", "backend", "mode", "auto", "weight_bytes", "ref_weight_bytes", "weight_ratio", "step_s",
+          "ref_step_s", "step_ratio", "quantize_s", "load_s", "peak_bytes", "rel_error", "device", "machine")
+ONLY = "quanto:int8,bitsandbytes:nf4,torchao:int8_dynamic"
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    from bench.run import main
+
+    out = tmp_path_factory.mktemp("bench")
+    path = out / "cpu-tiny.json"
+    code = main(["--tiny", "--no-isolate", "--device", "cpu", "--only", ONLY, "--cache", str(out / "cache"),
+                 "--json", str(path)])
+    assert code == 0
+    return path, json.loads(path.read_text())
+
+
+def test_records_have_the_fields_and_honest_ratios(tiny_run):
+    _, result = tiny_run
+    records = result["records"]
+    assert not result["failed"]
+    measured = {(r["backend"], r["mode"]) for r in records}
+    assert measured == {("none", "bf16"), ("quanto", "int8"), ("bitsandbytes", "nf4"), ("torchao", "int8_dynamic")}
+    assert {r["component"] for r in records} == {"transformer", "text_encoder_2"}
+    for r in records:
+        assert all(field in r for field in FIELDS), set(FIELDS) - set(r)
+        assert r["weight_ratio"] == r["weight_bytes"] / r["ref_weight_bytes"]
+        assert r["step_ratio"] == r["step_s"] / r["ref_step_s"]
+        assert r["step_s"] > 0 and r["ref_step_s"] > 0 and r["peak_bytes"] > 0
+        assert r["machine"]["cores"] >= 1 and r["machine"]["versions"]["torch"]
+        assert r["device"] == "cpu" and isinstance(r["auto"], bool) and math.isfinite(r["rel_error"])
+        if r["backend"] == "none":
+            assert r["weight_ratio"] == 1.0 and r["rel_error"] == 0.0
+        else:
+            assert r["weight_bytes"] < r["ref_weight_bytes"] and r["rel_error"] > 0
+    transformer = {r["backend"]: r for r in records if r["component"] == "transformer"}
+    assert transformer["quanto"]["weight_ratio"] < 0.52 and transformer["bitsandbytes"]["weight_ratio"] < 0.3
+    assert transformer["quanto"]["psnr"] > 20  # decoded images are compared
+
+
+def test_auto_flags_follow_the_policy(tiny_run):
+    from quantization.policy import candidates
+
+    _, result = tiny_run
+    firsts = {(candidates(m, "cpu")[0].backend, candidates(m, "cpu")[0].mode) for m in ("8bit", "4bit")}
+    for r in result["records"]:
+        assert r["auto"] == ((r["backend"], r["mode"]) in firsts)
+        assert r["auto"] == (r["auto_for"] is not None)
+
+
+def test_markdown_and_png_are_written(tiny_run):
+    path, result = tiny_run
+    text = path.with_suffix(".md").read_text()
+    assert "| transformer | quanto | int8 |" in text and "## Targets" in text
+    assert path.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert result["targets"] and all("met" in t for t in result["targets"])
+
+
+def test_full_refuses_on_a_cpu_unless_forced(capsys):
+    from bench.run import main
+
+    assert main(["--full", "--device", "cpu"]) == 2
+    assert "--force" in capsys.readouterr().err
+
+
+def test_update_policy_refuses_tiny_widths(capsys):
+    from bench.run import main
+
+    assert main(["--tiny", "--device", "cpu", "--update-policy"]) == 2
+    assert "--quick" in capsys.readouterr().err
+
+
+Q8, Q4 = QuantoConfig("int8"), QuantoConfig("int4")
+BNB8, NF4 = BitsAndBytesConfig("int8"), BitsAndBytesConfig("nf4")
+AO_DYN, AO_WO = TorchAoConfig("int8_dynamic"), TorchAoConfig("int8_weight_only")
+
+
+def names(*configs):
+    return {(c.backend, c.mode) for c in configs}
+
+
+@pytest.mark.parametrize(
+    "mode, steps, weights, expected",
+    [
+        # fastest first among options meeting the weight target
+        ("8bit", {("torchao", "int8_dynamic"): 1.5, ("quanto", "int8"): 3.2, ("bitsandbytes", "int8"): 1.6,
+                  ("torchao", "int8_weight_only"): 2.9},
+         dict.fromkeys(names(AO_DYN, Q8, BNB8, AO_WO), 0.50), (AO_DYN, BNB8, AO_WO, Q8)),
+        # an option over the weight target goes after those meeting it, however fast
+        ("8bit", {("torchao", "int8_dynamic"): 1.0, ("quanto", "int8"): 3.0, ("bitsandbytes", "int8"): 4.0,
+                  ("torchao", "int8_weight_only"): 5.0},
+         {("torchao", "int8_dynamic"): 0.60, ("quanto", "int8"): 0.50, ("bitsandbytes", "int8"): 0.50,
+          ("torchao", "int8_weight_only"): 0.50}, (Q8, BNB8, AO_WO, AO_DYN)),
+        ("4bit", {("bitsandbytes", "nf4"): 6.2, ("quanto", "int4"): 5.8},
+         {("bitsandbytes", "nf4"): 0.258, ("quanto", "int4"): 0.266}, (Q4, NF4)),
+        ("4bit", {("bitsandbytes", "nf4"): 1.0, ("quanto", "int4"): 3.4},
+         {("bitsandbytes", "nf4"): 0.258, ("quanto", "int4"): 0.266}, (NF4, Q4)),
+        # unmeasured options keep their listed order, after the measured ones
+        ("4bit", {("quanto", "int4"): 9.0}, {("quanto", "int4"): 0.27}, (Q4, NF4)),
+        ("8bit", {}, {}, (AO_DYN, Q8, BNB8, AO_WO)),
+    ],
+)
+def test_cpu_order_from_a_measured_table(mode, steps, weights, expected):
+    assert cpu_order(mode, steps, weights) == expected
+
+
+def test_weight_target_is_the_policy_ratio():
+    at, over = RATIO["4bit"], RATIO["4bit"] + 0.01
+    steps = {("bitsandbytes", "nf4"): 1.0, ("quanto", "int4"): 2.0}
+    assert cpu_order("4bit", steps, {("bitsandbytes", "nf4"): at, ("quanto", "int4"): at})[0] == NF4
+    assert cpu_order("4bit", steps, {("bitsandbytes", "nf4"): over, ("quanto", "int4"): at})[0] == Q4
+
+
+def test_written_table_round_trips_into_the_policy(tiny_run, tmp_path):
+    from bench.report import measured_tables, write_measured
+
+    _, result = tiny_run
+    path = tmp_path / "measured.py"
+    steps, weights = write_measured(result["records"], result, path)
+    table = runpy.run_path(str(path))
+    assert table["CPU_STEP_RATIO"] == steps and table["CPU_WEIGHT_RATIO"] == weights
+    assert (steps, weights) == measured_tables(result["records"])
+    assert ("none", "bf16") not in steps and ("quanto", "int8") in steps
+    assert "cores" in path.read_text() and cpu_order("8bit", steps, weights)
+
+
+def test_the_policy_reads_the_committed_table():
+    from quantization import measured
+    from quantization.policy import candidates
+
+    for mode in ("8bit", "4bit"):
+        assert candidates(mode, "cpu")[:-1] == cpu_order(mode, measured.CPU_STEP_RATIO, measured.CPU_WEIGHT_RATIO)
