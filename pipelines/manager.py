@@ -20,6 +20,8 @@ from typing import Any, Callable
 import torch
 
 from quantization.apply import ComponentQuant, Fallback, quantize_with_fallback
+from quantization.cache import Source as CacheSource
+from quantization.cache import load_or_quantize
 from quantization.config import QuantConfig
 from quantization.policy import HEADROOM, RATIO, AutoChoice, candidates, choose_auto_mode
 from quantization.sizes import module_bytes
@@ -226,7 +228,8 @@ class ModelManager:
             chain = candidates(mode, self.device.type) if quantized else candidates("none", self.device.type)
             if quantized and mode != "none":
                 progress("quantize", 0, 1)
-            module, config, record = quantize_with_fallback(name, load, chain, self.device, self.dtype)
+            source = CacheSource(folder, key[0], cls, str(root))
+            module, config, record = load_or_quantize(name, load, chain, self.device, self.dtype, source)
             module.eval()
             remaining = chain[chain.index(config) + 1:]
             component = Component(name, key, module, record, remaining)

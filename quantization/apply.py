@@ -38,11 +38,14 @@ class ComponentQuant:
     quantize_s: float
     quantized_layers: int = 0
     fallbacks: list[Fallback] = field(default_factory=list)
+    from_cache: bool = False  # read from the quantized-weights cache instead of quantized now
+    prequantized: bool = False  # the checkpoint itself was quantized; its format wins over the requested mode
 
     def to_dict(self) -> dict:
         return {"backend": self.backend, "mode": self.mode, "bytes_before": self.bytes_before,
                 "bytes_after": self.bytes_after, "quantize_s": round(self.quantize_s, 4),
-                "quantized_layers": self.quantized_layers}
+                "quantized_layers": self.quantized_layers, "from_cache": self.from_cache,
+                "prequantized": self.prequantized}
 
 
 def count_quantized_layers(module: torch.nn.Module, config: QuantConfig) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -29,6 +30,19 @@ class Backend:
     def is_quantized_layer(self, layer: torch.nn.Module) -> bool:
         """True for a layer this backend has quantized."""
         return False
+
+    # ---- serialization (the quantized-weights cache) -------------------------------------------------
+    can_serialize = False  # a backend that cannot save its layers simply skips the cache
+    library = ""  # the pip package whose version is part of a cache key
+
+    def save(self, module: torch.nn.Module, path: Path) -> list[str]:
+        """Write the quantized ``module`` into the existing folder ``path``; returns the file names written."""
+        raise NotImplementedError(f"{self.name} cannot save quantized weights")
+
+    def load(self, skeleton: torch.nn.Module, path: Path, config: QuantConfig, device: torch.device,
+             dtype: torch.dtype) -> torch.nn.Module:
+        """Rebuild what ``save`` wrote, into ``skeleton`` (the full-precision layout on the meta device)."""
+        raise NotImplementedError(f"{self.name} cannot load quantized weights")
 
 
 _REGISTRY: dict[type, Backend] = {}

@@ -6,7 +6,7 @@ import torch
 
 from ..config import BitsAndBytesConfig
 from ..registry import Backend, register
-from .common import missing, quantizable_linears, set_submodule
+from .common import assign_state, load_state, missing, quantizable_linears, save_state, set_submodule
 
 
 @register(BitsAndBytesConfig)
@@ -42,6 +42,33 @@ class BitsAndBytesBackend(Backend):
 
         return isinstance(layer, (bnb.nn.Linear4bit, bnb.nn.Linear8bitLt))
 
+    can_serialize = True
+    library = "bitsandbytes"
+
+    def save(self, module, path):
+        return [save_state(module.state_dict(), path)]  # packed weights plus each layer's quantization state
+
+    def load(self, skeleton, path, config, device, dtype):
+        import bitsandbytes as bnb
+
+        state, _ = load_state(path)
+        done = []
+        for name, linear in quantizable_linears(skeleton):
+            new = _empty_layer(bnb, linear, config, dtype)
+            weight = state.pop(f"{name}.weight")
+            if config.quant_type == "nf4":
+                prefix = f"{name}.weight."
+                stats = {key[len(prefix):]: state.pop(key) for key in [k for k in state if k.startswith(prefix)]}
+                new.weight = bnb.nn.Params4bit.from_prequantized(weight, stats, requires_grad=False, device="cpu",
+                                                                 module=new)
+            else:
+                state.pop(f"{name}.weight_format", None)
+                new.weight = bnb.nn.Int8Params(weight, requires_grad=False, has_fp16_weights=False)
+                new.weight.CB, new.weight.SCB = new.weight.data, state.pop(f"{name}.SCB")
+            set_submodule(skeleton, name, new)
+            done.append(f"{name}.weight")
+        return assign_state(skeleton, state, done).to(device)
+
 
 def _convert(bnb, linear: torch.nn.Linear, config: BitsAndBytesConfig, dtype: torch.dtype, device: torch.device):
     has_bias = linear.bias is not None
@@ -58,3 +85,13 @@ def _convert(bnb, linear: torch.nn.Linear, config: BitsAndBytesConfig, dtype: to
     if has_bias:
         new.bias = torch.nn.Parameter(linear.bias.data, requires_grad=False)
     return new.to(device)  # bitsandbytes quantizes on this move
+
+
+def _empty_layer(bnb, linear: torch.nn.Linear, config: BitsAndBytesConfig, dtype: torch.dtype):
+    """The layer ``_convert`` makes, on the meta device and without weights."""
+    has_bias = linear.bias is not None
+    if config.quant_type == "nf4":
+        return bnb.nn.Linear4bit(linear.in_features, linear.out_features, bias=has_bias, compute_dtype=dtype,
+                                 compress_statistics=config.double_quant, quant_type="nf4", device="meta")
+    return bnb.nn.Linear8bitLt(linear.in_features, linear.out_features, bias=has_bias, has_fp16_weights=False,
+                               threshold=6.0, device="meta")

@@ -28,3 +28,85 @@ def set_submodule(root: torch.nn.Module, name: str, new: torch.nn.Module) -> Non
     parent_name, _, attr = name.rpartition(".")
     parent = root.get_submodule(parent_name) if parent_name else root
     setattr(parent, attr, new)
+
+
+# ---- saving and loading quantized state (the quantized-weights cache) ------------------------------------
+STATE_FILE = "weights.safetensors"
+
+
+def save_state(state: dict[str, torch.Tensor], path, metadata: dict[str, str] | None = None) -> str:
+    """Plain tensors to ``path/weights.safetensors``; a tensor held under several names (tied weights) is
+    written once and its other names recorded in the metadata. Returns the file name."""
+    import json
+
+    from safetensors.torch import save_file
+
+    unique: dict[str, torch.Tensor] = {}
+    aliases: dict[str, str] = {}
+    seen: dict[tuple, str] = {}
+    storages: set[int] = set()
+    for name, tensor in state.items():
+        tensor = tensor.detach().as_subclass(torch.Tensor)
+        ptr, ident = tensor.untyped_storage().data_ptr(), _identity(tensor)
+        if ident in seen:
+            aliases[name] = seen[ident]
+            continue
+        seen[ident] = name
+        if ptr in storages or not tensor.is_contiguous():  # a view into a tensor already written: copy it
+            tensor = tensor.clone()
+        storages.add(tensor.untyped_storage().data_ptr())
+        unique[name] = tensor.cpu()
+    save_file(unique, str(path / STATE_FILE), metadata={**(metadata or {}), "aliases": json.dumps(aliases)})
+    return STATE_FILE
+
+
+def load_state(path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """What ``save_state`` wrote: (state with every name, metadata)."""
+    import json
+
+    from safetensors import safe_open
+
+    with safe_open(str(path / STATE_FILE), framework="pt", device="cpu") as handle:
+        metadata = handle.metadata() or {}
+        # A copy of each tensor: the file's own buffers are unaligned (int8 kernels crash on them) and must not
+        # outlive the file.
+        state = {name: handle.get_tensor(name).clone() for name in handle.keys()}
+    for name, target in json.loads(metadata.get("aliases", "{}")).items():
+        state[name] = state[target]
+    return state, metadata
+
+
+def assign_state(module: torch.nn.Module, state: dict[str, torch.Tensor], already_set=()) -> torch.nn.Module:
+    """Load ``state`` into ``module`` (built on the meta device) by assignment: no full-size copy is made.
+
+    ``already_set``: names the caller has filled in itself. Tensors that ``state`` holds under several names
+    become one parameter again (tied weights).
+    """
+    missing, unexpected = module.load_state_dict(state, strict=False, assign=True)
+    missing = [name for name in missing if name not in set(already_set)]
+    if missing or unexpected:
+        raise ValueError(f"saved weights do not fit the model: {len(missing)} missing (e.g. {missing[:2]}), "
+                         f"{len(unexpected)} unexpected (e.g. {unexpected[:2]})")
+    empty = [name for name, tensor in [*module.named_parameters(), *module.named_buffers()] if tensor.is_meta]
+    if empty:
+        raise ValueError(f"saved weights leave {len(empty)} tensors unset (e.g. {empty[:2]})")
+    first: dict[tuple, str] = {}
+    params = dict(module.named_parameters(remove_duplicate=False))
+    for name, tensor in state.items():
+        if name not in params:
+            continue
+        ident = _identity(tensor)
+        if ident in first:
+            owner, _, attr = name.rpartition(".")
+            setattr(module.get_submodule(owner) if owner else module, attr, params[first[ident]])
+        else:
+            first[ident] = name
+    return module
+
+
+def _identity(tensor: torch.Tensor) -> tuple:
+    """Equal for two tensors that are views of the same memory with the same layout."""
+    if type(tensor) is not torch.Tensor or not tensor.numel():
+        return (id(tensor),)
+    return (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape), tuple(tensor.stride()),
+            tensor.dtype)

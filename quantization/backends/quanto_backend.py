@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 import torch
 
 from ..config import QuantoConfig
 from ..registry import Backend, register
-from .common import MIN_IN_FEATURES, missing, quantizable_linears
+from .common import MIN_IN_FEATURES, assign_state, load_state, missing, quantizable_linears, save_state
 
 
 @register(QuantoConfig)
@@ -33,3 +35,23 @@ class QuantoBackend(Backend):
         from optimum.quanto.nn import QLinear
 
         return isinstance(layer, QLinear)
+
+    can_serialize = True
+    library = "optimum-quanto"
+
+    def save(self, module, path):
+        from optimum.quanto import quantization_map
+
+        return [save_state(module.state_dict(), path, {"quantization_map": json.dumps(quantization_map(module))})]
+
+    def load(self, skeleton, path, config, device, dtype):
+        from optimum.quanto import quantize
+
+        state, metadata = load_state(path)
+        groups: dict[tuple[str, str], list[str]] = {}
+        for name, entry in json.loads(metadata["quantization_map"]).items():
+            groups.setdefault((entry["weights"], entry["activations"]), []).append(name)
+        for (weights, activations), names in groups.items():  # QLinear layers, still empty (meta)
+            quantize(skeleton, weights=None if weights == "none" else weights,
+                     activations=None if activations == "none" else activations, include=names)
+        return assign_state(skeleton, state).to(device)

@@ -6,7 +6,9 @@ import torch
 
 from ..config import TorchAoConfig
 from ..registry import Backend, register
-from .common import missing, quantizable_linears
+from .common import assign_state, missing, quantizable_linears
+
+STATE_FILE = "weights.pt"  # torchao's tensor subclasses go through torch's safe (weights_only) loader
 
 
 @register(TorchAoConfig)
@@ -36,3 +38,17 @@ class TorchAoBackend(Backend):
         from torch.utils._python_dispatch import is_traceable_wrapper_subclass
 
         return isinstance(layer, torch.nn.Linear) and is_traceable_wrapper_subclass(layer.weight)
+
+    can_serialize = True
+    library = "torchao"
+
+    def save(self, module, path):
+        torch.save(module.state_dict(), path / STATE_FILE)
+        return [STATE_FILE]
+
+    def load(self, skeleton, path, config, device, dtype):
+        import torchao  # noqa: F401  (registers its tensor types with torch's safe loader)
+
+        state = torch.load(path / STATE_FILE, map_location="cpu", weights_only=True)
+        skeleton.requires_grad_(False)  # as quantize_ leaves the weights
+        return assign_state(skeleton, state).to(device)
