@@ -184,7 +184,7 @@ def test_warning_box_lists_each_fallback_and_reason():
     assert warning_html([], {}) == ""
     box = warning_html(REPORT["quantization"]["fallbacks"], REPORT["quantization"]["components"])
     assert "ff-warning" in box and "torchao int8_dynamic" in box and "torchao is disabled" in box
-    assert "<b>transformer</b> ran with full precision" in box
+    assert "<b>transformer</b> → full precision (tried torchao int8_dynamic)" in box
     from ui.text import fallback_summary
 
     assert fallback_summary(REPORT["quantization"]["fallbacks"], REPORT["quantization"]["components"]) == (
@@ -289,3 +289,16 @@ def test_examples_are_small_and_made_by_the_script(tmp_path, monkeypatch):
         drawn = Image.open(tmp_path / name)
         assert committed.size == drawn.size and np.array_equal(np.asarray(committed), np.asarray(drawn))
         assert (tmp_path / name).stat().st_size < 64 * 1024
+
+
+def test_depth_preview_uses_the_tools_estimator(demo):
+    from ui.tabs.control import depth_preview
+    from ui.widgets import TabContext
+
+    runner = demo.studio_runner
+    ctx = TabContext(runner=runner, device_type="cpu", api=False, gpu=lambda fn: fn, models=runner.models)
+    photo = Image.open(asset("example-house.png"))
+    depth = depth_preview(ctx, photo)
+    assert depth.size == photo.size and depth.mode == "RGB"
+    assert np.asarray(depth).std() > 0
+    runner.studio.manager.unload()

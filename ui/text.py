@@ -105,19 +105,21 @@ def fallback_summary(fallbacks: list[dict], components: dict) -> str:
 
 
 def warning_html(fallbacks: list[dict], components: dict) -> str:
-    """The visible warning box shown in the tab when a quantization fell back: per component, what was tried."""
+    """The visible warning box shown in the tab when a quantization fell back: what ran, what was tried, why."""
     if not fallbacks:
         return ""
-    by_component: dict[str, list[dict]] = {}
+    tried: dict[str, list[str]] = {}
     for f in fallbacks:
-        by_component.setdefault(f["component"], []).append(f)
-    items = []
-    for name, tried in by_component.items():
-        attempts = "; ".join(f"{f['backend']} {f['mode']}: {f['reason']}" for f in tried)
-        items.append(f"<li><b>{html.escape(name)}</b> ran with {html.escape(_used(components.get(name)))}. "
-                     f"Not used: {html.escape(attempts)}.</li>")
-    return (f"<div class='ff-warning' role='alert'><b>⚠ Quantization fell back.</b> The image was made, with less "
-            f"quantization than asked for:<ul>{''.join(items)}</ul></div>")
+        tried.setdefault(f["component"], []).append(f"{f['backend']} {f['mode']}")
+    groups: dict[tuple, list[str]] = {}  # components with the same outcome share a line
+    for name, attempts in tried.items():
+        groups.setdefault((_used(components.get(name)), tuple(attempts)), []).append(name)
+    items = "".join(f"<li><b>{html.escape(', '.join(names))}</b> → {html.escape(used)} (tried "
+                    f"{html.escape(', '.join(attempts))})</li>" for (used, attempts), names in groups.items())
+    reasons = list(dict.fromkeys(f["reason"] for f in fallbacks))
+    why = "; ".join(html.escape(r) for r in reasons)
+    return (f"<div class='ff-warning' role='alert'><b>⚠ Quantization fell back.</b> The image was made with less "
+            f"quantization than asked for:<ul>{items}</ul><div class='ff-why'>Why: {why}.</div></div>")
 
 
 def notices_html(notices: list[str]) -> str:

@@ -19,7 +19,8 @@ CSS = """
   border-radius: 8px; padding: 7px 12px; font-size: 0.85rem; line-height: 1.35; }
 .ff-warning { border: 1px solid #d9534f; border-left-width: 5px; background: rgba(217, 83, 79, 0.10);
   color: var(--body-text-color); border-radius: 8px; padding: 8px 12px; font-size: 0.85rem; }
-.ff-warning ul { margin: 4px 0 0 18px; padding: 0; }
+.ff-warning ul { margin: 4px 0 2px 18px; padding: 0; }
+.ff-why { font-size: 0.8rem; }
 .ff-status { font-size: 0.85rem; line-height: 1.45; padding: 6px 2px; }
 .ff-chips { display: flex; flex-wrap: wrap; gap: 4px; margin: 4px 0; }
 .ff-result img { width: 100%; height: 100%; object-fit: contain; }

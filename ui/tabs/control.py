@@ -58,27 +58,31 @@ def build(ctx: TabContext, tool: str) -> None:
             panel = result_panel(tool, "Generate")
 
     # ---- the control map beside the photo --------------------------------------------------------------
-    def switch_source(choice):
-        uploading = choice == UPLOADED
-        return gr.update(interactive=uploading, value=None)
+    def computed_map(image, lo=None, hi=None):
+        """The map shown for the photo: Canny edges at once; depth only on request (it needs a model)."""
+        if image is None or tool != "canny":
+            return None
+        if lo > hi:
+            return gr.skip()  # the run refuses it with a message on the threshold
+        return canny_map(image, int(lo), int(hi))
 
-    source.change(switch_source, source, control, queue=False, api_visibility="private", show_progress="hidden")
+    thresholds = [low, high] if tool == "canny" else []
 
-    if tool == "canny":
-        def canny_preview(image, choice, lo, hi):
-            if choice != FROM_PHOTO:
-                return gr.skip()
-            if image is None:
-                return None
-            if lo > hi:
-                raise user_error(f"Canny low threshold ({lo:g}) is above the high one ({hi:g}); swap them.")
-            return canny_map(image, int(lo), int(hi))
+    def switch_source(choice, image, *limits):
+        if choice == UPLOADED:
+            return gr.update(interactive=True, value=None)
+        return gr.update(interactive=False, value=computed_map(image, *limits))
 
-        preview_inputs = [photo, source, low, high]
-        for trigger in (photo.change, low.release, high.release, source.change):
-            trigger(canny_preview, preview_inputs, control, queue=False, api_visibility="private",
-                    show_progress="hidden")
-    else:
+    def refresh_map(image, choice, *limits):
+        return computed_map(image, *limits) if choice == FROM_PHOTO else gr.skip()
+
+    hidden = dict(queue=False, api_visibility="private", show_progress="hidden")
+    source.change(switch_source, [source, photo, *thresholds], control, **hidden)
+    photo.change(refresh_map, [photo, source, *thresholds], control, **hidden)
+    for slider in thresholds:
+        slider.release(refresh_map, [photo, source, *thresholds], control, **hidden)
+
+    if preview is not None:
         def run_preview(image, choice):
             if choice != FROM_PHOTO:
                 raise user_error("The map is uploaded: switch to 'Compute from the photo' to preview one.")
@@ -89,8 +93,6 @@ def build(ctx: TabContext, tool: str) -> None:
             except UserError as error:
                 raise user_error(str(error)) from None
 
-        photo.change(lambda image, choice: None if choice == FROM_PHOTO else gr.skip(), [photo, source], control,
-                     queue=False, api_visibility="private", show_progress="hidden")
         preview.click(ctx.gpu(run_preview), [photo, source], control, api_visibility="private",
                       concurrency_id=DEVICE_QUEUE, concurrency_limit=1)
 
@@ -121,8 +123,8 @@ def build(ctx: TabContext, tool: str) -> None:
         shown = outcome.result.control_image if choice == FROM_PHOTO else gr.skip()
         return (*panel_values([outcome], history), request.seed, shown)
 
-    thresholds = [low, high] if tool == "canny" else [gr.State(None), gr.State(None)]
-    inputs = [photo, control, source, prompt, *thresholds, *options.inputs(), panel.history]
+    limits = thresholds if tool == "canny" else [gr.State(None), gr.State(None)]
+    inputs = [photo, control, source, prompt, *limits, *options.inputs(), panel.history]
     wire(ctx, panel.button, check, run, inputs, [*panel.outputs(), options.seed, control], api_name=tool,
          aliases={"control_image": "map_image", "canny_low": "lo", "canny_high": "hi"})
 
