@@ -60,11 +60,14 @@ def open_tab(page, label: str) -> None:
     page.get_by_role("tab", name=label, exact=True).click()
 
 
-def quant_options(page, tool: str) -> list[str]:
+def quant_options(page, tool: str, screenshot: str | None = None) -> list[str]:
     page.locator(f"#{tool}-quant input").click()
     options = page.get_by_role("option")
     options.first.wait_for()
     texts = [t.replace("✓", "").strip() for t in options.all_inner_texts()]
+    if screenshot:
+        page.wait_for_timeout(500)  # the list fades in
+        shot(page, screenshot)
     page.keyboard.press("Escape")
     return texts
 
@@ -102,9 +105,12 @@ def test_every_tab_renders_with_the_four_modes(page):
         open_tab(page, label)
         run = page.locator(f"#{'generate' if label == 'Generate' else tool}-run")
         run.wait_for(state="visible")
-        assert quant_options(page, tool) == ["Auto", "None", "8-bit", "4-bit"]
-        assert "On this CPU" in page.locator(f"#{tool}-quant").inner_text()
+        page.wait_for_timeout(300)
         shot(page, f"tab-{label.lower()}")
+        opened = "quantization-dropdown" if label == "Generate" else None
+        assert quant_options(page, tool, opened) == ["Auto", "None", "8-bit", "4-bit"]
+        assert "On this CPU" in page.locator(f"#{tool}-quant").inner_text()
+        page.evaluate("window.scrollTo(0, 0)")
     open_tab(page, "System")
     page.wait_for_selector("#system-backends table")
     text = page.locator("#system-backends").inner_text()

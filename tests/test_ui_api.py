@@ -30,7 +30,7 @@ def metadata(path) -> dict:
 
 
 def check_result(result, tool: str, seed: int = 11, size=(128, 128)) -> dict:
-    image_path, download, status, warning, notices, gallery, used_seed = result[:7]
+    image_path, download, status, warning, _notices, gallery, used_seed = result[:7]
     with Image.open(image_path) as image:
         assert image.format == "PNG" and image.size == size
     meta = metadata(image_path)  # the served file is the saved PNG, metadata intact

@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parent.parent
 ASSETS = ROOT / "assets"
 ARTIFACTS = ROOT / "test-artifacts"
 
-_RUNNING: dict[str, "RunningStudio"] = {}
+_RUNNING: dict[str, RunningStudio] = {}
 
 
 def free_port() -> int:

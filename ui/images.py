@@ -7,8 +7,6 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from pipelines import defaults
-
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 ALPHA_THRESHOLD = 16  # faint anti-aliased brush edges do not count as painted
 
@@ -55,14 +53,4 @@ def editor_mask(value, size: tuple[int, int]) -> Image.Image | None:
 
 def expand_values(left, top, right, bottom) -> tuple[int, int, int, int]:
     """The four outpaint margins as whole pixels (None counts as 0)."""
-    values = []
-    for value in (left, top, right, bottom):
-        values.append(int(value or 0))
-    return tuple(values)
-
-
-def canvas_size(image: Image.Image, expand: tuple[int, int, int, int]) -> tuple[int, int]:
-    return image.width + expand[0] + expand[2], image.height + expand[1] + expand[3]
-
-
-EXPAND_LIMIT = defaults.EXPAND_MAX
+    return tuple(int(value or 0) for value in (left, top, right, bottom))

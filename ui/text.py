@@ -75,7 +75,8 @@ def status_html(report: dict, path_name: str | None = None) -> str:
     memory = report["memory"]
     params = report["parameters"]
     requested = QUANT_LABELS.get(quant["requested"], quant["requested"])
-    resolved = "full precision" if quant["resolved"] == "none" else QUANT_LABELS.get(quant["resolved"], quant["resolved"])
+    resolved = QUANT_LABELS.get(quant["resolved"], quant["resolved"])
+    resolved = "full precision" if quant["resolved"] == "none" else resolved
     mode = requested if requested == resolved else f"{requested} → {resolved}"
     head = (f"<b>{html.escape(TOOL_TITLES.get(report['tool'], report['tool']))}</b> · {params['width']}×"
             f"{params['height']} · {params['steps']} steps · seed {report['seed']} · {html.escape(report['device'])} "
@@ -86,10 +87,6 @@ def status_html(report: dict, path_name: str | None = None) -> str:
     saved = f" · saved {html.escape(path_name)}" if path_name else ""
     return (f"<div class='ff-status'><div>{head}</div><div class='ff-chips'>{''.join(parts)}</div>"
             f"<div class='ff-muted'>{numbers}{saved}</div></div>")
-
-
-def fallback_lines(fallbacks: list[dict]) -> list[str]:
-    return [f"{f['component']}: {f['backend']} {f['mode']} was not used ({f['reason']})" for f in fallbacks]
 
 
 def _used(component: dict | None) -> str:

@@ -30,7 +30,7 @@ class TabContext:
 
 
 @dataclass
-class Settings:
+class Controls:
     steps: gr.Slider
     guidance: gr.Slider
     quant: gr.Dropdown
@@ -46,7 +46,7 @@ class Settings:
         return [self.steps, self.guidance, self.quant, *extra, self.width, self.height, self.seed, self.randomize]
 
 
-def settings(ctx: TabContext, tool: str, from_image: bool = False) -> Settings:
+def settings(ctx: TabContext, tool: str, from_image: bool = False) -> Controls:
     """The settings accordion; the Quantization dropdown sits right after guidance."""
     d = ctx.defaults(tool)
     with gr.Accordion("Advanced settings", open=True, elem_classes=["ff-settings"]):
@@ -73,7 +73,7 @@ def settings(ctx: TabContext, tool: str, from_image: bool = False) -> Settings:
         match_input.change(lambda on: (gr.update(interactive=not on), gr.update(interactive=not on)),
                            match_input, [width, height], queue=False, api_visibility="private",
                            show_progress="hidden")
-    return Settings(steps, guidance, quant, width, height, seed, randomize, match_input)
+    return Controls(steps, guidance, quant, width, height, seed, randomize, match_input)
 
 
 def size_values(match_input: bool | None, width, height) -> tuple:
