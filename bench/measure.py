@@ -24,7 +24,7 @@ from quantization.apply import count_quantized_layers
 from quantization.config import FULL_PRECISION, QuantConfig
 from quantization.doctor import ALL_CONFIGS
 from quantization.registry import backend_for
-from quantization.sizes import module_bytes
+from quantization.sizes import tensor_bytes
 
 from .models import Inputs, load, rel_error
 from .shapes import FULL_DOUBLE, FULL_SINGLE, FULL_T5_LAYERS, Shape
@@ -65,18 +65,44 @@ def release(device: torch.device) -> None:
         torch.mps.empty_cache()
 
 
-def full_depth_bytes(component: str, module: torch.nn.Module) -> int:
-    """Weight bytes extrapolated to the real depth from the bytes per block built here."""
-    total = module_bytes(module)
+def bytes_by_module(module: torch.nn.Module) -> dict[str, int]:
+    """Weight bytes of each submodule's own state, counted as sizes.module_bytes counts them.
+
+    Leaves go through their state_dict (bitsandbytes keeps quantization state there), except quanto layers,
+    counted from their parameters and buffers: their state_dict unpacks int4 weights, minutes per model on CPU.
+    """
+    out, seen, alive = {}, set(), []  # alive: state_dict makes new tensors; keep them so ids stay unique
+    for name, child in module.named_modules():
+        quanto = type(child).__module__.startswith("optimum.quanto")
+        if next(child.children(), None) is None and not quanto:
+            values = child.state_dict(keep_vars=True).values()
+        else:
+            values = list(child.parameters(recurse=False)) + list(child.buffers(recurse=False))
+        alive.append(values)
+        total = 0
+        for value in values:
+            if isinstance(value, torch.Tensor) and id(value) not in seen:
+                seen.add(id(value))
+                total += tensor_bytes(value)
+        out[name] = total
+    return out
+
+
+def sizes(component: str, module: torch.nn.Module) -> dict:
+    """Weight bytes, and the same extrapolated to the real depth from the bytes per block built here."""
+    table = bytes_by_module(module)
+    total = sum(table.values())
     if component == "transformer":
-        parts = [(module.transformer_blocks, FULL_DOUBLE), (module.single_transformer_blocks, FULL_SINGLE)]
+        parts = [("transformer_blocks.", FULL_DOUBLE, len(module.transformer_blocks)),
+                 ("single_transformer_blocks.", FULL_SINGLE, len(module.single_transformer_blocks))]
     else:
-        parts = [(module.encoder.block, FULL_T5_LAYERS)]
-    for blocks, full in parts:
-        if len(blocks):
-            size = module_bytes(blocks)
-            total += size * full // len(blocks) - size
-    return total
+        parts = [("encoder.block.", FULL_T5_LAYERS, len(module.encoder.block))]
+    full_depth = total
+    for prefix, full, count in parts:
+        if count:
+            size = sum(value for name, value in table.items() if name.startswith(prefix))
+            full_depth += size * full // count - size
+    return {"weight_bytes": total, "full_depth_bytes": full_depth, "params": sum(p.numel() for p in module.parameters())}
 
 
 class Clock:
@@ -114,11 +140,6 @@ def load_quantized(component: str, config: QuantConfig, root: Path, device, dtyp
 
 def load_reference(component: str, root: Path, device, dtype):
     return load(component, root, dtype).to(device).eval()
-
-
-def sizes(component: str, module: torch.nn.Module) -> dict:
-    return {"weight_bytes": module_bytes(module), "full_depth_bytes": full_depth_bytes(component, module),
-            "params": sum(p.numel() for p in module.parameters())}
 
 
 def interleaved(clock: Clock, calls: dict, count: int) -> dict[str, list[float]]:
