@@ -154,28 +154,35 @@ def markdown(result: dict) -> str:
 
 
 def plot(result: dict, path: Path) -> None:
-    """Peak memory and transformer weight bytes against seconds per step, one point per option."""
+    """Memory and transformer weight bytes against the step-time ratio to full precision, one point per option."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     rows = [r for r in result["records"] if r["component"] == "transformer"]
-    fig, axes = plt.subplots(1, 2, figsize=(12, 5))
-    panels = ((axes[0], "peak_bytes", 2**30, "peak memory of the run (GiB)"),
-              (axes[1], "weight_bytes", 1e9, "transformer weights (GB)"))
-    for axis, field, unit, label in panels:
-        for r in rows:
-            marker = "*" if r["auto_for"] else "o"
-            axis.scatter(r["step_s"], r[field] / unit, marker=marker, s=160 if r["auto_for"] else 50)
-            axis.annotate(f"{r['backend']} {r['mode']}" + (f" (auto {r['auto_for']})" if r["auto_for"] else ""),
-                          (r["step_s"], r[field] / unit), textcoords="offset points", xytext=(5, 5), fontsize=8)
-        axis.set_xlabel("seconds per transformer step (median)")
-        axis.set_ylabel(label)
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5.5))
+    for index, r in enumerate(rows):
+        color = f"C{index}"
+        label = f"{r['backend']} {r['mode']}" + (f" (auto {r['auto_for']})" if r["auto_for"] else "")
+        size = 180 if r["auto_for"] else 60
+        marker = "*" if r["auto_for"] else "o"
+        axes[0].scatter(r["step_ratio"], r["peak_bytes"] / 2**30, marker=marker, s=size, color=color, label=label)
+        axes[0].scatter(r["step_ratio"], r["resident_bytes"] / 2**30, marker=marker, s=size, facecolors="none",
+                        edgecolors=color)
+        axes[1].scatter(r["step_ratio"], r["weight_bytes"] / 1e9, marker=marker, s=size, color=color)
+        axes[1].annotate(label, (r["step_ratio"], r["weight_bytes"] / 1e9), textcoords="offset points",
+                         xytext=(6, 4 + 10 * (index % 3)), fontsize=8)
+    axes[0].set_ylabel(f"{rows[0]['memory_kind'] if rows else ''} GiB (filled: peak; hollow: resident after)")
+    axes[1].set_ylabel("transformer weights (GB)")
+    for axis in axes:
+        axis.set_xlabel("seconds per transformer step / full precision (same process)")
         axis.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
     shape = result["shape"]
-    fig.suptitle(f"{result['slug']} {result['preset']}: {shape['double_blocks']}+{shape['single_blocks']} blocks, "
-                 f"{shape['image_tokens']} image tokens ({result['machine']['device_name']})")
+    fig.suptitle(f"{result['slug']} {result['preset']}: {shape['double_blocks']}+{shape['single_blocks']} blocks "
+                 f"at hidden {shape['hidden']}, {shape['image_tokens']} image tokens; full precision "
+                 f"{next((r['ref_step_s'] for r in rows if r['backend'] == 'none'), 0):.2f} s/step")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -1,0 +1,265 @@
+"""`python app.py bench --cache`: loading a quantized component from the quantized-weights cache vs quantizing it
+on load, per backend that can save its layers.
+
+Components are FLUX.1-shaped at full width (quick preset: transformer 3072 wide, 1 double + 2 single blocks; T5
+d_model 4096, 2 layers) with deterministic random weights, saved once in diffusers/transformers format. Each
+measurement runs in a fresh process, so peak memory is its own:
+
+  cold    from_pretrained (bf16) + quantize now, then one forward pass; then the entry is written (store_s)
+  cached  verify the entry (sha256 of every file) + build on the meta device + load the quantized tensors,
+          then the same forward pass
+
+Outputs must be bit-identical. File reads come from the OS page cache in both cases (the weights were just
+written or read), so the times are CPU-bound, not disk-bound.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import hashlib
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "bench" / "results"
+COMPONENTS = ("transformer", "text_encoder_2")
+TARGET_SPEEDUP = 5.0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .shapes import PRESETS
+
+    parser = argparse.ArgumentParser(prog="app.py bench --cache", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="quick")
+    parser.add_argument("--only", default=None, help="comma list of backend:mode (e.g. quanto:int8,torchao:int8_dynamic)")
+    parser.add_argument("--components", default=",".join(COMPONENTS))
+    parser.add_argument("--weights", default=None, help="where the random-weight components are saved (default: "
+                                                        "the studio cache, bench-weights/)")
+    parser.add_argument("--json", default=None, help="write the result here and the table beside it (.md); default "
+                                                     "bench/results/<machine>-cache.json")
+    parser.add_argument("--no-write", action="store_true", help="print the table only")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--"]:
+        argv = argv[1:]
+    args = build_parser().parse_args(argv)
+    from pipelines.tiny import cache_root
+
+    from .report import machine, machine_slug
+    from .shapes import PRESETS
+
+    shape = PRESETS[args.preset]
+    device = torch.device("cpu")
+    info = machine(device)
+    configs = options(args.only)
+    components = [c.strip() for c in args.components.split(",") if c.strip()]
+    log(f"building FLUX-shaped components ({args.preset}) ...")
+    from .models import weights_dir
+
+    root = weights_dir(Path(args.weights) if args.weights else cache_root(), shape)
+    records = []
+    with tempfile.TemporaryDirectory(prefix="fluxforge-cache-bench-") as entries:
+        for config in configs:
+            for component in components:
+                log(f"{component} {config.label} ...")
+                record = {"component": component, "backend": config.backend, "mode": config.mode}
+                try:
+                    cold = child("cold", config, component, root, entries, args.preset)
+                    cached = child("cached", config, component, root, entries, args.preset)
+                except RuntimeError as error:
+                    record["error"] = str(error)
+                    log(f"  failed: {error}")
+                    records.append(record)
+                    continue
+                record.update(cold=cold, cached=cached, identical=cold["output_sha256"] == cached["output_sha256"],
+                              speedup=cold["total_s"] / cached["total_s"])
+                log(f"  cold {cold['total_s']:.2f} s, cached {cached['total_s']:.2f} s "
+                    f"({record['speedup']:.1f}x), identical: {record['identical']}")
+                records.append(record)
+    result = {"preset": args.preset, "shape": shape.to_dict(), "device": "cpu", "dtype": "bfloat16",
+              "date": datetime.date.today().isoformat(), "machine": info, "target_speedup": TARGET_SPEEDUP,
+              "records": records}
+    text = markdown(result)
+    print(text)
+    if not args.no_write:
+        path = Path(args.json) if args.json else RESULTS / f"{machine_slug(info)}-cache.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result, indent=1) + "\n")
+        path.with_suffix(".md").write_text(text)
+        log(f"wrote {path} and {path.with_suffix('.md').name}")
+    ok = records and all(r.get("identical") and r["speedup"] >= TARGET_SPEEDUP for r in records)
+    return 0 if ok else 1
+
+
+def options(only: str | None):
+    from quantization.registry import backend_for, check_backend
+
+    from .measure import ALL_OPTIONS, config_for
+
+    chosen = ALL_OPTIONS if not only else [config_for(*item.strip().split(":", 1)) for item in only.split(",")]
+    return [c for c in chosen if c.bits < 16 and backend_for(c).can_serialize
+            and check_backend(c, torch.device("cpu")) is None]
+
+
+def child(kind: str, config, component: str, root: Path, entries: str, preset: str) -> dict:
+    """One measurement in a fresh process."""
+    job = json.dumps({"kind": kind, "backend": config.backend, "mode": config.mode, "component": component,
+                      "root": str(root), "preset": preset})
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+               FLUXFORGE_QUANT_CACHE_DIR=entries, FLUXFORGE_PROBE="0", FLUXFORGE_QUANT_CACHE="1")
+    proc = subprocess.run([sys.executable, "-m", "bench.cache_load", "--child", job], cwd=REPO, env=env,
+                          capture_output=True, text=True)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        tail = " | ".join((proc.stderr or proc.stdout).strip().splitlines()[-3:])
+        raise RuntimeError(f"{kind} worker exited with code {proc.returncode}: {tail}")
+    return json.loads(lines[-1])
+
+
+def measure(job: dict) -> dict:
+    """In the worker: load one component cold or from the cache, run it once, describe what happened."""
+    from pipelines.manager import fingerprint
+    from quantization import cache
+    from quantization.apply import quantize_with_fallback
+    from quantization.config import FULL_PRECISION
+    from quantization.sizes import module_bytes
+
+    from .measure import config_for
+    from .models import Inputs, load
+    from .shapes import PRESETS
+
+    torch.manual_seed(0)
+    dtype, device = torch.bfloat16, torch.device("cpu")
+    config = config_for(job["backend"], job["mode"])
+    component, root = job["component"], Path(job["root"])
+    folder = root / component
+    cls = type_of(component)
+    source = cache.Source(folder, fingerprint(folder), cls, "bench")
+    shape = PRESETS[job["preset"]]
+    inputs = Inputs(shape, device, dtype)
+    baseline = rss()
+    out: dict = {"kind": job["kind"]}
+    if job["kind"] == "cold":
+        start = time.perf_counter()
+        module = load(component, root, dtype)
+        out["load_s"] = time.perf_counter() - start
+        module, chosen, record = quantize_with_fallback(component, lambda: module, [config, FULL_PRECISION], device,
+                                                        dtype)
+        if chosen != config:
+            raise RuntimeError(f"{config.label} fell back: {record.fallbacks[0].reason if record.fallbacks else ''}")
+        out["quantize_s"] = record.quantize_s
+        out["total_s"] = out["load_s"] + out["quantize_s"]
+        out["peak_rss_bytes"] = peak_rss() - baseline
+        start = time.perf_counter()
+        entry = cache.store(source, component, config, device, dtype, module, record)
+        if entry is None:
+            raise RuntimeError("the entry could not be written")
+        out["store_s"] = time.perf_counter() - start
+        out["entry_bytes"] = sum(item["bytes"] for item in entry.manifest["files"].values())
+    else:
+        start = time.perf_counter()
+        entry = cache.lookup(source, component, config, device, dtype)
+        out["verify_s"] = time.perf_counter() - start
+        if entry is None:
+            raise RuntimeError("no cache entry")
+        start = time.perf_counter()
+        module = cache.restore(entry, source, config, device, dtype)
+        out["restore_s"] = time.perf_counter() - start
+        out["total_s"] = out["verify_s"] + out["restore_s"]
+        out["peak_rss_bytes"] = peak_rss() - baseline
+    module.eval()
+    out["weight_bytes"] = module_bytes(module)
+    if component == "transformer":
+        latents = inputs.noise.to(device, dtype)
+        output = inputs.forward(module, latents, inputs.sigmas[0])
+    else:
+        output = inputs.encode(module)
+    out["output_sha256"] = hashlib.sha256(output.float().contiguous().numpy().tobytes()).hexdigest()
+    return out
+
+
+def type_of(component: str):
+    if component == "transformer":
+        from diffusers import FluxTransformer2DModel
+
+        return FluxTransformer2DModel
+    from transformers import T5EncoderModel
+
+    return T5EncoderModel
+
+
+def rss() -> int:
+    import psutil
+
+    return psutil.Process().memory_info().rss
+
+
+def peak_rss() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+
+
+def markdown(result: dict) -> str:
+    info = result["machine"]
+    versions = ", ".join(f"{k} {v}" for k, v in info["versions"].items() if v)
+    lines = [
+        f"# Quantized-weights cache: cached load vs quantize on load ({result['preset']} preset, {result['device']})",
+        "",
+        f"{info['cpu']}, {info['cores']} cores, {info['ram_bytes'] / 2**30:.0f} GiB RAM; {versions}; "
+        f"{result['date']}.",
+        "",
+        "Cold = from_pretrained (bf16) + quantize now. Cached = sha256 check of the entry + build on the meta device "
+        "+ load the quantized tensors. Each in a fresh process; peak = RSS growth during the load. Output = one "
+        "transformer step / one T5 encode, compared bit for bit. Store = one-time cost of writing the entry on "
+        "first load.",
+        "",
+        "| component | backend | mode | cold load s | cached load s | speedup | identical | store s | entry MiB "
+        "| peak cold MiB | peak cached MiB |",
+        "|---|---|---|---:|---:|---:|---|---:|---:|---:|---:|",
+    ]
+    for r in result["records"]:
+        if "error" in r:
+            lines.append(f"| {r['component']} | {r['backend']} | {r['mode']} | failed: {r['error']} |||||||| |")
+            continue
+        cold, cached = r["cold"], r["cached"]
+        lines.append(
+            f"| {r['component']} | {r['backend']} | {r['mode']} | {cold['total_s']:.2f} "
+            f"({cold['load_s']:.2f} + {cold['quantize_s']:.2f}) | {cached['total_s']:.2f} "
+            f"({cached['verify_s']:.2f} + {cached['restore_s']:.2f}) | {r['speedup']:.1f}x | "
+            f"{'yes' if r['identical'] else 'NO'} | {cold['store_s']:.2f} | {cold['entry_bytes'] / 2**20:.0f} | "
+            f"{cold['peak_rss_bytes'] / 2**20:.0f} | {cached['peak_rss_bytes'] / 2**20:.0f} |")
+    good = [r for r in result["records"] if "error" not in r]
+    met = [r for r in good if r["identical"] and r["speedup"] >= result["target_speedup"]]
+    lines += ["", f"Target: cached load >= {result['target_speedup']:g}x faster than quantize-on-load, identical "
+                  f"outputs: met by {len(met)} of {len(result['records'])}."]
+    missed = [r for r in result["records"] if r not in met]
+    for r in missed:
+        why = r.get("error") or (f"{r['speedup']:.1f}x" + ("" if r["identical"] else ", outputs differ"))
+        lines.append(f"- missed: {r['component']} {r['backend']} {r['mode']} ({why})")
+    return "\n".join(lines) + "\n"
+
+
+def log(message: str) -> None:
+    print(f"[bench cache] {message}", file=sys.stderr, flush=True)
+
+
+if __name__ == "__main__":
+    from cli import quiet_libraries
+
+    quiet_libraries()
+    if sys.argv[1:2] == ["--child"]:
+        print(json.dumps(measure(json.loads(sys.argv[2]))))
+        sys.exit(0)
+    sys.exit(main())
