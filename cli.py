@@ -61,11 +61,18 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--canny-low", default=defaults.CANNY_LOW)
     gen.add_argument("--canny-high", default=defaults.CANNY_HIGH)
     gen.add_argument("--report", help="write the JSON report here")
+    gen.add_argument("--transformer", default=None, metavar="FILE.gguf",
+                     help="a single-file GGUF FLUX.1 transformer that replaces the model's own (pre-quantized: "
+                          "used as it is, whatever --quant says)")
     gen.add_argument("--device", default=None)
 
     bench = sub.add_parser("bench", help="memory, speed and fidelity of every backend and mode",
                            add_help=False)
     bench.add_argument("bench_args", nargs=argparse.REMAINDER)
+
+    cache = sub.add_parser("cache", help="list or clear the quantized-weights cache")
+    cache.add_argument("action", choices=("list", "clear"))
+    cache.add_argument("--json", action="store_true", help="list as JSON")
 
     doc = sub.add_parser("doctor", help="device, library versions and usable backends")
     doc.add_argument("--json", action="store_true")
@@ -90,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
             return generate(args)
         if args.command == "doctor":
             return doctor(args)
+        if args.command == "cache":
+            return cache(args)
         if args.command == "bench":
             from bench.run import main as bench_main
 
@@ -138,6 +147,7 @@ def generate(args) -> int:
         width=_number(args.width, int), height=_number(args.height, int), steps=_number(args.steps, int),
         guidance=_number(args.guidance, float), seed=_number(args.seed, int),
         canny_low=_number(args.canny_low, int), canny_high=_number(args.canny_high, int),
+        transformer=args.transformer,
     )
     try:
         manager = ModelManager(device=pick_device(args.device))
@@ -177,6 +187,20 @@ def doctor(args) -> int:
         run_probes(device, pick_dtype(device), fresh=args.reprobe)
     report = doctor_report(device, pick_dtype(device))
     print(json.dumps(report, indent=2) if args.json else format_doctor(report))
+    return 0
+
+
+def cache(args) -> int:
+    """`cache list`: every quantized-weights entry with its size; `cache clear`: remove them all."""
+    from quantization import cache as quant_cache
+
+    if args.action == "clear":
+        removed = quant_cache.clear()
+        print(f"removed {removed['entries']} entries ({removed['bytes'] / 2**20:.1f} MiB) from "
+              f"{quant_cache.cache_dir()}")
+        return 0
+    rows = quant_cache.entries()
+    print(json.dumps(rows, indent=2) if args.json else quant_cache.format_entries(rows))
     return 0
 
 

@@ -12,6 +12,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from quantization.cache import prequantized_notices
+
 from . import defaults
 from .base import RunContext, Tool
 from .control import Control
@@ -100,7 +102,8 @@ class Studio:
             notices.append("Running the offline demo model 'tiny' (random weights: images look like noise).")
         device = self.manager.device
         with PeakMemory(device) as peak:
-            loaded = self.manager.pipeline(source.root, request.quant, progress)
+            loaded = self.manager.pipeline(source.root, request.quant, progress,
+                                           transformer=Path(request.transformer) if request.transformer else None)
             load_s, quantize_s = loaded.load_s, loaded.quantize_s
             loaded.load_s = loaded.quantize_s = 0.0  # counted once, by the run that loaded it
             if loaded.auto:
@@ -114,6 +117,7 @@ class Studio:
         image = Image.fromarray((images[0] * 255).round().clip(0, 255).astype(np.uint8))
         components = {name: c.quant.to_dict() for name, c in loaded.components.items()
                       if c.quant and isinstance(c.module, torch.nn.Module)}
+        notices += prequantized_notices(components, request.quant)
         fallbacks = [f.to_dict() for f in loaded.fallbacks] + run_fallbacks
         report = {
             "tool": request.tool,

@@ -21,7 +21,7 @@ import torch
 
 from quantization.apply import ComponentQuant, Fallback, quantize_with_fallback
 from quantization.cache import Source as CacheSource
-from quantization.cache import load_or_quantize
+from quantization.cache import file_fingerprint, load_or_quantize
 from quantization.config import QuantConfig
 from quantization.policy import HEADROOM, RATIO, AutoChoice, candidates, choose_auto_mode
 from quantization.sizes import module_bytes
@@ -179,30 +179,36 @@ class ModelManager:
         return {name: tuple(entry) for name, entry in index.items()
                 if not name.startswith("_") and isinstance(entry, list) and entry[0] and entry[1]}
 
-    def pipeline(self, root: Path, mode: str, progress: Progress = _noop) -> LoadedPipeline:
-        """The pipeline in ``root`` with ``mode`` ('auto', 'none', '8bit', '4bit'), loading what is missing."""
+    def pipeline(self, root: Path, mode: str, progress: Progress = _noop,
+                 transformer: Path | None = None) -> LoadedPipeline:
+        """The pipeline in ``root`` with ``mode`` ('auto', 'none', '8bit', '4bit'), loading what is missing.
+
+        ``transformer``: a single-file GGUF checkpoint that replaces the pipeline's transformer.
+        """
         with self.lock:
             resolved, auto = self.resolve_mode(root, mode)
-            key = (str(root), resolved)
+            key = (str(root), resolved) + ((f"transformer={transformer}",) if transformer else ())
             loaded = self._pipelines.get(key)
             if loaded is None:
                 self._drop_other_modes(str(root), resolved)
                 self._make_room(root, resolved)
-                loaded = self._load_pipeline(key, root, resolved, auto, progress)
+                loaded = self._load_pipeline(key, root, resolved, auto, progress, transformer)
                 self._pipelines[key] = loaded
             loaded.last_used = time.monotonic()
             loaded.auto = auto
             self._enforce_budget(keep=key)
             return loaded
 
-    def _load_pipeline(self, key, root: Path, mode: str, auto, progress: Progress) -> LoadedPipeline:
+    def _load_pipeline(self, key, root: Path, mode: str, auto, progress: Progress,
+                       transformer: Path | None = None) -> LoadedPipeline:
         index = self._index(root)
         class_name = json.loads((root / "model_index.json").read_text())["_class_name"]
         start = time.perf_counter()
         components, quantize_s = {}, 0.0
         for step, (name, (library, cls_name)) in enumerate(index.items()):
             progress("load", step, len(index))
-            component = self._component(root, name, library, cls_name, mode, progress)
+            component = self._component(root, name, library, cls_name, mode, progress,
+                                        file=transformer if name == "transformer" else None)
             component.users.add(key)
             components[name] = component
             if component.quant:
@@ -211,10 +217,12 @@ class ModelManager:
         pipe = _import_class("diffusers", class_name)(**{n: c.module for n, c in components.items()})
         return LoadedPipeline(key, pipe, components, mode, auto, time.perf_counter() - start, quantize_s)
 
-    def _component(self, root: Path, name: str, library: str, cls_name: str, mode: str, progress) -> Component:
+    def _component(self, root: Path, name: str, library: str, cls_name: str, mode: str, progress,
+                   file: Path | None = None) -> Component:
         folder = root / name
         quantized = name in QUANTIZED_COMPONENTS
-        key = (fingerprint(folder), cls_name, mode if quantized else "none")
+        identity = fingerprint(folder) if file is None else f"file-{file_fingerprint(Path(file))}"
+        key = (identity, cls_name, mode if quantized else "none")
         if key in self._components:
             return self._components[key]
         cls = _import_class(library, cls_name)
@@ -228,7 +236,7 @@ class ModelManager:
             chain = candidates(mode, self.device.type) if quantized else candidates("none", self.device.type)
             if quantized and mode != "none":
                 progress("quantize", 0, 1)
-            source = CacheSource(folder, key[0], cls, str(root))
+            source = CacheSource(folder, key[0], cls, str(root), Path(file) if file else None)
             module, config, record = load_or_quantize(name, load, chain, self.device, self.dtype, source)
             module.eval()
             remaining = chain[chain.index(config) + 1:]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 
 from PIL import Image
 
@@ -30,6 +31,7 @@ class GenerationRequest:
     seed: int | None = None
     canny_low: int = defaults.CANNY_LOW
     canny_high: int = defaults.CANNY_HIGH
+    transformer: str | None = None  # a single-file GGUF transformer that replaces the model's own
     notices: list[str] = field(default_factory=list)
 
     def __post_init__(self):
@@ -65,6 +67,7 @@ class GenerationRequest:
                 raise UserError("give either --mask (inpaint) or --expand (outpaint), not both.")
         elif self.expand is not None:
             raise UserError(f"--expand is only used by the fill tool, not {self.tool}.")
+        self.transformer = check_transformer_file(self.transformer)
         self._load_images()
         self.steps = _int_in("steps", self.steps, defaults.STEPS_MIN, defaults.STEPS_MAX, tool.steps)
         self.guidance = _float_in("guidance", self.guidance, defaults.GUIDANCE_MIN, defaults.GUIDANCE_MAX, tool.guidance)
@@ -111,6 +114,19 @@ class GenerationRequest:
         values = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in skip}
         values["expand"] = list(self.expand) if self.expand else None
         return values
+
+
+def check_transformer_file(value) -> str | None:
+    """The path of a GGUF transformer file (None when none is given)."""
+    if value is None or not str(value).strip():
+        return None
+    path = Path(str(value).strip()).expanduser()
+    if path.suffix.lower() != ".gguf":
+        raise UserError(f"transformer={str(value)!r} must be a .gguf file (a single-file FLUX.1 transformer, "
+                        "e.g. flux1-dev-Q8_0.gguf).")
+    if not path.is_file():
+        raise UserError(f"transformer={str(value)!r}: no such file.")
+    return str(path)
 
 
 def _int_in(name: str, value, low: int, high: int, default: int) -> int:

@@ -39,6 +39,7 @@ from .sizes import module_bytes
 log = logging.getLogger(__name__)
 
 CACHE_ENV = "FLUXFORGE_QUANT_CACHE"  # "0" turns the cache off
+DIR_ENV = "FLUXFORGE_QUANT_CACHE_DIR"  # where entries go (default: <cache root>/quantized)
 FORMAT = 1
 MANIFEST = "manifest.json"
 
@@ -55,12 +56,15 @@ class Source:
     fingerprint: str
     cls: type
     model: str = ""  # the model as the user named it, for listings
+    file: Path | None = None  # a single-file checkpoint (GGUF) that replaces the folder's weights
 
     def __post_init__(self):
         if not self.fingerprint:
             raise ValueError("Source: fingerprint is empty")
         if not (isinstance(self.cls, type) and issubclass(self.cls, torch.nn.Module)):
             raise ValueError(f"Source: {self.cls!r} is not a torch module class")
+        if self.file is not None and Path(self.file).suffix.lower() != ".gguf":
+            raise ValueError(f"Source: {self.file} is not a .gguf file")
 
 
 @dataclass(frozen=True)
@@ -82,7 +86,8 @@ def enabled() -> bool:
 def cache_dir() -> Path:
     from pipelines.tiny import cache_root
 
-    return cache_root() / "quantized"
+    folder = os.environ.get(DIR_ENV)
+    return Path(folder).expanduser() if folder else cache_root() / "quantized"
 
 
 # ---- keys ----------------------------------------------------------------------------------------------------
@@ -257,10 +262,18 @@ def load_or_quantize(component: str, load: Callable[[], torch.nn.Module], chain:
                      device: torch.device, dtype: torch.dtype, source: Source | None = None,
                      ) -> tuple[torch.nn.Module, QuantConfig, ComponentQuant]:
     """quantize_with_fallback, reading the first usable config of ``chain`` from the cache when it is there,
-    and saving what was quantized when it was not."""
+    and saving what was quantized when it was not.
+
+    A pre-quantized checkpoint (a GGUF file, or a folder whose config carries a ``quantization_config``) is
+    loaded as it is, whatever ``chain`` asks for; the config returned is then the chain's last (full precision),
+    meaning there is nothing to fall back to.
+    """
     from .probe import enabled as probe_enabled
     from .probe import probe
 
+    if source is not None and (source.file is not None or checkpoint_quantization(source.folder)):
+        module, record = load_prequantized(component, source, device, dtype)
+        return module, chain[-1], record
     if source is None or not enabled():
         return quantize_with_fallback(component, load, chain, device, dtype)
     fallbacks: list[Fallback] = []
@@ -295,6 +308,122 @@ def load_or_quantize(component: str, load: Callable[[], torch.nn.Module], chain:
     record.fallbacks = fallbacks + record.fallbacks
     store(source, component, config, device, dtype, module, record)
     return module, config, record
+
+
+# ---- pre-quantized checkpoints ---------------------------------------------------------------------------------
+def checkpoint_quantization(folder: Path) -> dict | None:
+    """The ``quantization_config`` a diffusers/transformers component folder was saved with, if any."""
+    try:
+        config = json.loads((Path(folder) / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    found = config.get("quantization_config") if isinstance(config, dict) else None
+    return found if isinstance(found, dict) and found else None
+
+
+def file_fingerprint(path: Path) -> str:
+    """Identity of a single-file checkpoint: name, size, and its first and last MiB."""
+    path = Path(path)
+    size = path.stat().st_size
+    digest = hashlib.sha256(f"{path.name}:{size}".encode())
+    with path.open("rb") as handle:
+        digest.update(handle.read(1 << 20))
+        if size > 2 << 20:
+            handle.seek(-(1 << 20), 2)
+            digest.update(handle.read())
+    return digest.hexdigest()[:16]
+
+
+def load_prequantized(component: str, source: Source, device: torch.device,
+                      dtype: torch.dtype) -> tuple[torch.nn.Module, ComponentQuant]:
+    """Load a checkpoint that is already quantized, as it is; a UserError says what to do when it cannot be."""
+    from pipelines.errors import UserError
+
+    start = time.perf_counter()
+    full_bytes = sum(p.numel() for p in skeleton(source.cls, source.folder, dtype).parameters()) * dtype.itemsize
+    if source.file is not None:
+        module, backend, mode = _load_gguf(component, source, dtype)
+    else:
+        quant = checkpoint_quantization(source.folder) or {}
+        backend = str(quant.get("quant_method", "unknown"))
+        mode = _checkpoint_mode(quant)
+        if backend == "bitsandbytes" and device.type == "mps":
+            raise UserError(f"{component}: {source.folder} is a bitsandbytes checkpoint, which does not run on Apple "
+                            "MPS; use a full-precision model with --quant 4bit (quanto) instead.")
+        try:
+            if backend == "bitsandbytes" and device.type == "cpu" and hasattr(source.cls, "load_config"):
+                # diffusers' bitsandbytes loader refuses to run without a GPU: read the layers directly
+                from .backends.bitsandbytes_backend import load_checkpoint
+
+                module = load_checkpoint(skeleton(source.cls, source.folder, dtype), source.folder, quant, device,
+                                         dtype)
+            else:
+                module = source.cls.from_pretrained(source.folder.parent, subfolder=source.folder.name, dtype=dtype)
+        except UserError:
+            raise
+        except Exception as error:
+            raise UserError(f"{component}: the pre-quantized checkpoint in {source.folder} ({backend} {mode}) could "
+                            f"not be loaded on {device.type} ({type(error).__name__}: {error}); use a "
+                            "full-precision model and --quant instead.") from None
+    params = list(module.parameters())
+    if params and params[0].device.type != device.type:
+        module = module.to(device)
+    layers = sum(1 for m in module.modules() if isinstance(m, torch.nn.Linear) and _is_quantized(m))
+    log.info("%s: pre-quantized %s %s loaded in %.2f s", component, backend, mode, time.perf_counter() - start)
+    record = ComponentQuant(backend, mode, full_bytes, module_bytes(module), 0.0, layers, prequantized=True)
+    return module, record
+
+
+def _load_gguf(component: str, source: Source, dtype: torch.dtype) -> tuple[torch.nn.Module, str, str]:
+    from pipelines.errors import UserError
+
+    file = Path(source.file)
+    if not hasattr(source.cls, "from_single_file"):
+        raise UserError(f"{component}: {source.cls.__name__} cannot be loaded from a single GGUF file.")
+    try:
+        from diffusers import GGUFQuantizationConfig
+
+        module = source.cls.from_single_file(
+            str(file), quantization_config=GGUFQuantizationConfig(compute_dtype=dtype),
+            config=str(source.folder.parent), subfolder=source.folder.name, local_files_only=True, dtype=dtype)
+    except Exception as error:
+        raise UserError(f"{component}: {file.name} could not be loaded as a GGUF {source.cls.__name__} for this "
+                        f"model ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}); check "
+                        "that it is a FLUX.1 transformer of the same kind as the tool's model.") from None
+    import gguf
+
+    kinds: dict[str, int] = {}
+    for param in module.parameters():
+        kind = getattr(param, "quant_type", None)
+        if kind is not None:
+            name = gguf.GGMLQuantizationType(int(kind)).name
+            kinds[name] = kinds.get(name, 0) + param.numel()
+    return module, "gguf", max(kinds, key=kinds.get) if kinds else "unquantized"
+
+
+def _checkpoint_mode(quant: dict) -> str:
+    method = quant.get("quant_method")
+    if method == "bitsandbytes":
+        if quant.get("load_in_4bit") or quant.get("_load_in_4bit"):
+            return str(quant.get("bnb_4bit_quant_type", "fp4"))
+        return "int8"
+    for key in ("weights_dtype", "weights", "quant_type"):
+        if isinstance(quant.get(key), str):
+            return quant[key]
+    return str(method or "unknown")
+
+
+def _is_quantized(layer: torch.nn.Module) -> bool:
+    """A Linear whose layer type or weight is not the plain one (bitsandbytes, quanto, torchao, GGUF)."""
+    weight = getattr(layer, "weight", None)
+    return type(layer) is not torch.nn.Linear or (weight is not None and type(weight) not in (
+        torch.nn.Parameter, torch.Tensor))
+
+
+def prequantized_notices(components: dict, requested: str) -> list[str]:
+    """One notice per component that came pre-quantized: its format won over the requested mode."""
+    return [f"{name} is a pre-quantized checkpoint ({item['backend']} {item['mode']}): used as it is; quant="
+            f"{requested} does not apply to it." for name, item in components.items() if item.get("prequantized")]
 
 
 # ---- listing and clearing (CLI `cache list|clear`, the studio's System tab) -------------------------------

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 from ..config import BitsAndBytesConfig
@@ -49,25 +51,59 @@ class BitsAndBytesBackend(Backend):
         return [save_state(module.state_dict(), path)]  # packed weights plus each layer's quantization state
 
     def load(self, skeleton, path, config, device, dtype):
-        import bitsandbytes as bnb
-
         state, _ = load_state(path)
-        done = []
-        for name, linear in quantizable_linears(skeleton):
-            new = _empty_layer(bnb, linear, config, dtype)
-            weight = state.pop(f"{name}.weight")
-            if config.quant_type == "nf4":
-                prefix = f"{name}.weight."
-                stats = {key[len(prefix):]: state.pop(key) for key in [k for k in state if k.startswith(prefix)]}
-                new.weight = bnb.nn.Params4bit.from_prequantized(weight, stats, requires_grad=False, device="cpu",
-                                                                 module=new)
-            else:
-                state.pop(f"{name}.weight_format", None)
-                new.weight = bnb.nn.Int8Params(weight, requires_grad=False, has_fp16_weights=False)
-                new.weight.CB, new.weight.SCB = new.weight.data, state.pop(f"{name}.SCB")
-            set_submodule(skeleton, name, new)
-            done.append(f"{name}.weight")
-        return assign_state(skeleton, state, done).to(device)
+        return load_layers(skeleton, state, dtype).to(device)
+
+
+def load_checkpoint(skeleton: torch.nn.Module, folder, quantization_config: dict, device: torch.device,
+                    dtype: torch.dtype) -> torch.nn.Module:
+    """A diffusers or transformers folder saved with a bitsandbytes ``quantization_config``, read without their
+    loaders (diffusers' refuses to run without a GPU); the layers' saved format is bitsandbytes' own."""
+    from safetensors.torch import load_file
+
+    files = sorted(Path(folder).glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"no .safetensors weights in {folder}")
+    state = {}
+    for file in files:
+        state.update({name: tensor.clone() for name, tensor in load_file(str(file)).items()})
+    compute = quantization_config.get("bnb_4bit_compute_dtype")
+    compute = getattr(torch, compute) if isinstance(compute, str) and hasattr(torch, compute) else dtype
+    threshold = float(quantization_config.get("llm_int8_threshold", 6.0))
+    return load_layers(skeleton, state, compute, threshold).to(device)
+
+
+def load_layers(skeleton: torch.nn.Module, state: dict[str, torch.Tensor], compute_dtype: torch.dtype,
+                threshold: float = 6.0) -> torch.nn.Module:
+    """Fill ``skeleton`` (meta device) from a state dict saved from bitsandbytes layers: each Linear whose weight
+    carries a 4-bit quantization state becomes Linear4bit, each with an ``SCB`` entry Linear8bitLt."""
+    import bitsandbytes as bnb
+
+    four = {key.split(".weight.quant_state.")[0] for key in state if ".weight.quant_state.bitsandbytes__" in key}
+    eight = {key[:-len(".SCB")] for key in state if key.endswith(".SCB")}
+    done = []
+    for name in sorted(four | eight):
+        linear = skeleton.get_submodule(name)
+        if not isinstance(linear, torch.nn.Linear):
+            raise ValueError(f"{name} holds quantized weights but is not a Linear layer")
+        has_bias = linear.bias is not None
+        weight = state.pop(f"{name}.weight")
+        if name in four:
+            prefix = f"{name}.weight."
+            stats = {key[len(prefix):]: state.pop(key) for key in [k for k in state if k.startswith(prefix)]}
+            new = bnb.nn.Linear4bit(linear.in_features, linear.out_features, bias=has_bias, compute_dtype=compute_dtype,
+                                    device="meta")
+            new.weight = bnb.nn.Params4bit.from_prequantized(weight, stats, requires_grad=False, device="cpu",
+                                                             module=new)
+        else:
+            state.pop(f"{name}.weight_format", None)
+            new = bnb.nn.Linear8bitLt(linear.in_features, linear.out_features, bias=has_bias, has_fp16_weights=False,
+                                      threshold=threshold, device="meta")
+            new.weight = bnb.nn.Int8Params(weight, requires_grad=False, has_fp16_weights=False)
+            new.weight.CB, new.weight.SCB = new.weight.data, state.pop(f"{name}.SCB")
+        set_submodule(skeleton, name, new)
+        done.append(f"{name}.weight")
+    return assign_state(skeleton, state, done)
 
 
 def _convert(bnb, linear: torch.nn.Linear, config: BitsAndBytesConfig, dtype: torch.dtype, device: torch.device):
@@ -85,13 +121,3 @@ def _convert(bnb, linear: torch.nn.Linear, config: BitsAndBytesConfig, dtype: to
     if has_bias:
         new.bias = torch.nn.Parameter(linear.bias.data, requires_grad=False)
     return new.to(device)  # bitsandbytes quantizes on this move
-
-
-def _empty_layer(bnb, linear: torch.nn.Linear, config: BitsAndBytesConfig, dtype: torch.dtype):
-    """The layer ``_convert`` makes, on the meta device and without weights."""
-    has_bias = linear.bias is not None
-    if config.quant_type == "nf4":
-        return bnb.nn.Linear4bit(linear.in_features, linear.out_features, bias=has_bias, compute_dtype=dtype,
-                                 compress_statistics=config.double_quant, quant_type="nf4", device="meta")
-    return bnb.nn.Linear8bitLt(linear.in_features, linear.out_features, bias=has_bias, has_fp16_weights=False,
-                               threshold=6.0, device="meta")

@@ -1,0 +1,374 @@
+"""Quantize once: cached quantized weights give identical images, damaged entries are rebuilt, pre-quantized
+checkpoints (GGUF, bitsandbytes folders) load as they are."""
+
+import json
+import shutil
+from pathlib import Path
+from unittest import mock
+
+import numpy as np
+import pytest
+import torch
+
+from pipelines.engine import Studio
+from pipelines.errors import UserError
+from pipelines.manager import ModelManager
+from pipelines.request import GenerationRequest
+from quantization import cache
+from quantization.config import FULL_PRECISION, BitsAndBytesConfig, QuantoConfig, TorchAoConfig
+from quantization.policy import candidates
+from quantization.probe import ProbeResult
+from quantization.registry import backend_for
+
+CPU = torch.device("cpu")
+BF16 = torch.bfloat16
+QUANTIZED = ("transformer", "text_encoder_2")
+BACKENDS = ("quanto", "bitsandbytes", "torchao")
+
+
+@pytest.fixture
+def quant_cache(tmp_path, monkeypatch):
+    """An empty quantized-weights cache of the test's own; probing is not under test here."""
+    folder = tmp_path / "quantized"
+    monkeypatch.setenv("FLUXFORGE_QUANT_CACHE_DIR", str(folder))
+    monkeypatch.setenv("FLUXFORGE_PROBE", "0")
+    return folder
+
+
+def only(monkeypatch, backend: str) -> None:
+    monkeypatch.setenv("FLUXFORGE_DISABLE_BACKENDS", ",".join(b for b in BACKENDS if b != backend))
+
+
+def generate(mode="4bit", **kwargs):
+    """One run on a fresh manager (nothing loaded in memory), as a new studio process would do it."""
+    request = GenerationRequest(tool="dev", prompt="x", model="tiny", quant=mode, seed=1, steps=2, **kwargs)
+    return Studio(ModelManager(device="cpu")).generate(request)
+
+
+def pixels(result) -> np.ndarray:
+    return np.asarray(result.image)
+
+
+def components(result) -> dict:
+    return result.report["quantization"]["components"]
+
+
+def entry_of(component: str) -> Path:
+    (path,) = [Path(row["path"]) for row in cache.entries() if row["component"] == component]
+    return path
+
+
+# ---- identical outputs, quantized now or read from the cache -------------------------------------------
+FORCED = [("8bit", "quanto"), ("4bit", "quanto"), ("4bit", "bitsandbytes"), ("8bit", "bitsandbytes"),
+          ("8bit", "torchao")]
+
+
+@pytest.mark.parametrize("mode, backend", FORCED, ids=[f"{b}-{m}" for m, b in FORCED])
+def test_cached_load_gives_the_same_image_as_quantizing(quant_cache, tiny_root, monkeypatch, mode, backend):
+    only(monkeypatch, backend)
+    expected = next(c for c in candidates(mode, "cpu") if c.backend == backend)
+    first = generate(mode)
+    second = generate(mode)
+    for name in QUANTIZED:
+        before, after = components(first)[name], components(second)[name]
+        assert (before["backend"], before["mode"]) == (after["backend"], after["mode"]) == (backend, expected.mode)
+        assert (before["from_cache"], after["from_cache"]) == (False, True)
+        assert before["bytes_after"] == after["bytes_after"] and before["bytes_before"] == after["bytes_before"]
+        assert before["quantized_layers"] == after["quantized_layers"] > 0
+    assert not components(first)["vae"]["from_cache"]
+    assert np.array_equal(pixels(first), pixels(second))
+    assert sorted(row["component"] for row in cache.entries()) == sorted(QUANTIZED)
+    assert all(row["status"] == "ok" and row["backend"] == backend for row in cache.entries())
+
+
+ALL_CONFIGS = [QuantoConfig("int8"), QuantoConfig("int4"), BitsAndBytesConfig("int8"), BitsAndBytesConfig("nf4"),
+               TorchAoConfig("int8_dynamic"), TorchAoConfig("int8_weight_only")]
+
+
+def transformer_source(tiny_root):
+    from diffusers import FluxTransformer2DModel
+
+    from pipelines.manager import fingerprint
+
+    folder = tiny_root / "dev" / "transformer"
+    return cache.Source(folder, fingerprint(folder), FluxTransformer2DModel, "tiny")
+
+
+def transformer_inputs():
+    torch.manual_seed(0)
+    return dict(hidden_states=torch.randn(1, 64, 64, dtype=BF16), encoder_hidden_states=torch.randn(1, 8, 64, dtype=BF16),
+                pooled_projections=torch.randn(1, 64, dtype=BF16), timestep=torch.tensor([0.5]),
+                img_ids=torch.zeros(64, 3), txt_ids=torch.zeros(8, 3), guidance=torch.tensor([3.5]))
+
+
+@pytest.mark.parametrize("config", ALL_CONFIGS, ids=lambda c: c.label)
+def test_cache_hit_never_reads_the_full_precision_weights(quant_cache, tiny_root, config):
+    source = transformer_source(tiny_root)
+    loads = []
+
+    def load():
+        loads.append(1)
+        return source.cls.from_pretrained(source.folder, dtype=BF16)
+
+    chain = [config, FULL_PRECISION]
+    fresh, chosen, record = cache.load_or_quantize("transformer", load, chain, CPU, BF16, source)
+    cached, chosen_again, cached_record = cache.load_or_quantize("transformer", load, chain, CPU, BF16, source)
+    assert chosen == chosen_again == config and len(loads) == 1
+    assert (record.from_cache, cached_record.from_cache) == (False, True) and cached_record.quantize_s == 0.0
+    assert cached_record.bytes_after == record.bytes_after and cached_record.bytes_before == record.bytes_before
+    layers = [type(m) for m in cached.modules() if backend_for(config).is_quantized_layer(m)]
+    assert len(layers) == record.quantized_layers and {type(m) for m in fresh.modules()} == {type(m) for m in cached.modules()}
+    with torch.no_grad():
+        assert torch.equal(fresh(**transformer_inputs()).sample, cached(**transformer_inputs()).sample)
+
+
+def test_cache_hit_still_runs_the_probe_with_the_recorded_shapes(quant_cache, tiny_root, monkeypatch):
+    import quantization.probe
+
+    source = transformer_source(tiny_root)
+    chain = [BitsAndBytesConfig("nf4"), QuantoConfig("int4"), FULL_PRECISION]
+    load = lambda: source.cls.from_pretrained(source.folder, dtype=BF16)  # noqa: E731
+    cache.load_or_quantize("transformer", load, chain, CPU, BF16, source)
+    calls = []
+
+    def fake_probe(config, device, dtype, shapes, timeout_s=None):
+        calls.append((config, shapes))
+        return ProbeResult(config.backend != "bitsandbytes", "probe crashed (SIGSEGV)")
+
+    monkeypatch.setenv("FLUXFORGE_PROBE", "1")
+    monkeypatch.setattr(quantization.probe, "probe", fake_probe)
+    module, chosen, record = cache.load_or_quantize("transformer", load, chain, CPU, BF16, source)
+    assert calls[0][0] == BitsAndBytesConfig("nf4") and (64, 64) in calls[0][1]
+    assert chosen == QuantoConfig("int4") and not record.from_cache  # the crashing option is skipped, as without a cache
+    assert [(f.backend, f.reason) for f in record.fallbacks] == [("bitsandbytes", "probe crashed (SIGSEGV)")]
+
+
+# ---- damaged entries -------------------------------------------------------------------------------------------
+def flip_bytes(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    data[middle:middle + 16] = bytes(b ^ 0xFF for b in data[middle:middle + 16])
+    path.write_bytes(bytes(data))
+
+
+DAMAGE = {
+    "flipped-bytes": lambda entry: flip_bytes(entry / "weights.safetensors"),
+    "truncated": lambda entry: (entry / "weights.safetensors").write_bytes(
+        (entry / "weights.safetensors").read_bytes()[:1000]),
+    "deleted-file": lambda entry: (entry / "weights.safetensors").unlink(),
+    "partial-no-manifest": lambda entry: (entry / "manifest.json").unlink(),
+    "garbled-manifest": lambda entry: (entry / "manifest.json").write_text("{not json"),
+}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGE))
+def test_damaged_entry_is_never_loaded_and_is_rebuilt(quant_cache, tiny_root, monkeypatch, damage):
+    only(monkeypatch, "bitsandbytes")
+    reference = generate("4bit")
+    entry = entry_of("transformer")
+    DAMAGE[damage](entry)
+    restored = []
+    real_restore = cache.restore
+    monkeypatch.setattr(cache, "restore", lambda e, *a: restored.append(e.path.name) or real_restore(e, *a))
+    rebuilt = generate("4bit")
+    assert entry.name not in restored  # verified before use: the damaged files were never read into a model
+    assert components(rebuilt)["transformer"]["from_cache"] is False
+    assert components(rebuilt)["text_encoder_2"]["from_cache"] is True
+    assert np.array_equal(pixels(reference), pixels(rebuilt))
+    assert cache.verify(entry_of("transformer"))["files"]  # rebuilt whole
+    assert components(generate("4bit"))["transformer"]["from_cache"] is True
+
+
+def test_entry_that_does_not_rebuild_as_recorded_is_discarded(quant_cache, tiny_root, monkeypatch):
+    only(monkeypatch, "quanto")
+    reference = generate("8bit")
+    manifest_file = entry_of("transformer") / "manifest.json"
+    manifest = json.loads(manifest_file.read_text())
+    keys = manifest["keys"]
+    manifest["keys"] = keys[1:]  # the files check out, but the module they build is not the one recorded
+    manifest_file.write_text(json.dumps(manifest))
+    again = generate("8bit")
+    assert components(again)["transformer"]["from_cache"] is False
+    assert np.array_equal(pixels(reference), pixels(again))
+    assert json.loads((entry_of("transformer") / "manifest.json").read_text())["keys"] == keys
+
+
+def test_key_covers_source_component_backend_mode_dtype_device_versions_and_code(tiny_root, monkeypatch):
+    source = transformer_source(tiny_root)
+    config = QuantoConfig("int8")
+    fields = cache.key_fields(source, "transformer", config, CPU, BF16)
+    assert {"source", "class", "component", "backend", "config", "dtype", "device", "torch", "library", "code"} <= set(
+        fields)
+    assert fields["library"].startswith("optimum-quanto==") and fields["torch"] == torch.__version__
+    base = cache.entry_path(fields)
+    others = [
+        cache.key_fields(source, "transformer", QuantoConfig("int4"), CPU, BF16),
+        cache.key_fields(source, "transformer", config, CPU, torch.float16),
+        cache.key_fields(source, "transformer", config, torch.device("cuda"), BF16),
+        cache.key_fields(source, "text_encoder_2", config, CPU, BF16),
+        cache.key_fields(cache.Source(source.folder, "another-fingerprint", source.cls), "transformer", config, CPU, BF16),
+        cache.key_fields(source, "transformer", BitsAndBytesConfig("nf4", double_quant=False), CPU, BF16),
+    ]
+    assert len({base} | {cache.entry_path(f) for f in others}) == len(others) + 1
+    monkeypatch.setattr(type(backend_for(config)), "quantize", lambda self, module, *args: module)
+    assert cache.entry_path(cache.key_fields(source, "transformer", config, CPU, BF16)) != base
+
+
+def test_cache_can_be_turned_off_and_a_failed_save_does_not_stop_the_run(quant_cache, tiny_root, monkeypatch):
+    only(monkeypatch, "bitsandbytes")
+    monkeypatch.setenv("FLUXFORGE_QUANT_CACHE", "0")
+    assert components(generate("4bit"))["transformer"]["from_cache"] is False and cache.entries() == []
+    monkeypatch.delenv("FLUXFORGE_QUANT_CACHE")
+
+    def full_disk(self, module, path):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(type(backend_for(BitsAndBytesConfig("nf4"))), "save", full_disk)
+    result = generate("4bit")
+    assert components(result)["transformer"]["backend"] == "bitsandbytes" and cache.entries() == []
+    assert not list(quant_cache.glob(".tmp-*"))  # the temporary folder went too
+
+
+def test_module_with_hooks_is_not_cached(quant_cache, tiny_root):
+    source = transformer_source(tiny_root)
+    load = lambda: source.cls.from_pretrained(source.folder, dtype=BF16)  # noqa: E731
+    module, config, record = cache.load_or_quantize("transformer", load, [QuantoConfig("int8"), FULL_PRECISION], CPU,
+                                                    BF16, None)
+    module.proj_out.register_forward_hook(lambda *args: None)
+    assert cache.store(source, "transformer", config, CPU, BF16, module, record) is None and cache.entries() == []
+
+
+# ---- listing and clearing ----------------------------------------------------------------------------------------
+def test_cache_list_and_clear_from_the_command_line(quant_cache, tiny_root, monkeypatch, capsys):
+    from cli import main
+
+    only(monkeypatch, "torchao")
+    generate("8bit")
+    (quant_cache / "leftover").mkdir()  # a folder without a manifest, e.g. from a killed process
+    rows = cache.entries()
+    assert {(r["component"], r["backend"], r["status"]) for r in rows} == {
+        ("transformer", "torchao", "ok"), ("text_encoder_2", "torchao", "ok"), ("", "", "incomplete")}
+    assert all(r["bytes"] > 0 for r in rows if r["status"] == "ok") and rows[0]["model"]
+    assert main(["cache", "list"]) == 0
+    out = capsys.readouterr().out
+    assert "transformer" in out and "torchao" in out and "int8_dynamic" in out and "3 entries" in out
+    assert main(["cache", "list", "--json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)) == 3
+    assert main(["cache", "clear"]) == 0
+    assert "removed 3 entries" in capsys.readouterr().out
+    assert cache.entries() == [] and list(quant_cache.iterdir()) == []
+    assert main(["cache", "list"]) == 0 and "empty" in capsys.readouterr().out
+
+
+# ---- pre-quantized checkpoints ---------------------------------------------------------------------------------
+def write_gguf(module: torch.nn.Module, path: Path) -> Path:
+    """The module's weights as GGUF: Q8_0 where a row is a whole number of 32-value blocks, F32 elsewhere.
+
+    Tensor names are diffusers' own: diffusers converts original (BFL) names only at FLUX.1's real width (3072).
+    """
+    import gguf
+
+    kinds = gguf.GGMLQuantizationType
+    writer = gguf.GGUFWriter(str(path), "flux")
+    for name, tensor in module.state_dict().items():
+        array = tensor.float().numpy()
+        if array.ndim == 2 and array.shape[1] % 32 == 0:
+            writer.add_tensor(name, gguf.quantize(array, kinds.Q8_0), raw_dtype=kinds.Q8_0)
+        else:
+            writer.add_tensor(name, array)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+@pytest.fixture(scope="module")
+def gguf_file(tiny_root, tmp_path_factory):
+    from diffusers import FluxTransformer2DModel
+
+    module = FluxTransformer2DModel.from_pretrained(tiny_root / "dev", subfolder="transformer", dtype=BF16)
+    return write_gguf(module, tmp_path_factory.mktemp("gguf") / "flux1-tiny-Q8_0.gguf")
+
+
+def test_gguf_transformer_replaces_the_models_own_and_wins_over_the_mode(quant_cache, tiny_root, gguf_file):
+    full = generate("none")
+    result = generate("4bit", transformer=str(gguf_file))
+    transformer = components(result)["transformer"]
+    assert (transformer["backend"], transformer["mode"], transformer["prequantized"]) == ("gguf", "Q8_0", True)
+    assert transformer["quantized_layers"] > 0 and transformer["bytes_after"] < 0.6 * transformer["bytes_before"]
+    assert components(result)["text_encoder_2"]["backend"] == candidates("4bit", "cpu")[0].backend
+    assert any("pre-quantized checkpoint (gguf Q8_0)" in n and "quant=4bit" in n for n in result.notices)
+    assert result.report["parameters"]["transformer"] == str(gguf_file)
+    assert not [row for row in cache.entries() if row["component"] == "transformer"]  # nothing to cache
+    difference = np.abs(pixels(result).astype(int) - pixels(full).astype(int))
+    assert 0 < difference.mean() < 8  # Q8_0 of the same weights: close to full precision, not equal
+
+
+def test_bad_gguf_arguments_are_one_line_errors(tiny_root, tmp_path, capsys):
+    from cli import main
+
+    with pytest.raises(UserError, match="must be a .gguf file"):
+        GenerationRequest(tool="dev", prompt="x", model="tiny", transformer=str(tmp_path / "model.safetensors"))
+    with pytest.raises(UserError, match="no such file"):
+        GenerationRequest(tool="dev", prompt="x", model="tiny", transformer=str(tmp_path / "missing.gguf"))
+    broken = tmp_path / "broken.gguf"
+    broken.write_bytes(b"GGUF" + bytes(100))
+    with pytest.raises(UserError, match="could not be loaded as a GGUF FluxTransformer2DModel"):
+        generate("none", transformer=str(broken))
+    assert main(["generate", "--tool", "dev", "--prompt", "x", "--model", "tiny", "--out", str(tmp_path / "a.png"),
+                 "--transformer", str(tmp_path / "missing.gguf")]) == 2
+    assert "no such file" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def bnb_checkpoint(tiny_root, tmp_path_factory):
+    """A FLUX.1-dev folder whose transformer and T5 were quantized (nf4) and saved by diffusers and transformers
+    with their BitsAndBytesConfig. diffusers' bitsandbytes loader insists on a GPU; only here, to write the
+    folder on a CPU, is its check bypassed. Returns the folder and diffusers' own quantized transformer."""
+    from diffusers import BitsAndBytesConfig as DiffusersBnb
+    from diffusers import FluxTransformer2DModel
+    from diffusers.quantizers.bitsandbytes.bnb_quantizer import BnB4BitDiffusersQuantizer
+    from transformers import BitsAndBytesConfig as TransformersBnb
+    from transformers import T5EncoderModel
+
+    root = tmp_path_factory.mktemp("bnb") / "FLUX.1-dev-bnb-nf4"
+    shutil.copytree(tiny_root / "dev", root)
+    with mock.patch.object(BnB4BitDiffusersQuantizer, "validate_environment", lambda self, *a, **k: None):
+        transformer = FluxTransformer2DModel.from_pretrained(
+            tiny_root / "dev", subfolder="transformer", dtype=BF16, device_map={"": "cpu"},
+            quantization_config=DiffusersBnb(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=BF16))
+    t5 = T5EncoderModel.from_pretrained(
+        tiny_root / "dev", subfolder="text_encoder_2", dtype=BF16,
+        quantization_config=TransformersBnb(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=BF16))
+    for name, module in (("transformer", transformer), ("text_encoder_2", t5)):
+        shutil.rmtree(root / name)
+        module.save_pretrained(root / name)
+    return root, transformer
+
+
+def test_bitsandbytes_checkpoint_folder_loads_as_it_is_on_the_cpu(quant_cache, bnb_checkpoint):
+    root, reference = bnb_checkpoint
+    assert json.loads((root / "transformer" / "config.json").read_text())["quantization_config"]["quant_method"] == (
+        "bitsandbytes")
+    studio = Studio(ModelManager(device="cpu"))
+    result = studio.generate(GenerationRequest(tool="dev", prompt="x", model=str(root), quant="8bit", seed=1, steps=2))
+    assert np.asarray(result.image).std() > 5.0
+    for name in QUANTIZED:
+        item = components(result)[name]
+        assert (item["backend"], item["mode"], item["prequantized"], item["from_cache"]) == (
+            "bitsandbytes", "nf4", True, False)
+        assert item["quantized_layers"] > 0 and any(f"{name} is a pre-quantized checkpoint" in n for n in result.notices)
+    assert cache.entries() == []  # a pre-quantized checkpoint is not cached again
+    loaded = next(iter(studio.manager._pipelines.values())).pipe.transformer
+    with torch.no_grad():  # the same layers and numbers as diffusers' own loader makes
+        assert torch.equal(loaded(**transformer_inputs()).sample, reference(**transformer_inputs()).sample)
+
+
+def test_bitsandbytes_checkpoint_on_apple_mps_names_the_fix(bnb_checkpoint):
+    from diffusers import FluxTransformer2DModel
+
+    root, _ = bnb_checkpoint
+    source = cache.Source(root / "transformer", "fp", FluxTransformer2DModel, str(root))
+    with pytest.raises(UserError, match="does not run on Apple MPS; use a full-precision model with --quant 4bit"):
+        cache.load_prequantized("transformer", source, torch.device("mps"), BF16)
