@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 
 import gradio as gr
+from PIL import Image
 
 from .gpu import gpu_decorator
 from .settings import Settings, on_space
@@ -39,6 +41,10 @@ def create_demo(manager=None, model: str | None = None, device: str | None = Non
     from .runner import Runner
     from .tabs import control, fill, generate, kontext, redux, system
     from .widgets import TabContext
+
+    # Gradio decodes uploads itself: images over the engine's pixel limit are refused, not decoded.
+    import pipelines.images  # noqa: F401  (sets PIL's pixel limit)
+    warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
 
     settings = Settings(api=api)
     if output_dir is not None:
@@ -81,6 +87,9 @@ def create_demo(manager=None, model: str | None = None, device: str | None = Non
 
 def launch_options(demo: gr.Blocks) -> dict:
     """launch() arguments that keep a studio safe by default (and carry its look)."""
+    from starlette.middleware import Middleware
+
+    from .origin import LocalOriginMiddleware
     from .theme import CSS, theme
 
     settings: Settings = demo.studio_settings
@@ -93,6 +102,7 @@ def launch_options(demo: gr.Blocks) -> dict:
         "footer_links": ["api", "gradio", "settings"] if settings.api else ["gradio", "settings"],
         "mcp_server": False,
         "show_error": False,
+        "app_kwargs": {"middleware": [Middleware(LocalOriginMiddleware, api=settings.api)]},
     }
 
 

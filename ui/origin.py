@@ -1,0 +1,68 @@
+"""Request guards in front of the Gradio app.
+
+- State-changing requests from other web pages are refused (cross-site request forgery): Gradio only
+  leaves out the CORS headers for a foreign Origin, the request itself still runs (an upload, a queue join).
+- Without --api, Gradio's by-name HTTP routes (/gradio_api/call/<name>) are closed: Gradio serves them
+  for private endpoints too. The page itself only uses /gradio_api/queue/join.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+from starlette.datastructures import Headers
+from starlette.responses import JSONResponse
+
+SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
+LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1", "[::1]"}
+
+
+def _host(value: str) -> str:
+    """Host name of an Origin or Host header value, lower case, without the port."""
+    if "://" not in value:
+        value = "//" + value
+    try:
+        return (urlsplit(value).hostname or "").lower()
+    except ValueError:
+        return ""
+
+
+def origin_allowed(origin: str | None, host: str | None) -> bool:
+    """No Origin (not a browser), a loopback Origin, or the same host the request was sent to."""
+    if origin is None:
+        return True
+    name = _host(origin)
+    if not name or origin.strip().lower() == "null":
+        return False
+    return name in LOCAL_HOSTS or (bool(host) and name == _host(host))
+
+
+CALL_ROUTES = ("/call/", "/gradio_api/call/")
+
+
+def api_route(path: str) -> bool:
+    """True for Gradio's by-name API routes (/gradio_api/call/<name>, with any root path in front)."""
+    return any(prefix in path for prefix in CALL_ROUTES)
+
+
+class LocalOriginMiddleware:
+    """ASGI middleware: 403 for POST/PUT/PATCH/DELETE whose Origin is another site; 404 for the by-name
+    API routes unless `api`."""
+
+    def __init__(self, app, api: bool = False):
+        self.app = app
+        self.api = api
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and not self.api and api_route(scope.get("path", "")):
+            response = JSONResponse({"error": "The HTTP API is closed; start the studio with --api."},
+                                    status_code=404)
+            await response(scope, receive, send)
+            return
+        if scope["type"] == "http" and scope["method"] not in SAFE_METHODS:
+            headers = Headers(scope=scope)
+            if not origin_allowed(headers.get("origin"), headers.get("host")):
+                response = JSONResponse({"error": "Cross-origin request refused."}, status_code=403)
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
