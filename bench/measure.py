@@ -2,7 +2,8 @@
 
 Phase 1 (its peak memory is the record's): load and quantize T5, encode, load and quantize the transformer,
 one transformer step. Phase 2: the full-precision T5 and transformer in the same process; encodes and the two
-denoising trajectories run interleaved, so times are compared side by side.
+denoising trajectories run interleaved, in pairs, so times are compared side by side. On a CPU, a pair during
+which other processes took a sizeable share of the cores is timed again (the record counts these).
 
 `python -m bench.measure JOB.json OUT_DIR` runs one job in a fresh process (honest per-backend RSS).
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import gc
 import json
+import os
 import statistics
 import sys
 import time
@@ -105,33 +107,61 @@ def sizes(component: str, module: torch.nn.Module) -> dict:
     return {"weight_bytes": total, "full_depth_bytes": full_depth, "params": sum(p.numel() for p in module.parameters())}
 
 
+RETRIES = 2  # times a disturbed pair of timings is taken again
+DISTURBED = 0.2  # other processes' share of the machine's CPU time above which a timing is disturbed
+
+
+def _busy_seconds() -> float:
+    import psutil
+
+    times = psutil.cpu_times()
+    return sum(times) - times.idle - getattr(times, "iowait", 0.0)
+
+
 class Clock:
-    """Wall time of each timed call, and the process's CPU time over them (a contention indicator)."""
+    """Wall time of timed calls; on CPU also the share of the machine other processes used meanwhile."""
 
     def __init__(self, device: torch.device):
-        self.device, self.wall, self.cpu = device, 0.0, 0.0
+        self.device = device
+        self.retimed = 0
+        self.other: list[float] = []  # other processes' CPU share during each kept timing
 
     def __call__(self, fn):
+        """(value, seconds, other processes' share of the CPU during the call; 0 off the CPU)."""
         sync(self.device)
-        wall, cpu = time.perf_counter(), time.process_time()
+        busy, own, start = _busy_seconds(), time.process_time(), time.perf_counter()
         value = fn()
         sync(self.device)
-        seconds = time.perf_counter() - wall
-        self.wall += seconds
-        self.cpu += time.process_time() - cpu
-        return value, seconds
+        seconds = time.perf_counter() - start
+        if self.device.type != "cpu":
+            return value, seconds, 0.0
+        other = (_busy_seconds() - busy) - (time.process_time() - own)
+        return value, seconds, max(0.0, other) / (seconds * (os.cpu_count() or 1))
 
-    def cpu_share(self) -> float | None:
-        """Process CPU seconds / (wall seconds x torch threads); well below 1 when other work took the cores."""
-        if self.device.type != "cpu" or not self.wall:
-            return None
-        return self.cpu / (self.wall * torch.get_num_threads())
+    def pair(self, calls: dict, first: int = 0) -> dict:
+        """Run each call (rotated by ``first``) back to back; again, up to RETRIES times, while disturbed."""
+        names = list(calls)[first:] + list(calls)[:first]
+        for attempt in range(RETRIES + 1):
+            results = {name: self(calls[name]) for name in names}
+            if self.device.type != "cpu" or max(r[2] for r in results.values()) <= DISTURBED or attempt == RETRIES:
+                break
+            self.retimed += 1
+        self.other += [r[2] for r in results.values()]
+        return {name: results[name][:2] for name in calls}
+
+    def other_share(self) -> float | None:
+        return statistics.mean(self.other) if self.device.type == "cpu" and self.other else None
+
+
+def paired_ratio(times: list[float], ref_times: list[float]) -> float:
+    """Median of per-pair ratios: each quantized timing against the full-precision one taken beside it."""
+    return statistics.median(q / r for q, r in zip(times, ref_times))
 
 
 def load_quantized(component: str, config: QuantConfig, root: Path, device, dtype):
     clock = Clock(device)
-    module, load_s = clock(lambda: load(component, root, dtype))
-    module, quantize_s = clock(lambda: backend_for(config).quantize(module, config, device, dtype))
+    module, load_s, _ = clock(lambda: load(component, root, dtype))
+    module, quantize_s, _ = clock(lambda: backend_for(config).quantize(module, config, device, dtype))
     layers = count_quantized_layers(module, config) if config.bits < 16 else 0
     if config.bits < 16 and layers == 0:
         raise RuntimeError(f"{config.label}: no layer of {component} was quantized")
@@ -140,15 +170,6 @@ def load_quantized(component: str, config: QuantConfig, root: Path, device, dtyp
 
 def load_reference(component: str, root: Path, device, dtype):
     return load(component, root, dtype).to(device).eval()
-
-
-def interleaved(clock: Clock, calls: dict, count: int) -> dict[str, list[float]]:
-    """Time ``count`` rounds of each call, alternating which goes first."""
-    times = {name: [] for name in calls}
-    for index in range(count):
-        for name in (list(calls) if index % 2 == 0 else list(reversed(calls))):
-            times[name].append(clock(calls[name])[1])
-    return times
 
 
 def measure(config: QuantConfig, shape: Shape, device: torch.device, dtype: torch.dtype, root: Path,
@@ -175,8 +196,13 @@ def measure(config: QuantConfig, shape: Shape, device: torch.device, dtype: torc
     clock = Clock(device)
     t5_ref = t5 if full else load_reference("text_encoder_2", root, device, dtype)
     t5_ref_out = inputs.encode(t5_ref)  # warm-up
-    t5_times = interleaved(clock, {"quantized": lambda: inputs.encode(t5), "reference": lambda: inputs.encode(t5_ref)}
-                           if not full else {"quantized": lambda: inputs.encode(t5)}, shape.encodes)
+    encodes = {"quantized": lambda: inputs.encode(t5)}
+    if not full:
+        encodes["reference"] = lambda: inputs.encode(t5_ref)
+    t5_times = {name: [] for name in encodes}
+    for index in range(shape.encodes):
+        for name, (_, seconds) in clock.pair(encodes, index % 2).items():
+            t5_times[name].append(seconds)
     t5_ref_info = sizes("text_encoder_2", t5_ref)
     del t5, t5_ref
     release(device)
@@ -189,8 +215,8 @@ def measure(config: QuantConfig, shape: Shape, device: torch.device, dtype: torc
     times = {name: [] for name in models}
     for step in range(shape.steps):  # the two trajectories, interleaved step by step
         sigma, sigma_next = inputs.sigmas[step], inputs.sigmas[step + 1]
-        for name in (list(models) if step % 2 == 0 else list(reversed(models))):
-            velocity, seconds = clock(lambda: inputs.forward(models[name], latents[name], sigma))
+        calls = {name: (lambda name=name: inputs.forward(models[name], latents[name], sigma)) for name in models}
+        for name, (velocity, seconds) in clock.pair(calls, step % 2).items():
             latents[name] = latents[name] + (sigma_next - sigma) * velocity.cpu()
             times[name].append(seconds)
     for table in (t5_times, times, latents):
@@ -207,7 +233,8 @@ def measure(config: QuantConfig, shape: Shape, device: torch.device, dtype: torc
 
     common = {"backend": config.backend, "mode": config.mode, "label": config.label, "bits": config.bits,
               "dtype": str(dtype).replace("torch.", ""), "peak_bytes": peak.peak_bytes, "base_bytes": base,
-              "resident_bytes": resident, "memory_kind": memory_kind(device), "cpu_share": clock.cpu_share()}
+              "resident_bytes": resident, "memory_kind": memory_kind(device), "other_cpu_share": clock.other_share(),
+              "retimed": clock.retimed}
     records = [
         _record("text_encoder_2", common, t5_info, t5_ref_info, t5_times["quantized"], t5_times["reference"],
                 "T5 encode", rel_error(t5_out, t5_ref_out)),
@@ -220,6 +247,7 @@ def measure(config: QuantConfig, shape: Shape, device: torch.device, dtype: torc
 
 def _record(component, common, info, ref_info, step_times, ref_times, step_kind, error, **extra) -> dict:
     step_s, ref_step_s = statistics.median(step_times), statistics.median(ref_times)
+    step_ratio = paired_ratio(step_times, ref_times)
     return {
         "component": component, **common, "params": ref_info["params"],
         "weight_bytes": info["weight_bytes"], "ref_weight_bytes": ref_info["weight_bytes"],
@@ -227,7 +255,7 @@ def _record(component, common, info, ref_info, step_times, ref_times, step_kind,
         "full_depth_weight_bytes": info["full_depth_bytes"], "full_depth_ref_weight_bytes": ref_info["full_depth_bytes"],
         "full_depth_weight_ratio": info["full_depth_bytes"] / ref_info["full_depth_bytes"],
         "load_s": info["load_s"], "quantize_s": info["quantize_s"], "quantized_layers": info["quantized_layers"],
-        "step_kind": step_kind, "step_s": step_s, "ref_step_s": ref_step_s, "step_ratio": step_s / ref_step_s,
+        "step_kind": step_kind, "step_s": step_s, "ref_step_s": ref_step_s, "step_ratio": step_ratio,
         "step_times": step_times, "ref_step_times": ref_times, "rel_error": error, **extra,
     }
 

@@ -12,6 +12,8 @@ import torch
 from quantization.doctor import device_name, library_versions
 from quantization.policy import RATIO
 
+from .measure import DISTURBED, RETRIES
+
 # Targets the numbers are checked against (the weight-ratio targets are the policy's RATIO).
 STEP_TARGET = 1.1  # auto on CPU: seconds per step relative to full precision
 ERROR_TARGET = {8: 1e-3, 4: 3e-2}  # transformer output, relative to full precision
@@ -121,8 +123,8 @@ def markdown(result: dict) -> str:
             f"| {_num(r.get('psnr'), '.1f')} |")
     lines += [
         "",
-        "s/step: median seconds per transformer step (T5: per encode) after a warm-up; 'vs full' divides by the "
-        "full-precision median measured in the same process, steps interleaved. Peak memory: "
+        "s/step: median seconds per transformer step (T5: per encode) after a warm-up; 'vs full': median of the "
+        "ratios of each step to the full-precision step timed beside it in the same process. Peak memory: "
         f"{result['records'][0]['memory_kind'] if result['records'] else ''} of the whole run of that option "
         "(loading, quantizing, one encode and one step; both components held); resident: after that run, once "
         "freed memory is collected. Rel error: ||q - ref|| / ||ref|| "
@@ -135,12 +137,11 @@ def markdown(result: dict) -> str:
     if floor is not None:
         lines.append(f"For scale: the bf16 transformer's output differs from the same weights computed in "
                      f"float32 by {floor:.2e} (relative).")
-    shares = [(r["label"], r["cpu_share"]) for r in result["records"]
-              if r["component"] == "transformer" and r.get("cpu_share") is not None]
+    shares = [r for r in result["records"] if r["component"] == "transformer" and r.get("other_cpu_share") is not None]
     if shares:
-        lines.append("CPU share during the timed steps (process CPU time / (wall time x threads); low values mean "
-                     "other work shared the cores): " + ", ".join(f"{label} {share:.2f}" for label, share in shares)
-                     + ".")
+        lines.append("Other processes' share of the CPU during the kept timings (pairs above "
+                     f"{DISTURBED:.0%} were timed again, up to {RETRIES} times; retimed pairs): "
+                     + ", ".join(f"{r['label']} {r['other_cpu_share']:.0%} ({r['retimed']})" for r in shares) + ".")
     lines += ["", "## Targets", "", "| target | measured | met |", "|---|---|---|"]
     lines += [f"| {t['target']} | {t['measured']} | {'yes' if t['met'] else 'NO'} |" for t in result["targets"]]
     int8_ok = [t for t in result["targets"] if "rel error <= 0.001" in t["target"] and t["met"]]
