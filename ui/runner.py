@@ -13,10 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import gradio as gr
+from PIL import Image
 
 from pipelines import defaults
 from pipelines.engine import GenerationResult, Studio
 from pipelines.errors import UserError
+from pipelines.images import MAX_PIXELS
 from pipelines.request import GenerationRequest
 
 from . import text
@@ -74,6 +76,10 @@ class Runner:
 
     def request(self, tool: str, **fields) -> GenerationRequest:
         """A checked request; bad input raises gr.Error with the request's message."""
+        for name, value in fields.items():
+            if isinstance(value, Image.Image) and value.width * value.height > MAX_PIXELS:
+                raise user_error(f"{name} is too large ({value.width}x{value.height}); the limit is "
+                                 f"{MAX_PIXELS // 2**20} MPixels.", name)
         try:
             return GenerationRequest(tool=tool, model=self.models[tool], **fields)
         except UserError as error:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import warnings
 from pathlib import Path
 
 import gradio as gr
@@ -42,9 +41,11 @@ def create_demo(manager=None, model: str | None = None, device: str | None = Non
     from .tabs import control, fill, generate, kontext, redux, system
     from .widgets import TabContext
 
-    # Gradio decodes uploads itself: images over the engine's pixel limit are refused, not decoded.
-    import pipelines.images  # noqa: F401  (sets PIL's pixel limit)
-    warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
+    # Gradio decodes uploads itself: PIL raises past twice MAX_IMAGE_PIXELS, so images over the engine's
+    # pixel limit are refused before they are decoded.
+    from pipelines.images import MAX_PIXELS
+
+    Image.MAX_IMAGE_PIXELS = min(Image.MAX_IMAGE_PIXELS or MAX_PIXELS, MAX_PIXELS // 2)
 
     settings = Settings(api=api)
     if output_dir is not None:

@@ -136,6 +136,10 @@ def validator(check, inputs: list, names: list[str], aliases: dict[str, str]):
             if target is None or target not in shown:
                 target = names.index("prompt") if "prompt" in names else shown[0]
             return [gr.validate(i != target, error.message if i == target else "") for i in range(len(args))]
+        except Exception as error:  # malformed values sent past the page (wrong types): refused, not queued
+            target = shown[0]
+            message = f"Invalid input ({type(error).__name__}): check the values sent."
+            return [gr.validate(i != target, message if i == target else "") for i in range(len(args))]
         return [gr.validate(True, "") for _ in args]
 
     return validate

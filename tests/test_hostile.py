@@ -1,0 +1,310 @@
+"""Hostile and malformed input: every case refused before it is queued, with a readable message.
+
+Two ways in: the studio's functions through gradio_client (API open, as with --api), and raw HTTP
+queue joins against the default server (API closed, as the page itself sends them). Each table ends
+with a normal request that still works.
+"""
+
+from __future__ import annotations
+
+import http.server
+import json
+import struct
+import threading
+import zlib
+from pathlib import Path
+
+import httpx
+import pytest
+from gradio_client import Client, handle_file
+from PIL import Image
+
+from tests.ui_fixtures import api_studio, web_studio  # noqa: F401
+
+pytestmark = pytest.mark.slow
+
+GEN = dict(tool="schnell", prompt="a cat", steps=2, guidance=3.5, quant="auto", width=128, height=128, seed=1,
+           randomize=False)
+KON = dict(prompt="make it night", steps=2, guidance=3.5, quant="auto", match=True, width=128, height=128, seed=1,
+           randomize=False)
+GEN_ORDER = ["tool", "prompt", "steps", "guidance", "quant", "width", "height", "seed", "randomize"]
+KON_ORDER = ["image", "prompt", "steps", "guidance", "quant", "match", "width", "height", "seed", "randomize"]
+READABLE = 400  # a message, not a dump
+
+
+# ---- hostile files ---------------------------------------------------------------------------------------
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+
+def bomb_png(side: int = 30000) -> bytes:
+    """A few kB of PNG that declares side x side RGB pixels."""
+    header = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)
+    data = zlib.compress(b"\x00" * (side * 3 + 1) * 4, 9)
+    return b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", header) + _chunk(b"IDAT", data) + _chunk(b"IEND", b"")
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("hostile")
+    good = root / "good.png"
+    Image.new("RGB", (96, 96), (200, 120, 40)).save(good)
+    made = {
+        "good": good,
+        "empty": root / "empty.png",
+        "truncated": root / "truncated.png",
+        "bomb": root / "bomb.png",
+        "mid_bomb": root / "mid-bomb.png",
+        "svg": root / "image.svg",
+        "html": root / "page.png",
+        "text": root / "notes.txt",
+        "tiny": root / "tiny.png",
+        "big": root / "big.png",
+    }
+    made["empty"].write_bytes(b"")
+    made["truncated"].write_bytes(good.read_bytes()[:60])
+    made["bomb"].write_bytes(bomb_png(30000))
+    made["mid_bomb"].write_bytes(bomb_png(9000))  # 81 MPixels: over the engine's 64, under PIL's own 128
+    made["svg"].write_text('<svg xmlns="http://www.w3.org/2000/svg" width="64" height="64"><script>alert(1)'
+                           '</script></svg>')
+    made["html"].write_text("<html><body>not an image</body></html>")
+    made["text"].write_text("hello")
+    Image.new("RGB", (4, 4)).save(made["tiny"])
+    made["big"].write_bytes(good.read_bytes() + b"\x00" * (26 * 2**20))  # over the 25 MB upload limit
+    return made
+
+
+class Recorder(http.server.BaseHTTPRequestHandler):
+    hits: list[str] = []
+
+    def do_GET(self):  # noqa: N802
+        Recorder.hits.append(self.path)
+        self.send_response(200)
+        self.send_header("Content-Type", "image/png")
+        self.end_headers()
+        self.wfile.write(b"\x89PNG")
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture(scope="module")
+def listener():
+    """A local HTTP server that records every request: file 'URLs' must never reach it."""
+    server = http.server.HTTPServer(("127.0.0.1", 0), Recorder)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+# ---- the gradio_client table (API open) ---------------------------------------------------------------------
+
+GENERATE_CASES = [
+    ("prompt 100k chars", dict(prompt="a" * 100_000), r"prompt.*limit"),
+    ("prompt NUL", dict(prompt="a\x00b"), r"control characters"),
+    ("prompt ESC", dict(prompt="red \x1b[31m cat"), r"control characters"),
+    ("prompt blank", dict(prompt="   \n "), r"Write a prompt"),
+    ("width 0", dict(width=0), r"minimum|width"),
+    ("width negative", dict(width=-64), r"minimum|width"),
+    ("width 8192", dict(width=8192), r"maximum|width"),
+    ("height 100000", dict(height=100_000), r"maximum|height"),
+    ("steps 0", dict(steps=0), r"minimum|steps"),
+    ("steps 10000", dict(steps=10_000), r"maximum|steps"),
+    ("guidance -1", dict(guidance=-1), r"minimum|guidance"),
+    ("guidance 1000", dict(guidance=1000), r"maximum|guidance"),
+    ("seed -1", dict(seed=-1), r"minimum|seed"),
+    ("seed 2^64", dict(seed=2**64), r"maximum|seed"),
+    ("quant unknown", dict(quant="16bit"), r"16bit|choice|quant"),
+    ("tool unknown", dict(tool="pro"), r"pro|choice|schnell"),
+]
+
+
+def refusal(error: Exception) -> str:
+    """The message a client sees: the validator's message, or the HTTP detail for a 4xx."""
+    response = getattr(error, "response", None)
+    if response is not None:
+        assert 400 <= response.status_code < 500, response.status_code
+        try:
+            return str(response.json().get("detail", response.text))
+        except ValueError:
+            return response.text
+    return str(error)
+
+
+def assert_readable(message: str, pattern: str) -> None:
+    import re
+
+    assert message and len(message) < READABLE * 3 and "Traceback" not in message, message
+    assert re.search(pattern, message, re.I), message
+
+
+@pytest.fixture(scope="module")
+def client(api_studio):  # noqa: F811
+    return Client(api_studio.url, verbose=False)
+
+
+@pytest.mark.parametrize("name,change,pattern", GENERATE_CASES, ids=[c[0] for c in GENERATE_CASES])
+def test_generate_refuses(client, name, change, pattern):
+    with pytest.raises(Exception) as caught:
+        client.predict(**dict(GEN, **change), api_name="/generate")
+    assert_readable(refusal(caught.value), pattern)
+
+
+IMAGE_CASES = [
+    ("0-byte file", "empty", r"cannot identify|not|image"),
+    ("truncated PNG", "truncated", r"truncated|cannot identify|image"),
+    ("30000x30000 bomb", "bomb", r"pixels|bomb|exceeds"),
+    ("81 MPixel bomb", "mid_bomb", r"pixels|bomb|exceeds"),
+    ("SVG with script", "svg", r"SVG|not supported"),
+    ("HTML as .png", "html", r"cannot identify|image"),
+    ("text file", "text", r"cannot identify|image"),
+    ("4x4 image", "tiny", r"8x8|at least"),
+]
+
+
+@pytest.mark.parametrize("name,key,pattern", IMAGE_CASES, ids=[c[0] for c in IMAGE_CASES])
+def test_kontext_refuses_bad_images(client, files, name, key, pattern):
+    with pytest.raises(Exception) as caught:
+        client.predict(image=handle_file(str(files[key])), **KON, api_name="/kontext")
+    assert_readable(refusal(caught.value), pattern)
+
+
+def test_an_upload_over_the_limit_is_refused(client, files):
+    with pytest.raises(Exception) as caught:
+        client.predict(image=handle_file(str(files["big"])), **KON, api_name="/kontext")
+    assert_readable(str(caught.value), r"exceeds the maximum file size")
+
+
+@pytest.mark.parametrize("host", ["169.254.169.254/latest/meta-data/", "127.0.0.1:{port}/secret.png",
+                                  "localhost:{port}/x.png", "[::1]:{port}/x.png", "10.0.0.1/x.png"])
+def test_image_urls_are_never_fetched(client, listener, host):
+    port = listener.rsplit(":", 1)[1]
+    url = "http://" + host.format(port=port)
+    data = handle_file(url)  # gradio_client does not fetch it either: it passes the URL on
+    assert data["url"] == url and data["path"] == url
+    Recorder.hits.clear()
+    with pytest.raises(Exception) as caught:
+        client.predict(image=data, **KON, api_name="/kontext")
+    assert_readable(refusal(caught.value), r"failed validation|not allowed|hostname|url")
+    assert Recorder.hits == []
+
+
+def test_the_api_studio_still_serves(client, files):
+    result = client.predict(image=handle_file(str(files["good"])), **KON, api_name="/kontext")
+    assert Path(result[0]).is_file()
+    result = client.predict(**GEN, api_name="/generate")
+    assert Path(result[0]).is_file()
+
+
+# ---- raw HTTP against the default server (API closed) -------------------------------------------------------
+
+def fn_index(url: str, api_name: str) -> int:
+    config = httpx.get(url + "config", timeout=30).json()
+    return next(d["id"] for d in config["dependencies"] if d.get("api_name") == api_name)
+
+
+def join(url: str, index: int, data: list, raw: str | None = None) -> httpx.Response:
+    body = {"data": data, "fn_index": index, "session_hash": "hostile", "event_data": None, "trigger_id": None}
+    content = raw if raw is not None else json.dumps(body)
+    return httpx.post(url + "gradio_api/queue/join", content=content, timeout=30,
+                      headers={"Content-Type": "application/json"})
+
+
+def generate_data(**change) -> list:
+    values = dict(GEN, **change)
+    return [values[k] for k in GEN_ORDER] + [[]]
+
+
+RAW_GENERATE = [
+    ("prompt 100k chars", dict(prompt="b" * 100_000), r"limit"),
+    ("prompt control chars", dict(prompt="x\x07\x08y"), r"control characters"),
+    ("prompt 2001 chars", dict(prompt="c" * 2001), r"limit"),
+    ("prompt unit separator", dict(prompt="cat\x1f"), r"control characters"),
+    ("width NaN", dict(width=float("nan")), r"nan|number|width|valid"),
+    ("width inf", dict(width=float("inf")), r"inf|number|width|maximum|valid"),
+    ("steps NaN", dict(steps=float("nan")), r"nan|number|steps|valid"),
+    ("guidance -inf", dict(guidance=float("-inf")), r"inf|minimum|guidance|valid"),
+    ("seed 2^64", dict(seed=2**64), r"maximum|seed"),
+    ("seed -1", dict(seed=-1), r"minimum|seed"),
+    ("steps as text", dict(steps="many"), r"number|steps|valid|many"),
+]
+
+
+@pytest.mark.parametrize("name,change,pattern", RAW_GENERATE, ids=[c[0] for c in RAW_GENERATE])
+def test_raw_generate_refuses(web_studio, name, change, pattern):  # noqa: F811
+    response = join(web_studio.url, fn_index(web_studio.url, "generate"), generate_data(**change))
+    assert 400 <= response.status_code < 500, (response.status_code, response.text[:200])
+    assert_readable(str(response.json().get("detail", response.text)), pattern)
+
+
+def test_raw_garbage_bodies_are_refused(web_studio):  # noqa: F811
+    index = fn_index(web_studio.url, "generate")
+    for raw in ("", "{", "[]", "null", '{"data": "x", "fn_index": %d, "session_hash": "h"}' % index,
+                "\x00" * 100):
+        response = join(web_studio.url, index, [], raw=raw)
+        assert 400 <= response.status_code < 500, (raw, response.status_code)
+    # an unknown event number is a 500 inside Gradio's queue; the body says nothing of the server
+    response = join(web_studio.url, index, [], raw='{"data": [], "fn_index": 99999, "session_hash": "h"}')
+    assert response.status_code in (404, 422, 500) and "Traceback" not in response.text, response.text
+    assert len(response.text) < READABLE
+
+
+def kontext_data(image, **change) -> list:
+    values = dict(KON, image=image, **change)
+    return [values[k] for k in KON_ORDER] + [[]]
+
+
+def upload(url: str, path: Path) -> str:
+    response = httpx.post(url + "gradio_api/upload", timeout=60, files={"files": (path.name, path.read_bytes())})
+    response.raise_for_status()
+    return response.json()[0]
+
+
+def file_data(path: str, url: str | None = None) -> dict:
+    data = {"path": path, "meta": {"_type": "gradio.FileData"}, "orig_name": Path(path).name}
+    if url:
+        data["url"] = url
+    return data
+
+
+@pytest.mark.parametrize("key", ["empty", "truncated", "bomb", "mid_bomb", "svg", "html"])
+def test_raw_uploads_that_are_not_images_are_refused(web_studio, files, key):  # noqa: F811
+    stored = upload(web_studio.url, files[key])
+    response = join(web_studio.url, fn_index(web_studio.url, "kontext"), kontext_data(file_data(stored)))
+    assert 400 <= response.status_code < 500, (key, response.status_code)
+    assert len(response.text) < READABLE * 3 and "Traceback" not in response.text
+
+
+def test_raw_upload_over_the_limit_is_refused(web_studio, files):  # noqa: F811
+    response = httpx.post(web_studio.url + "gradio_api/upload", timeout=60,
+                          files={"files": ("big.png", files["big"].read_bytes())})
+    assert response.status_code == 413 and "exceeded maximum allowed size" in response.text
+
+
+@pytest.mark.parametrize("path", ["/etc/passwd", "/etc/hostname", "../../../../etc/passwd", "app.py", ".env",
+                                  "/proc/self/environ", "file:///etc/passwd", "~/.bashrc"])
+def test_raw_paths_outside_the_upload_cache_are_refused(web_studio, path):  # noqa: F811
+    response = join(web_studio.url, fn_index(web_studio.url, "kontext"), kontext_data(file_data(path)))
+    assert 400 <= response.status_code < 500, (path, response.status_code)
+    assert "root:" not in response.text
+
+
+@pytest.mark.parametrize("target", ["http://169.254.169.254/latest/meta-data/iam/", "{listener}/secret.png",
+                                    "http://localhost:{port}/a.png", "http://0.0.0.0:{port}/a.png"])
+def test_raw_file_urls_are_never_fetched(web_studio, listener, target):  # noqa: F811
+    port = listener.rsplit(":", 1)[1]
+    url = target.format(listener=listener, port=port)
+    Recorder.hits.clear()
+    for data in (file_data(url, url), file_data("x.png", url), {"url": url, "meta": {"_type": "gradio.FileData"}}):
+        response = join(web_studio.url, fn_index(web_studio.url, "kontext"), kontext_data(data))
+        assert 400 <= response.status_code < 500, (data, response.status_code)
+    assert Recorder.hits == []
+
+
+def test_the_default_server_still_serves(web_studio, files):  # noqa: F811
+    assert httpx.get(web_studio.url, timeout=30).status_code == 200
+    stored = upload(web_studio.url, files["good"])
+    response = join(web_studio.url, fn_index(web_studio.url, "kontext"), kontext_data(file_data(stored)))
+    assert response.status_code == 200 and "event_id" in response.json()
