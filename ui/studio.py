@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from pathlib import Path
 
@@ -80,10 +81,28 @@ def create_demo(manager=None, model: str | None = None, device: str | None = Non
             with gr.Tab("System", id="system", elem_id="tab-system") as system_tab:
                 system.build(ctx, system_tab)
     demo.queue(max_size=settings.queue_size, api_open=api, default_concurrency_limit=1)
+    serialize_joins(demo._queue)
     demo.studio_settings = settings
     demo.studio_manager = manager
     demo.studio_runner = runner
     return demo
+
+
+def serialize_joins(queue) -> None:
+    """One queue join at a time, so the "queue is full" check is exact.
+
+    Gradio checks the queue size, then awaits the validator, then adds the job: joins arriving together
+    all pass the check against the same size. Holding a lock over the whole join closes that gap
+    (validators are cheap checks, so joins wait on each other only briefly).
+    """
+    push = queue.push
+    lock = asyncio.Lock()
+
+    async def locked_push(*args, **kwargs):
+        async with lock:
+            return await push(*args, **kwargs)
+
+    queue.push = locked_push
 
 
 def launch_options(demo: gr.Blocks) -> dict:
