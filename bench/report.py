@@ -206,12 +206,14 @@ def write_measured(records: list[dict], result: dict, path: Path = MEASURED_PATH
         body = "".join(f"    {key!r}: {value},\n" for key, value in sorted(values.items(), key=lambda kv: kv[1]))
         return f"{name} = {{\n{body}}}\n"
 
+    shares = [r["other_cpu_share"] for r in records if r.get("other_cpu_share") is not None]
+    busy = f" Other processes' mean CPU share during the timings: {sum(shares) / len(shares):.0%}." if shares else ""
     text = (
         '"""Transformer step-time and weight ratios to full precision, measured on a CPU.\n\n'
         "Written by `python app.py bench --quick --update-policy`; policy.py orders the CPU chains from it.\n"
         f"Machine: {info['cpu']}, {info['cores']} cores, torch {info['versions']['torch']}; {result['date']}.\n"
         f"Slice: {shape['double_blocks']} double + {shape['single_blocks']} single blocks at hidden "
-        f"{shape['hidden']}, {shape['image_tokens']} image + {shape['text_tokens']} text tokens.\n"
+        f"{shape['hidden']}, {shape['image_tokens']} image + {shape['text_tokens']} text tokens.{busy}\n"
         '"""\n\n'
         + table("CPU_STEP_RATIO", steps) + "\n" + table("CPU_WEIGHT_RATIO", weights)
     )

@@ -43,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="rewrite quantization/measured.py (the CPU policy's table) from this run")
     parser.add_argument("--no-isolate", action="store_true",
                         help="measure every option in this process (faster; peak memory is then cumulative)")
+    parser.add_argument("--quiet-wait", type=float, default=0, metavar="SECONDS",
+                        help="on a CPU, wait up to this long before each option for other processes to go quiet")
     parser.add_argument("--cache", default=None, help="where the random-weight components are saved "
                                                       "(default: the studio cache, bench-weights/)")
     for field in ("double_blocks", "single_blocks", "t5_layers", "image_size", "text_tokens", "steps", "seed"):
@@ -73,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     cache = Path(args.cache) if args.cache else cache_root()
     result = run(shape, args.preset, device, pick_dtype(device), cache, options(args.only), not args.no_isolate,
-                 update_policy=args.update_policy)
+                 update_policy=args.update_policy, quiet_wait=args.quiet_wait)
     from .report import markdown
 
     text = markdown(result)
@@ -118,7 +120,7 @@ def options(only: str | None):
 
 
 def run(shape, preset: str, device: torch.device, dtype: torch.dtype, cache: Path, configs, isolate: bool = True,
-        update_policy: bool = False) -> dict:
+        update_policy: bool = False, quiet_wait: float = 0) -> dict:
     """Measure every usable option; returns the result dict (records, skipped, failed, machine, targets)."""
     from quantization.registry import check_backend
 
@@ -137,6 +139,8 @@ def run(shape, preset: str, device: torch.device, dtype: torch.dtype, cache: Pat
         if reason:
             skipped.append({"backend": config.backend, "mode": config.mode, "reason": reason})
             continue
+        if device.type == "cpu" and quiet_wait > 0:
+            wait_for_quiet(quiet_wait)
         option_start = time.perf_counter()
         log(f"{config.label} ...")
         found, error = (measure_in_subprocess if isolate else measure_here)(config, shape, device, dtype, root,
@@ -187,6 +191,22 @@ def run(shape, preset: str, device: torch.device, dtype: torch.dtype, cache: Pat
     result["targets"] = targets(records)
     result["total_s"] = time.perf_counter() - start
     return result
+
+
+def wait_for_quiet(limit_s: float, sample_s: float = 3.0) -> None:
+    """Wait until other processes use under DISTURBED of the CPU for one sample, or ``limit_s`` passes."""
+    import psutil
+
+    from .measure import DISTURBED
+
+    start = time.perf_counter()
+    while True:
+        busy = psutil.cpu_percent(interval=sample_s) / 100
+        if busy <= DISTURBED:
+            return
+        if time.perf_counter() - start >= limit_s:
+            log(f"other processes still use {busy:.0%} of the CPU after {limit_s:.0f} s; measuring anyway")
+            return
 
 
 def _decoded(cache: dict, vae, latents: torch.Tensor, shape) -> torch.Tensor:
