@@ -11,6 +11,7 @@ import http.server
 import json
 import struct
 import threading
+import time
 import zlib
 from pathlib import Path
 
@@ -308,3 +309,14 @@ def test_the_default_server_still_serves(web_studio, files):  # noqa: F811
     stored = upload(web_studio.url, files["good"])
     response = join(web_studio.url, fn_index(web_studio.url, "kontext"), kontext_data(file_data(stored)))
     assert response.status_code == 200 and "event_id" in response.json()
+    # follow the job to its end, as the page does (bounded in time)
+    deadline = time.monotonic() + 60
+    completed = None
+    with httpx.stream("GET", web_studio.url + "gradio_api/queue/data", params={"session_hash": "hostile"},
+                      timeout=60) as stream:
+        for line in stream.iter_lines():
+            if line.startswith("data:") and '"process_completed"' in line:
+                completed = json.loads(line[5:])
+                break
+            assert time.monotonic() < deadline
+    assert completed is not None and completed["success"], completed
