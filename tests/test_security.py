@@ -101,6 +101,19 @@ def test_local_origins_and_plain_clients_are_served(web_studio):  # noqa: F811
         assert upload(web_studio.url, origin).status_code == 200, origin
 
 
+@pytest.mark.parametrize("host", ["evil.example", "evil.example:{port}", "127.0.0.1.nip.io:{port}", "10.0.0.5"])
+def test_other_host_names_are_refused_on_loopback(web_studio, host):  # noqa: F811
+    """DNS rebinding: a page whose name resolves to 127.0.0.1 sends its own name as Host and Origin."""
+    port = web_studio.url.rstrip("/").rsplit(":", 1)[1]
+    name = host.format(port=port)
+    assert httpx.get(web_studio.url, headers={"Host": name}, timeout=30).status_code == 403
+    response = httpx.post(web_studio.url + "gradio_api/upload", timeout=30,
+                          headers={"Host": name, "Origin": f"http://{name}"},
+                          files={"files": ("a.txt", b"hello", "text/plain")})
+    assert response.status_code == 403
+    assert httpx.get(web_studio.url, headers={"Host": f"localhost:{port}"}, timeout=30).status_code == 200
+
+
 def test_the_origin_rule():
     from ui.origin import origin_allowed
 
@@ -122,7 +135,10 @@ def test_python_app_py_uses_the_origin_guard():
         studio_settings = Settings()
 
     options = launch_options(Fake())
-    assert [m.cls for m in options["app_kwargs"]["middleware"]] == [LocalOriginMiddleware]
+    [guard] = options["app_kwargs"]["middleware"]
+    assert guard.cls is LocalOriginMiddleware and guard.kwargs == {"api": False, "local_only": True}
+    [guard] = launch_options(Fake(), host="0.0.0.0")["app_kwargs"]["middleware"]
+    assert guard.kwargs["local_only"] is False  # served on the network: the Origin rule still applies
     assert options["mcp_server"] is False and options["show_error"] is False
 
 

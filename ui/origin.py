@@ -2,6 +2,7 @@
 
 - State-changing requests from other web pages are refused (cross-site request forgery): Gradio only
   leaves out the CORS headers for a foreign Origin, the request itself still runs (an upload, a queue join).
+- On a loopback address, requests naming another Host are refused (DNS rebinding).
 - Without --api, Gradio's by-name HTTP routes (/gradio_api/call/<name>) are closed: Gradio serves them
   for private endpoints too. The page itself only uses /gradio_api/queue/join.
 """
@@ -49,11 +50,17 @@ class LocalOriginMiddleware:
     """ASGI middleware: 403 for POST/PUT/PATCH/DELETE whose Origin is another site; 404 for the by-name
     API routes unless `api`."""
 
-    def __init__(self, app, api: bool = False):
+    def __init__(self, app, api: bool = False, local_only: bool = False):
         self.app = app
         self.api = api
+        self.local_only = local_only  # served on a loopback address: other Host names are refused
 
     async def __call__(self, scope, receive, send):
+        host = _host(Headers(scope=scope).get("host") or "") if scope["type"] == "http" else ""
+        if scope["type"] == "http" and self.local_only and host not in LOCAL_HOSTS:
+            # a page whose own name resolves to 127.0.0.1 (DNS rebinding) would pass the Origin rule
+            await JSONResponse({"error": "Host not allowed."}, status_code=403)(scope, receive, send)
+            return
         if scope["type"] == "http" and not self.api and api_route(scope.get("path", "")):
             response = JSONResponse({"error": "The HTTP API is closed; start the studio with --api."},
                                     status_code=404)

@@ -15,6 +15,7 @@ from .settings import Settings, on_space
 log = logging.getLogger(__name__)
 
 TITLE = "FluxForge Studio"
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
 TABS = (("Generate", "generate"), ("Fill", "fill"), ("Kontext", "kontext"), ("Depth", "depth"),
         ("Canny", "canny"), ("Redux", "redux"))
 
@@ -105,7 +106,7 @@ def serialize_joins(queue) -> None:
     queue.push = locked_push
 
 
-def launch_options(demo: gr.Blocks) -> dict:
+def launch_options(demo: gr.Blocks, host: str | None = "127.0.0.1") -> dict:
     """launch() arguments that keep a studio safe by default (and carry its look)."""
     from starlette.middleware import Middleware
 
@@ -122,7 +123,8 @@ def launch_options(demo: gr.Blocks) -> dict:
         "footer_links": ["api", "gradio", "settings"] if settings.api else ["gradio", "settings"],
         "mcp_server": False,
         "show_error": False,
-        "app_kwargs": {"middleware": [Middleware(LocalOriginMiddleware, api=settings.api)]},
+        "app_kwargs": {"middleware": [Middleware(LocalOriginMiddleware, api=settings.api,
+                                                 local_only=host in LOOPBACK)]},
     }
 
 
@@ -131,7 +133,7 @@ def serve(demo: gr.Blocks, host: str | None = "127.0.0.1", port: int | None = 78
     """Launch `demo` with the safe defaults; on a Space the host and port come from the Space."""
     if on_space():
         host = port = None  # GRADIO_SERVER_NAME / GRADIO_SERVER_PORT, set by the Space
-    return demo.launch(server_name=host, server_port=port, share=share, **launch_options(demo), **kwargs)
+    return demo.launch(server_name=host, server_port=port, share=share, **launch_options(demo, host), **kwargs)
 
 
 def launch(args) -> int:
