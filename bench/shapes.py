@@ -52,7 +52,7 @@ class Shape:
 
 
 FULL = Shape()
-QUICK = replace(FULL, double_blocks=1, single_blocks=2, t5_layers=2, image_size=256, text_tokens=64, steps=5)
+QUICK = replace(FULL, double_blocks=1, single_blocks=2, t5_layers=2, image_size=256, text_tokens=64, steps=8)
 TINY = replace(QUICK, heads=2, joint_attention_dim=256, pooled_dim=64, single_blocks=1, t5_d_ff=512, t5_heads=4,
                t5_layers=1, t5_vocab=512, vae_channels=(32, 32, 32, 32), vae_layers_per_block=1, image_size=64,
                text_tokens=8, steps=2, encodes=1)
