@@ -240,6 +240,12 @@ def test_raw_generate_refuses(web_studio, name, change, pattern):  # noqa: F811
     assert_readable(str(response.json().get("detail", response.text)), pattern)
 
 
+def test_raw_huge_bodies_are_refused(web_studio):  # noqa: F811
+    index = fn_index(web_studio.url, "generate")
+    response = join(web_studio.url, index, generate_data(prompt="d" * (20 * 2**20)))
+    assert response.status_code == 413 and "too large" in response.text
+
+
 def test_raw_garbage_bodies_are_refused(web_studio):  # noqa: F811
     index = fn_index(web_studio.url, "generate")
     for raw in ("", "{", "[]", "null", '{"data": "x", "fn_index": %d, "session_hash": "h"}' % index,

@@ -2,6 +2,7 @@
 
 - State-changing requests from other web pages are refused (cross-site request forgery): Gradio only
   leaves out the CORS headers for a foreign Origin, the request itself still runs (an upload, a queue join).
+- Request bodies other than uploads are bounded (Gradio parses them whole).
 - On a loopback address, requests naming another Host are refused (DNS rebinding).
 - Without --api, Gradio's by-name HTTP routes (/gradio_api/call/<name>) are closed: Gradio serves them
   for private endpoints too. The page itself only uses /gradio_api/queue/join.
@@ -38,6 +39,16 @@ def origin_allowed(origin: str | None, host: str | None) -> bool:
     return name in LOCAL_HOSTS or (bool(host) and name == _host(host))
 
 
+MAX_BODY = 16 * 2**20  # bytes of a request that is not an upload (a job's values are a few kB)
+
+
+def _length(headers: Headers) -> int:
+    try:
+        return int(headers.get("content-length") or 0)
+    except ValueError:
+        return MAX_BODY + 1
+
+
 CALL_ROUTES = ("/call/", "/gradio_api/call/")
 
 
@@ -68,6 +79,11 @@ class LocalOriginMiddleware:
             return
         if scope["type"] == "http" and scope["method"] not in SAFE_METHODS:
             headers = Headers(scope=scope)
+            if not scope.get("path", "").endswith("/upload") and _length(headers) > MAX_BODY:
+                # Gradio reads a JSON body whole; uploads have their own limit (max_file_size)
+                response = JSONResponse({"error": "Request too large."}, status_code=413)
+                await response(scope, receive, send)
+                return
             if not origin_allowed(headers.get("origin"), headers.get("host")):
                 response = JSONResponse({"error": "Cross-origin request refused."}, status_code=403)
                 await response(scope, receive, send)
