@@ -30,7 +30,6 @@ def quiet_libraries() -> None:
     warnings.filterwarnings("ignore", message=".*torchvision.*")
 
 
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="app.py", description="FluxForge Studio: FLUX.1 tools in one studio.")
     parser.add_argument("--host", default="127.0.0.1", help="address to serve on (default 127.0.0.1)")
@@ -82,11 +81,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-
-
-
-
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bench"]:  # the benchmark parses its own options (argparse's REMAINDER drops leading ones)
+        quiet_libraries()
+        from bench.run import main as bench_main
+
+        return bench_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     quiet_libraries()
@@ -99,10 +100,6 @@ def main(argv: list[str] | None = None) -> int:
             return doctor(args)
         if args.command == "cache":
             return cache(args)
-        if args.command == "bench":
-            from bench.run import main as bench_main
-
-            return bench_main(args.bench_args)
         return serve(args)
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -1,15 +1,20 @@
 """Quantize once: a component's quantized weights are saved the first time and read back directly afterwards.
 
 An entry is a folder ``<cache_root>/quantized/<component>-<backend>-<mode>-<key>/`` with the backend's files and a
-``manifest.json`` written last: what the entry is, the size and sha256 of every file, the state-dict keys the
-rebuilt module must have, and the Linear shapes the capability probe needs. The key covers the source weights
-(content fingerprint), component class, backend and its settings, dtype, device type, the torch and backend
-library versions and the backend's code. Entries are written to a temporary folder and renamed into place. On
-read, a folder without a manifest (partial) is ignored, and one whose files do not match it (corrupt) is
-discarded and rebuilt; neither is ever loaded.
+``manifest.json`` written last: what the entry is, the size and sha256 of every file (one digest per 64 MiB, so
+checking a multi-GB entry uses every core), the state-dict keys the rebuilt module must have, and the Linear
+shapes the capability probe needs. The key covers the source weights (content fingerprint), component class,
+backend and its settings, dtype, device type, the torch and backend library versions and the backend's code.
+Entries are written to a temporary folder and renamed into place. On read, a folder without a manifest (partial)
+is ignored, and one whose files do not match it (corrupt) is discarded and rebuilt; neither is ever loaded.
 
 A cached load builds the component's layout on the meta device (no weights), lets the backend put its quantized
 layers in, then assigns the saved tensors: the full-precision weights are never read.
+
+FLUXFORGE_QUANT_CACHE=0 turns the cache off; FLUXFORGE_QUANT_CACHE_DIR puts the entries elsewhere.
+
+Pre-quantized checkpoints (a GGUF transformer file, or a component folder saved with a ``quantization_config``)
+are loaded as they are, and not cached again: see ``load_prequantized``.
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ CACHE_ENV = "FLUXFORGE_QUANT_CACHE"  # "0" turns the cache off
 DIR_ENV = "FLUXFORGE_QUANT_CACHE_DIR"  # where entries go (default: <cache root>/quantized)
 FORMAT = 1
 MANIFEST = "manifest.json"
+CHUNK = 64 << 20  # bytes per sha256 digest
 
 
 class CorruptEntry(ValueError):
@@ -171,9 +177,21 @@ def verify(path: Path, fields: dict | None = None) -> dict:
     return manifest
 
 
-def sha256(path: Path) -> str:
-    with path.open("rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
+def sha256(path: Path) -> list[str]:
+    """sha256 of each CHUNK-byte piece of the file, computed in parallel (hashlib releases the GIL)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    size = path.stat().st_size
+    starts = range(0, max(size, 1), CHUNK)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        def digest(start: int) -> str:
+            return hashlib.sha256(os.pread(fd, CHUNK, start)).hexdigest()
+
+        with ThreadPoolExecutor(max_workers=min(len(starts), os.cpu_count() or 1)) as pool:
+            return list(pool.map(digest, starts))
+    finally:
+        os.close(fd)
 
 
 def skeleton(cls: type, folder: Path, dtype: torch.dtype) -> torch.nn.Module:
