@@ -65,8 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
                           "used as it is, whatever --quant says)")
     gen.add_argument("--device", default=None)
 
-    bench = sub.add_parser("bench", help="memory, speed and fidelity of every backend and mode",
-                           add_help=False)
+    bench = sub.add_parser("bench", help="memory, speed and fidelity of every backend and mode; `bench cache`: "
+                                         "cached against quantize-on-load", add_help=False)
     bench.add_argument("bench_args", nargs=argparse.REMAINDER)
 
     cache = sub.add_parser("cache", help="list or clear the quantized-weights cache")
@@ -83,8 +83,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["bench"]:  # the benchmark parses its own options (argparse's REMAINDER drops leading ones)
+    if argv[:1] == ["bench"]:  # the benchmarks parse their own options (argparse's REMAINDER drops leading ones)
         quiet_libraries()
+        if argv[1:2] == ["cache"]:
+            from bench.cache_load import main as cache_bench
+
+            return cache_bench(argv[2:])
         from bench.run import main as bench_main
 
         return bench_main(argv[1:])

@@ -1,4 +1,4 @@
-"""`python app.py bench --cache`: loading a quantized component from the quantized-weights cache vs quantizing it
+"""`python app.py bench cache`: loading a quantized component from the quantized-weights cache vs quantizing it
 on load, per backend that can save its layers.
 
 Components are FLUX.1-shaped at full width (quick preset: transformer 3072 wide, 1 double + 2 single blocks; T5
@@ -40,7 +40,7 @@ TARGET_SPEEDUP = 5.0
 def build_parser() -> argparse.ArgumentParser:
     from .shapes import PRESETS
 
-    parser = argparse.ArgumentParser(prog="app.py bench --cache", description=__doc__,
+    parser = argparse.ArgumentParser(prog="app.py bench cache", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", choices=sorted(PRESETS), default="quick")
     parser.add_argument("--only", default=None, help="comma list of backend:mode (e.g. quanto:int8,torchao:int8_dynamic)")

@@ -197,25 +197,40 @@ def measured_tables(records: list[dict]) -> tuple[dict, dict]:
     return steps, weights
 
 
-def write_measured(records: list[dict], result: dict, path: Path = MEASURED_PATH) -> tuple[dict, dict]:
-    """Rewrite quantization/measured.py from the transformer records."""
+def write_measured(records: list[dict], result: dict, path: Path = MEASURED_PATH,
+                   cpu: str | None = None) -> tuple[dict, dict]:
+    """Rewrite quantization/measured.py: this run's transformer ratios become the table of ``cpu`` (default: this
+    machine's class of CPU); the other classes' tables are kept."""
+    import runpy
+
+    from quantization.policy import cpu_class
+
+    cpu = cpu or cpu_class()
     steps, weights = measured_tables(records)
     info, shape = result["machine"], result["shape"]
-
-    def table(name: str, values: dict) -> str:
-        body = "".join(f"    {key!r}: {value},\n" for key, value in sorted(values.items(), key=lambda kv: kv[1]))
-        return f"{name} = {{\n{body}}}\n"
-
+    old = runpy.run_path(str(path)) if Path(path).exists() else {}
+    tables = {k: v for k, v in old.get("CPU_STEP_RATIO", {}).items() if isinstance(v, dict)}
+    machines = dict(old.get("CPU_MACHINES", {}))
+    tables[cpu] = steps
     shares = [r["other_cpu_share"] for r in records if r.get("other_cpu_share") is not None]
-    busy = f" Other processes' mean CPU share during the timings: {sum(shares) / len(shares):.0%}." if shares else ""
+    busy = f"; others used {sum(shares) / len(shares):.0%} of the CPU" if shares else ""
+    machines[cpu] = (f"{info['cpu']}, {info['cores']} cores, torch {info['versions']['torch']}, {result['date']}; "
+                     f"{shape['double_blocks']} double + {shape['single_blocks']} single blocks at hidden "
+                     f"{shape['hidden']}, {shape['image_tokens']} image + {shape['text_tokens']} text tokens{busy}")
+
+    def rows(values: dict, indent: str) -> str:
+        return "".join(f"{indent}{key!r}: {value},\n" for key, value in sorted(values.items(), key=lambda kv: kv[1]))
+
+    step_body = "".join(f"    {name!r}: {{\n{rows(table, '        ')}    }},\n" for name, table in sorted(tables.items()))
+    machine_body = "".join(f"    {name!r}: {text!r},\n" for name, text in sorted(machines.items()))
     text = (
-        '"""Transformer step-time and weight ratios to full precision, measured on a CPU.\n\n'
-        "Written by `python app.py bench --quick --update-policy`; policy.py orders the CPU chains from it.\n"
-        f"Machine: {info['cpu']}, {info['cores']} cores, torch {info['versions']['torch']}; {result['date']}.\n"
-        f"Slice: {shape['double_blocks']} double + {shape['single_blocks']} single blocks at hidden "
-        f"{shape['hidden']}, {shape['image_tokens']} image + {shape['text_tokens']} text tokens.{busy}\n"
+        '"""Transformer step-time ratios to full precision per class of CPU (policy.cpu_class), and weight ratios.\n\n'
+        "Written by `python app.py bench --quick --update-policy` on each class of CPU; policy.py orders the CPU\n"
+        "chains from the table of the CPU it runs on.\n"
         '"""\n\n'
-        + table("CPU_STEP_RATIO", steps) + "\n" + table("CPU_WEIGHT_RATIO", weights)
+        f"CPU_STEP_RATIO = {{\n{step_body}}}\n\n"
+        f"CPU_WEIGHT_RATIO = {{\n{rows(weights, '    ')}}}\n\n"
+        f"CPU_MACHINES = {{\n{machine_body}}}\n"
     )
     Path(path).write_text(text)
     return steps, weights

@@ -1,17 +1,26 @@
-"""Transformer step-time and weight ratios to full precision, measured on a CPU.
+"""Transformer step-time ratios to full precision per class of CPU (policy.cpu_class), and weight ratios.
 
-Written by `python app.py bench --quick --update-policy`; policy.py orders the CPU chains from it.
-Machine: Intel(R) Xeon(R) Processor, 2 cores, torch 2.13.0+cpu; 2026-11-25.
-Slice: 1 double + 2 single blocks at hidden 3072, 256 image + 64 text tokens. Other processes' mean CPU share during the timings: 13%.
+Written by `python app.py bench --quick --update-policy` on each class of CPU; policy.py orders the CPU
+chains from the table of the CPU it runs on.
 """
 
 CPU_STEP_RATIO = {
-    ('torchao', 'int8_dynamic'): 1.201,
-    ('bitsandbytes', 'int8'): 1.429,
-    ('torchao', 'int8_weight_only'): 2.59,
-    ('quanto', 'int4'): 4.176,
-    ('bitsandbytes', 'nf4'): 5.441,
-    ('quanto', 'int8'): 5.679,
+    'emulated-bf16': {
+        ('quanto', 'int8'): 0.305,
+        ('bitsandbytes', 'int8'): 0.328,
+        ('quanto', 'int4'): 0.357,
+        ('torchao', 'int8_weight_only'): 1.051,
+        ('bitsandbytes', 'nf4'): 1.103,
+        ('torchao', 'int8_dynamic'): 4.48,
+    },
+    'native-bf16': {
+        ('torchao', 'int8_dynamic'): 1.201,
+        ('bitsandbytes', 'int8'): 1.429,
+        ('torchao', 'int8_weight_only'): 2.59,
+        ('quanto', 'int4'): 4.176,
+        ('bitsandbytes', 'nf4'): 5.441,
+        ('quanto', 'int8'): 5.679,
+    },
 }
 
 CPU_WEIGHT_RATIO = {
@@ -21,4 +30,9 @@ CPU_WEIGHT_RATIO = {
     ('bitsandbytes', 'int8'): 0.501,
     ('torchao', 'int8_dynamic'): 0.501,
     ('torchao', 'int8_weight_only'): 0.501,
+}
+
+CPU_MACHINES = {
+    'emulated-bf16': 'AMD EPYC, 2 cores, torch 2.13.0+cpu, 2026-11-25; 1 double + 2 single blocks at hidden 3072, 256 image + 64 text tokens; others used 1% of the CPU',
+    'native-bf16': 'Intel(R) Xeon(R) Processor, 2 cores, torch 2.13.0+cpu, 2026-11-25; 1 double + 2 single blocks at hidden 3072, 256 image + 64 text tokens; others used 13% of the CPU',
 }

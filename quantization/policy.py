@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from .config import (FULL_PRECISION, BitsAndBytesConfig, NoQuantConfig, QuantConfig, QuantoConfig,
@@ -11,7 +12,7 @@ from .measured import CPU_STEP_RATIO, CPU_WEIGHT_RATIO
 MODES = ("auto", "none", "8bit", "4bit")
 
 # Candidates in order of preference; full precision always ends the chain.
-# MPS: quanto (never float8). CUDA: bitsandbytes. CPU: ordered from measurements (cpu_order, below).
+# MPS: quanto (never float8). CUDA: bitsandbytes. CPU: ordered from measurements on its class of CPU (cpu_chain).
 POLICY: dict[tuple[str, str], tuple[QuantConfig, ...]] = {
     ("cuda", "8bit"): (BitsAndBytesConfig("int8"), TorchAoConfig("int8_weight_only"), QuantoConfig("int8")),
     ("cuda", "4bit"): (BitsAndBytesConfig("nf4"), QuantoConfig("int4")),
@@ -45,8 +46,26 @@ def cpu_order(mode: str, step_ratio: dict[tuple[str, str], float],
     return tuple(sorted(CPU_OPTIONS[mode], key=key))
 
 
-POLICY[("cpu", "8bit")] = cpu_order("8bit", CPU_STEP_RATIO, CPU_WEIGHT_RATIO)
-POLICY[("cpu", "4bit")] = cpu_order("4bit", CPU_STEP_RATIO, CPU_WEIGHT_RATIO)
+@functools.cache
+def cpu_class() -> str:
+    """'native-bf16' where the CPU computes bf16 in hardware (AVX512-BF16 or AMX), else 'emulated-bf16'.
+
+    The two rank the backends differently: a bf16 matmul emulated on AVX2 is several times slower than an int8 one.
+    """
+    import torch
+
+    native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    return "native-bf16" if native else "emulated-bf16"
+
+
+def cpu_step_ratios(cpu: str | None = None) -> dict[tuple[str, str], float]:
+    """Measured step-time ratios for ``cpu`` (default: this CPU's class); empty when unmeasured."""
+    return CPU_STEP_RATIO.get(cpu or cpu_class(), {})
+
+
+def cpu_chain(mode: str, cpu: str | None = None) -> tuple[QuantConfig, ...]:
+    """The CPU candidates for ``mode`` on ``cpu`` (default: this CPU's class), from the measured tables."""
+    return cpu_order(mode, cpu_step_ratios(cpu), CPU_WEIGHT_RATIO)
 
 
 def candidates(mode: str, device_type: str) -> tuple[QuantConfig, ...]:
@@ -55,8 +74,9 @@ def candidates(mode: str, device_type: str) -> tuple[QuantConfig, ...]:
         raise ValueError(f"mode={mode!r} has no candidates; resolve 'auto' first, or use one of none, 8bit, 4bit.")
     if mode == "none":
         return (FULL_PRECISION,)
-    key = (device_type if device_type in ("cuda", "mps") else "cpu", mode)
-    return POLICY[key] + (FULL_PRECISION,)
+    if device_type not in ("cuda", "mps"):
+        return cpu_chain(mode) + (FULL_PRECISION,)
+    return POLICY[(device_type, mode)] + (FULL_PRECISION,)
 
 
 @dataclass(frozen=True)

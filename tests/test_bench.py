@@ -132,17 +132,41 @@ def test_written_table_round_trips_into_the_policy(tiny_run, tmp_path):
 
     _, result = tiny_run
     path = tmp_path / "measured.py"
-    steps, weights = write_measured(result["records"], result, path)
+    steps, weights = write_measured(result["records"], result, path, cpu="emulated-bf16")
     table = runpy.run_path(str(path))
-    assert table["CPU_STEP_RATIO"] == steps and table["CPU_WEIGHT_RATIO"] == weights
+    assert table["CPU_STEP_RATIO"] == {"emulated-bf16": steps} and table["CPU_WEIGHT_RATIO"] == weights
+    write_measured(result["records"], result, path, cpu="native-bf16")  # another class: both tables kept
+    table = runpy.run_path(str(path))
+    assert table["CPU_STEP_RATIO"] == {"emulated-bf16": steps, "native-bf16": steps}
+    assert set(table["CPU_MACHINES"]) == {"emulated-bf16", "native-bf16"}
     assert (steps, weights) == measured_tables(result["records"])
     assert ("none", "bf16") not in steps and ("quanto", "int8") in steps
     assert "cores" in path.read_text() and cpu_order("8bit", steps, weights)
 
 
-def test_the_policy_reads_the_committed_table():
+def test_the_policy_reads_the_committed_table_of_this_class_of_cpu():
     from quantization import measured
-    from quantization.policy import candidates
+    from quantization.policy import candidates, cpu_chain, cpu_class
 
+    assert cpu_class() in ("native-bf16", "emulated-bf16")
+    assert set(measured.CPU_STEP_RATIO) == set(measured.CPU_MACHINES) == {"native-bf16", "emulated-bf16"}
     for mode in ("8bit", "4bit"):
-        assert candidates(mode, "cpu")[:-1] == cpu_order(mode, measured.CPU_STEP_RATIO, measured.CPU_WEIGHT_RATIO)
+        table = measured.CPU_STEP_RATIO[cpu_class()]
+        assert candidates(mode, "cpu")[:-1] == cpu_order(mode, table, measured.CPU_WEIGHT_RATIO)
+        for cpu, table in measured.CPU_STEP_RATIO.items():
+            assert cpu_chain(mode, cpu) == cpu_order(mode, table, measured.CPU_WEIGHT_RATIO)
+    assert cpu_chain("8bit", "an-unmeasured-cpu") == cpu_order("8bit", {}, measured.CPU_WEIGHT_RATIO)
+
+
+def test_cache_benchmark_times_cold_and_cached_loads_in_fresh_processes(tmp_path):
+    from bench.cache_load import main
+
+    path = tmp_path / "cache.json"
+    main(["--preset", "tiny", "--only", "quanto:int8", "--components", "text_encoder_2", "--repeat", "1",
+          "--quiet-wait", "0", "--weights", str(tmp_path / "weights"), "--json", str(path)])
+    (record,) = json.loads(path.read_text())["records"]
+    cold, cached = record["cold"], record["cached"]
+    assert record["identical"] and cold["output_sha256"] == cached["output_sha256"]
+    assert cold["quantize_s"] > 0 and cold["entry_bytes"] > 0 and cached["total_s"] > 0
+    assert record["speedup"] == pytest.approx(cold["total_s"] / cached["total_s"])
+    assert "cached load" in path.with_suffix(".md").read_text()

@@ -137,9 +137,10 @@ def test_png_keeps_parameters_and_quantization_outcome(studio, tmp_path):
     assert (meta["prompt"], meta["seed"], meta["steps"], meta["guidance"], meta["tool"], meta["model"]) == (
         "a red fox", 11, 3, 4.0, "dev", "tiny")
     assert (meta["width"], meta["height"]) == result.image.size
-    assert meta["quantization"]["components"]["transformer"]["backend"] == "bitsandbytes"
+    first = candidates("4bit", "cpu")[0]
+    assert meta["quantization"]["components"]["transformer"]["backend"] == first.backend
     with Image.open(path) as image:
-        assert "Seed: 11" in image.text["parameters"] and "bitsandbytes nf4" in image.text["parameters"]
+        assert "Seed: 11" in image.text["parameters"] and first.label in image.text["parameters"]
 
 
 def test_shared_components_are_loaded_once(fresh_studio, photo, mask):
@@ -178,7 +179,8 @@ def test_switching_mode_replaces_the_pipeline_instead_of_keeping_both(fresh_stud
     fresh_studio.generate(GenerationRequest(tool="dev", prompt="x", model="tiny", quant="8bit", seed=1))
     fresh_studio.generate(GenerationRequest(tool="dev", prompt="x", model="tiny", quant="4bit", seed=1))
     assert [key[1] for key in fresh_studio.manager._pipelines] == ["4bit"]
-    assert {r["backend"] for r in fresh_studio.manager.status() if r["component"] == "transformer"} == {"bitsandbytes"}
+    assert {r["backend"] for r in fresh_studio.manager.status() if r["component"] == "transformer"} == {
+        candidates("4bit", "cpu")[0].backend}
 
 
 def test_forced_fallback_is_recorded_and_the_run_completes(fresh_studio, monkeypatch):

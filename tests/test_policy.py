@@ -34,10 +34,16 @@ def test_every_chain_ends_in_full_precision_and_matches_the_bit_width(mode, devi
     assert all(config.bits == int(mode[0]) for config in chain[:-1])
 
 
-def test_cpu_prefers_options_measured_near_full_precision_speed():
-    # torchao int8 dynamic and bitsandbytes NF4 run at ~1.0x bf16 on CPU; quanto at ~3.5x.
-    assert candidates("8bit", "cpu")[0].backend != "quanto"
-    assert candidates("4bit", "cpu")[0] == BitsAndBytesConfig("nf4")
+@pytest.mark.parametrize("mode", ["8bit", "4bit"])
+def test_cpu_first_choice_is_the_fastest_measured_option_within_the_weight_ratio(mode):
+    from quantization.measured import CPU_WEIGHT_RATIO
+    from quantization.policy import CPU_OPTIONS, RATIO, cpu_step_ratios
+
+    options = {(c.backend, c.mode) for c in CPU_OPTIONS[mode]}
+    eligible = {name: step for name, step in cpu_step_ratios().items()
+                if name in options and CPU_WEIGHT_RATIO.get(name, 1.0) <= RATIO[mode]}
+    first = candidates(mode, "cpu")[0]
+    assert (first.backend, first.mode) == min(eligible, key=eligible.get)
 
 
 def test_mps_never_uses_bitsandbytes_torchao_or_float8():

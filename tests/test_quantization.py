@@ -114,3 +114,21 @@ def test_mps_refuses_bitsandbytes_and_torchao():
     mps = torch.device("mps")
     assert "MPS" in check_backend(BitsAndBytesConfig("nf4"), mps)
     assert "MPS" in check_backend(TorchAoConfig("int8_dynamic"), mps)
+
+
+@pytest.mark.parametrize("config", [c for c, _, _ in CONFIGS], ids=lambda c: c.label)
+def test_t5_vocabulary_table_is_stored_in_int8_and_stays_tied(config):
+    from quantization.backends.common import Int8Embedding
+
+    reference = wide_t5()
+    module, _, _ = quantize_with_fallback("text_encoder_2", wide_t5, [config, FULL_PRECISION], CPU, BF16)
+    table = module.encoder.embed_tokens
+    assert isinstance(table, Int8Embedding) and module.shared is table and table.weight.dtype == torch.int8
+    assert module_bytes(table) < 0.51 * module_bytes(reference.shared)
+    ids = torch.arange(256).reshape(2, 128)
+    with torch.inference_mode():
+        expected, got = reference.shared(ids).float(), table(ids).float()
+        assert ((got - expected).norm() / expected.norm()).item() < 1e-2
+        assert torch.isfinite(module(ids).last_hidden_state).all()
+    # relative position tables are small and stay as they are
+    assert type(module.encoder.block[0].layer[0].SelfAttention.relative_attention_bias) is torch.nn.Embedding

@@ -27,11 +27,9 @@ def _first(mode: str, device_type: str):
 
 def _cpu_speed(config) -> str:
     """', ~1.0x step time' from the CPU measurements, when there are any."""
-    try:
-        from quantization.measured import CPU_STEP_RATIO
-    except ImportError:
-        return ""
-    ratio = CPU_STEP_RATIO.get((config.backend, config.mode))
+    from quantization.policy import cpu_step_ratios
+
+    ratio = cpu_step_ratios().get((config.backend, config.mode))
     return f", ~{ratio:.1f}× step time" if ratio else ""
 
 

@@ -8,7 +8,8 @@ import torch
 
 from ..config import BitsAndBytesConfig
 from ..registry import Backend, register
-from .common import assign_state, load_state, missing, quantizable_linears, save_state, set_submodule
+from .common import (assign_state, load_state, missing, quantizable_linears, quantize_embeddings, restore_embeddings,
+                     save_state, set_submodule)
 
 
 @register(BitsAndBytesConfig)
@@ -37,6 +38,7 @@ class BitsAndBytesBackend(Backend):
             raise RuntimeError("no Linear layer to quantize")
         for name, linear in layers:
             set_submodule(module, name, _convert(bnb, linear, config, dtype, device))
+        quantize_embeddings(module, dtype)
         return module.to(device)
 
     def is_quantized_layer(self, layer):
@@ -52,6 +54,7 @@ class BitsAndBytesBackend(Backend):
 
     def load(self, skeleton, path, config, device, dtype):
         state, _ = load_state(path)
+        restore_embeddings(skeleton, state)
         return load_layers(skeleton, state, dtype).to(device)
 
 

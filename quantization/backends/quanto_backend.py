@@ -8,7 +8,8 @@ import torch
 
 from ..config import QuantoConfig
 from ..registry import Backend, register
-from .common import MIN_IN_FEATURES, assign_state, load_state, missing, quantizable_linears, save_state
+from .common import (MIN_IN_FEATURES, assign_state, load_state, missing, quantizable_linears, quantize_embeddings,
+                     restore_embeddings, save_state)
 
 
 @register(QuantoConfig)
@@ -29,6 +30,7 @@ class QuantoBackend(Backend):
             raise RuntimeError("no Linear layer to quantize")
         quantize(module, weights=weights, include=include, exclude=skip or None)
         freeze(module)
+        quantize_embeddings(module, dtype)
         return module.to(device)
 
     def is_quantized_layer(self, layer):
@@ -54,4 +56,5 @@ class QuantoBackend(Backend):
         for (weights, activations), names in groups.items():  # QLinear layers, still empty (meta)
             quantize(skeleton, weights=None if weights == "none" else weights,
                      activations=None if activations == "none" else activations, include=names)
+        restore_embeddings(skeleton, state)
         return assign_state(skeleton, state).to(device)

@@ -6,7 +6,7 @@ import torch
 
 from ..config import TorchAoConfig
 from ..registry import Backend, register
-from .common import assign_state, missing, quantizable_linears
+from .common import assign_state, missing, quantizable_linears, quantize_embeddings, restore_embeddings
 
 STATE_FILE = "weights.pt"  # torchao's tensor subclasses go through torch's safe (weights_only) loader
 
@@ -32,6 +32,7 @@ class TorchAoBackend(Backend):
         ao_config = Int8DynamicActivationInt8WeightConfig() if config.kind == "int8_dynamic" else Int8WeightOnlyConfig()
         for _, linear in layers:  # one layer at a time, so the device never holds the full-precision model
             quantize_(linear.to(device), ao_config, filter_fn=lambda m, fqn: True)
+        quantize_embeddings(module, dtype)
         return module.to(device)
 
     def is_quantized_layer(self, layer):
@@ -51,4 +52,5 @@ class TorchAoBackend(Backend):
 
         state = torch.load(path / STATE_FILE, map_location="cpu", weights_only=True)
         skeleton.requires_grad_(False)  # as quantize_ leaves the weights
+        restore_embeddings(skeleton, state)
         return assign_state(skeleton, state).to(device)
