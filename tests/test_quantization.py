@@ -132,3 +132,17 @@ def test_t5_vocabulary_table_is_stored_in_int8_and_stays_tied(config):
         assert torch.isfinite(module(ids).last_hidden_state).all()
     # relative position tables are small and stay as they are
     assert type(module.encoder.block[0].layer[0].SelfAttention.relative_attention_bias) is torch.nn.Embedding
+
+
+@pytest.mark.parametrize("config", [c for c, _, _ in CONFIGS], ids=lambda c: c.label)
+def test_quantized_t5_wo_layers_keep_the_activations_in_floating_point(config):
+    # T5 casts its activations to wo.weight.dtype before wo: a uint8-packed weight would turn them into bytes.
+    torch.manual_seed(2)
+    ids = torch.randint(0, 256, (1, 16))
+    with torch.inference_mode():
+        reference = wide_t5().eval()(ids).last_hidden_state.float()
+        module, _, _ = quantize_with_fallback("text_encoder_2", wide_t5, [config, FULL_PRECISION], CPU, BF16)
+        assert module.encoder.block[0].layer[1].DenseReluDense.wo.weight.dtype in (BF16, torch.int8)
+        output = module.eval()(ids).last_hidden_state.float()
+    error = ((output - reference).norm() / reference.norm()).item()
+    assert error < (0.05 if config.bits == 8 else 0.25)

@@ -95,7 +95,7 @@ def load_layers(skeleton: torch.nn.Module, state: dict[str, torch.Tensor], compu
             prefix = f"{name}.weight."
             stats = {key[len(prefix):]: state.pop(key) for key in [k for k in state if k.startswith(prefix)]}
             new = bnb.nn.Linear4bit(linear.in_features, linear.out_features, bias=has_bias, compute_dtype=compute_dtype,
-                                    device="meta")
+                                    quant_storage=weight.dtype, device="meta")
             new.weight = bnb.nn.Params4bit.from_prequantized(weight, stats, requires_grad=False, device="cpu",
                                                              module=new)
         else:
@@ -113,10 +113,13 @@ def _convert(bnb, linear: torch.nn.Linear, config: BitsAndBytesConfig, dtype: to
     has_bias = linear.bias is not None
     weight = linear.weight.data
     if config.quant_type == "nf4":
+        # Packed into `dtype` storage rather than uint8: T5 casts its activations to `wo.weight.dtype` before `wo`,
+        # which with uint8 storage turns them into bytes.
         new = bnb.nn.Linear4bit(linear.in_features, linear.out_features, bias=has_bias, compute_dtype=dtype,
-                                compress_statistics=config.double_quant, quant_type="nf4", device="meta")
+                                compress_statistics=config.double_quant, quant_type="nf4", quant_storage=dtype,
+                                device="meta")
         new.weight = bnb.nn.Params4bit(weight, requires_grad=False, compress_statistics=config.double_quant,
-                                       quant_type="nf4")
+                                       quant_type="nf4", quant_storage=dtype)
     else:
         new = bnb.nn.Linear8bitLt(linear.in_features, linear.out_features, bias=has_bias, has_fp16_weights=False,
                                   threshold=6.0, device="meta")
