@@ -8,7 +8,7 @@ import platform
 import torch
 
 from .config import BitsAndBytesConfig, QuantoConfig, TorchAoConfig
-from .policy import candidates
+from .policy import candidates, cpu_class
 from .registry import check_backend
 
 LIBRARIES = ("torch", "diffusers", "transformers", "accelerate", "optimum-quanto", "bitsandbytes", "torchao",
@@ -59,7 +59,12 @@ def doctor_report(device: torch.device, dtype: torch.dtype) -> dict:
         backends.append({"backend": config.backend, "mode": config.mode, "usable": reason is None,
                          "reason": reason or ""})
     policy = {mode: [c.label for c in candidates(mode, device.type)] for mode in ("8bit", "4bit")}
+    from .measured import CPU_MACHINES
+
+    cpu = cpu_class()
     return {
+        "cpu_class": cpu,
+        "cpu_measured_on": CPU_MACHINES.get(cpu),
         "device": str(device),
         "device_name": device_name(device),
         "dtype": str(dtype).replace("torch.", ""),
@@ -86,6 +91,9 @@ def format_doctor(report: dict) -> str:
         state = "ok" if row["ok"] else f"unusable: {row['reason']}"
         lines.append(f"  {row['backend']:<13} {row['mode']:<17} {row['device']} {row['dtype']}: {state} "
                      f"({row['shapes']} shapes)")
+    if report["device"].startswith("cpu"):
+        measured = report["cpu_measured_on"] or "no measurements for this class yet: listed order"
+        lines.append(f"CPU class: {report['cpu_class']} (policy measured on {measured})")
     lines.append("fallback chains:")
     lines += [f"  {mode}: {' -> '.join(chain)}" for mode, chain in report["policy"].items()]
     return "\n".join(lines)

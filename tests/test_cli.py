@@ -59,8 +59,10 @@ def test_doctor_lists_backends_and_versions():
     assert report["device"] == "cpu" and report["libraries"]["torch"]
     assert {(b["backend"], b["mode"]) for b in report["backends"]} >= {("quanto", "int8"), ("bitsandbytes", "nf4"),
                                                                         ("torchao", "int8_dynamic")}
+    assert report["cpu_class"] in ("native-bf16", "emulated-bf16") and report["cpu_measured_on"]
     proc = run_cli("doctor", env={"FLUXFORGE_DISABLE_BACKENDS": "quanto"})
     assert "quanto        int8              unusable: quanto is disabled by FLUXFORGE_DISABLE_BACKENDS" in proc.stdout
+    assert f"CPU class: {report['cpu_class']} (policy measured on " in proc.stdout
 
 
 def bad_cases(files):

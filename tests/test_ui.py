@@ -154,6 +154,23 @@ def test_quant_hint_is_device_specific():
     assert hints["mps"].startswith("On Apple Silicon")
     assert all("8-bit" in h and "4-bit" in h and "Auto" in h and "\n" not in h for h in hints.values())
 
+    # the CPU hint quotes the step ratio measured on this class of CPU
+    from quantization.policy import candidates, cpu_step_ratios
+
+    first = candidates("8bit", "cpu")[0]
+    assert f"{first.label}) ~51% of weight RAM, ~{cpu_step_ratios()[(first.backend, first.mode)]:.1f}×" in hints["cpu"]
+
+
+def test_system_tab_names_the_class_of_cpu_the_order_was_measured_on():
+    import torch
+
+    from quantization.doctor import doctor_report
+    from ui.tabs.system import doctor_html
+
+    report = doctor_report(torch.device("cpu"), torch.bfloat16)
+    _, right = doctor_html(report)
+    assert f"CPU class {report['cpu_class']}; order measured on" in right and "Fallback order" in right
+
 
 REPORT = {
     "tool": "dev", "model": "tiny", "device": "cpu", "dtype": "bfloat16", "seed": 7,

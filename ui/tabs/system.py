@@ -39,8 +39,13 @@ def doctor_html(report: dict) -> tuple[str, str]:
         rows.append([html.escape(row["backend"]), html.escape(row["mode"]), state, html.escape(row["reason"])])
     chains = "".join(f"<li><b>{html.escape(mode)}</b>: {' → '.join(html.escape(c) for c in chain)}</li>"
                      for mode, chain in report["policy"].items())
+    cpu = ""
+    if report["device"].startswith("cpu"):
+        measured = report.get("cpu_measured_on") or "not measured yet: listed order"
+        cpu = (f"<div class='ff-muted'>CPU class {html.escape(report.get('cpu_class', '?'))}; order measured on "
+               f"{html.escape(measured)}</div>")
     right = (_table(["Backend", "Mode", "Usable", "Why not"], rows)
-             + f"<div class='ff-kv'><b>Fallback order on this device</b><ul>{chains}</ul></div>")
+             + f"<div class='ff-kv'><b>Fallback order on this device</b><ul>{chains}</ul>{cpu}</div>")
     return left, right
 
 
