@@ -51,9 +51,11 @@ def machine(device: torch.device) -> dict:
 
 
 def machine_slug(info: dict) -> str:
-    """Short file-name form: cpu-2core, or the GPU's name."""
+    """Short file-name form: cpu-2core-emulated-bf16 (cores and class of CPU), or the GPU's name."""
     if info["device"].startswith("cpu"):
-        return f"cpu-{info['cores']}core"
+        from quantization.policy import cpu_class
+
+        return f"cpu-{info['cores']}core-{cpu_class()}"
     return re.sub(r"[^a-z0-9]+", "-", info["device_name"].lower()).strip("-")
 
 
@@ -63,10 +65,13 @@ def targets(records: list[dict]) -> list[dict]:
     by = {(r["component"], r["backend"], r["mode"]): r for r in records}
     quantized = [r for r in records if r["bits"] < 16]
     for r in quantized:
+        # Judged at the real depth: a 2-layer T5 slice is dominated by its 32128-row vocabulary table, which the
+        # real 24 layers are not. The transformer's ratio is the same at any depth.
         limit = RATIO[mode_of(r["bits"])]
-        rows.append({"target": f"{r['component']} {r['label']}: weight ratio <= {limit}",
-                     "measured": f"{r['weight_ratio']:.3f} (full depth est. {r['full_depth_weight_ratio']:.3f})",
-                     "met": r["weight_ratio"] <= limit})
+        rows.append({"target": f"{r['component']} {r['label']}: weight ratio <= {limit} (at full depth)",
+                     "measured": f"{r['full_depth_weight_ratio']:.3f} est. from this slice's {r['weight_ratio']:.3f}",
+                     "met": max(r["weight_ratio"] if r["component"] == "transformer" else 0,
+                                r["full_depth_weight_ratio"]) <= limit})
     for r in quantized:
         if r["component"] != "transformer":
             continue
@@ -131,7 +136,7 @@ def markdown(result: dict) -> str:
         "of one transformer output (T5: last hidden state) on the same inputs. PSNR: images decoded by a "
         "random-weight FLUX-shaped VAE from the final latents of the quantized and full-precision trajectories. "
         "Ratio at full depth: bytes per block measured here, extrapolated to 19 + 38 blocks and 24 T5 layers "
-        "(the T5 slice's ratio is dominated by its unquantized embedding).",
+        "(a 2-layer T5 slice's ratio is dominated by its vocabulary table, stored in int8).",
     ]
     floor = next((r["bf16_floor"] for r in result["records"] if r.get("bf16_floor") is not None), None)
     if floor is not None:

@@ -214,6 +214,7 @@ def test_forced_fallback_shows_a_warning(page, web_studio, monkeypatch):  # noqa
         page.locator("#system-refresh").click()
         page.wait_for_selector("#system-loaded table")
         assert "transformer" in page.locator("#system-loaded").inner_text()
+        assert "cache" in page.locator("#system-cache").inner_text() and page.locator("#system-cache-clear").is_visible()
         shot(page, "system-loaded")
     finally:
         web_studio.demo.studio_manager.unload()

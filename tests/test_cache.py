@@ -229,6 +229,26 @@ def test_cache_can_be_turned_off_and_a_failed_save_does_not_stop_the_run(quant_c
     assert not list(quant_cache.glob(".tmp-*"))  # the temporary folder went too
 
 
+def test_large_quanto_int4_modules_are_not_cached_since_saving_them_is_slow(quant_cache, tiny_root, monkeypatch,
+                                                                           caplog):
+    from quantization.backends import quanto_backend
+
+    monkeypatch.setattr(quanto_backend, "SLOW_SAVE_WEIGHTS", 0)  # the tiny model's TinyGemm layers count as large
+    source = transformer_source(tiny_root)
+    loads = []
+
+    def load():
+        loads.append(1)
+        return source.cls.from_pretrained(source.folder, dtype=BF16)
+
+    chain = [QuantoConfig("int4"), FULL_PRECISION]
+    for _ in range(2):
+        _, chosen, record = cache.load_or_quantize("transformer", load, chain, CPU, BF16, source)
+        assert chosen == QuantoConfig("int4") and not record.from_cache
+    assert len(loads) == 2 and cache.entries() == []
+    assert "TinyGemm layout" in caplog.text
+
+
 def test_module_with_hooks_is_not_cached(quant_cache, tiny_root):
     source = transformer_source(tiny_root)
     load = lambda: source.cls.from_pretrained(source.folder, dtype=BF16)  # noqa: E731

@@ -172,6 +172,20 @@ def test_system_tab_names_the_class_of_cpu_the_order_was_measured_on():
     assert f"CPU class {report['cpu_class']}; order measured on" in right and "Fallback order" in right
 
 
+def test_system_tab_lists_the_quantized_weights_cache(tmp_path, monkeypatch):
+    from ui.tabs.system import cache_html
+
+    monkeypatch.setenv("FLUXFORGE_QUANT_CACHE_DIR", str(tmp_path))
+    assert "cache is empty" in cache_html([])
+    rows = [{"component": "transformer", "backend": "quanto", "mode": "int8", "bytes": 3 * 2**20, "status": "ok",
+             "model": "/models/flux-dev", "name": "x"},
+            {"component": "", "backend": "", "mode": "", "bytes": 0, "status": "incomplete", "model": "",
+             "name": "leftover<b>"}]
+    text = cache_html(rows)
+    assert "<td>transformer</td><td>quanto</td><td>int8</td><td>3.0 MiB</td><td>ok</td>" in text
+    assert "leftover&lt;b&gt;" in text and "2 entries, 3.0 MiB" in text and str(tmp_path) in text
+
+
 REPORT = {
     "tool": "dev", "model": "tiny", "device": "cpu", "dtype": "bfloat16", "seed": 7,
     "parameters": {"width": 128, "height": 128, "steps": 8},

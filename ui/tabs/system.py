@@ -1,4 +1,5 @@
-"""System: device, libraries, usable backends (the doctor report), loaded models, unload, offload options."""
+"""System: device, libraries, usable backends (the doctor report), loaded models, unload, offload options, and the
+quantized-weights cache."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import html
 import gradio as gr
 
 from pipelines.manager import OFFLOAD_MODES
+from quantization import cache as quant_cache
 from quantization.doctor import doctor_report
 
 from ..settings import DEVICE_QUEUE
@@ -49,6 +51,19 @@ def doctor_html(report: dict) -> tuple[str, str]:
     return left, right
 
 
+def cache_html(rows: list[dict]) -> str:
+    """The quantized-weights cache: one row per entry, with its size and state."""
+    if not rows:
+        return (f"<div class='ff-muted'>The quantized-weights cache is empty ({html.escape(str(quant_cache.cache_dir()))})"
+                ". A component is saved there the first time it is quantized.</div>")
+    cells = [[html.escape(r["component"] or "?"), html.escape(r["backend"] or "?"), html.escape(r["mode"] or "?"),
+              _mib(r["bytes"]), html.escape(r["status"]), html.escape(r["model"] or r["name"])] for r in rows]
+    total = sum(r["bytes"] for r in rows)
+    return (_table(["Component", "Backend", "Mode", "Size", "State", "Model"], cells)
+            + f"<div class='ff-kv'><b>{len(rows)} entries, {_mib(total)}</b> in "
+              f"{html.escape(str(quant_cache.cache_dir()))}</div>")
+
+
 def loaded_html(rows: list[dict], total: int) -> str:
     rows = sorted((r for r in rows if r["bytes"]), key=lambda r: -r["bytes"])  # tokenizers hold no weights
     if not rows:
@@ -79,6 +94,9 @@ def build(ctx: TabContext, tab: gr.Tab) -> None:
             slicing = gr.Checkbox(manager.vae_slicing, label="VAE slicing (decode one image at a time)",
                                   elem_id="system-vae-slicing")
     options_note = gr.HTML("", elem_id="system-options-note")
+    gr.Markdown("### Quantized-weights cache")
+    cached = gr.HTML("", elem_id="system-cache")
+    clear = gr.Button("Clear the cache", variant="stop", size="sm", scale=0, min_width=180, elem_id="system-cache-clear")
     with gr.Row(equal_height=False):
         with gr.Column(scale=1):
             gr.Markdown("### This machine")
@@ -94,7 +112,12 @@ def build(ctx: TabContext, tab: gr.Tab) -> None:
         return loaded_html(manager.status(), manager.loaded_bytes())
 
     def refresh_all():
-        return (*show_doctor(), show_loaded())
+        return (*show_doctor(), show_loaded(), cache_html(quant_cache.entries()))
+
+    def clear_cache():
+        removed = quant_cache.clear()
+        gr.Info(f"Removed {removed['entries']} cached entries ({_mib(removed['bytes'])}).")
+        return cache_html(quant_cache.entries())
 
     def unload_all():
         freed = manager.unload()
@@ -109,11 +132,13 @@ def build(ctx: TabContext, tab: gr.Tab) -> None:
             note += " CPU offload has no effect here: this studio runs on the CPU."
         return f"<div class='ff-muted'>{html.escape(note)}</div>"
 
-    outputs = [machine, backends, loaded]
+    outputs = [machine, backends, loaded, cached]
     refresh.click(refresh_all, None, outputs, queue=False, api_visibility="private", show_progress="minimal")
     tab.select(refresh_all, None, outputs, queue=False, api_visibility="private", show_progress="minimal")
     unload.click(unload_all, None, loaded, api_visibility="private", concurrency_id=DEVICE_QUEUE,
                  concurrency_limit=1)
+    clear.click(clear_cache, None, cached, api_visibility="private", concurrency_id=DEVICE_QUEUE,
+                concurrency_limit=1)
     for control in (offload, tiling, slicing):
         control.change(set_options, [offload, tiling, slicing], options_note, queue=False,
                        api_visibility="private", show_progress="hidden")
