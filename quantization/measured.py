@@ -6,12 +6,12 @@ chains from the table of the CPU it runs on.
 
 CPU_STEP_RATIO = {
     'emulated-bf16': {
-        ('quanto', 'int8'): 0.305,
-        ('bitsandbytes', 'int8'): 0.328,
-        ('quanto', 'int4'): 0.357,
-        ('torchao', 'int8_weight_only'): 1.051,
-        ('bitsandbytes', 'nf4'): 1.103,
-        ('torchao', 'int8_dynamic'): 4.48,
+        ('quanto', 'int8'): 0.346,
+        ('bitsandbytes', 'int8'): 0.346,
+        ('quanto', 'int4'): 0.38,
+        ('torchao', 'int8_weight_only'): 1.05,
+        ('bitsandbytes', 'nf4'): 1.129,
+        ('torchao', 'int8_dynamic'): 4.649,
     },
     'native-bf16': {
         ('torchao', 'int8_dynamic'): 1.201,
