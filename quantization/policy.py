@@ -54,7 +54,8 @@ def cpu_class() -> str:
     """
     import torch
 
-    native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # torch's own cpuinfo queries
+    native = any(getattr(torch.cpu, name, lambda: False)() for name in checks)
     return "native-bf16" if native else "emulated-bf16"
 
 
