@@ -67,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="memory, speed and fidelity of every backend and mode; `bench cache`: "
                                          "cached against quantize-on-load", add_help=False)
-    bench.add_argument("bench_args", nargs=argparse.REMAINDER)
+    bench.add_argument("bench_args", nargs=argparse.REMAINDER)  # listed for --help; main() hands them over
 
     cache = sub.add_parser("cache", help="list or clear the quantized-weights cache")
     cache.add_argument("action", choices=("list", "clear"))
@@ -93,7 +93,9 @@ def main(argv: list[str] | None = None) -> int:
 
         return bench_main(argv[1:])
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command != "bench":
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     quiet_libraries()
     from pipelines.errors import UserError
 
@@ -104,6 +106,8 @@ def main(argv: list[str] | None = None) -> int:
             return doctor(args)
         if args.command == "cache":
             return cache(args)
+        if args.command == "bench":  # studio options before it would be lost: the benchmarks take their own
+            raise UserError("put `bench` first: python app.py bench [--quick|--full] [options] (see bench --help).")
         return serve(args)
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -8,6 +8,7 @@ import platform
 import torch
 
 from .config import BitsAndBytesConfig, QuantoConfig, TorchAoConfig
+from .measured import CPU_MACHINES
 from .policy import candidates, cpu_class
 from .registry import check_backend
 
@@ -59,8 +60,6 @@ def doctor_report(device: torch.device, dtype: torch.dtype) -> dict:
         backends.append({"backend": config.backend, "mode": config.mode, "usable": reason is None,
                          "reason": reason or ""})
     policy = {mode: [c.label for c in candidates(mode, device.type)] for mode in ("8bit", "4bit")}
-    from .measured import CPU_MACHINES
-
     cpu = cpu_class()
     return {
         "cpu_class": cpu,

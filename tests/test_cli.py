@@ -169,3 +169,6 @@ def test_bench_takes_its_own_options_after_the_command(capsys):
     # `app.py bench --full` on a CPU is refused by the benchmark itself (so its options reached it).
     assert cli.main(["bench", "--full", "--json", "unused.json"]) == 2
     assert "--full" in capsys.readouterr().err and not Path("unused.json").exists()
+    # after studio options it would lose them, so it says how to call it instead of starting the studio
+    assert cli.main(["--device", "cpu", "bench", "--quick"]) == 2
+    assert "put `bench` first" in capsys.readouterr().err
