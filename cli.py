@@ -4,30 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
-import os
 import sys
 from pathlib import Path
 
 from pipelines import defaults
-
-
-def quiet_libraries() -> None:
-    """Keep third-party import chatter and download bars off the terminal."""
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
-    for name in ("bitsandbytes", "torchao", "torch.utils._pytree", "httpx"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    import warnings
-
-    import diffusers.utils.logging
-    import transformers.utils.logging
-
-    transformers.utils.logging.disable_progress_bar()
-    diffusers.utils.logging.disable_progress_bar()
-
-    warnings.filterwarnings("ignore", module="torch.utils._pytree")
-    warnings.filterwarnings("ignore", message=".*torchvision.*")
+from pipelines.logs import quiet_libraries
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -293,7 +293,7 @@ def log(message: str) -> None:
 
 
 if __name__ == "__main__":
-    from cli import quiet_libraries
+    from pipelines.logs import quiet_libraries
 
     quiet_libraries()
     if sys.argv[1:2] == ["--child"]:

@@ -262,7 +262,7 @@ def _record(component, common, info, ref_info, step_times, ref_times, step_kind,
 
 def main(argv: list[str] | None = None) -> int:
     """Worker: run the job in JOB.json, write result.json and latents.pt to OUT_DIR."""
-    from cli import quiet_libraries
+    from pipelines.logs import quiet_libraries
 
     job_path, out_dir = (argv or sys.argv[1:])[:2]
     quiet_libraries()

@@ -264,7 +264,7 @@ def log(message: str) -> None:
 
 
 if __name__ == "__main__":
-    from cli import quiet_libraries
+    from pipelines.logs import quiet_libraries
 
     quiet_libraries()
     sys.exit(main())

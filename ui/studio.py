@@ -138,7 +138,7 @@ def serve(demo: gr.Blocks, host: str | None = "127.0.0.1", port: int | None = 78
 
 def launch(args) -> int:
     """`python app.py`: serve the studio until interrupted."""
-    from cli import quiet_libraries
+    from pipelines.logs import quiet_libraries
 
     quiet_libraries()
     demo = create_demo(model=args.model, device=args.device, api=args.api)
