@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from pipelines import defaults
+from pipelines.tools import get_tool, tool_names
 from pipelines.logs import quiet_libraries
 
 
@@ -22,7 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command")
 
     gen = sub.add_parser("generate", help="run one tool headless and write a PNG")
-    gen.add_argument("--tool", required=True, help=", ".join(defaults.TOOLS))
+    gen.add_argument("--tool", required=True, help=", ".join(tool_names()))
     gen.add_argument("--prompt", default="")
     gen.add_argument("--out", required=True, help="output PNG path")
     gen.add_argument("--model", default=None, help="tiny | HUB_ID | PATH (default: official weights if "
@@ -45,6 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="a single-file GGUF FLUX.1 transformer that replaces the model's own (pre-quantized: "
                           "used as it is, whatever --quant says)")
     gen.add_argument("--device", default=None)
+    gen.add_argument("--offload", default="none", help="none, model (one model on the device at a time) or "
+                                                       "sequential (layer by layer: least memory, slowest)")
+    gen.add_argument("--vae-tiling", action="store_true", help="decode in tiles (less memory for large images)")
 
     bench = sub.add_parser("bench", help="memory, speed and fidelity of every backend and mode; `bench cache`: "
                                          "cached against quantize-on-load", add_help=False)
@@ -109,7 +113,7 @@ def _number(value, kind):
 
 def generate(args) -> int:
     from pipelines.device import pick_device
-    from pipelines.engine import Studio
+    from pipelines.engine import Engine
     from pipelines.errors import UserError
     from pipelines.manager import ModelManager
     from pipelines.request import GenerationRequest
@@ -120,11 +124,11 @@ def generate(args) -> int:
         raise UserError(f"--out={args.out!r} must end in .png (the metadata lives in PNG text chunks).")
     if not out.parent.exists():
         raise UserError(f"--out={args.out!r}: folder {str(out.parent)!r} does not exist.")
-    if args.tool not in defaults.TOOLS:
-        raise UserError(f"--tool={args.tool!r} is unknown; choose one of {', '.join(defaults.TOOLS)}.")
+    if args.tool not in tool_names():
+        raise UserError(f"--tool={args.tool!r} is unknown; choose one of {', '.join(tool_names())}.")
     model = args.model
     if model is None:
-        model, notice = default_model(args.tool)
+        model, notice = default_model(get_tool(args.tool))
         if notice:
             print(f"notice: {notice}", file=sys.stderr)
     request = GenerationRequest(
@@ -139,13 +143,14 @@ def generate(args) -> int:
         manager = ModelManager(device=pick_device(args.device))
     except ValueError as error:
         raise UserError(str(error)) from None
-    studio = Studio(manager, show_progress=True)
+    manager.set_memory_options(offload=args.offload, vae_tiling=args.vae_tiling)
+    engine = Engine(manager, show_progress=True)
 
     def progress(stage, done, total):
         if stage != "denoise" and done == 0:
             print(f"{stage}...", file=sys.stderr)
 
-    result = studio.generate(request, progress)
+    result = engine.generate(request, progress)
     result.save(out)
     if args.report:
         Path(args.report).write_text(json.dumps(result.report, indent=2))

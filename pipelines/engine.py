@@ -6,39 +6,21 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 from PIL import Image
 
-from quantization.cache import prequantized_notices
-
-from . import defaults
-from .base import RunContext, Tool
-from .control import Control
-from .device import PeakMemory, memory_kind
+from .device import PeakMemory
 from .errors import UserError
-from .fill import Fill
 from .images import save_png
-from .kontext import Kontext
 from .manager import ModelManager, Progress
-from .redux import Redux
+from .report import build_report, fallback_notices, summary
 from .request import GenerationRequest
 from .sources import resolve_model
-from .text_to_image import TextToImage
+from .tools import Prepared, RunContext
 
 log = logging.getLogger(__name__)
-
-TOOLS: dict[str, Tool] = {
-    "schnell": TextToImage("schnell"),
-    "dev": TextToImage("dev"),
-    "fill": Fill(),
-    "kontext": Kontext(),
-    "depth": Control("depth"),
-    "canny": Control("canny"),
-    "redux": Redux(),
-}
 
 
 class BadOutput(RuntimeError):
@@ -68,12 +50,6 @@ class GenerationResult:
         return save_png(self.image, Path(path), self.metadata())
 
 
-def summary(report: dict) -> str:
-    """e.g. 'transformer: bitsandbytes nf4, text_encoder_2: bitsandbytes nf4'."""
-    parts = [f"{name}: {c['backend']} {c['mode']}" for name, c in report["quantization"]["components"].items()]
-    return ", ".join(parts)
-
-
 def check_output(images: np.ndarray) -> None:
     if not np.isfinite(images).all():
         raise BadOutput("output has NaN/inf pixels")
@@ -81,7 +57,7 @@ def check_output(images: np.ndarray) -> None:
         raise BadOutput("output is flat (black or a single colour)")
 
 
-class Studio:
+class Engine:
     """Runs tools on a ModelManager; safe to share, one generation at a time."""
 
     def __init__(self, manager: ModelManager | None = None, show_progress: bool = False):
@@ -93,73 +69,61 @@ class Studio:
         with self.manager.lock:
             return self._generate(request, progress)
 
+    def control_map(self, tool_name: str, model: str, image: Image.Image, **fields) -> Image.Image:
+        """The control map ``tool_name`` would compute from ``image`` (e.g. to preview it before a run)."""
+        request = GenerationRequest(tool=tool_name, model=model, image=image, prompt="preview", **fields)
+        tool = request.spec
+        if not hasattr(tool, "control_map"):
+            raise UserError(f"the {tool.name} tool has no control map.")
+        with self.manager.lock:
+            ctx = RunContext(self.manager, resolve_model(request.model, tool))
+            return tool.control_map(request.image, request, ctx)
+
     def _generate(self, request: GenerationRequest, progress: Progress) -> GenerationResult:
         start = time.perf_counter()
-        tool = TOOLS[request.tool]
+        tool = request.spec
         notices = list(request.notices)
-        source = resolve_model(request.model, request.tool)
+        source = resolve_model(request.model, tool)
         if source.is_tiny:
             notices.append("Running the offline demo model 'tiny' (random weights: images look like noise).")
-        device = self.manager.device
-        with PeakMemory(device) as peak:
+        with PeakMemory(self.manager.device) as peak:
             loaded = self.manager.pipeline(source.root, request.quant, progress,
                                            transformer=Path(request.transformer) if request.transformer else None)
             load_s, quantize_s = loaded.load_s, loaded.quantize_s
             loaded.load_s = loaded.quantize_s = 0.0  # counted once, by the run that loaded it
             if loaded.auto:
                 notices.append(f"Auto chose {loaded.mode}: {loaded.auto.reason}.")
-            ctx = RunContext(self.manager, source, loaded)
-            kwargs = tool.pipeline_kwargs(request, ctx)
+            ctx = RunContext(self.manager, source, loaded.pipe)
+            prepared = tool.prepare(request, ctx)
             run_fallbacks: list[dict] = []
             denoise_start = time.perf_counter()
-            images = self._run_with_recovery(tool, ctx, request, kwargs, progress, notices, run_fallbacks)
+            images = self._run_with_recovery(tool, ctx, loaded, request, prepared, progress, notices, run_fallbacks)
             denoise_s = time.perf_counter() - denoise_start
         image = Image.fromarray((images[0] * 255).round().clip(0, 255).astype(np.uint8))
-        components = {name: c.quant.to_dict() for name, c in loaded.components.items()
-                      if c.quant and isinstance(c.module, torch.nn.Module)}
-        notices += prequantized_notices(components, request.quant)
-        fallbacks = [f.to_dict() for f in loaded.fallbacks] + run_fallbacks
-        report = {
-            "tool": request.tool,
-            "model": request.model,
-            "device": str(device),
-            "dtype": str(self.manager.dtype).replace("torch.", ""),
-            "seed": request.seed,
-            "parameters": request.parameters(),
-            "quantization": {
-                "requested": request.quant,
-                "resolved": loaded.mode,
-                "auto_reason": loaded.auto.reason if loaded.auto else None,
-                "components": components,
-                "fallbacks": fallbacks,
-            },
-            "memory": {"peak_bytes": peak.peak_bytes, "kind": memory_kind(device)},
-            "timings": {"load_s": round(load_s, 4), "quantize_s": round(quantize_s, 4),
-                        "denoise_s": round(denoise_s, 4), "total_s": round(time.perf_counter() - start, 4)},
-            "notices": notices,
-        }
-        for fallback in fallbacks:
-            notices.append(f"Fallback: {fallback['component']} could not use {fallback['backend']} "
-                           f"{fallback['mode']} ({fallback['reason']}).")
-        return GenerationResult(image, report, notices, ctx.extras.get("control_image"))
+        timings = {"load_s": load_s, "quantize_s": quantize_s, "denoise_s": denoise_s,
+                   "total_s": time.perf_counter() - start}
+        report = build_report(request, prepared, loaded, self.manager, peak.peak_bytes, timings, run_fallbacks,
+                              notices)
+        notices += fallback_notices(report)
+        return GenerationResult(image, report, notices, prepared.control_image)
 
-    def _run_with_recovery(self, tool, ctx, request, kwargs, progress, notices, run_fallbacks) -> np.ndarray:
+    def _run_with_recovery(self, tool, ctx: RunContext, loaded, request: GenerationRequest, prepared: Prepared,
+                           progress, notices, run_fallbacks) -> np.ndarray:
         """Denoise and decode; on failure, retry along the fallback chain, then with freed memory/offload."""
-        loaded = ctx.loaded
         oom_steps = list(oom_recovery_steps(self.manager.device.type))
         notices += self.manager.prepare_for_run(loaded.pipe)
         while True:
             try:
-                latents = self._denoise(loaded.pipe, request, kwargs, progress)
-                return self._decode(loaded.pipe, latents, request, notices, run_fallbacks)
+                latents = self._denoise(loaded.pipe, request, prepared, progress)
+                return self._decode(loaded.pipe, latents, prepared, notices, run_fallbacks)
             except (UserError, KeyboardInterrupt):
                 raise
             except Exception as error:
                 if _is_oom(error):
                     self.manager.free_after_oom(keep=loaded.key)
                     if not oom_steps:
-                        raise UserError("out of memory: try a smaller size, 4-bit, or model CPU offload "
-                                        "(System tab / --offload).") from None
+                        raise UserError("out of memory: try a smaller size, --quant 4bit, or model CPU offload "
+                                        "(--offload model, or the System tab).") from None
                     step = oom_steps.pop(0)
                     notices.append(f"Out of memory: retrying with {step}.")
                     run_fallbacks.append({"component": "pipeline", "backend": "memory", "mode": step,
@@ -171,10 +135,11 @@ class Studio:
                 if not self.manager.degrade(loaded, reason):
                     raise
                 notices.append(f"Retrying with less quantization ({reason}).")
-                if request.tool == "redux" or request.reference is not None:
-                    kwargs = tool.pipeline_kwargs(request, ctx)  # the prior used the replaced text encoders
+                if "prompt_embeds" in prepared.kwargs:  # made with the text encoders just replaced
+                    ctx.pipe = loaded.pipe
+                    prepared = tool.prepare(request, ctx)
 
-    def _denoise(self, pipe, request: GenerationRequest, kwargs: dict, progress: Progress) -> torch.Tensor:
+    def _denoise(self, pipe, request: GenerationRequest, prepared: Prepared, progress: Progress) -> torch.Tensor:
         steps = request.steps
         pipe.set_progress_bar_config(disable=not self.show_progress, desc=request.tool)
 
@@ -184,26 +149,25 @@ class Studio:
             progress("denoise", index + 1, steps)
             return callback_kwargs
 
-        tool_defaults = defaults.tool_defaults(request.tool, request.model)
         progress("denoise", 0, steps)
         output = pipe(
-            **kwargs,
-            height=request.height,
-            width=request.width,
+            **prepared.kwargs,
+            height=prepared.height,
+            width=prepared.width,
             num_inference_steps=steps,
             guidance_scale=request.guidance,
             generator=torch.Generator("cpu").manual_seed(request.seed),
-            max_sequence_length=tool_defaults.max_sequence_length,
+            max_sequence_length=request.spec.defaults(request.model).max_sequence_length,
             callback_on_step_end=on_step,
             output_type="latent",
         )
         return output.images
 
     @torch.no_grad()
-    def _decode(self, pipe, latents, request, notices, run_fallbacks) -> np.ndarray:
+    def _decode(self, pipe, latents, prepared: Prepared, notices, run_fallbacks) -> np.ndarray:
         """Decode with the VAE; NaN or flat pixels from a bf16 decode are retried once in float32."""
         vae_dtype = pipe.vae.dtype
-        latents = pipe._unpack_latents(latents, request.height, request.width, pipe.vae_scale_factor)
+        latents = pipe._unpack_latents(latents, prepared.height, prepared.width, pipe.vae_scale_factor)
         latents = latents / pipe.vae.config.scaling_factor + pipe.vae.config.shift_factor
         images = self._vae_decode(pipe, latents, vae_dtype)
         try:

@@ -5,8 +5,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from quantization.load import Caches
-
 CACHE_ENV = "FLUXFORGE_CACHE_DIR"  # root of everything below (default ~/.cache/fluxforge)
 QUANT_CACHE_ENV = "FLUXFORGE_QUANT_CACHE"  # "0" turns the quantized-weights cache off
 QUANT_DIR_ENV = "FLUXFORGE_QUANT_CACHE_DIR"  # where quantized weights go (default <root>/quantized)
@@ -27,8 +25,10 @@ def probes_dir() -> Path:
     return cache_root() / "probes"
 
 
-def quant_caches() -> Caches:
+def quant_caches():
     """The caches quantization may use, as the environment sets them (None turns one off)."""
+    from quantization.load import Caches
+
     weights = quantized_dir() if os.environ.get(QUANT_CACHE_ENV, "1") != "0" else None
     probes = probes_dir() if os.environ.get(PROBE_ENV, "1") != "0" else None
     return Caches(weights=weights, probes=probes)

@@ -11,6 +11,7 @@ from PIL import Image
 from . import defaults
 from .errors import UserError
 from .images import snap
+from .tools.base import not_taken
 
 
 @dataclass
@@ -37,40 +38,36 @@ class GenerationRequest:
     def __post_init__(self):
         self.check_inputs()
 
+    @property
+    def spec(self):
+        """The tool this request is for (pipelines.tools)."""
+        from .tools import get_tool
+
+        return get_tool(self.tool)
+
     def check_inputs(self) -> None:
-        if self.tool not in defaults.TOOLS:
-            raise UserError(f"tool={self.tool!r} is unknown; choose one of {', '.join(defaults.TOOLS)}.")
-        if self.quant not in defaults.QUANT_MODES:
-            raise UserError(f"quant={self.quant!r} is unknown; choose one of {', '.join(defaults.QUANT_MODES)}.")
+        from .tools import all_tools
+
+        tool = self.spec
+        if self.quant not in defaults.QUANTS:
+            raise UserError(f"quant={self.quant!r} is unknown; choose one of {', '.join(defaults.QUANTS)}.")
         if not isinstance(self.prompt, str):
             raise UserError("prompt must be text.")
         if len(self.prompt) > defaults.PROMPT_MAX_CHARS:
             raise UserError(f"prompt is {len(self.prompt)} characters; the limit is {defaults.PROMPT_MAX_CHARS}.")
         if any(ord(c) < 32 and c not in "\n\t" for c in self.prompt):
             raise UserError("prompt contains control characters; remove them.")
-        tool = defaults.tool_defaults(self.tool, self.model)
         if tool.needs_prompt and not self.prompt.strip():
             raise UserError(f"prompt is empty; the {self.tool} tool needs a prompt.")
         if tool.needs_image and self.image is None:
             raise UserError(f"the {self.tool} tool needs an input image (--image).")
-        if self.mask is not None and self.tool != "fill":
-            raise UserError(f"--mask is only used by the fill tool, not {self.tool}.")
-        if self.reference is not None and self.tool != "fill":
-            raise UserError(f"--reference is only used by the fill tool, not {self.tool}.")
-        if self.control_image is not None and self.tool not in ("depth", "canny"):
-            raise UserError(f"--control-image is only used by the depth and canny tools, not {self.tool}.")
-        if self.tool == "fill":
-            self.expand = parse_expand(self.expand)
-            if self.mask is None and self.expand is None:
-                raise UserError("the fill tool needs a mask (--mask) to inpaint, or --expand L,T,R,B to outpaint.")
-            if self.mask is not None and self.expand is not None:
-                raise UserError("give either --mask (inpaint) or --expand (outpaint), not both.")
-        elif self.expand is not None:
-            raise UserError(f"--expand is only used by the fill tool, not {self.tool}.")
+        not_taken(self, tool, all_tools())
         self.transformer = check_transformer_file(self.transformer)
         self._load_images()
-        self.steps = _int_in("steps", self.steps, defaults.STEPS_MIN, defaults.STEPS_MAX, tool.steps)
-        self.guidance = _float_in("guidance", self.guidance, defaults.GUIDANCE_MIN, defaults.GUIDANCE_MAX, tool.guidance)
+        tool.check_inputs(self)
+        d = tool.defaults(self.model)
+        self.steps = _int_in("steps", self.steps, defaults.STEPS_MIN, defaults.STEPS_MAX, d.steps)
+        self.guidance = _float_in("guidance", self.guidance, defaults.GUIDANCE_MIN, defaults.GUIDANCE_MAX, d.guidance)
         for name in ("width", "height"):
             value = getattr(self, name)
             if value is not None:
@@ -101,12 +98,6 @@ class GenerationRequest:
             if mask.getextrema()[1] == 0:
                 raise UserError("mask is empty: paint the area to fill in white.")
             self.mask = mask
-        if self.tool == "fill" and self.expand:
-            width = self.image.width + self.expand[0] + self.expand[2]
-            height = self.image.height + self.expand[1] + self.expand[3]
-            if max(width, height) > defaults.SIZE_MAX:
-                raise UserError(f"expand={','.join(map(str, self.expand))} makes a {width}x{height} canvas; "
-                                f"the limit is {defaults.SIZE_MAX} per side.")
 
     def parameters(self) -> dict:
         """The request as plain values (images left out), for reports and PNG metadata."""
@@ -160,18 +151,3 @@ def _float_in(name: str, value, low: float, high: float, default: float) -> floa
     if not math.isfinite(number) or not low <= number <= high:
         raise UserError(f"{name}={value!r} is out of range; use {low:g}..{high:g}.")
     return number
-
-
-def parse_expand(value) -> tuple[int, int, int, int] | None:
-    """'L,T,R,B' pixels to grow the canvas by (outpainting)."""
-    if value is None or value == "":
-        return None
-    parts = value.split(",") if isinstance(value, str) else list(value)
-    try:
-        numbers = tuple(int(str(p).strip()) for p in parts)
-    except ValueError:
-        numbers = ()
-    if len(numbers) != 4 or any(n < 0 or n > defaults.EXPAND_MAX for n in numbers) or not any(numbers):
-        raise UserError(f"expand={value!r} must be four whole numbers L,T,R,B in 0..{defaults.EXPAND_MAX}, "
-                        "not all zero (e.g. 0,0,256,0).")
-    return numbers

@@ -11,22 +11,13 @@ from pathlib import Path
 from . import defaults, tiny
 from .errors import UserError
 
-PIPELINE_CLASSES = {
-    "schnell": "FluxPipeline",
-    "dev": "FluxPipeline",
-    "redux": "FluxPipeline",
-    "fill": "FluxFillPipeline",
-    "kontext": "FluxKontextPipeline",
-    "depth": "FluxControlPipeline",
-    "canny": "FluxControlPipeline",
-}
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 # Single-file checkpoints that sit beside the diffusers folders in official repos.
 HUB_IGNORE = ["*.gguf", "flux1-*.safetensors", "ae.safetensors", "*.md", "*.png", "*.jpg"]
 
 
 @dataclass(frozen=True)
-class Source:
+class ModelSource:
     """A resolved model: ``name`` as the user gave it, ``root`` a local diffusers-format directory."""
 
     name: str
@@ -38,34 +29,32 @@ class Source:
         return self.kind == "tiny"
 
 
-def resolve_model(model: str, tool: str) -> Source:
-    """Resolve ``model`` for ``tool`` to a local directory, or raise a UserError that says what to do."""
-    if tool not in defaults.TOOLS:
-        raise UserError(f"tool={tool!r} is unknown; choose one of {', '.join(defaults.TOOLS)}.")
+def resolve_model(model: str, tool) -> ModelSource:
+    """Resolve ``model`` for ``tool`` (a pipelines.tools.Tool) to a local directory, or raise a UserError."""
     if not model or not model.strip():
         raise UserError("model is empty; pass tiny, a Hugging Face hub id or a local diffusers directory.")
     model = model.strip()
     if model == defaults.TINY_MODEL:
-        return Source(model, tiny.ensure_tiny_family() / tiny.TOOL_DIRS[tool], "tiny")
+        return ModelSource(model, tiny.ensure_tiny_family([tool]) / tool.tiny.folder, "tiny")
     path = Path(model).expanduser()
     if path.exists() or (not HUB_ID.match(model) and (model.startswith((".", "~")) or os.sep in model)):
-        return Source(model, check_pipeline_dir(path, tool), "path")
+        return ModelSource(model, check_pipeline_dir(path, tool), "path")
     if HUB_ID.match(model):
         root = download(model)
         check_pipeline_dir(root, tool, name=model)
-        return Source(model, root, "hub")
+        return ModelSource(model, root, "hub")
     raise UserError(f"model={model!r} is neither 'tiny', a hub id (org/name) nor an existing directory.")
 
 
-def resolve_aux(tool_source: Source, hub_id: str, tiny_dir: str) -> Path:
-    """An auxiliary model (Redux prior, depth estimator): tiny's own when the tool runs tiny."""
+def resolve_aux(tool_source: ModelSource, hub_id: str, tiny_dir: str) -> Path:
+    """An auxiliary model (Redux prior, depth estimator): tiny's own (built with its tool) when the tool runs tiny."""
     if tool_source.is_tiny:
-        return tiny.ensure_tiny_family() / tiny_dir
+        return tiny.tiny_root() / tiny_dir
     path = Path(hub_id).expanduser()
     return path if path.is_dir() else download(hub_id)
 
 
-def check_pipeline_dir(path: Path, tool: str, name: str | None = None) -> Path:
+def check_pipeline_dir(path: Path, tool, name: str | None = None) -> Path:
     name = name or str(path)
     if not path.is_dir():
         raise UserError(f"model={name!r}: no such directory; pass a diffusers FLUX directory, a hub id or 'tiny'.")
@@ -76,10 +65,10 @@ def check_pipeline_dir(path: Path, tool: str, name: str | None = None) -> Path:
         class_name = json.loads(index.read_text()).get("_class_name", "")
     except (OSError, ValueError, AttributeError) as error:
         raise UserError(f"model={name!r}: model_index.json is unreadable ({error}).") from None
-    wanted = PIPELINE_CLASSES[tool]
+    wanted = tool.pipeline_class
     if class_name != wanted:
-        hint = defaults.TOOL_DEFAULTS[tool].model_id
-        raise UserError(f"model={name!r} is a {class_name or 'non-FLUX'} directory; the {tool} tool needs a "
+        hint = tool.model_id
+        raise UserError(f"model={name!r} is a {class_name or 'non-FLUX'} directory; the {tool.name} tool needs a "
                         f"{wanted} model such as {hint}.")
     return path
 
@@ -110,9 +99,9 @@ def is_cached(repo_id: str) -> bool:
     return isinstance(found, str)
 
 
-def default_model(tool: str) -> tuple[str, str | None]:
+def default_model(tool) -> tuple[str, str | None]:
     """The model to use when none is named, and a notice when it is the offline demo model."""
-    official = defaults.TOOL_DEFAULTS[tool].model_id
+    official = tool.model_id
     if is_cached(official):
         return official, None
     return defaults.TINY_MODEL, (f"FLUX.1 weights ({official}) are not available locally: running the offline demo "

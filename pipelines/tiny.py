@@ -1,5 +1,7 @@
 """The `tiny` model family: random-weight FLUX.1 models for every tool, built locally in seconds.
 
+Each tool says how its model is built (pipelines.tools); this module has the shared parts.
+
 Every directory is in diffusers' on-disk format (model_index.json, one folder per component, locally
 built tokenizers), so the tiny family goes through the same loading code as real weights. Shared
 components (CLIP, T5, VAE) are byte-identical across tools, as they are in the real FLUX.1 family.
@@ -8,57 +10,47 @@ Every Linear has in_features >= 16 (torch's CPU int8 matmul crashes below that).
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 from pathlib import Path
+
+from .paths import cache_root
 
 TINY_VERSION = "v1"
 HIDDEN = 64  # transformer width: 2 heads x 32
 TEXT_DIM = 64  # T5 d_model == joint_attention_dim
 POOLED_DIM = 64  # CLIP hidden size == pooled_projection_dim
-VISION_DIM = 64  # SigLIP hidden size == Redux redux_dim
-
-TOOL_DIRS = {
-    "schnell": "schnell",
-    "dev": "dev",
-    "fill": "fill",
-    "kontext": "kontext",
-    "depth": "depth",
-    "canny": "canny",
-    "redux": "dev",
-}
-REDUX_PRIOR_DIR = "redux-prior"
-DEPTH_ESTIMATOR_DIR = "depth-estimator"
-
-
-def cache_root() -> Path:
-    env = os.environ.get("FLUXFORGE_CACHE_DIR")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "fluxforge"
 
 
 def tiny_root() -> Path:
     return cache_root() / "tiny" / TINY_VERSION
 
 
-def ensure_tiny_family(root: Path | None = None) -> Path:
-    """Build the tiny family once (atomically) and return its directory."""
+def ensure_tiny_family(tools, root: Path | None = None) -> Path:
+    """Build the tiny models of ``tools`` (pipelines.tools) that are missing, and return the family's folder.
+
+    Each tool writes its folders into a temporary folder first; each is then renamed into place, so a folder
+    that exists is complete. Tools that share a folder (Redux runs dev's model) build it once.
+    """
     root = Path(root) if root else tiny_root()
-    if (root / ".complete").exists():
-        return root
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tiny-", dir=root.parent))
-    try:
-        _build(tmp)
-        (tmp / ".complete").write_text(TINY_VERSION)
+    root.mkdir(parents=True, exist_ok=True)
+    shared = None
+    for tool in tools:
+        if all((root / name).exists() for name in tool.tiny_folders()):
+            continue
+        shared = shared or shared_components()
+        tmp = Path(tempfile.mkdtemp(prefix=".tiny-", dir=root))
         try:
-            tmp.rename(root)
-        except OSError:
-            if not (root / ".complete").exists():  # another process did not finish it: replace
-                shutil.rmtree(root, ignore_errors=True)
-                tmp.rename(root)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+            tool.build_tiny(tmp, shared)
+            for name in tool.tiny_folders():
+                if not (root / name).exists():
+                    try:
+                        (tmp / name).rename(root / name)
+                    except OSError:  # another process put it there first
+                        if not (root / name).exists():
+                            raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     return root
 
 
@@ -83,7 +75,7 @@ def t5_tokenizer():
     return T5Tokenizer(vocab=pieces, extra_ids=0, model_max_length=512)
 
 
-def _seeded(seed: int):
+def seeded(seed: int):
     import torch
 
     torch.manual_seed(seed)
@@ -95,7 +87,7 @@ def shared_components() -> dict:
     from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
     tokenizer, tokenizer_2 = clip_tokenizer(), t5_tokenizer()
-    _seeded(0)
+    seeded(0)
     text_encoder = CLIPTextModel(
         CLIPTextConfig(
             vocab_size=len(tokenizer), hidden_size=POOLED_DIM, intermediate_size=128, num_hidden_layers=2,
@@ -104,12 +96,12 @@ def shared_components() -> dict:
             pad_token_id=tokenizer.pad_token_id,
         )
     )
-    _seeded(1)
+    seeded(1)
     text_encoder_2 = T5EncoderModel(
         T5Config(vocab_size=len(tokenizer_2), d_model=TEXT_DIM, d_kv=32, d_ff=128, num_layers=2, num_heads=2,
                  relative_attention_num_buckets=8, feed_forward_proj="gated-gelu", is_encoder_decoder=False)
     )
-    _seeded(2)
+    seeded(2)
     vae = AutoencoderKL(
         in_channels=3, out_channels=3, latent_channels=16,
         down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
@@ -129,7 +121,7 @@ def tiny_transformer(seed: int, in_channels: int = 64, guidance: bool = True, hi
     """A FLUX transformer with the real layout at a small width (``hidden`` = heads x 32)."""
     from diffusers import FluxTransformer2DModel
 
-    _seeded(seed)
+    seeded(seed)
     heads = hidden // 32
     return FluxTransformer2DModel(
         patch_size=1, in_channels=in_channels, out_channels=64, num_layers=num_layers,
@@ -137,53 +129,3 @@ def tiny_transformer(seed: int, in_channels: int = 64, guidance: bool = True, hi
         joint_attention_dim=TEXT_DIM, pooled_projection_dim=POOLED_DIM, guidance_embeds=guidance,
         axes_dims_rope=(8, 12, 12),
     )
-
-
-def _build(root: Path) -> None:
-    from diffusers import (FluxControlPipeline, FluxFillPipeline, FluxKontextPipeline, FluxPipeline,
-                           FluxPriorReduxPipeline)
-
-    shared = shared_components()
-    variants = {
-        "schnell": (FluxPipeline, tiny_transformer(10, guidance=False)),
-        "dev": (FluxPipeline, tiny_transformer(11)),
-        "fill": (FluxFillPipeline, tiny_transformer(12, in_channels=384)),
-        "kontext": (FluxKontextPipeline, tiny_transformer(13)),
-        "depth": (FluxControlPipeline, tiny_transformer(14, in_channels=128)),
-        "canny": (FluxControlPipeline, tiny_transformer(15, in_channels=128)),
-    }
-    for name, (cls, transformer) in variants.items():
-        cls(transformer=transformer, **shared).save_pretrained(root / name)
-    _build_redux_prior(root / REDUX_PRIOR_DIR)
-    _build_depth_estimator(root / DEPTH_ESTIMATOR_DIR)
-
-
-def _build_redux_prior(path: Path) -> None:
-    from diffusers import FluxPriorReduxPipeline
-    from diffusers.pipelines.flux.modeling_flux import ReduxImageEncoder
-    from transformers import SiglipImageProcessor, SiglipVisionConfig, SiglipVisionModel
-
-    _seeded(20)
-    image_encoder = SiglipVisionModel(
-        SiglipVisionConfig(hidden_size=VISION_DIM, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
-                           image_size=64, patch_size=16)
-    )
-    _seeded(21)
-    embedder = ReduxImageEncoder(redux_dim=VISION_DIM, txt_in_features=TEXT_DIM)
-    processor = SiglipImageProcessor(size={"height": 64, "width": 64})
-    FluxPriorReduxPipeline(image_encoder=image_encoder, feature_extractor=processor,
-                           image_embedder=embedder).save_pretrained(path)
-
-
-def _build_depth_estimator(path: Path) -> None:
-    from transformers import (DepthAnythingConfig, DepthAnythingForDepthEstimation, Dinov2Config,
-                              DPTImageProcessor)
-
-    _seeded(30)
-    backbone = Dinov2Config(image_size=70, patch_size=14, hidden_size=32, num_hidden_layers=4, num_attention_heads=2,
-                            intermediate_size=64, out_indices=[1, 2, 3, 4], reshape_hidden_states=False)
-    config = DepthAnythingConfig(backbone_config=backbone, reassemble_hidden_size=32, neck_hidden_sizes=[16, 16, 32, 32],
-                                 fusion_hidden_size=16, head_hidden_size=16)
-    DepthAnythingForDepthEstimation(config).save_pretrained(path)
-    DPTImageProcessor(size={"height": 70, "width": 70}, keep_aspect_ratio=False, ensure_multiple_of=14,
-                      do_pad=False).save_pretrained(path)

@@ -10,6 +10,7 @@ from .config import (FULL_PRECISION, BitsAndBytesConfig, NoQuantConfig, QuantCon
 from .measured import CPU_STEP_RATIO, CPU_WEIGHT_RATIO
 
 MODES = ("auto", "none", "8bit", "4bit")
+QUANTS = MODES
 
 # Candidates in order of preference; full precision always ends the chain.
 # MPS: quanto (never float8). CUDA: bitsandbytes. CPU: ordered from measurements on its class of CPU (cpu_chain).

@@ -19,25 +19,26 @@ os.environ.pop("FLUXFORGE_DISABLE_BACKENDS", None)
 @pytest.fixture(scope="session")
 def tiny_root():
     from pipelines.tiny import ensure_tiny_family
+    from pipelines.tools import all_tools
 
-    return ensure_tiny_family()
+    return ensure_tiny_family(all_tools())
 
 
 @pytest.fixture(scope="session")
 def studio(tiny_root):
-    from pipelines.engine import Studio
+    from pipelines.engine import Engine
     from pipelines.manager import ModelManager
 
-    return Studio(ModelManager(device="cpu"))
+    return Engine(ModelManager(device="cpu"))
 
 
 @pytest.fixture
 def fresh_studio(tiny_root):
     """A studio with its own manager, for tests that change what is loaded."""
-    from pipelines.engine import Studio
+    from pipelines.engine import Engine
     from pipelines.manager import ModelManager
 
-    return Studio(ModelManager(device="cpu"))
+    return Engine(ModelManager(device="cpu"))
 
 
 def make_photo(width: int = 128, height: int = 96) -> Image.Image:

@@ -39,6 +39,15 @@ def test_generate_writes_png_and_report(tmp_path, image_files, tiny_root):
     assert "offline demo model" in proc.stderr  # the tiny model always says what it is
 
 
+def test_memory_options_from_the_command_line(tmp_path, tiny_root, capsys):
+    """The flags the out-of-memory hint names exist: --offload and --vae-tiling (as in the System tab)."""
+    out = tmp_path / "x.png"
+    code = cli.main(["generate", "--tool", "dev", "--prompt", "x", "--model", "tiny", "--quant", "none", "--seed", "1",
+                     "--offload", "model", "--vae-tiling", "--out", str(out)])
+    assert code == 0 and out.exists()
+    assert "CPU offload has no effect when running on the CPU." in capsys.readouterr().err
+
+
 def test_forced_fallback_shows_on_the_terminal_and_in_the_report(tmp_path, tiny_root):
     from quantization.policy import candidates
 
@@ -106,6 +115,7 @@ def bad_cases(files):
         "mask on a non-fill tool": (["--tool", "dev", "--prompt", "x", "--mask", mask], "only used by the fill"),
         "prompt too long": (["--tool", "dev", "--prompt", "x" * 5000], "limit"),
         "control characters": (["--tool", "dev", "--prompt", "a\x07b"], "control characters"),
+        "unknown offload": (["--tool", "dev", "--prompt", "x", "--offload", "disk"], "offload='disk' is unknown"),
         "canny thresholds reversed": (["--tool", "canny", "--prompt", "x", "--image", photo, "--canny-low", "200",
                                        "--canny-high", "100"], "swap"),
     }

@@ -40,9 +40,12 @@ def assert_image_is_not_flat(image: Image.Image):
 def test_tool_runs_end_to_end_with_an_honest_report(studio, photo, mask, tool, mode):
     request = GenerationRequest(tool=tool, prompt="a lighthouse at dusk", model="tiny", quant=mode, seed=7,
                                 **tool_inputs(tool, photo, mask))
+    before = dict(vars(request))
     result = studio.generate(request)
     assert_image_is_not_flat(result.image)
-    assert result.image.size == (request.width, request.height)
+    assert vars(request) == before  # a tool never changes the request it is given
+    params = result.report["parameters"]
+    assert result.image.size == (params["width"], params["height"])
 
     report = result.report
     assert {"tool", "model", "device", "dtype", "seed", "quantization", "memory", "timings"} <= set(report)
@@ -162,11 +165,11 @@ def test_shared_components_are_loaded_once(fresh_studio, photo, mask):
 
 
 def test_memory_budget_evicts_the_least_recently_used_pipeline(tiny_root):
-    from pipelines.engine import Studio
+    from pipelines.engine import Engine
     from pipelines.manager import ModelManager
 
     manager = ModelManager(device="cpu")
-    studio = Studio(manager)
+    studio = Engine(manager)
     studio.generate(GenerationRequest(tool="dev", prompt="x", model="tiny", quant="none", seed=1))
     one_pipeline = manager.loaded_bytes()
     manager.budget_bytes = int(one_pipeline * 1.5)  # room for one, not two
@@ -254,12 +257,12 @@ def test_report_is_json_serialisable(studio):
 
 
 def test_without_a_budget_pipelines_are_unloaded_when_free_memory_runs_short(tiny_root):
-    from pipelines.engine import Studio
+    from pipelines.engine import Engine
     from pipelines.manager import ModelManager
 
     free = {"bytes": 10**12}
     manager = ModelManager(device="cpu", free_memory_fn=lambda device: free["bytes"])
-    studio = Studio(manager)
+    studio = Engine(manager)
     studio.generate(GenerationRequest(tool="dev", prompt="x", model="tiny", quant="none", seed=1))
     studio.generate(GenerationRequest(tool="canny", prompt="x", model="tiny", quant="none", image=make_photo(), seed=1))
     assert len(manager._pipelines) == 2
@@ -269,15 +272,15 @@ def test_without_a_budget_pipelines_are_unloaded_when_free_memory_runs_short(tin
 
 
 def test_nan_from_a_bf16_vae_decode_is_retried_in_float32(fresh_studio, monkeypatch):
-    from pipelines.engine import Studio
+    from pipelines.engine import Engine
 
-    original = Studio._vae_decode
+    original = Engine._vae_decode
 
     def flaky(pipe, latents, dtype):
         images = original(pipe, latents, dtype)
         return images * np.nan if dtype == torch.bfloat16 else images
 
-    monkeypatch.setattr(Studio, "_vae_decode", staticmethod(flaky))
+    monkeypatch.setattr(Engine, "_vae_decode", staticmethod(flaky))
     result = fresh_studio.generate(GenerationRequest(tool="schnell", prompt="x", model="tiny", quant="none", seed=1))
     assert_image_is_not_flat(result.image)
     assert any(f["component"] == "vae" and "NaN" in f["reason"] for f in result.fallbacks)
@@ -334,7 +337,8 @@ def test_out_of_memory_twice_gives_advice_and_the_next_request_works(fresh_studi
         raise RuntimeError("MPS backend out of memory (MPS allocated: 17.00 GB)")
 
     monkeypatch.setattr(FluxTransformer2DModel, "forward", always_oom)
-    with pytest.raises(UserError, match="out of memory: try a smaller size, 4-bit, or model CPU offload"):
+    with pytest.raises(UserError, match=r"out of memory: try a smaller size, --quant 4bit, or model CPU offload "
+                                        r"\(--offload model"):
         fresh_studio.generate(GenerationRequest(tool="dev", prompt="x", model="tiny", quant="none", seed=1))
     monkeypatch.setattr(FluxTransformer2DModel, "forward", original)
     result = fresh_studio.generate(GenerationRequest(tool="dev", prompt="x", model="tiny", quant="none", seed=1))

@@ -9,12 +9,13 @@ import torch
 from pipelines import sources
 from pipelines.errors import UserError
 from pipelines.sources import resolve_model
+from pipelines.tools import get_tool
 
 
 def test_tiny_resolves_per_tool(tiny_root):
-    assert resolve_model("tiny", "fill").root == tiny_root / "fill"
-    assert resolve_model("tiny", "redux").root == tiny_root / "dev"  # Redux runs the dev pipeline
-    assert resolve_model("tiny", "canny").is_tiny
+    assert resolve_model("tiny", get_tool("fill")).root == tiny_root / "fill"
+    assert resolve_model("tiny", get_tool("redux")).root == tiny_root / "dev"  # Redux runs the dev pipeline
+    assert resolve_model("tiny", get_tool("canny")).is_tiny
 
 
 def test_any_local_flux_directory_works(tiny_root, tmp_path, studio):
@@ -22,7 +23,7 @@ def test_any_local_flux_directory_works(tiny_root, tmp_path, studio):
 
     copy = tmp_path / "my-flux"
     shutil.copytree(tiny_root / "schnell", copy)
-    source = resolve_model(str(copy), "schnell")
+    source = resolve_model(str(copy), get_tool("schnell"))
     assert source.kind == "path" and source.root == copy
     result = studio.generate(GenerationRequest(tool="schnell", prompt="x", model=str(copy), quant="none", seed=1))
     assert result.report["model"] == str(copy)
@@ -30,23 +31,23 @@ def test_any_local_flux_directory_works(tiny_root, tmp_path, studio):
 
 def test_directory_of_the_wrong_pipeline_names_the_one_needed(tiny_root):
     with pytest.raises(UserError, match="is a FluxPipeline directory; the fill tool needs a FluxFillPipeline"):
-        resolve_model(str(tiny_root / "dev"), "fill")
+        resolve_model(str(tiny_root / "dev"), get_tool("fill"))
 
 
 def test_directory_without_model_index(tmp_path):
     with pytest.raises(UserError, match="not a diffusers FLUX directory"):
-        resolve_model(str(tmp_path), "dev")
+        resolve_model(str(tmp_path), get_tool("dev"))
 
 
 def test_unreadable_model_index(tmp_path):
     (tmp_path / "model_index.json").write_text("{not json")
     with pytest.raises(UserError, match="unreadable"):
-        resolve_model(str(tmp_path), "dev")
+        resolve_model(str(tmp_path), get_tool("dev"))
 
 
 def test_missing_directory():
     with pytest.raises(UserError, match="no such directory"):
-        resolve_model("./does/not/exist", "dev")
+        resolve_model("./does/not/exist", get_tool("dev"))
 
 
 def _raise(error):
@@ -65,29 +66,30 @@ def test_gated_model_says_how_to_get_access(monkeypatch):
     response = httpx.Response(401, request=httpx.Request("GET", "https://huggingface.co/api/models/x"))
     monkeypatch.setattr(huggingface_hub, "snapshot_download", _raise(GatedRepoError("gated", response=response)))
     with pytest.raises(UserError, match=r"gated: accept its licence .* log in .* --model tiny"):
-        resolve_model("black-forest-labs/FLUX.1-dev", "dev")
+        resolve_model("black-forest-labs/FLUX.1-dev", get_tool("dev"))
 
 
 def test_offline_hub_says_what_to_do():
     with pytest.raises(UserError, match="cannot be reached.*local directory.*--model tiny"):
-        resolve_model("black-forest-labs/FLUX.1-schnell", "schnell")
+        resolve_model("black-forest-labs/FLUX.1-schnell", get_tool("schnell"))
 
 
 def test_default_model_is_tiny_with_a_notice_when_no_weights_are_cached():
-    model, notice = sources.default_model("dev")
+    model, notice = sources.default_model(get_tool("dev"))
     assert model == "tiny" and "offline demo model" in notice
 
 
 def test_default_model_is_official_when_cached(monkeypatch):
     monkeypatch.setattr(sources, "is_cached", lambda repo: True)
-    assert sources.default_model("kontext") == ("black-forest-labs/FLUX.1-Kontext-dev", None)
+    assert sources.default_model(get_tool("kontext")) == ("black-forest-labs/FLUX.1-Kontext-dev", None)
 
 
 def test_tiny_family_is_deterministic_and_safe_for_int8_kernels(tiny_root, tmp_path):
     from pipelines.manager import fingerprint
     from pipelines.tiny import ensure_tiny_family
+    from pipelines.tools import all_tools
 
-    again = ensure_tiny_family(tmp_path / "again")
+    again = ensure_tiny_family(all_tools(), tmp_path / "again")
     for tool in ("dev", "fill", "canny"):
         for component in ("transformer", "text_encoder_2", "vae"):
             assert fingerprint(tiny_root / tool / component) == fingerprint(again / tool / component)

@@ -8,6 +8,7 @@ import pytest
 from PIL import Image
 
 from pipelines import defaults
+from pipelines.tools import get_tool, tool_names
 from pipelines.errors import UserError
 from tests.ui_fixtures import asset, brush_mask
 
@@ -40,7 +41,7 @@ def test_every_tool_tab_has_the_four_quantization_modes(demo):
     assert set(dropdowns) == {f"{t}-quant" for t in ("schnell", "fill", "kontext", "depth", "canny", "redux")}
     for dropdown in dropdowns.values():
         assert [label for label, _ in dropdown.choices] == ["Auto", "None", "8-bit", "4-bit"]
-        assert [value for _, value in dropdown.choices] == list(defaults.QUANT_MODES)
+        assert [value for _, value in dropdown.choices] == list(defaults.QUANTS)
         assert dropdown.value == "auto"
         assert dropdown.label == "Quantization"
         assert "CPU" in dropdown.info
@@ -54,7 +55,7 @@ def test_quantization_sits_right_after_guidance(demo):
 
 def test_settings_defaults_come_from_the_defaults_module(demo):
     for tool in ("schnell", "fill", "kontext", "depth", "canny", "redux"):
-        expected = defaults.tool_defaults(tool, "tiny")
+        expected = get_tool(tool).defaults("tiny")
         blocks = {b.elem_id: b for b in demo.blocks.values() if b.elem_id}
         assert blocks[f"{tool}-steps"].value == expected.steps
         assert blocks[f"{tool}-guidance"].value == expected.guidance
@@ -140,8 +141,8 @@ def test_demo_banner_names_the_offline_model():
     from ui.text import demo_banner
 
     assert demo_banner([]) == ""
-    assert "offline demo model" in demo_banner(list(defaults.TOOLS))
-    assert "--model tiny" in demo_banner(list(defaults.TOOLS), explicit=True)
+    assert "offline demo model" in demo_banner(list(tool_names()))
+    assert "--model tiny" in demo_banner(list(tool_names()), explicit=True)
     assert "Kontext" in demo_banner(["kontext"])
 
 
@@ -283,7 +284,7 @@ def test_user_errors_become_readable_gr_errors(tmp_path):
         def generate(self, request, progress):
             raise self.error
 
-    models = {tool: "tiny" for tool in defaults.TOOLS}
+    models = {tool: "tiny" for tool in tool_names()}
     runner = Runner(Broken(UserError("out of memory: try 4-bit.")), models, OutputFolder(tmp_path, 5))
     request = runner.request("dev", prompt="cat")
     with pytest.raises(gr.Error, match="out of memory: try 4-bit."):

@@ -16,7 +16,7 @@ import gradio as gr
 from PIL import Image
 
 from pipelines import defaults
-from pipelines.engine import GenerationResult, Studio
+from pipelines.engine import Engine, GenerationResult
 from pipelines.errors import UserError
 from pipelines.images import MAX_PIXELS
 from pipelines.request import GenerationRequest
@@ -69,8 +69,8 @@ def user_error(message: str, field: str | None = None) -> Invalid:
 class Runner:
     """Shared by every tab of one studio: the engine, the models per tool and the output folder."""
 
-    def __init__(self, studio: Studio, models: dict[str, str], output: OutputFolder):
-        self.studio = studio
+    def __init__(self, engine: Engine, models: dict[str, str], output: OutputFolder):
+        self.engine = engine
         self.models = models
         self.output = output
 
@@ -85,11 +85,18 @@ class Runner:
         except UserError as error:
             raise user_error(str(error)) from None
 
+    def control_map(self, tool: str, image: Image.Image) -> Image.Image:
+        """The control map ``tool`` computes from ``image`` (a preview, before a run)."""
+        try:
+            return self.engine.control_map(tool, self.models[tool], image)
+        except UserError as error:
+            raise user_error(str(error)) from None
+
     def run(self, request: GenerationRequest, progress=None, label: str = "") -> Outcome:
         """Generate, save the PNG (metadata included) and return the outcome; errors become gr.Error."""
         report = _progress_adapter(progress, label)
         try:
-            result = self.studio.generate(request, report)
+            result = self.engine.generate(request, report)
             path = self.output.save(result, request.tool, request.seed)
         except gr.Error:
             raise

@@ -16,16 +16,15 @@ log = logging.getLogger(__name__)
 
 TITLE = "FluxForge Studio"
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
-TABS = (("Generate", "generate"), ("Fill", "fill"), ("Kontext", "kontext"), ("Depth", "depth"),
-        ("Canny", "canny"), ("Redux", "redux"))
 
 
 def pick_models(model: str | None) -> tuple[dict[str, str], list[str], bool]:
     """The model per tool: `model` for all, else each tool's default; and the tools that run `tiny`."""
     from pipelines import defaults
     from pipelines.sources import default_model
+    from pipelines.tools import all_tools
 
-    models = {tool: model if model else default_model(tool)[0] for tool in defaults.TOOLS}
+    models = {tool.name: model if model else default_model(tool)[0] for tool in all_tools()}
     tiny_tools = [tool for tool, name in models.items() if name == defaults.TINY_MODEL]
     return models, tiny_tools, bool(model)
 
@@ -34,13 +33,13 @@ def create_demo(manager=None, model: str | None = None, device: str | None = Non
                 output_dir: str | Path | None = None, queue_size: int | None = None) -> gr.Blocks:
     """The studio's Blocks, not launched. Nothing is loaded here: models load on a tool's first run."""
     gpu = gpu_decorator()  # first, so `spaces` is imported before CUDA is touched on ZeroGPU
-    from pipelines.engine import Studio
+    from pipelines.engine import Engine
     from pipelines.manager import ModelManager
 
     from . import text
     from .outputs import OutputFolder
     from .runner import Runner
-    from .tabs import control, fill, generate, kontext, redux, system
+    from .tabs import TOOL_TABS, system
     from .widgets import TabContext
 
     # Gradio decodes uploads itself: PIL raises past twice MAX_IMAGE_PIXELS, so images over the engine's
@@ -56,7 +55,7 @@ def create_demo(manager=None, model: str | None = None, device: str | None = Non
         settings.queue_size = queue_size
     manager = manager or ModelManager(device=device)
     models, tiny_tools, explicit = pick_models(model)
-    runner = Runner(Studio(manager), models, OutputFolder(settings.output_dir, settings.keep))
+    runner = Runner(Engine(manager), models, OutputFolder(settings.output_dir, settings.keep))
     ctx = TabContext(runner=runner, device_type=manager.device.type, api=api, gpu=gpu, models=models)
 
     with gr.Blocks(title=TITLE, analytics_enabled=False, delete_cache=(3600, 6 * 3600)) as demo:
@@ -67,18 +66,10 @@ def create_demo(manager=None, model: str | None = None, device: str | None = Non
         if banner:
             gr.HTML(banner, elem_id="ff-demo-banner")
         with gr.Tabs(elem_id="ff-tabs"):
-            with gr.Tab("Generate", id="generate", elem_id="tab-generate"):
-                generate.build(ctx)
-            with gr.Tab("Fill", id="fill", elem_id="tab-fill"):
-                fill.build(ctx)
-            with gr.Tab("Kontext", id="kontext", elem_id="tab-kontext"):
-                kontext.build(ctx)
-            with gr.Tab("Depth", id="depth", elem_id="tab-depth"):
-                control.build(ctx, "depth")
-            with gr.Tab("Canny", id="canny", elem_id="tab-canny"):
-                control.build(ctx, "canny")
-            with gr.Tab("Redux", id="redux", elem_id="tab-redux"):
-                redux.build(ctx)
+            for tab in TOOL_TABS:
+                name = tab.__name__.rpartition(".")[2]
+                with gr.Tab(tab.TITLE, id=name, elem_id=f"tab-{name}"):
+                    tab.build(ctx)
             with gr.Tab("System", id="system", elem_id="tab-system") as system_tab:
                 system.build(ctx, system_tab)
     demo.queue(max_size=settings.queue_size, api_open=api, default_concurrency_limit=1)

@@ -5,20 +5,23 @@ from __future__ import annotations
 import html
 
 from pipelines import defaults
+from pipelines.tools import tool_names
 from quantization.policy import RATIO, candidates
 
 QUANT_LABELS = {"auto": "Auto", "none": "None", "8bit": "8-bit", "4bit": "4-bit"}
-QUANT_CHOICES = [(QUANT_LABELS[mode], mode) for mode in defaults.QUANT_MODES]
+QUANT_CHOICES = [(QUANT_LABELS[quant], quant) for quant in defaults.QUANTS]
 
-TOOL_TITLES = {
-    "schnell": "FLUX.1 [schnell]",
-    "dev": "FLUX.1 [dev]",
-    "fill": "FLUX.1 Fill",
-    "kontext": "FLUX.1 Kontext",
-    "depth": "FLUX.1 Depth",
-    "canny": "FLUX.1 Canny",
-    "redux": "FLUX.1 Redux",
-}
+
+
+def tool_title(name: str) -> str:
+    """The tool's title (its name when no such tool is registered)."""
+    from pipelines.errors import UserError
+    from pipelines.tools import get_tool
+
+    try:
+        return get_tool(name).title
+    except UserError:
+        return name
 
 
 def _first(mode: str, device_type: str):
@@ -76,7 +79,7 @@ def status_html(report: dict, path_name: str | None = None) -> str:
     resolved = QUANT_LABELS.get(quant["resolved"], quant["resolved"])
     resolved = "full precision" if quant["resolved"] == "none" else resolved
     mode = requested if requested == resolved else f"{requested} → {resolved}"
-    head = (f"<b>{html.escape(TOOL_TITLES.get(report['tool'], report['tool']))}</b> · {params['width']}×"
+    head = (f"<b>{html.escape(tool_title(report['tool']))}</b> · {params['width']}×"
             f"{params['height']} · {params['steps']} steps · seed {report['seed']} · {html.escape(report['device'])} "
             f"{html.escape(report['dtype'])} · quantization {html.escape(mode)}")
     numbers = (f"peak {_mib(memory['peak_bytes'])} ({MEMORY_KINDS.get(memory['kind'], memory['kind'])}) · "
@@ -131,10 +134,10 @@ def demo_banner(tiny_tools: list[str], explicit: bool = False) -> str:
         return ""
     if explicit:
         why = "You started the studio with <code>--model tiny</code>, the offline demo model"
-    elif len(tiny_tools) == len(TOOL_TITLES):
+    elif len(tiny_tools) == len(tool_names()):
         why = "No FLUX.1 weights were found locally, so every tool runs <code>tiny</code>, the offline demo model"
     else:
-        names = ", ".join(TOOL_TITLES[t] for t in tiny_tools)
+        names = ", ".join(tool_title(t) for t in tiny_tools)
         why = (f"No FLUX.1 weights were found locally for {html.escape(names)}, so these run <code>tiny</code>, "
                "the offline demo model")
     return (f"<div class='ff-banner' role='status'><b>Offline demo model.</b> {why}: random weights, so images "

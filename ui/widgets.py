@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import gradio as gr
 
 from pipelines import defaults
+from pipelines.tools import Defaults, get_tool
 
 from . import text
 
@@ -25,8 +26,8 @@ class TabContext:
     def visibility(self) -> str:
         return "public" if self.api else "private"
 
-    def defaults(self, tool: str) -> defaults.ToolDefaults:
-        return defaults.tool_defaults(tool, self.models[tool])
+    def defaults(self, tool: str) -> Defaults:
+        return get_tool(tool).defaults(self.models[tool])
 
 
 @dataclass

@@ -1,13 +1,11 @@
-"""Depth and Canny: a photo, its control map beside it (computed, or a ready-made one uploaded)."""
+"""What the Depth and Canny tabs share: a photo, its control map beside it (computed, or a ready-made one uploaded)."""
 
 from __future__ import annotations
 
 import gradio as gr
 
-from pipelines import defaults, tiny
-from pipelines.control_maps import canny_map, depth_map, load_depth_estimator
-from pipelines.errors import UserError
-from pipelines.sources import resolve_aux, resolve_model
+from pipelines import defaults
+from pipelines.control_maps import canny_map
 
 from ..images import asset
 from ..runner import panel_values, pick_seed, user_error
@@ -18,16 +16,6 @@ FROM_PHOTO, UPLOADED = "photo", "upload"
 PROMPTS = {"depth": "a cozy reading nook, warm afternoon light, film photo",
            "canny": "a watercolor painting of a sailing boat on a calm bay"}
 EXAMPLES = {"depth": "example-house.png", "canny": "example-boat.png"}
-
-
-def depth_preview(ctx: TabContext, photo):
-    """The depth map of `photo`, with the estimator the Depth tool uses (loaded once, shared)."""
-    manager = ctx.runner.studio.manager
-    source = resolve_model(ctx.models["depth"], "depth")
-    path = resolve_aux(source, defaults.DEPTH_ESTIMATOR_ID, tiny.DEPTH_ESTIMATOR_DIR)
-    with manager.lock:
-        estimator = manager.aux(("depth", str(path)), lambda: load_depth_estimator(path, manager.device))
-        return depth_map(photo.convert("RGB"), estimator)
 
 
 def build(ctx: TabContext, tool: str) -> None:
@@ -88,10 +76,7 @@ def build(ctx: TabContext, tool: str) -> None:
                 raise user_error("The map is uploaded: switch to 'Compute from the photo' to preview one.")
             if image is None:
                 raise user_error("Upload a photo first.")
-            try:
-                return depth_preview(ctx, image)
-            except UserError as error:
-                raise user_error(str(error)) from None
+            return ctx.runner.control_map(tool, image)
 
         preview.click(ctx.gpu(run_preview), [photo, source], control, api_visibility="private",
                       concurrency_id=DEVICE_QUEUE, concurrency_limit=1)

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import gradio as gr
 
-from .. import text
+from pipelines.tools import get_tool
+
 from ..runner import panel_values, pick_seed, user_error
 from ..widgets import TabContext, result_panel, settings, wire
 
+TITLE = "Generate"
 VARIANTS = ("schnell", "dev")
 EXAMPLES = [
     "a lighthouse on a cliff at dusk, warm light in the windows, long exposure sea",
@@ -19,7 +21,7 @@ EXAMPLES = [
 def build(ctx: TabContext) -> None:
     with gr.Row(equal_height=False):
         with gr.Column(scale=5, min_width=380):
-            variant = gr.Radio([(text.TOOL_TITLES[v], v) for v in VARIANTS], value="schnell", label="Model",
+            variant = gr.Radio([(get_tool(v).title, v) for v in VARIANTS], value="schnell", label="Model",
                                elem_id="generate-variant",
                                info="schnell: 4 steps, no guidance. dev: more steps, follows the prompt closer.")
             prompt = gr.Textbox(label="Prompt", lines=3, max_lines=8, elem_id="generate-prompt",

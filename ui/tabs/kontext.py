@@ -8,6 +8,8 @@ from ..images import asset
 from ..runner import panel_values, pick_seed, user_error
 from ..widgets import TabContext, result_panel, settings, size_values, wire
 
+TITLE = "Kontext"
+
 
 def build(ctx: TabContext) -> None:
     with gr.Row(equal_height=False):

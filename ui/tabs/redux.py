@@ -10,6 +10,7 @@ from ..images import asset
 from ..runner import panel_values, pick_seed, user_error
 from ..widgets import TabContext, result_panel, settings, size_values, wire
 
+TITLE = "Redux"
 MAX_VARIATIONS = 4
 
 

@@ -76,7 +76,7 @@ def loaded_html(rows: list[dict], total: int) -> str:
 
 
 def build(ctx: TabContext, tab: gr.Tab) -> None:
-    manager = ctx.runner.studio.manager
+    manager = ctx.runner.engine.manager
     gr.Markdown("### Loaded models")
     loaded = gr.HTML(loaded_html([], 0), elem_id="system-loaded")
     with gr.Row():

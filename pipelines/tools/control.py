@@ -1,0 +1,28 @@
+"""Structure-guided generation with diffusers' FluxControlPipeline (what Depth and Canny share)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from PIL import Image
+
+from .base import Prepared, RunContext, Tool
+
+
+@dataclass(frozen=True)
+class Control(Tool):
+    pipeline_class: str = "FluxControlPipeline"
+    inputs: frozenset = frozenset({"image", "control_image"})
+    needs_image: bool = True
+
+    def control_map(self, image: Image.Image, request, ctx: RunContext) -> Image.Image:
+        """The control map computed from ``image``."""
+        raise NotImplementedError
+
+    def prepare(self, request, ctx: RunContext) -> Prepared:
+        width, height = self.output_size(request, request.image)
+        control = request.control_image
+        if control is None:
+            control = self.control_map(request.image, request, ctx)
+        control = control.resize((width, height))
+        return Prepared({"prompt": request.prompt, "control_image": control}, width, height, control)
