@@ -49,8 +49,6 @@ def free_memory(device: torch.device) -> int | None:
         return int(free)
     import psutil
 
-    if device.type == "mps":
-        return int(psutil.virtual_memory().available)
     return int(psutil.virtual_memory().available)
 
 

@@ -37,7 +37,7 @@ def default_output_dir() -> Path:
 
 @dataclass
 class Settings:
-    """What create_demo was built with; `serving.launch_options` turns it into launch() arguments."""
+    """What create_demo was built with; `ui.studio.launch_options` turns it into launch() arguments."""
 
     api: bool = False
     output_dir: Path = field(default_factory=default_output_dir)
