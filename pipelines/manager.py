@@ -1,38 +1,30 @@
-"""Model manager: loads pipelines on demand, shares identical components, quantizes, keeps to a budget.
+"""Model manager: loads pipelines on demand, shares identical components, keeps to a memory budget.
 
-Components that are byte-identical across tools (CLIP, T5, VAE in the FLUX.1 family) are loaded once and
-shared by every pipeline that uses them. Nothing here is a module-level global: each studio owns one manager.
+Nothing here is a module-level global: each studio owns one manager. It puts together three parts: the
+component store (sharing), pipeline assembly from a model directory (with quantization), and memory options.
 """
 
 from __future__ import annotations
 
-import hashlib
-import importlib
-import json
 import logging
-import struct
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
-from quantization.apply import ComponentQuant, Fallback, quantize_with_fallback
-from quantization.cache import Source as CacheSource
-from quantization.cache import file_fingerprint, load_or_quantize
-from quantization.config import QuantConfig
 from quantization.policy import HEADROOM, RATIO, AutoChoice, candidates, choose_auto_mode
-from quantization.sizes import module_bytes
 
+from .assembly import (QUANTIZED_COMPONENTS, build_pipeline, import_class, load_quantized, read_index, weight_bytes,
+                       weights_identity)
+from .components import Component, ComponentStore
 from .device import empty_cache, free_memory, pick_device, pick_dtype
-from .errors import UserError
+from .memory import MemoryOptions
 
 log = logging.getLogger(__name__)
 
-QUANTIZED_COMPONENTS = ("transformer", "text_encoder_2")
-OFFLOAD_MODES = ("none", "model", "sequential")
 Progress = Callable[[str, int, int], None]
 
 
@@ -41,68 +33,23 @@ def _noop(stage: str, done: int, total: int) -> None:
 
 
 @dataclass
-class Component:
-    name: str
-    key: tuple
-    module: Any
-    quant: ComponentQuant | None = None
-    chain: tuple[QuantConfig, ...] = ()
-    users: set = field(default_factory=set)
-
-    @property
-    def bytes(self) -> int:
-        return module_bytes(self.module) if isinstance(self.module, torch.nn.Module) else 0
-
-
-@dataclass
 class LoadedPipeline:
-    key: tuple
+    key: tuple  # (model directory, quant[, transformer file])
     pipe: Any
     components: dict[str, Component]
-    mode: str
+    mode: str  # the quant it was loaded with ("none", "8bit", "4bit")
     auto: AutoChoice | None
     load_s: float
     quantize_s: float
     last_used: float = 0.0
 
     @property
-    def fallbacks(self) -> list[Fallback]:
+    def root(self) -> Path:
+        return Path(self.key[0])
+
+    @property
+    def fallbacks(self) -> list:
         return [f for c in self.components.values() if c.quant for f in c.quant.fallbacks]
-
-
-def _import_class(library: str, class_name: str):
-    module = importlib.import_module(library if library in ("diffusers", "transformers") else "diffusers")
-    return getattr(module, class_name)
-
-
-def fingerprint(folder: Path) -> str:
-    """Identity of a component folder: file names, sizes, and the first and last MiB of each file."""
-    digest = hashlib.sha256()
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        size = path.stat().st_size
-        digest.update(f"{path.relative_to(folder)}:{size}".encode())
-        with path.open("rb") as handle:
-            digest.update(handle.read(1 << 20))
-            if size > 2 << 20:
-                handle.seek(-(1 << 20), 2)
-                digest.update(handle.read())
-    return digest.hexdigest()[:16]
-
-
-def safetensors_numel(folder: Path) -> int:
-    """Parameter count from safetensors headers (no weights are read)."""
-    total = 0
-    for path in folder.glob("*.safetensors"):
-        with path.open("rb") as handle:
-            (length,) = struct.unpack("<Q", handle.read(8))
-            header = json.loads(handle.read(length))
-        for name, entry in header.items():
-            if name != "__metadata__":
-                numel = 1
-                for dim in entry["shape"]:
-                    numel *= dim
-                total += numel
-    return total
 
 
 class ModelManager:
@@ -114,83 +61,45 @@ class ModelManager:
         self.device = device if isinstance(device, torch.device) else pick_device(device)
         self.dtype = dtype or pick_dtype(self.device)
         self.budget_bytes = budget_bytes
-        self.offload = offload
-        self.vae_tiling = vae_tiling
-        self.vae_slicing = vae_slicing
+        self.memory = MemoryOptions(offload, vae_tiling, vae_slicing)
         self._free_memory = free_memory_fn
         self._pipelines: dict[tuple, LoadedPipeline] = {}
-        self._components: dict[tuple, Component] = {}
+        self._components = ComponentStore()
         self._aux: dict[tuple, Any] = {}
         self.lock = threading.RLock()
 
-    # ---- options -------------------------------------------------------------------------------------
+    # ---- memory options ------------------------------------------------------------------------------
     def set_memory_options(self, offload: str | None = None, vae_tiling: bool | None = None,
                            vae_slicing: bool | None = None) -> None:
-        if offload is not None:
-            if offload not in OFFLOAD_MODES:
-                raise UserError(f"offload={offload!r} is unknown; choose one of {', '.join(OFFLOAD_MODES)}.")
-            self.offload = offload
-        if vae_tiling is not None:
-            self.vae_tiling = bool(vae_tiling)
-        if vae_slicing is not None:
-            self.vae_slicing = bool(vae_slicing)
+        changes = {"offload": offload, "vae_tiling": vae_tiling, "vae_slicing": vae_slicing}
+        self.memory = replace(self.memory, **{k: v for k, v in changes.items() if v is not None})
 
     def prepare_for_run(self, pipe, offload: str | None = None) -> list[str]:
-        """Apply offload and VAE options before a run; returns notices."""
-        notices = []
-        offload = offload or self.offload
-        vae = getattr(pipe, "vae", None)
-        if vae is not None:
-            vae.enable_tiling() if self.vae_tiling else vae.disable_tiling()
-            vae.enable_slicing() if self.vae_slicing else vae.disable_slicing()
-        if offload != "none":
-            if self.device.type == "cpu":
-                notices.append("CPU offload has no effect when running on the CPU.")
-            elif offload == "model":
-                pipe.enable_model_cpu_offload(device=self.device)
-            else:
-                pipe.enable_sequential_cpu_offload(device=self.device)
-        return notices
+        """Apply the memory options before a run; returns notices."""
+        return self.memory.apply(pipe, self.device, offload)
 
-    # ---- sizes and auto mode -------------------------------------------------------------------------
-    def estimate_bytes(self, root: Path) -> tuple[int, int]:
-        """(quantizable, other) weight bytes of a pipeline at this manager's dtype."""
-        size = torch.tensor([], dtype=self.dtype).element_size()
-        quantizable = other = 0
-        for name in self._index(root):
-            numel = safetensors_numel(root / name)
-            if name in QUANTIZED_COMPONENTS:
-                quantizable += numel * size
-            else:
-                other += numel * size
-        return quantizable, other
-
-    def resolve_mode(self, root: Path, mode: str) -> tuple[str, AutoChoice | None]:
-        if mode != "auto":
-            return mode, None
-        quantizable, other = self.estimate_bytes(root)
+    # ---- quant -----------------------------------------------------------------------------------------
+    def resolve_quant(self, root: Path, quant: str) -> tuple[str, AutoChoice | None]:
+        """``quant`` itself, or what Auto picks for the pipeline in ``root`` from free memory."""
+        if quant != "auto":
+            return quant, None
+        quantizable, other = weight_bytes(root, self.dtype)
         choice = choose_auto_mode(quantizable, other, self._free_memory(self.device))
         return choice.mode, choice
 
-    # ---- loading -------------------------------------------------------------------------------------
-    @staticmethod
-    def _index(root: Path) -> dict[str, tuple[str, str]]:
-        index = json.loads((root / "model_index.json").read_text())
-        return {name: tuple(entry) for name, entry in index.items()
-                if not name.startswith("_") and isinstance(entry, list) and entry[0] and entry[1]}
-
-    def pipeline(self, root: Path, mode: str, progress: Progress = _noop,
+    # ---- loading -----------------------------------------------------------------------------------------
+    def pipeline(self, root: Path, quant: str, progress: Progress = _noop,
                  transformer: Path | None = None) -> LoadedPipeline:
-        """The pipeline in ``root`` with ``mode`` ('auto', 'none', '8bit', '4bit'), loading what is missing.
+        """The pipeline in ``root`` with ``quant`` ('auto', 'none', '8bit', '4bit'), loading what is missing.
 
         ``transformer``: a single-file GGUF checkpoint that replaces the pipeline's transformer.
         """
         with self.lock:
-            resolved, auto = self.resolve_mode(root, mode)
+            resolved, auto = self.resolve_quant(root, quant)
             key = (str(root), resolved) + ((f"transformer={transformer}",) if transformer else ())
             loaded = self._pipelines.get(key)
             if loaded is None:
-                self._drop_other_modes(str(root), resolved)
+                self._drop_other_quants(str(root), resolved)
                 self._make_room(root, resolved)
                 loaded = self._load_pipeline(key, root, resolved, auto, progress, transformer)
                 self._pipelines[key] = loaded
@@ -199,79 +108,63 @@ class ModelManager:
             self._enforce_budget(keep=key)
             return loaded
 
-    def _load_pipeline(self, key, root: Path, mode: str, auto, progress: Progress,
+    def _load_pipeline(self, key, root: Path, quant: str, auto, progress: Progress,
                        transformer: Path | None = None) -> LoadedPipeline:
-        index = self._index(root)
-        class_name = json.loads((root / "model_index.json").read_text())["_class_name"]
+        index = read_index(root)
         start = time.perf_counter()
         components, quantize_s = {}, 0.0
         for step, (name, (library, cls_name)) in enumerate(index.items()):
             progress("load", step, len(index))
-            component = self._component(root, name, library, cls_name, mode, progress,
+            component = self._component(root, name, library, cls_name, quant, progress,
                                         file=transformer if name == "transformer" else None)
             component.users.add(key)
             components[name] = component
             if component.quant:
                 quantize_s += component.quant.quantize_s
         progress("load", len(index), len(index))
-        pipe = _import_class("diffusers", class_name)(**{n: c.module for n, c in components.items()})
-        return LoadedPipeline(key, pipe, components, mode, auto, time.perf_counter() - start, quantize_s)
+        pipe = build_pipeline(root, {n: c.module for n, c in components.items()})
+        return LoadedPipeline(key, pipe, components, quant, auto, time.perf_counter() - start, quantize_s)
 
-    def _component(self, root: Path, name: str, library: str, cls_name: str, mode: str, progress,
+    def _component(self, root: Path, name: str, library: str, cls_name: str, quant: str, progress,
                    file: Path | None = None) -> Component:
-        folder = root / name
         quantized = name in QUANTIZED_COMPONENTS
-        identity = fingerprint(folder) if file is None else f"file-{file_fingerprint(Path(file))}"
-        key = (identity, cls_name, mode if quantized else "none")
-        if key in self._components:
-            return self._components[key]
-        cls = _import_class(library, cls_name)
-        if not issubclass(cls, torch.nn.Module):
-            module = cls.from_pretrained(root, subfolder=name)
-            component = Component(name, key, module)
-        else:
-            def load():
-                return cls.from_pretrained(root, subfolder=name, dtype=self.dtype)
+        key = (weights_identity(root / name, file), cls_name, quant if quantized else "none")
+        found = self._components.get(key)
+        if found is not None:
+            return found
+        cls = import_class(library, cls_name)
+        if not issubclass(cls, torch.nn.Module):  # tokenizers, schedulers
+            return self._components.add(Component(name, key, cls.from_pretrained(root, subfolder=name)))
+        chain = candidates(quant if quantized else "none", self.device.type)
+        if quantized and quant != "none":
+            progress("quantize", 0, 1)
+        module, record, remaining = load_quantized(root, name, cls, key[0], chain, self.device, self.dtype, file)
+        return self._components.add(Component(name, key, module, record, remaining))
 
-            chain = candidates(mode, self.device.type) if quantized else candidates("none", self.device.type)
-            if quantized and mode != "none":
-                progress("quantize", 0, 1)
-            source = CacheSource(folder, key[0], cls, str(root), Path(file) if file else None)
-            module, config, record = load_or_quantize(name, load, chain, self.device, self.dtype, source)
-            module.eval()
-            remaining = chain[chain.index(config) + 1:]
-            component = Component(name, key, module, record, remaining)
-        self._components[key] = component
-        return component
-
-    def degrade(self, loaded: LoadedPipeline, reason: str) -> list[Fallback]:
+    def degrade(self, loaded: LoadedPipeline, reason: str) -> list:
         """After a failed run: move each quantized component one step down its chain, rebuilding the pipeline.
 
-        Returns the fallbacks made (empty when everything is already at full precision).
+        The next step goes through the same load path as a first load (probe, cache). Returns the fallbacks
+        made (empty when everything is already at full precision).
         """
+        from quantization.apply import Fallback
+
         with self.lock:
             made = []
             for name, component in list(loaded.components.items()):
                 if not component.quant or component.quant.backend == "none" or not component.chain:
                     continue
-                old = Fallback(name, component.quant.backend, component.quant.mode, reason)
-                root = Path(loaded.key[0])
-                library, cls_name = self._index(root)[name]
-                cls = _import_class(library, cls_name)
-
-                def load(root=root, name=name, cls=cls):
-                    return cls.from_pretrained(root, subfolder=name, dtype=self.dtype)
-
-                self._release(component, loaded.key)
-                module, config, record = quantize_with_fallback(name, load, component.chain, self.device, self.dtype)
-                record.fallbacks = component.quant.fallbacks + [old] + record.fallbacks
-                new_key = component.key + ("fallback", config.label)
-                replacement = Component(name, new_key, module.eval(), record,
-                                        component.chain[component.chain.index(config) + 1:], {loaded.key})
-                self._components[new_key] = replacement
-                loaded.components[name] = replacement
+                failed = Fallback(name, component.quant.backend, component.quant.mode, reason)
+                library, cls_name = read_index(loaded.root)[name]
+                self._components.release(component, loaded.key)
+                module, record, remaining = load_quantized(
+                    loaded.root, name, import_class(library, cls_name), component.key[0], component.chain,
+                    self.device, self.dtype, fallbacks=component.quant.fallbacks + [failed])
+                replacement = Component(name, component.key + ("fallback", record.backend, record.mode), module,
+                                        record, remaining, {loaded.key})
+                loaded.components[name] = self._components.add(replacement)
                 setattr(loaded.pipe, name, module)
-                made.append(old)
+                made.append(failed)
             return made
 
     # ---- auxiliary models (not quantized) ------------------------------------------------------------
@@ -282,23 +175,18 @@ class ModelManager:
             return self._aux[key]
 
     # ---- memory --------------------------------------------------------------------------------------
-    def _release(self, component: Component, user: tuple) -> None:
-        component.users.discard(user)
-        if not component.users:
-            self._components.pop(component.key, None)
-
     def _unload(self, key: tuple) -> None:
         loaded = self._pipelines.pop(key, None)
         if loaded:
             for component in loaded.components.values():
-                self._release(component, key)
+                self._components.release(component, key)
 
-    def _drop_other_modes(self, root: str, mode: str) -> None:
-        for key in [k for k in self._pipelines if k[0] == root and k[1] != mode]:
+    def _drop_other_quants(self, root: str, quant: str) -> None:
+        for key in [k for k in self._pipelines if k[0] == root and k[1] != quant]:
             self._unload(key)
 
     def loaded_bytes(self) -> int:
-        return sum(c.bytes for c in self._components.values())
+        return self._components.total_bytes()
 
     def _fits(self, need: int) -> bool:
         if self.budget_bytes is not None:
@@ -306,10 +194,10 @@ class ModelManager:
         free = self._free_memory(self.device)
         return free is None or need * HEADROOM <= free
 
-    def _make_room(self, root: Path, mode: str) -> None:
+    def _make_room(self, root: Path, quant: str) -> None:
         """Unload least recently used pipelines until the new one fits the budget (or free memory)."""
-        quantizable, other = self.estimate_bytes(root)
-        need = int(quantizable * RATIO[mode] + other)
+        quantizable, other = weight_bytes(root, self.dtype)
+        need = int(quantizable * RATIO[quant] + other)
         for key in sorted(self._pipelines, key=lambda k: self._pipelines[k].last_used):
             if self._fits(need):
                 break
@@ -347,11 +235,4 @@ class ModelManager:
     def status(self) -> list[dict]:
         """What is loaded: one row per component, with its backend, bytes and the pipelines sharing it."""
         with self.lock:
-            rows = []
-            for component in self._components.values():
-                users = sorted(Path(k[0]).name + f" ({k[1]})" for k in component.users)
-                quant = component.quant
-                rows.append({"component": component.name, "class": component.key[1],
-                             "backend": quant.backend if quant else "-", "mode": quant.mode if quant else "-",
-                             "bytes": component.bytes, "used_by": users})
-            return rows
+            return self._components.rows()

@@ -289,7 +289,7 @@ def test_user_errors_become_readable_gr_errors(tmp_path):
     request = runner.request("dev", prompt="cat")
     with pytest.raises(gr.Error, match="out of memory: try 4-bit."):
         runner.run(request)
-    runner.studio = Broken(RuntimeError("CUDA kernel exploded at 0xdeadbeef"))
+    runner.engine = Broken(RuntimeError("CUDA kernel exploded at 0xdeadbeef"))
     with pytest.raises(gr.Error) as caught:
         runner.run(request)
     assert "RuntimeError" in caught.value.message and "0xdeadbeef" not in caught.value.message

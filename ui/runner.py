@@ -85,6 +85,31 @@ class Runner:
         except UserError as error:
             raise user_error(str(error)) from None
 
+    # ---- what the System tab shows and sets ----------------------------------------------------------
+    def doctor(self) -> dict:
+        """The doctor report for this studio's device (backends, libraries, probes)."""
+        from quantization.doctor import doctor_report
+
+        manager = self.engine.manager
+        return doctor_report(manager.device, manager.dtype)
+
+    def loaded_models(self) -> tuple[list[dict], int]:
+        """(one row per loaded component, total bytes held)."""
+        return self.engine.manager.status(), self.engine.manager.loaded_bytes()
+
+    def unload_models(self) -> int:
+        return self.engine.manager.unload()
+
+    @property
+    def memory_options(self):
+        return self.engine.manager.memory
+
+    def set_memory_options(self, **options) -> None:
+        try:
+            self.engine.manager.set_memory_options(**options)
+        except UserError as error:
+            raise user_error(str(error)) from None
+
     def control_map(self, tool: str, image: Image.Image) -> Image.Image:
         """The control map ``tool`` computes from ``image`` (a preview, before a run)."""
         try:

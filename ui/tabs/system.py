@@ -7,9 +7,8 @@ import html
 
 import gradio as gr
 
-from pipelines.manager import OFFLOAD_MODES
+from pipelines.memory import OFFLOADS
 from quantization import cache as quant_cache
-from quantization.doctor import doctor_report
 
 from ..settings import DEVICE_QUEUE
 from ..widgets import TabContext
@@ -76,7 +75,8 @@ def loaded_html(rows: list[dict], total: int) -> str:
 
 
 def build(ctx: TabContext, tab: gr.Tab) -> None:
-    manager = ctx.runner.engine.manager
+    runner = ctx.runner
+    memory = runner.memory_options
     gr.Markdown("### Loaded models")
     loaded = gr.HTML(loaded_html([], 0), elem_id="system-loaded")
     with gr.Row():
@@ -85,13 +85,13 @@ def build(ctx: TabContext, tab: gr.Tab) -> None:
                            elem_id="system-unload")
     gr.Markdown("### Memory options")
     with gr.Row(equal_height=True):
-        offload = gr.Radio([(OFFLOAD_LABELS[m], m) for m in OFFLOAD_MODES], value=manager.offload,
+        offload = gr.Radio([(OFFLOAD_LABELS[m], m) for m in OFFLOADS], value=memory.offload,
                            label="CPU offload", elem_id="system-offload", scale=3,
                            info="Lowers GPU memory by keeping weights in RAM until used; no effect on CPU.")
         with gr.Column(scale=1, min_width=200):
-            tiling = gr.Checkbox(manager.vae_tiling, label="VAE tiling (large images, less memory)",
+            tiling = gr.Checkbox(memory.vae_tiling, label="VAE tiling (large images, less memory)",
                                  elem_id="system-vae-tiling")
-            slicing = gr.Checkbox(manager.vae_slicing, label="VAE slicing (decode one image at a time)",
+            slicing = gr.Checkbox(memory.vae_slicing, label="VAE slicing (decode one image at a time)",
                                   elem_id="system-vae-slicing")
     options_note = gr.HTML("", elem_id="system-options-note")
     gr.Markdown("### Quantized-weights cache")
@@ -106,10 +106,10 @@ def build(ctx: TabContext, tab: gr.Tab) -> None:
             backends = gr.HTML("", elem_id="system-backends")
 
     def show_doctor():
-        return doctor_html(doctor_report(manager.device, manager.dtype))
+        return doctor_html(runner.doctor())
 
     def show_loaded():
-        return loaded_html(manager.status(), manager.loaded_bytes())
+        return loaded_html(*runner.loaded_models())
 
     def refresh_all():
         return (*show_doctor(), show_loaded(), cache_html(quant_cache.entries()))
@@ -120,15 +120,15 @@ def build(ctx: TabContext, tab: gr.Tab) -> None:
         return cache_html(quant_cache.entries())
 
     def unload_all():
-        freed = manager.unload()
+        freed = runner.unload_models()
         gr.Info(f"Unloaded all models ({_mib(freed)} freed).")
         return show_loaded()
 
     def set_options(mode, tile, slice_):
-        manager.set_memory_options(offload=mode, vae_tiling=tile, vae_slicing=slice_)
+        runner.set_memory_options(offload=mode, vae_tiling=tile, vae_slicing=slice_)
         note = "Applied: offload {}, VAE tiling {}, VAE slicing {}; they take effect from the next run.".format(
             mode, "on" if tile else "off", "on" if slice_ else "off")
-        if mode != "none" and manager.device.type == "cpu":
+        if mode != "none" and ctx.device_type == "cpu":
             note += " CPU offload has no effect here: this studio runs on the CPU."
         return f"<div class='ff-muted'>{html.escape(note)}</div>"
 

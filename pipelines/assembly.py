@@ -1,0 +1,95 @@
+"""Pipelines from a diffusers model directory: its index, weight sizes, and each component loaded (quantized where
+the policy says so) through quantization's one load path."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import struct
+from pathlib import Path
+
+import torch
+
+from quantization.cache import Source as ComponentSource
+from quantization.cache import file_fingerprint, load_or_quantize
+
+QUANTIZED_COMPONENTS = ("transformer", "text_encoder_2")  # the big ones; CLIP and the VAE stay in full precision
+
+
+def read_index(root: Path) -> dict[str, tuple[str, str]]:
+    """component -> (library, class name), from model_index.json."""
+    index = json.loads((root / "model_index.json").read_text())
+    return {name: tuple(entry) for name, entry in index.items()
+            if not name.startswith("_") and isinstance(entry, list) and entry[0] and entry[1]}
+
+
+def import_class(library: str, class_name: str):
+    module = importlib.import_module(library if library in ("diffusers", "transformers") else "diffusers")
+    return getattr(module, class_name)
+
+
+def build_pipeline(root: Path, modules: dict):
+    class_name = json.loads((root / "model_index.json").read_text())["_class_name"]
+    return import_class("diffusers", class_name)(**modules)
+
+
+def safetensors_numel(folder: Path) -> int:
+    """Parameter count from safetensors headers (no weights are read)."""
+    total = 0
+    for path in folder.glob("*.safetensors"):
+        with path.open("rb") as handle:
+            (length,) = struct.unpack("<Q", handle.read(8))
+            header = json.loads(handle.read(length))
+        for name, entry in header.items():
+            if name != "__metadata__":
+                numel = 1
+                for dim in entry["shape"]:
+                    numel *= dim
+                total += numel
+    return total
+
+
+def weight_bytes(root: Path, dtype: torch.dtype) -> tuple[int, int]:
+    """(quantizable, other) weight bytes of the pipeline in ``root`` at ``dtype``."""
+    size = torch.tensor([], dtype=dtype).element_size()
+    quantizable = other = 0
+    for name in read_index(root):
+        numel = safetensors_numel(root / name) * size
+        if name in QUANTIZED_COMPONENTS:
+            quantizable += numel
+        else:
+            other += numel
+    return quantizable, other
+
+
+def weights_identity(folder: Path, file: Path | None = None) -> str:
+    """The content fingerprint of a component's weights (its folder, or a single-file checkpoint)."""
+    return fingerprint(folder) if file is None else f"file-{file_fingerprint(Path(file))}"
+
+
+def fingerprint(folder: Path) -> str:
+    """Identity of a component folder: file names, sizes, and the first and last MiB of each file."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        size = path.stat().st_size
+        digest.update(f"{path.relative_to(folder)}:{size}".encode())
+        with path.open("rb") as handle:
+            digest.update(handle.read(1 << 20))
+            if size > 2 << 20:
+                handle.seek(-(1 << 20), 2)
+                digest.update(handle.read())
+    return digest.hexdigest()[:16]
+
+
+def load_quantized(root: Path, name: str, cls: type, identity: str, chain, device: torch.device,
+                   dtype: torch.dtype, file: Path | None = None, fallbacks=()):
+    """Component ``name`` of ``root`` along ``chain``: (module, record, configs left to fall back to)."""
+    def load() -> torch.nn.Module:
+        return cls.from_pretrained(root, subfolder=name, dtype=dtype)
+
+    source = ComponentSource(root / name, identity, cls, str(root), Path(file) if file else None)
+    module, config, record = load_or_quantize(name, load, chain, device, dtype, source)
+    record.fallbacks = list(fallbacks) + record.fallbacks
+    return module.eval(), record, tuple(chain[chain.index(config) + 1:])
