@@ -92,7 +92,7 @@ class Engine:
             load_s, quantize_s = loaded.load_s, loaded.quantize_s
             loaded.load_s = loaded.quantize_s = 0.0  # counted once, by the run that loaded it
             if loaded.auto:
-                notices.append(f"Auto chose {loaded.mode}: {loaded.auto.reason}.")
+                notices.append(f"Auto chose {loaded.quant}: {loaded.auto.reason}.")
             ctx = RunContext(self.manager, source, loaded.pipe)
             prepared = tool.prepare(request, ctx)
             run_fallbacks: list[dict] = []

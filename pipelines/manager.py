@@ -37,7 +37,7 @@ class LoadedPipeline:
     key: tuple  # (model directory, quant[, transformer file])
     pipe: Any
     components: dict[str, Component]
-    mode: str  # the quant it was loaded with ("none", "8bit", "4bit")
+    quant: str  # what it was loaded with: "none", "8bit" or "4bit"
     auto: AutoChoice | None
     load_s: float
     quantize_s: float

@@ -26,7 +26,7 @@ def build_report(request, prepared, loaded, manager, peak_bytes: int, timings: d
         "parameters": parameters,
         "quantization": {
             "requested": request.quant,
-            "resolved": loaded.mode,
+            "resolved": loaded.quant,
             "auto_reason": loaded.auto.reason if loaded.auto else None,
             "components": components,
             "fallbacks": [f.to_dict() for f in loaded.fallbacks] + run_fallbacks,

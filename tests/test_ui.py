@@ -324,13 +324,12 @@ def test_examples_are_small_and_made_by_the_script(tmp_path, monkeypatch):
 
 
 def test_depth_preview_uses_the_tools_estimator(demo):
-    from ui.tabs.control import depth_preview
-    from ui.widgets import TabContext
-
     runner = demo.studio_runner
-    ctx = TabContext(runner=runner, device_type="cpu", api=False, gpu=lambda fn: fn, models=runner.models)
     photo = Image.open(asset("example-house.png"))
-    depth = depth_preview(ctx, photo)
+    depth = runner.control_map("depth", photo)
     assert depth.size == photo.size and depth.mode == "RGB"
     assert np.asarray(depth).std() > 0
-    runner.studio.manager.unload()
+    assert any(key[0] == "depth" for key in runner.engine.manager._aux)  # the Depth tool's estimator, kept
+    with pytest.raises(gr.Error, match="the kontext tool has no control map"):
+        runner.control_map("kontext", photo)
+    runner.unload_models()
