@@ -35,7 +35,7 @@ class RunningStudio:
 
 def start_studio(output_dir: Path, api: bool, **kwargs) -> RunningStudio:
     """Build the studio on the tiny model and serve it on a free local port (returns at once)."""
-    from cli import quiet_libraries
+    from pipelines.logs import quiet_libraries
 
     quiet_libraries()
     from app import create_demo
