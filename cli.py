@@ -124,11 +124,13 @@ def generate(args) -> int:
         raise UserError(f"--out={args.out!r} must end in .png (the metadata lives in PNG text chunks).")
     if not out.parent.exists():
         raise UserError(f"--out={args.out!r}: folder {str(out.parent)!r} does not exist.")
-    if args.tool not in tool_names():
-        raise UserError(f"--tool={args.tool!r} is unknown; choose one of {', '.join(tool_names())}.")
+    try:
+        tool = get_tool(args.tool)
+    except UserError as error:
+        raise UserError(f"--{error}") from None  # as the option is spelled here
     model = args.model
     if model is None:
-        model, notice = default_model(get_tool(args.tool))
+        model, notice = default_model(tool)
         if notice:
             print(f"notice: {notice}", file=sys.stderr)
     request = GenerationRequest(
