@@ -1,0 +1,100 @@
+"""Where each component lives in each phase of a run, planned from free memory: a pure function.
+
+A run has three phases: encode (the text encoders, or the Redux prior with them), denoise (the transformer) and
+decode (the VAE). Components in ``resident`` stay on the device throughout; the others come to the device for
+their own phase only and wait in CPU memory otherwise. Everything stays resident when it fits with headroom
+(fastest); else the text encoders leave after encoding (they come back only for a new prompt, since prompt
+embeddings are cached); else the transformer, too, waits in CPU memory while the prompt is encoded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+PLACEMENTS = ("auto", "resident", "encoders-off", "swap")
+PHASES = {"encode": frozenset({"text_encoder", "text_encoder_2"}), "denoise": frozenset({"transformer"}),
+          "decode": frozenset({"vae"})}
+KEEP_FIRST = ("transformer", "vae", "text_encoder_2", "text_encoder")  # the costliest to move stays first
+HEADROOM = 1.1  # the allocator's slack on top of weights and working memory
+DECODE_BYTES_PER_PIXEL = 1536  # VAE decoder activations at bf16, whole image (measured order of magnitude)
+TILE_PIXELS = 512 * 512  # what a tiled decode holds at once
+
+
+@dataclass(frozen=True)
+class Placement:
+    name: str  # resident, encoders-off or swap
+    resident: frozenset
+    tiled_decode: bool
+    reason: str
+
+    def on_device(self, phase: str) -> frozenset:
+        return self.resident | PHASES[phase]
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "resident": sorted(self.resident), "tiled_decode": self.tiled_decode,
+                "reason": self.reason}
+
+
+def _name(resident: frozenset, components: frozenset) -> str:
+    if resident >= components:
+        return "resident"
+    return "encoders-off" if "transformer" in resident else "swap"
+
+
+def forced_resident(name: str, components: frozenset) -> frozenset:
+    if name == "resident":
+        return components
+    if name == "encoders-off":
+        return components - PHASES["encode"]
+    return components - PHASES["encode"] - PHASES["denoise"]
+
+
+def plan(sizes: dict[str, int], free_bytes: int | None, work: dict[str, int], pixels: int, device_type: str,
+         force: str = "auto") -> Placement:
+    """The placement of a pipeline whose components weigh ``sizes`` (bytes on the device).
+
+    ``free_bytes``: device memory free for this pipeline (None: unknown); ``work``: working memory per phase
+    (activations) besides the decode, which ``pixels`` sets; ``device_type``: on the CPU nothing moves (the
+    device is the CPU memory), but a decode that would not fit still runs in tiles.
+    """
+    if force not in PLACEMENTS:
+        raise ValueError(f"placement={force!r} is unknown; choose one of {', '.join(PLACEMENTS)}.")
+    components = frozenset(sizes)
+    decode_work = pixels * DECODE_BYTES_PER_PIXEL
+
+    def need(resident: frozenset, phase: str, decode: int) -> float:
+        weights = sum(sizes.get(name, 0) for name in resident | PHASES[phase])
+        return (weights + work.get(phase, 0) + (decode if phase == "decode" else 0)) * HEADROOM
+
+    def fits(resident: frozenset, decode: int) -> bool:
+        return free_bytes is None or all(need(resident, phase, decode) <= free_bytes for phase in PHASES)
+
+    def settle(decode: int) -> frozenset:
+        resident = frozenset()
+        for name in KEEP_FIRST:  # keep what fits, the costliest to move first
+            if name in components and fits(resident | {name}, decode):
+                resident |= {name}
+        return resident | (components - set(KEEP_FIRST))
+
+    tile_work = min(decode_work, TILE_PIXELS * DECODE_BYTES_PER_PIXEL)
+    if force != "auto":
+        resident = forced_resident(force, components)
+        tiled = not fits(resident, decode_work)
+        return Placement(_name(resident, components), resident, tiled, f"{force}, as asked" + _tiles(tiled))
+    if device_type == "cpu" or free_bytes is None:
+        tiled = free_bytes is not None and not fits(components, decode_work)
+        why = "free memory unknown" if free_bytes is None else "on the CPU nothing moves"
+        return Placement("resident", components, tiled, why + _tiles(tiled))
+    resident, tiled = settle(decode_work), False
+    if len(settle(tile_work)) > len(resident) or not fits(resident, decode_work):
+        resident, tiled = settle(tile_work), True  # decoding in tiles keeps more on the device
+    gib = 2**30
+    everything = (sum(sizes.values()) + max(work.values(), default=0) + decode_work) * HEADROOM
+    reason = f"~{everything / gib:.1f} GiB for everything at once, {free_bytes / gib:.1f} GiB free"
+    if not fits(resident, tile_work):
+        reason += "; even one part at a time does not fit: use model CPU offload"
+    return Placement(_name(resident, components), resident, tiled, reason + _tiles(tiled))
+
+
+def _tiles(tiled: bool) -> str:
+    return "; the image is decoded in tiles" if tiled else ""
