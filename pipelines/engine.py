@@ -12,8 +12,6 @@ import numpy as np
 import torch
 from PIL import Image
 
-from quantization.cache import prequantized_notices
-
 from . import defaults
 from .base import RunContext, Tool
 from .control import Control
@@ -68,9 +66,15 @@ class GenerationResult:
         return save_png(self.image, Path(path), self.metadata())
 
 
+def prequantized_notices(components: dict, requested: str) -> list[str]:
+    """One notice per component that came pre-quantized: its format won over the requested quant."""
+    return [f"{name} is a pre-quantized checkpoint ({item['backend']} {item['format']}): used as it is; quant="
+            f"{requested} does not apply to it." for name, item in components.items() if item.get("prequantized")]
+
+
 def summary(report: dict) -> str:
     """e.g. 'transformer: bitsandbytes nf4, text_encoder_2: bitsandbytes nf4'."""
-    parts = [f"{name}: {c['backend']} {c['mode']}" for name, c in report["quantization"]["components"].items()]
+    parts = [f"{name}: {c['backend']} {c['format']}" for name, c in report["quantization"]["components"].items()]
     return ", ".join(parts)
 
 
@@ -140,7 +144,7 @@ class Studio:
         }
         for fallback in fallbacks:
             notices.append(f"Fallback: {fallback['component']} could not use {fallback['backend']} "
-                           f"{fallback['mode']} ({fallback['reason']}).")
+                           f"{fallback['format']} ({fallback['reason']}).")
         return GenerationResult(image, report, notices, ctx.extras.get("control_image"))
 
     def _run_with_recovery(self, tool, ctx, request, kwargs, progress, notices, run_fallbacks) -> np.ndarray:
@@ -162,7 +166,7 @@ class Studio:
                                         "(System tab / --offload).") from None
                     step = oom_steps.pop(0)
                     notices.append(f"Out of memory: retrying with {step}.")
-                    run_fallbacks.append({"component": "pipeline", "backend": "memory", "mode": step,
+                    run_fallbacks.append({"component": "pipeline", "backend": "memory", "format": step,
                                           "reason": "out of memory"})
                     if step != "freed memory":
                         notices += self.manager.prepare_for_run(loaded.pipe, offload=step.split()[0])
@@ -213,7 +217,7 @@ class Studio:
             if vae_dtype == torch.float32:
                 raise
             notices.append(f"Decoding gave bad pixels ({error}): decoded again with a float32 VAE.")
-            run_fallbacks.append({"component": "vae", "backend": "none", "mode": str(vae_dtype).replace(
+            run_fallbacks.append({"component": "vae", "backend": "none", "format": str(vae_dtype).replace(
                 "torch.", ""), "reason": str(error)})
         try:
             pipe.vae.to(torch.float32)

@@ -6,7 +6,6 @@ shared by every pipeline that uses them. Nothing here is a module-level global: 
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import json
 import logging
@@ -19,15 +18,16 @@ from typing import Any, Callable
 
 import torch
 
-from quantization.apply import ComponentQuant, Fallback, quantize_with_fallback
-from quantization.cache import Source as CacheSource
-from quantization.cache import file_fingerprint, load_or_quantize
 from quantization.config import QuantConfig
-from quantization.policy import HEADROOM, RATIO, AutoChoice, candidates, choose_auto_mode
+from quantization.errors import QuantizationError
+from quantization.load import ComponentSource, fingerprint, load_component
+from quantization.policy import HEADROOM, RATIO, AutoChoice, candidates, choose_auto
+from quantization.records import ComponentQuant, Fallback
 from quantization.sizes import module_bytes
 
 from .device import empty_cache, free_memory, pick_device, pick_dtype
 from .errors import UserError
+from .paths import quant_caches
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,7 @@ class Component:
     quant: ComponentQuant | None = None
     chain: tuple[QuantConfig, ...] = ()
     users: set = field(default_factory=set)
+    source: ComponentSource | None = None  # where its weights came from: a runtime fallback loads them again
 
     @property
     def bytes(self) -> int:
@@ -75,18 +76,13 @@ def _import_class(library: str, class_name: str):
     return getattr(module, class_name)
 
 
-def fingerprint(folder: Path) -> str:
-    """Identity of a component folder: file names, sizes, and the first and last MiB of each file."""
-    digest = hashlib.sha256()
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        size = path.stat().st_size
-        digest.update(f"{path.relative_to(folder)}:{size}".encode())
-        with path.open("rb") as handle:
-            digest.update(handle.read(1 << 20))
-            if size > 2 << 20:
-                handle.seek(-(1 << 20), 2)
-                digest.update(handle.read())
-    return digest.hexdigest()[:16]
+def _load(name: str, load, chain, device: torch.device, dtype: torch.dtype, source: ComponentSource | None,
+          fallbacks=()):
+    """quantization's load path with the studio's caches; its errors become the studio's."""
+    try:
+        return load_component(name, load, chain, device, dtype, source, quant_caches(), fallbacks)
+    except QuantizationError as error:
+        raise UserError(str(error)) from None
 
 
 def safetensors_numel(folder: Path) -> int:
@@ -169,8 +165,8 @@ class ModelManager:
         if mode != "auto":
             return mode, None
         quantizable, other = self.estimate_bytes(root)
-        choice = choose_auto_mode(quantizable, other, self._free_memory(self.device))
-        return choice.mode, choice
+        choice = choose_auto(quantizable, other, self._free_memory(self.device))
+        return choice.quant, choice
 
     # ---- loading -------------------------------------------------------------------------------------
     @staticmethod
@@ -221,7 +217,7 @@ class ModelManager:
                    file: Path | None = None) -> Component:
         folder = root / name
         quantized = name in QUANTIZED_COMPONENTS
-        identity = fingerprint(folder) if file is None else f"file-{file_fingerprint(Path(file))}"
+        identity = fingerprint(folder) if file is None else f"file-{fingerprint(Path(file))}"
         key = (identity, cls_name, mode if quantized else "none")
         if key in self._components:
             return self._components[key]
@@ -236,11 +232,9 @@ class ModelManager:
             chain = candidates(mode, self.device.type) if quantized else candidates("none", self.device.type)
             if quantized and mode != "none":
                 progress("quantize", 0, 1)
-            source = CacheSource(folder, key[0], cls, str(root), Path(file) if file else None)
-            module, config, record = load_or_quantize(name, load, chain, self.device, self.dtype, source)
-            module.eval()
-            remaining = chain[chain.index(config) + 1:]
-            component = Component(name, key, module, record, remaining)
+            source = ComponentSource(folder, key[0], cls, str(root), Path(file) if file else None)
+            loaded = _load(name, load, chain, self.device, self.dtype, source)
+            component = Component(name, key, loaded.module.eval(), loaded.record, loaded.remaining, source=source)
         self._components[key] = component
         return component
 
@@ -254,7 +248,7 @@ class ModelManager:
             for name, component in list(loaded.components.items()):
                 if not component.quant or component.quant.backend == "none" or not component.chain:
                     continue
-                old = Fallback(name, component.quant.backend, component.quant.mode, reason)
+                old = Fallback(name, component.quant.backend, component.quant.format, reason)
                 root = Path(loaded.key[0])
                 library, cls_name = self._index(root)[name]
                 cls = _import_class(library, cls_name)
@@ -263,14 +257,14 @@ class ModelManager:
                     return cls.from_pretrained(root, subfolder=name, dtype=self.dtype)
 
                 self._release(component, loaded.key)
-                module, config, record = quantize_with_fallback(name, load, component.chain, self.device, self.dtype)
-                record.fallbacks = component.quant.fallbacks + [old] + record.fallbacks
-                new_key = component.key + ("fallback", config.label)
-                replacement = Component(name, new_key, module.eval(), record,
-                                        component.chain[component.chain.index(config) + 1:], {loaded.key})
+                result = _load(name, load, component.chain, self.device, self.dtype, component.source,
+                               component.quant.fallbacks + [old])
+                new_key = component.key + ("fallback", result.config.label)
+                replacement = Component(name, new_key, result.module.eval(), result.record, result.remaining,
+                                        {loaded.key}, component.source)
                 self._components[new_key] = replacement
                 loaded.components[name] = replacement
-                setattr(loaded.pipe, name, module)
+                setattr(loaded.pipe, name, result.module)
                 made.append(old)
             return made
 
@@ -352,6 +346,6 @@ class ModelManager:
                 users = sorted(Path(k[0]).name + f" ({k[1]})" for k in component.users)
                 quant = component.quant
                 rows.append({"component": component.name, "class": component.key[1],
-                             "backend": quant.backend if quant else "-", "mode": quant.mode if quant else "-",
+                             "backend": quant.backend if quant else "-", "format": quant.format if quant else "-",
                              "bytes": component.bytes, "used_by": users})
             return rows

@@ -8,10 +8,11 @@ Every Linear has in_features >= 16 (torch's CPU int8 matmul crashes below that).
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 from pathlib import Path
+
+from .paths import cache_root
 
 TINY_VERSION = "v1"
 HIDDEN = 64  # transformer width: 2 heads x 32
@@ -30,11 +31,6 @@ TOOL_DIRS = {
 }
 REDUX_PRIOR_DIR = "redux-prior"
 DEPTH_ESTIMATOR_DIR = "depth-estimator"
-
-
-def cache_root() -> Path:
-    env = os.environ.get("FLUXFORGE_CACHE_DIR")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "fluxforge"
 
 
 def tiny_root() -> Path:
