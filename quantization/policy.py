@@ -38,15 +38,22 @@ def all_configs() -> tuple[QuantConfig, ...]:
     return tuple(sorted(unique, key=lambda c: (c.backend, -c.bits, c.format)))
 
 
-@functools.cache
-def _measured() -> dict:
-    raw = json.loads(MEASURED.read_text())
+def read_measured(path: Path) -> dict:
+    """A measured table as the policy uses it: {"step": {cpu: Ratios}, "weight": Ratios, "machines": {cpu: text}}.
+
+    The file keys each ratio by 'backend format'."""
+    raw = json.loads(Path(path).read_text())
 
     def pairs(table: dict) -> Ratios:
         return {tuple(name.split(" ", 1)): value for name, value in table.items()}
 
     return {"step": {cpu: pairs(table) for cpu, table in raw["cpu_step_ratio"].items()},
             "weight": pairs(raw["cpu_weight_ratio"]), "machines": dict(raw["cpu_machines"])}
+
+
+@functools.cache
+def _measured() -> dict:
+    return read_measured(MEASURED)
 
 
 def forget_measured() -> None:

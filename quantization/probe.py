@@ -155,7 +155,10 @@ def _run_child(config, device, dtype, shapes, timeout_s: float) -> ProbeResult:
         child.join()
         reader.close()
         return ProbeResult(False, f"probe hung (no answer in {timeout_s:g} s)")
-    message = reader.recv() if reader.poll() else ""
+    try:
+        message = reader.recv() if reader.poll() else ""
+    except EOFError:  # the child died before it could answer
+        message = ""
     reader.close()
     if child.exitcode < 0:
         return ProbeResult(False, f"probe crashed ({signal.Signals(-child.exitcode).name})")

@@ -4,13 +4,19 @@ import pytest
 import torch
 
 from pipelines.tiny import tiny_transformer
-from quantization.apply import quantize_with_fallback
 from quantization.config import FULL_PRECISION, BitsAndBytesConfig, QuantoConfig, TorchAoConfig
+from quantization.load import load_component
 from quantization.registry import backend_for
 from quantization.sizes import module_bytes
 
 CPU = torch.device("cpu")
 BF16 = torch.bfloat16
+
+
+def quantize_with_fallback(component, load, chain, device, dtype):
+    """The load path without caches: (module, config it ended with, record)."""
+    loaded = load_component(component, load, chain, device, dtype)
+    return loaded.module, loaded.config, loaded.record
 
 
 def wide_transformer():
@@ -73,7 +79,7 @@ def test_disabled_backend_is_skipped_with_its_reason(monkeypatch):
     chain = [TorchAoConfig("int8_dynamic"), QuantoConfig("int8"), BitsAndBytesConfig("int8"), FULL_PRECISION]
     _, chosen, record = quantize_with_fallback("transformer", wide_transformer, chain, CPU, BF16)
     assert chosen == BitsAndBytesConfig("int8")
-    assert [(f.backend, f.mode) for f in record.fallbacks] == [("torchao", "int8_dynamic"), ("quanto", "int8")]
+    assert [(f.backend, f.format) for f in record.fallbacks] == [("torchao", "int8_dynamic"), ("quanto", "int8")]
     assert all("FLUXFORGE_DISABLE_BACKENDS" in f.reason for f in record.fallbacks)
 
 
