@@ -194,7 +194,7 @@ def _try(job: dict) -> str:
     for in_features, out_features in job["shapes"]:
         layer = torch.nn.Sequential(torch.nn.Linear(in_features, out_features)).to(dtype)
         layer = backend.quantize(layer, config, device, dtype)
-        with torch.no_grad():  # as diffusers pipelines run (quanto int4 refuses inference tensors)
+        with torch.no_grad():  # as diffusers runs its models (quanto int4 refuses inference tensors)
             output = layer(torch.randn(2, in_features, dtype=dtype, device=device))
         if not torch.isfinite(output).all():
             return f"non-finite output for a {in_features}x{out_features} layer"
