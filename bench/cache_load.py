@@ -30,7 +30,8 @@ from pathlib import Path
 
 import torch
 
-from .common import ALL_OPTIONS, REPO, bench_args, busy_seconds, logger, other_share, parse_only, worker_env, write_json
+from .common import (ALL_OPTIONS, REPO, add_options, bench_args, busy_seconds, logger, other_share, parse_only,
+                     weights_root, worker_env, write_json)
 
 log = logger("bench cache")
 RESULTS = REPO / "bench" / "results"
@@ -44,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="app.py bench cache", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", choices=sorted(PRESETS), default="quick")
-    parser.add_argument("--only", default=None, help="comma list of backend:format (e.g. quanto:int8,torchao:int8_dynamic)")
+    add_options(parser, quiet_wait=120)
     parser.add_argument("--components", default=",".join(COMPONENTS))
     parser.add_argument("--weights", default=None, help="where the random-weight components are saved (default: "
                                                         "the studio cache, bench-weights/)")
@@ -52,15 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
                                                      "bench/results/<machine>-cache.json")
     parser.add_argument("--no-write", action="store_true", help="print the table only")
     parser.add_argument("--repeat", type=int, default=2, help="fresh-process runs per measurement (fastest kept)")
-    parser.add_argument("--quiet-wait", type=float, default=120, metavar="SECONDS",
-                        help="wait up to this long before each run for other processes to go quiet")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(bench_args(argv))
-    from pipelines.paths import cache_root
-
     from .report import machine, machine_slug
     from .shapes import PRESETS
 
@@ -72,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     log(f"building FLUX-shaped components ({args.preset}) ...")
     from .models import weights_dir
 
-    root = weights_dir(Path(args.weights) if args.weights else cache_root(), shape)
+    root = weights_dir(weights_root(args.weights), shape)
     records = []
     with tempfile.TemporaryDirectory(prefix="fluxforge-cache-bench-") as entries:
         for config in configs:

@@ -23,6 +23,21 @@ def config_for(backend: str, format: str) -> QuantConfig:
                      + ", ".join(f"{c.backend}:{c.format}" for c in ALL_OPTIONS))
 
 
+def add_options(parser, quiet_wait: float, only_note: str = "") -> None:
+    """The options every benchmark takes: --only and --quiet-wait."""
+    parser.add_argument("--only", default=None, help="comma list of backend:format (e.g. torchao:int8_dynamic,"
+                                                     f"quanto:int4){only_note}")
+    parser.add_argument("--quiet-wait", type=float, default=quiet_wait, metavar="SECONDS",
+                        help="on a CPU, wait up to this long before each measurement for other processes to go quiet")
+
+
+def weights_root(value: str | None) -> Path:
+    """Where the random-weight components are saved: ``value``, or the studio cache."""
+    from pipelines.paths import cache_root
+
+    return Path(value) if value else cache_root()
+
+
 def parse_only(only: str) -> list[QuantConfig]:
     """``backend:format`` items of a comma list (the --only option)."""
     return [config_for(*item.strip().split(":", 1)) for item in only.split(",") if item.strip()]

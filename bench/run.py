@@ -19,7 +19,8 @@ from pathlib import Path
 
 import torch
 
-from .common import ALL_OPTIONS, REPO, bench_args, logger, parse_only, worker_env, write_json
+from .common import (ALL_OPTIONS, REPO, add_options, bench_args, logger, parse_only, weights_root, worker_env,
+                     write_json)
 from .shapes import PRESETS
 
 log = logger("bench")
@@ -35,16 +36,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.set_defaults(preset="quick")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 or mps (default: best available)")
     parser.add_argument("--force", action="store_true", help="run --full without a CUDA device, or on a small GPU")
-    parser.add_argument("--only", default=None,
-                        help="comma list of backend:format (e.g. torchao:int8_dynamic,quanto:int4); none:bf16 is "
-                             "always measured")
+    add_options(parser, quiet_wait=0, only_note="; none:bf16 is always measured")
     parser.add_argument("--json", default=None, help="write the records here, and the .md and .png beside it")
     parser.add_argument("--update-policy", action="store_true",
                         help="rewrite quantization/measured.json (the CPU policy's table) from this run")
     parser.add_argument("--no-isolate", action="store_true",
                         help="measure every option in this process (faster; peak memory is then cumulative)")
-    parser.add_argument("--quiet-wait", type=float, default=0, metavar="SECONDS",
-                        help="on a CPU, wait up to this long before each option for other processes to go quiet")
     parser.add_argument("--cache", default=None, help="where the random-weight components are saved "
                                                       "(default: the studio cache, bench-weights/)")
     for field in ("double_blocks", "single_blocks", "t5_layers", "image_size", "text_tokens", "steps", "seed"):
@@ -56,7 +53,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(bench_args(argv))
     from pipelines.device import pick_device, pick_dtype
-    from pipelines.paths import cache_root
 
     try:
         device = pick_device(args.device)
@@ -70,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     if refusal:
         print(f"error: {refusal}", file=sys.stderr)
         return 2
-    cache = Path(args.cache) if args.cache else cache_root()
+    cache = weights_root(args.cache)
     result = run(shape, args.preset, device, pick_dtype(device), cache, options(args.only), not args.no_isolate,
                  update_policy=args.update_policy, quiet_wait=args.quiet_wait)
     from .report import markdown

@@ -35,7 +35,8 @@ class Caches:
         for name in ("weights", "probes"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, Path):
-                raise ValueError(f"Caches: {name}={value!r} is not a Path; pass a pathlib.Path, or None to turn it off.")
+                raise ValueError(f"Caches: {name}={value!r} is not a Path; pass a pathlib.Path, or None to turn it "
+                                 "off.")
 
 
 @dataclass

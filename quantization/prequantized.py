@@ -46,8 +46,8 @@ def load_prequantized(component: str, source: ComponentSource, device: torch.dev
         backend = str(quant.get("quant_method", "unknown"))
         fmt = _checkpoint_format(quant)
         if backend == "bitsandbytes" and device.type == "mps":
-            raise QuantizationError(f"{component}: {source.folder} is a bitsandbytes checkpoint, which does not run on Apple "
-                            "MPS; use a full-precision model with --quant 4bit (quanto) instead.")
+            raise QuantizationError(f"{component}: {source.folder} is a bitsandbytes checkpoint, which does not run on "
+                                    "Apple MPS; use a full-precision model with --quant 4bit (quanto) instead.")
         try:
             if backend == "bitsandbytes" and device.type == "cpu" and hasattr(source.cls, "load_config"):
                 # diffusers' bitsandbytes loader refuses to run without a GPU: read the layers directly
@@ -60,9 +60,9 @@ def load_prequantized(component: str, source: ComponentSource, device: torch.dev
         except QuantizationError:
             raise
         except Exception as error:
-            raise QuantizationError(f"{component}: the pre-quantized checkpoint in {source.folder} ({backend} {fmt}) could "
-                            f"not be loaded on {device.type} ({type(error).__name__}: {error}); use a "
-                            "full-precision model and --quant instead.") from None
+            raise QuantizationError(f"{component}: the pre-quantized checkpoint in {source.folder} ({backend} {fmt}) "
+                                    f"could not be loaded on {device.type} ({type(error).__name__}: {error}); use a "
+                                    "full-precision model and --quant instead.") from None
     params = list(module.parameters())
     if params and params[0].device.type != device.type:
         module = module.to(device)
@@ -83,9 +83,10 @@ def _load_gguf(component: str, source: ComponentSource, dtype: torch.dtype) -> t
             str(file), quantization_config=GGUFQuantizationConfig(compute_dtype=dtype),
             config=str(source.folder.parent), subfolder=source.folder.name, local_files_only=True, dtype=dtype)
     except Exception as error:
-        raise QuantizationError(f"{component}: {file.name} could not be loaded as a GGUF {source.cls.__name__} for this "
-                        f"model ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}); check "
-                        "that it is a FLUX.1 transformer of the same kind as the tool's model.") from None
+        first = str(error).splitlines()[0] if str(error) else ""
+        raise QuantizationError(f"{component}: {file.name} could not be loaded as a GGUF {source.cls.__name__} for "
+                                f"this model ({type(error).__name__}: {first}); check that it is a FLUX.1 transformer "
+                                "of the same kind as the tool's model.") from None
     import gguf
 
     kinds: dict[str, int] = {}

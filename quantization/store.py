@@ -186,8 +186,8 @@ def restore(entry: Entry, source: ComponentSource, config: QuantConfig, device: 
 
 
 # ---- writing ---------------------------------------------------------------------------------------------------
-def save(root: Path, source: ComponentSource, component: str, config: QuantConfig, device: torch.device, dtype: torch.dtype,
-          module: torch.nn.Module, record: ComponentQuant) -> Entry | None:
+def save(root: Path, source: ComponentSource, component: str, config: QuantConfig, device: torch.device,
+         dtype: torch.dtype, module: torch.nn.Module, record: ComponentQuant) -> Entry | None:
     """Save a just-quantized module (atomically). Returns the entry, or None when it was not cached."""
     backend = backend_for(config)
     if not backend.can_serialize or config.bits >= 16:

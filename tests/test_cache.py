@@ -435,5 +435,5 @@ def test_bitsandbytes_checkpoint_on_apple_mps_names_the_fix(bnb_checkpoint):
 
     root, _ = bnb_checkpoint
     source = ComponentSource(root / "transformer", "fp", FluxTransformer2DModel, str(root))
-    with pytest.raises(QuantizationError, match="does not run on Apple MPS; use a full-precision model with --quant 4bit"):
+    with pytest.raises(QuantizationError, match="does not run on Apple MPS; use a full-precision model with --quant 4"):
         load_prequantized("transformer", source, torch.device("mps"), BF16)
