@@ -167,6 +167,7 @@ def generate(args) -> int:
 def doctor(args) -> int:
     from pipelines.device import pick_device, pick_dtype
     from pipelines.errors import UserError
+    from pipelines.paths import quant_caches
     from quantization.doctor import doctor_report, format_doctor
 
     try:
@@ -177,24 +178,47 @@ def doctor(args) -> int:
         from quantization.doctor import run_probes
 
         print("probing backends...", file=sys.stderr)
-        run_probes(device, pick_dtype(device), fresh=args.reprobe)
-    report = doctor_report(device, pick_dtype(device))
+        run_probes(device, pick_dtype(device), quant_caches().probes, fresh=args.reprobe)
+    report = doctor_report(device, pick_dtype(device), quant_caches().probes)
     print(json.dumps(report, indent=2) if args.json else format_doctor(report))
     return 0
 
 
 def cache(args) -> int:
     """`cache list`: every quantized-weights entry with its size; `cache clear`: remove them all."""
-    from quantization import cache as quant_cache
+    from pipelines.paths import quantized_dir
+    from quantization import admin
 
+    folder = quantized_dir()
     if args.action == "clear":
-        removed = quant_cache.clear()
-        print(f"removed {removed['entries']} entries ({removed['bytes'] / 2**20:.1f} MiB) from "
-              f"{quant_cache.cache_dir()}")
+        removed = admin.clear(folder)
+        print(f"removed {removed['entries']} entries ({removed['bytes'] / 2**20:.1f} MiB) from {folder}")
         return 0
-    rows = quant_cache.entries()
-    print(json.dumps(rows, indent=2) if args.json else quant_cache.format_entries(rows))
+    rows = admin.entries(folder)
+    print(json.dumps(rows, indent=2) if args.json else format_entries(rows, folder))
     return 0
+
+
+def format_entries(rows: list[dict], folder: Path) -> str:
+    """The quantized-weights store as a plain table for the terminal."""
+    if not rows:
+        return f"The quantized-weights cache is empty ({folder})."
+    lines = [f"{'size':>9}  {'status':<10} {'component':<15} {'backend':<13} {'format':<17} {'dtype':<9} model"]
+    for row in rows:
+        lines.append(f"{_size(row['bytes']):>9}  {row['status']:<10} {row['component'] or '?':<15} "
+                     f"{row['backend'] or '?':<13} {row['format'] or '?':<17} {row['dtype'] or '?':<9} "
+                     f"{row['model'] or row['name']}")
+    lines.append(f"{_size(sum(r['bytes'] for r in rows)):>9}  total, {len(rows)} entries in {folder}")
+    return "\n".join(lines)
+
+
+def _size(count: float) -> str:
+    if count < 1024:
+        return f"{count} B"
+    for unit in ("KiB", "MiB", "GiB"):
+        count /= 1024
+        if count < 1024 or unit == "GiB":
+            return f"{count:.1f} {unit}"
 
 
 def serve(args) -> int:

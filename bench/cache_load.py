@@ -21,7 +21,6 @@ import argparse
 import datetime
 import hashlib
 import json
-import os
 import resource
 import subprocess
 import sys
@@ -31,7 +30,10 @@ from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
+from .common import (ALL_OPTIONS, REPO, add_options, bench_args, busy_seconds, logger, other_share, parse_only,
+                     weights_root, worker_env, write_json)
+
+log = logger("bench cache")
 RESULTS = REPO / "bench" / "results"
 COMPONENTS = ("transformer", "text_encoder_2")
 TARGET_SPEEDUP = 5.0
@@ -43,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="app.py bench cache", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", choices=sorted(PRESETS), default="quick")
-    parser.add_argument("--only", default=None, help="comma list of backend:mode (e.g. quanto:int8,torchao:int8_dynamic)")
+    add_options(parser, quiet_wait=120)
     parser.add_argument("--components", default=",".join(COMPONENTS))
     parser.add_argument("--weights", default=None, help="where the random-weight components are saved (default: "
                                                         "the studio cache, bench-weights/)")
@@ -51,18 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
                                                      "bench/results/<machine>-cache.json")
     parser.add_argument("--no-write", action="store_true", help="print the table only")
     parser.add_argument("--repeat", type=int, default=2, help="fresh-process runs per measurement (fastest kept)")
-    parser.add_argument("--quiet-wait", type=float, default=120, metavar="SECONDS",
-                        help="wait up to this long before each run for other processes to go quiet")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["--"]:
-        argv = argv[1:]
-    args = build_parser().parse_args(argv)
-    from pipelines.tiny import cache_root
-
+    args = build_parser().parse_args(bench_args(argv))
     from .report import machine, machine_slug
     from .shapes import PRESETS
 
@@ -74,13 +69,13 @@ def main(argv: list[str] | None = None) -> int:
     log(f"building FLUX-shaped components ({args.preset}) ...")
     from .models import weights_dir
 
-    root = weights_dir(Path(args.weights) if args.weights else cache_root(), shape)
+    root = weights_dir(weights_root(args.weights), shape)
     records = []
     with tempfile.TemporaryDirectory(prefix="fluxforge-cache-bench-") as entries:
         for config in configs:
             for component in components:
                 log(f"{component} {config.label} ...")
-                record = {"component": component, "backend": config.backend, "mode": config.mode}
+                record = {"component": component, "backend": config.backend, "format": config.format}
                 try:
                     cold = best("cold", config, component, root, entries, args)
                     cached = best("cached", config, component, root, entries, args)
@@ -101,8 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     if not args.no_write:
         path = Path(args.json) if args.json else RESULTS / f"{machine_slug(info)}-cache.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(result, indent=1) + "\n")
+        write_json(result, path)
         path.with_suffix(".md").write_text(text)
         log(f"wrote {path} and {path.with_suffix('.md').name}")
     ok = records and all(r.get("identical") and r["speedup"] >= TARGET_SPEEDUP for r in records)
@@ -112,9 +106,7 @@ def main(argv: list[str] | None = None) -> int:
 def options(only: str | None):
     from quantization.registry import backend_for, check_backend
 
-    from .measure import ALL_OPTIONS, config_for
-
-    chosen = ALL_OPTIONS if not only else [config_for(*item.strip().split(":", 1)) for item in only.split(",")]
+    chosen = parse_only(only) if only else ALL_OPTIONS
     return [c for c in chosen if c.bits < 16 and backend_for(c).can_serialize
             and check_backend(c, torch.device("cpu")) is None]
 
@@ -135,11 +127,9 @@ def best(kind: str, config, component: str, root: Path, entries: str, args) -> d
 
 def child(kind: str, config, component: str, root: Path, entries: str, preset: str) -> dict:
     """One measurement in a fresh process."""
-    job = json.dumps({"kind": kind, "backend": config.backend, "mode": config.mode, "component": component,
-                      "root": str(root), "preset": preset})
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
-               FLUXFORGE_QUANT_CACHE_DIR=entries, FLUXFORGE_PROBE="0", FLUXFORGE_QUANT_CACHE="1")
-    proc = subprocess.run([sys.executable, "-m", "bench.cache_load", "--child", job], cwd=REPO, env=env,
+    job = json.dumps({"kind": kind, "backend": config.backend, "format": config.format, "component": component,
+                      "root": str(root), "preset": preset, "entries": entries})
+    proc = subprocess.run([sys.executable, "-m", "bench.cache_load", "--child", job], cwd=REPO, env=worker_env(),
                           capture_output=True, text=True)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     if proc.returncode != 0 or not lines:
@@ -149,59 +139,58 @@ def child(kind: str, config, component: str, root: Path, entries: str, preset: s
 
 
 def measure(job: dict) -> dict:
-    """In the worker: load one component cold or from the cache, run it once, describe what happened."""
-    from pipelines.manager import fingerprint
-    from quantization import cache
-    from quantization.apply import quantize_with_fallback
+    """In the worker: load one component cold or from the store, run it once, describe what happened."""
+    from quantization import store
     from quantization.config import FULL_PRECISION
+    from quantization.load import ComponentSource, fingerprint, load_component
     from quantization.sizes import module_bytes
 
-    from .measure import config_for
+    from .common import config_for
     from .models import Inputs, load
     from .shapes import PRESETS
 
     torch.manual_seed(0)
     dtype, device = torch.bfloat16, torch.device("cpu")
-    config = config_for(job["backend"], job["mode"])
-    component, root = job["component"], Path(job["root"])
+    config = config_for(job["backend"], job["format"])
+    component, root, entries = job["component"], Path(job["root"]), Path(job["entries"])
     folder = root / component
     cls = type_of(component)
-    source = cache.Source(folder, fingerprint(folder), cls, "bench")
+    source = ComponentSource(folder, fingerprint(folder), cls, "bench")
     shape = PRESETS[job["preset"]]
     inputs = Inputs(shape, device, dtype)
     baseline = rss()
-    busy, own, wall = _busy_seconds(), time.process_time(), time.perf_counter()
+    busy, own, wall = busy_seconds(), time.process_time(), time.perf_counter()
     out: dict = {"kind": job["kind"]}
     if job["kind"] == "cold":
         start = time.perf_counter()
         module = load(component, root, dtype)
         out["load_s"] = time.perf_counter() - start
-        module, chosen, record = quantize_with_fallback(component, lambda: module, [config, FULL_PRECISION], device,
-                                                        dtype)
-        if chosen != config:
+        loaded = load_component(component, lambda: module, [config, FULL_PRECISION], device, dtype)
+        module, record = loaded.module, loaded.record
+        if loaded.config != config:
             raise RuntimeError(f"{config.label} fell back: {record.fallbacks[0].reason if record.fallbacks else ''}")
         out["quantize_s"] = record.quantize_s
         out["total_s"] = out["load_s"] + out["quantize_s"]
         out["peak_rss_bytes"] = peak_rss() - baseline
-        out["other_cpu_share"] = other_share(busy, own, wall)
+        out["other_cpu_share"] = other_share(busy, own, time.perf_counter() - wall)
         start = time.perf_counter()
-        entry = cache.store(source, component, config, device, dtype, module, record)
+        entry = store.save(entries, source, component, config, device, dtype, module, record)
         if entry is None:
             raise RuntimeError("the entry could not be written")
         out["store_s"] = time.perf_counter() - start
         out["entry_bytes"] = sum(item["bytes"] for item in entry.manifest["files"].values())
     else:
         start = time.perf_counter()
-        entry = cache.lookup(source, component, config, device, dtype)
+        entry = store.lookup(entries, source, component, config, device, dtype)
         out["verify_s"] = time.perf_counter() - start
         if entry is None:
             raise RuntimeError("no cache entry")
         start = time.perf_counter()
-        module = cache.restore(entry, source, config, device, dtype)
+        module = store.restore(entry, source, config, device, dtype)
         out["restore_s"] = time.perf_counter() - start
         out["total_s"] = out["verify_s"] + out["restore_s"]
         out["peak_rss_bytes"] = peak_rss() - baseline
-        out["other_cpu_share"] = other_share(busy, own, wall)
+        out["other_cpu_share"] = other_share(busy, own, time.perf_counter() - wall)
     module.eval()
     out["weight_bytes"] = module_bytes(module)
     if component == "transformer":
@@ -221,18 +210,6 @@ def type_of(component: str):
     from transformers import T5EncoderModel
 
     return T5EncoderModel
-
-
-def other_share(busy: float, own: float, wall: float) -> float:
-    """Share of the machine's CPU time that other processes used since (busy, own, wall) were read."""
-    other = (_busy_seconds() - busy) - (time.process_time() - own)
-    return max(0.0, other) / ((time.perf_counter() - wall) * (os.cpu_count() or 1))
-
-
-def _busy_seconds() -> float:
-    from .measure import _busy_seconds as busy
-
-    return busy()
 
 
 def rss() -> int:
@@ -261,17 +238,17 @@ def markdown(result: dict) -> str:
         "the entry on the first load. Others = share of the CPU other processes took during the kept cold / cached "
         "run.",
         "",
-        "| component | backend | mode | cold load s | cached load s | speedup | identical | store s | entry MiB "
+        "| component | backend | format | cold load s | cached load s | speedup | identical | store s | entry MiB "
         "| peak cold MiB | peak cached MiB | others |",
         "|---|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|",
     ]
     for r in result["records"]:
         if "error" in r:
-            lines.append(f"| {r['component']} | {r['backend']} | {r['mode']} | failed: {r['error']} ||||||||| |")
+            lines.append(f"| {r['component']} | {r['backend']} | {r['format']} | failed: {r['error']} ||||||||| |")
             continue
         cold, cached = r["cold"], r["cached"]
         lines.append(
-            f"| {r['component']} | {r['backend']} | {r['mode']} | {cold['total_s']:.2f} "
+            f"| {r['component']} | {r['backend']} | {r['format']} | {cold['total_s']:.2f} "
             f"({cold['load_s']:.2f} + {cold['quantize_s']:.2f}) | {cached['total_s']:.2f} "
             f"({cached['verify_s']:.2f} + {cached['restore_s']:.2f}) | {r['speedup']:.1f}x | "
             f"{'yes' if r['identical'] else 'NO'} | {cold['store_s']:.2f} | {cold['entry_bytes'] / 2**20:.0f} | "
@@ -284,12 +261,8 @@ def markdown(result: dict) -> str:
     missed = [r for r in result["records"] if r not in met]
     for r in missed:
         why = r.get("error") or (f"{r['speedup']:.1f}x" + ("" if r["identical"] else ", outputs differ"))
-        lines.append(f"- missed: {r['component']} {r['backend']} {r['mode']} ({why})")
+        lines.append(f"- missed: {r['component']} {r['backend']} {r['format']} ({why})")
     return "\n".join(lines) + "\n"
-
-
-def log(message: str) -> None:
-    print(f"[bench cache] {message}", file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

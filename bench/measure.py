@@ -1,4 +1,4 @@
-"""One backend x mode: load, quantize and run both components, then the full-precision reference beside it.
+"""One backend x format: load, quantize and run both components, then the full-precision reference beside it.
 
 Phase 1 (its peak memory is the record's): load and quantize T5, encode, load and quantize the transformer,
 one transformer step. Phase 2: the full-precision T5 and transformer in the same process; encodes and the two
@@ -10,9 +10,7 @@ which other processes took a sizeable share of the cores is timed again (the rec
 
 from __future__ import annotations
 
-import gc
 import json
-import os
 import statistics
 import sys
 import time
@@ -21,25 +19,14 @@ from pathlib import Path
 
 import torch
 
-from pipelines.device import PeakMemory, memory_kind
-from quantization.apply import count_quantized_layers
-from quantization.config import FULL_PRECISION, QuantConfig
-from quantization.doctor import ALL_CONFIGS
-from quantization.registry import backend_for
+from pipelines.device import PeakMemory, empty_cache, memory_kind
+from quantization.config import QuantConfig
+from quantization.registry import backend_for, count_quantized_layers
 from quantization.sizes import tensor_bytes
 
+from .common import busy_seconds, config_for, other_share
 from .models import Inputs, load, rel_error
 from .shapes import FULL_DOUBLE, FULL_SINGLE, FULL_T5_LAYERS, Shape
-
-ALL_OPTIONS = ALL_CONFIGS + (FULL_PRECISION,)
-
-
-def config_for(backend: str, mode: str) -> QuantConfig:
-    for config in ALL_OPTIONS:
-        if (config.backend, config.mode) == (backend, mode):
-            return config
-    raise ValueError(f"unknown backend/mode {backend}:{mode}; choose from "
-                     + ", ".join(f"{c.backend}:{c.mode}" for c in ALL_OPTIONS))
 
 
 def sync(device: torch.device) -> None:
@@ -57,14 +44,6 @@ def memory_now(device: torch.device) -> int:
     import psutil
 
     return int(psutil.Process().memory_info().rss)
-
-
-def release(device: torch.device) -> None:
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-    elif device.type == "mps":
-        torch.mps.empty_cache()
 
 
 def bytes_by_module(module: torch.nn.Module) -> dict[str, int]:
@@ -111,13 +90,6 @@ RETRIES = 2  # times a disturbed pair of timings is taken again
 DISTURBED = 0.2  # other processes' share of the machine's CPU time above which a timing is disturbed
 
 
-def _busy_seconds() -> float:
-    import psutil
-
-    times = psutil.cpu_times()
-    return sum(times) - times.idle - getattr(times, "iowait", 0.0)
-
-
 class Clock:
     """Wall time of timed calls; on CPU also the share of the machine other processes used meanwhile."""
 
@@ -129,14 +101,13 @@ class Clock:
     def __call__(self, fn):
         """(value, seconds, other processes' share of the CPU during the call; 0 off the CPU)."""
         sync(self.device)
-        busy, own, start = _busy_seconds(), time.process_time(), time.perf_counter()
+        busy, own, start = busy_seconds(), time.process_time(), time.perf_counter()
         value = fn()
         sync(self.device)
         seconds = time.perf_counter() - start
         if self.device.type != "cpu":
             return value, seconds, 0.0
-        other = (_busy_seconds() - busy) - (time.process_time() - own)
-        return value, seconds, max(0.0, other) / (seconds * (os.cpu_count() or 1))
+        return value, seconds, other_share(busy, own, seconds)
 
     def pair(self, calls: dict, first: int = 0) -> dict:
         """Run each call (rotated by ``first``) back to back; again, up to RETRIES times, while disturbed."""
@@ -177,7 +148,7 @@ def measure(config: QuantConfig, shape: Shape, device: torch.device, dtype: torc
     """Records for text_encoder_2 and transformer, and the final latents (quantized and reference)."""
     full = config.bits >= 16
     inputs = Inputs(shape, device, dtype)
-    release(device)
+    empty_cache(device)
     base = memory_now(device)
 
     # Phase 1: what a studio run holds.
@@ -187,7 +158,7 @@ def measure(config: QuantConfig, shape: Shape, device: torch.device, dtype: torc
         transformer, tr_info = load_quantized("transformer", config, root, device, dtype)
         first = inputs.forward(transformer, inputs.noise, inputs.sigmas[0])  # also the warm-up
         sync(device)
-    release(device)
+    empty_cache(device)
     resident = memory_now(device)
     t5_info.update(sizes("text_encoder_2", t5))
     tr_info.update(sizes("transformer", transformer))
@@ -205,7 +176,7 @@ def measure(config: QuantConfig, shape: Shape, device: torch.device, dtype: torc
             t5_times[name].append(seconds)
     t5_ref_info = sizes("text_encoder_2", t5_ref)
     del t5, t5_ref
-    release(device)
+    empty_cache(device)
 
     ref = transformer if full else load_reference("transformer", root, device, dtype)
     ref_first = first if full else inputs.forward(ref, inputs.noise, inputs.sigmas[0])  # also the warm-up
@@ -229,9 +200,9 @@ def measure(config: QuantConfig, shape: Shape, device: torch.device, dtype: torc
                                                       inputs.sigmas[0], torch.float32))
         del reference32
     del models, transformer, ref
-    release(device)
+    empty_cache(device)
 
-    common = {"backend": config.backend, "mode": config.mode, "label": config.label, "bits": config.bits,
+    common = {"backend": config.backend, "format": config.format, "label": config.label, "bits": config.bits,
               "dtype": str(dtype).replace("torch.", ""), "peak_bytes": peak.peak_bytes, "base_bytes": base,
               "resident_bytes": resident, "memory_kind": memory_kind(device), "other_cpu_share": clock.other_share(),
               "retimed": clock.retimed}
@@ -271,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         shape = Shape(**{k: tuple(v) if isinstance(v, list) else v for k, v in job["shape"].items()})  # asdict
         device = torch.device(job["device"])
-        records, latents = measure(config_for(job["backend"], job["mode"]), shape, device,
+        records, latents = measure(config_for(job["backend"], job["format"]), shape, device,
                                    getattr(torch, job["dtype"]), Path(job["root"]), job.get("floor", False))
         torch.save(latents, out / "latents.pt")
         (out / "result.json").write_text(json.dumps({"records": records}))

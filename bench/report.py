@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import re
@@ -10,17 +11,16 @@ from pathlib import Path
 import torch
 
 from quantization.doctor import device_name, library_versions
-from quantization.policy import RATIO
+from quantization.policy import MEASURED, RATIO, forget_measured
 
 from .measure import DISTURBED, RETRIES
 
 # Targets the numbers are checked against (the weight-ratio targets are the policy's RATIO).
 STEP_TARGET = 1.1  # auto on CPU: seconds per step relative to full precision
 ERROR_TARGET = {8: 1e-3, 4: 3e-2}  # transformer output, relative to full precision
-MEASURED_PATH = Path(__file__).resolve().parents[1] / "quantization" / "measured.py"
 
 
-def mode_of(bits: int) -> str:
+def quant_of(bits: int) -> str:
     return "8bit" if bits == 8 else "4bit"
 
 
@@ -62,12 +62,12 @@ def machine_slug(info: dict) -> str:
 def targets(records: list[dict]) -> list[dict]:
     """Each target with what was measured and whether it was met."""
     rows = []
-    by = {(r["component"], r["backend"], r["mode"]): r for r in records}
+    by = {(r["component"], r["backend"], r["format"]): r for r in records}
     quantized = [r for r in records if r["bits"] < 16]
     for r in quantized:
         # Judged at the real depth: a 2-layer T5 slice is dominated by its 32128-row vocabulary table, which the
         # real 24 layers are not. The transformer's ratio is the same at any depth.
-        limit = RATIO[mode_of(r["bits"])]
+        limit = RATIO[quant_of(r["bits"])]
         rows.append({"target": f"{r['component']} {r['label']}: weight ratio <= {limit} (at full depth)",
                      "measured": f"{r['full_depth_weight_ratio']:.3f} est. from this slice's {r['weight_ratio']:.3f}",
                      "met": r["full_depth_weight_ratio"] <= limit})
@@ -80,10 +80,10 @@ def targets(records: list[dict]) -> list[dict]:
     for r in quantized:
         if r["component"] != "transformer" or not r.get("auto") or not r["device"].startswith("cpu"):
             continue
-        t5 = by.get(("text_encoder_2", r["backend"], r["mode"]))
-        limit = RATIO[mode_of(r["bits"])]
+        t5 = by.get(("text_encoder_2", r["backend"], r["format"]))
+        limit = RATIO[quant_of(r["bits"])]
         meets_ratio = r["weight_ratio"] <= limit and (t5 is None or t5["full_depth_weight_ratio"] <= limit)
-        rows.append({"target": f"auto {mode_of(r['bits'])} on CPU ({r['label']}): step <= {STEP_TARGET}x "
+        rows.append({"target": f"auto {quant_of(r['bits'])} on CPU ({r['label']}): step <= {STEP_TARGET}x "
                                f"full precision, weight ratio <= {limit}",
                      "measured": f"{r['step_ratio']:.2f}x, transformer {r['weight_ratio']:.3f}"
                                  + (f", T5 full depth est. {t5['full_depth_weight_ratio']:.3f}" if t5 else ""),
@@ -114,13 +114,13 @@ def markdown(result: dict) -> str:
         f"({shape['image_tokens']} image + {shape['text_tokens']} text tokens), {shape['steps']} steps, seed "
         f"{shape['seed']}.",
         "",
-        "| component | backend | mode | auto | weights | ratio | ratio at full depth (est.) | load s | quantize s "
+        "| component | backend | format | auto | weights | ratio | ratio at full depth (est.) | load s | quantize s "
         "| s/step | vs full | peak memory | resident | rel error | PSNR dB |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in result["records"]:
         lines.append(
-            f"| {r['component']} | {r['backend']} | {r['mode']} | {r['auto_for'] or ''} | {_bytes(r['weight_bytes'])} "
+            f"| {r['component']} | {r['backend']} | {r['format']} | {r['auto_for'] or ''} | {_bytes(r['weight_bytes'])} "
             f"| {r['weight_ratio']:.3f} | {r['full_depth_weight_ratio']:.3f} | {r['load_s']:.1f} "
             f"| {r['quantize_s']:.1f} | {r['step_s']:.3f} | {r['step_ratio']:.2f}x "
             f"| {r['peak_bytes'] / 2**30:.2f} GiB | {r['resident_bytes'] / 2**30:.2f} GiB | {r['rel_error']:.2e} "
@@ -153,8 +153,8 @@ def markdown(result: dict) -> str:
         lines.append("\nNo int8 option meets the rel error <= 1e-3 target here.")
     if result["skipped"] or result["failed"]:
         lines += ["", "## Not measured", ""]
-        lines += [f"- {s['backend']} {s['mode']}: skipped ({s['reason']})" for s in result["skipped"]]
-        lines += [f"- {f['backend']} {f['mode']}: failed ({f['error']})" for f in result["failed"]]
+        lines += [f"- {s['backend']} {s['format']}: skipped ({s['reason']})" for s in result["skipped"]]
+        lines += [f"- {f['backend']} {f['format']}: failed ({f['error']})" for f in result["failed"]]
     return "\n".join(lines) + "\n"
 
 
@@ -169,7 +169,7 @@ def plot(result: dict, path: Path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(13, 5.5))
     for index, r in enumerate(rows):
         color = f"C{index}"
-        label = f"{r['backend']} {r['mode']}" + (f" (auto {r['auto_for']})" if r["auto_for"] else "")
+        label = f"{r['backend']} {r['format']}" + (f" (auto {r['auto_for']})" if r["auto_for"] else "")
         size = 180 if r["auto_for"] else 60
         marker = "*" if r["auto_for"] else "o"
         axes[0].scatter(r["step_ratio"], r["peak_bytes"] / 2**30, marker=marker, s=size, color=color, label=label)
@@ -194,47 +194,40 @@ def plot(result: dict, path: Path) -> None:
 
 
 def measured_tables(records: list[dict]) -> tuple[dict, dict]:
-    """(backend, mode) -> step ratio and weight ratio of the transformer, for quantized options."""
+    """(backend, format) -> step ratio and weight ratio of the transformer, for quantized options."""
     rows = [r for r in records if r["component"] == "transformer" and r["bits"] < 16]
-    steps = {(r["backend"], r["mode"]): round(r["step_ratio"], 3) for r in rows}
-    weights = {(r["backend"], r["mode"]): round(r["weight_ratio"], 3) for r in rows}
+    steps = {(r["backend"], r["format"]): round(r["step_ratio"], 3) for r in rows}
+    weights = {(r["backend"], r["format"]): round(r["weight_ratio"], 3) for r in rows}
     return steps, weights
 
 
-def write_measured(records: list[dict], result: dict, path: Path = MEASURED_PATH,
+def write_measured(records: list[dict], result: dict, path: Path = MEASURED,
                    cpu: str | None = None) -> tuple[dict, dict]:
-    """Rewrite quantization/measured.py: this run's transformer ratios become the table of ``cpu`` (default: this
+    """Rewrite quantization/measured.json: this run's transformer ratios become the table of ``cpu`` (default: this
     machine's class of CPU); the other classes' tables are kept."""
-    import runpy
-
     from quantization.policy import cpu_class
 
     cpu = cpu or cpu_class()
     steps, weights = measured_tables(records)
     info, shape = result["machine"], result["shape"]
-    old = runpy.run_path(str(path)) if Path(path).exists() else {}
-    tables = {k: v for k, v in old.get("CPU_STEP_RATIO", {}).items() if isinstance(v, dict)}
-    machines = dict(old.get("CPU_MACHINES", {}))
-    tables[cpu] = steps
+    try:
+        old = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        old = {}
+    tables = {k: v for k, v in old.get("cpu_step_ratio", {}).items() if isinstance(v, dict)}
+    machines = dict(old.get("cpu_machines", {}))
+    tables[cpu] = _names(steps)
     shares = [r["other_cpu_share"] for r in records if r.get("other_cpu_share") is not None]
     busy = f"; others used {sum(shares) / len(shares):.0%} of the CPU" if shares else ""
     machines[cpu] = (f"{info['cpu']}, {info['cores']} cores, torch {info['versions']['torch']}, {result['date']}; "
                      f"{shape['double_blocks']} double + {shape['single_blocks']} single blocks at hidden "
                      f"{shape['hidden']}, {shape['image_tokens']} image + {shape['text_tokens']} text tokens{busy}")
-
-    def rows(values: dict, indent: str) -> str:
-        return "".join(f"{indent}{key!r}: {value},\n" for key, value in sorted(values.items(), key=lambda kv: kv[1]))
-
-    step_body = "".join(f"    {name!r}: {{\n{rows(table, '        ')}    }},\n" for name, table in sorted(tables.items()))
-    machine_body = "".join(f"    {name!r}: {text!r},\n" for name, text in sorted(machines.items()))
-    text = (
-        '"""Transformer step-time ratios to full precision per class of CPU (policy.cpu_class), and weight ratios.\n\n'
-        "Written by `python app.py bench --quick --update-policy` on each class of CPU; policy.py orders the CPU\n"
-        "chains from the table of the CPU it runs on.\n"
-        '"""\n\n'
-        f"CPU_STEP_RATIO = {{\n{step_body}}}\n\n"
-        f"CPU_WEIGHT_RATIO = {{\n{rows(weights, '    ')}}}\n\n"
-        f"CPU_MACHINES = {{\n{machine_body}}}\n"
-    )
-    Path(path).write_text(text)
+    data = {"cpu_step_ratio": tables, "cpu_weight_ratio": _names(weights), "cpu_machines": machines}
+    Path(path).write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+    forget_measured()
     return steps, weights
+
+
+def _names(table: dict) -> dict:
+    """(backend, format) keys as the JSON file writes them: 'backend format'."""
+    return {f"{backend} {fmt}": value for (backend, fmt), value in table.items()}

@@ -1,4 +1,4 @@
-"""`python app.py bench`: weight bytes, speed, memory and fidelity of every backend x mode on this device.
+"""`python app.py bench`: weight bytes, speed, memory and fidelity of every backend x format on this device.
 
   --quick  (default) CPU-sized slice at full width: 1 double + 2 single blocks, 2 T5 layers, 256 image tokens
   --full   the real depth: 19 + 38 blocks, 24 T5 layers, 1024x1024, 28 steps of Dev (needs a large GPU)
@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -20,9 +19,11 @@ from pathlib import Path
 
 import torch
 
+from .common import (ALL_OPTIONS, REPO, add_options, bench_args, logger, parse_only, weights_root, worker_env,
+                     write_json)
 from .shapes import PRESETS
 
-REPO = Path(__file__).resolve().parents[1]
+log = logger("bench")
 FULL_GPU_FACTOR = 1.6  # the bf16 transformer and a quantized copy are held together, plus activations
 
 
@@ -35,16 +36,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.set_defaults(preset="quick")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 or mps (default: best available)")
     parser.add_argument("--force", action="store_true", help="run --full without a CUDA device, or on a small GPU")
-    parser.add_argument("--only", default=None,
-                        help="comma list of backend:mode (e.g. torchao:int8_dynamic,quanto:int4); none:bf16 is "
-                             "always measured")
+    add_options(parser, quiet_wait=0, only_note="; none:bf16 is always measured")
     parser.add_argument("--json", default=None, help="write the records here, and the .md and .png beside it")
     parser.add_argument("--update-policy", action="store_true",
-                        help="rewrite quantization/measured.py (the CPU policy's table) from this run")
+                        help="rewrite quantization/measured.json (the CPU policy's table) from this run")
     parser.add_argument("--no-isolate", action="store_true",
                         help="measure every option in this process (faster; peak memory is then cumulative)")
-    parser.add_argument("--quiet-wait", type=float, default=0, metavar="SECONDS",
-                        help="on a CPU, wait up to this long before each option for other processes to go quiet")
     parser.add_argument("--cache", default=None, help="where the random-weight components are saved "
                                                       "(default: the studio cache, bench-weights/)")
     for field in ("double_blocks", "single_blocks", "t5_layers", "image_size", "text_tokens", "steps", "seed"):
@@ -54,12 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["--"]:  # `app.py bench -- --quick`
-        argv = argv[1:]
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(bench_args(argv))
     from pipelines.device import pick_device, pick_dtype
-    from pipelines.tiny import cache_root
 
     try:
         device = pick_device(args.device)
@@ -73,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     if refusal:
         print(f"error: {refusal}", file=sys.stderr)
         return 2
-    cache = Path(args.cache) if args.cache else cache_root()
+    cache = weights_root(args.cache)
     result = run(shape, args.preset, device, pick_dtype(device), cache, options(args.only), not args.no_isolate,
                  update_policy=args.update_policy, quiet_wait=args.quiet_wait)
     from .report import markdown
@@ -111,11 +104,8 @@ def full_gpu_bytes(shape) -> int:
 
 
 def options(only: str | None):
-    from .measure import ALL_OPTIONS, config_for
-
-    if not only:
-        return (ALL_OPTIONS[-1],) + ALL_OPTIONS[:-1]  # full precision first
-    chosen = [config_for(*item.strip().split(":", 1)) for item in only.split(",") if item.strip()]
+    """Full precision first, then every quantized option (or those of ``only``)."""
+    chosen = parse_only(only) if only else ALL_OPTIONS
     return (ALL_OPTIONS[-1],) + tuple(c for c in chosen if c.bits < 16)
 
 
@@ -137,7 +127,7 @@ def run(shape, preset: str, device: torch.device, dtype: torch.dtype, cache: Pat
     for config in configs:
         reason = check_backend(config, device)
         if reason:
-            skipped.append({"backend": config.backend, "mode": config.mode, "reason": reason})
+            skipped.append({"backend": config.backend, "format": config.format, "reason": reason})
             continue
         if device.type == "cpu" and quiet_wait > 0:
             wait_for_quiet(quiet_wait)
@@ -146,11 +136,11 @@ def run(shape, preset: str, device: torch.device, dtype: torch.dtype, cache: Pat
         found, error = (measure_in_subprocess if isolate else measure_here)(config, shape, device, dtype, root,
                                                                             floor=preset != "full")
         if error:
-            failed.append({"backend": config.backend, "mode": config.mode, "error": error})
+            failed.append({"backend": config.backend, "format": config.format, "error": error})
             log(f"{config.label}: failed: {error}")
             continue
         records += found[0]
-        latents[(config.backend, config.mode)] = found[1]
+        latents[(config.backend, config.format)] = found[1]
         log(f"{config.label}: {time.perf_counter() - option_start:.0f} s")
 
     log("decoding images ...")
@@ -159,7 +149,7 @@ def run(shape, preset: str, device: torch.device, dtype: torch.dtype, cache: Pat
     for record in records:
         if record["component"] != "transformer":
             continue
-        pair = latents[(record["backend"], record["mode"])]
+        pair = latents[(record["backend"], record["format"])]
         ref_image = _decoded(images, vae, pair["reference"], shape)
         record["psnr"] = psnr(_decoded(images, vae, pair["quantized"], shape), ref_image)
     del vae
@@ -173,21 +163,21 @@ def run(shape, preset: str, device: torch.device, dtype: torch.dtype, cache: Pat
         from .report import write_measured
 
         steps, weights = write_measured(records, result)
-        chains = {mode: cpu_order(mode, steps, weights) for mode in ("8bit", "4bit")}
-        log("rewrote quantization/measured.py")
+        chains = {quant: cpu_order(quant, steps, weights) for quant in ("8bit", "4bit")}
+        log("rewrote quantization/measured.json")
     else:
         from quantization.policy import candidates
 
-        chains = {mode: candidates(mode, device.type) for mode in ("8bit", "4bit")}
-    auto = {(chain[0].backend, chain[0].mode): mode for mode, chain in chains.items()}
+        chains = {quant: candidates(quant, device.type) for quant in ("8bit", "4bit")}
+    auto = {(chain[0].backend, chain[0].format): quant for quant, chain in chains.items()}
     for record in records:
-        record["auto_for"] = auto.get((record["backend"], record["mode"]))
+        record["auto_for"] = auto.get((record["backend"], record["format"]))
         record["auto"] = record["auto_for"] is not None
         record.update(device=str(device), machine=info, preset=preset, isolated=isolate)
-    order = {(c.backend, c.mode): i for i, c in enumerate(configs)}
-    records.sort(key=lambda r: (r["component"] != "transformer", order[(r["backend"], r["mode"])]))
+    order = {(c.backend, c.format): i for i, c in enumerate(configs)}
+    records.sort(key=lambda r: (r["component"] != "transformer", order[(r["backend"], r["format"])]))
     result["records"] = records
-    result["policy"] = {mode: [c.label for c in chain] for mode, chain in chains.items()}
+    result["policy"] = {quant: [c.label for c in chain] for quant, chain in chains.items()}
     result["targets"] = targets(records)
     result["total_s"] = time.perf_counter() - start
     return result
@@ -234,11 +224,10 @@ def measure_in_subprocess(config, shape, device, dtype, root, floor):
     """Run one option in a fresh Python process so its peak memory is its own."""
     with tempfile.TemporaryDirectory(prefix="fluxforge-bench-") as tmp:
         job = Path(tmp) / "job.json"
-        job.write_text(json.dumps({"backend": config.backend, "mode": config.mode, "shape": asdict(shape),
+        job.write_text(json.dumps({"backend": config.backend, "format": config.format, "shape": asdict(shape),
                                    "device": str(device), "dtype": str(dtype)[6:], "root": str(root),
                                    "floor": floor}))
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
-        proc = subprocess.run([sys.executable, "-m", "bench.measure", str(job), tmp], cwd=REPO, env=env,
+        proc = subprocess.run([sys.executable, "-m", "bench.measure", str(job), tmp], cwd=REPO, env=worker_env(),
                               capture_output=True, text=True)
         out = Path(tmp) / "result.json"
         if not out.exists():
@@ -253,14 +242,9 @@ def measure_in_subprocess(config, shape, device, dtype, root, floor):
 def write_outputs(result: dict, path: Path) -> None:
     from .report import markdown, plot
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=1, default=str) + "\n")
+    write_json(result, path)
     path.with_suffix(".md").write_text(markdown(result))
     plot(result, path.with_suffix(".png"))
-
-
-def log(message: str) -> None:
-    print(f"[bench] {message}", file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

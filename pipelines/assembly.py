@@ -10,8 +10,11 @@ from pathlib import Path
 
 import torch
 
-from quantization.cache import Source as ComponentSource
-from quantization.cache import file_fingerprint, load_or_quantize
+from quantization.errors import QuantizationError
+from quantization.load import ComponentSource, fingerprint, load_component
+
+from .errors import UserError
+from .paths import quant_caches
 
 QUANTIZED_COMPONENTS = ("transformer", "text_encoder_2")  # the big ones; CLIP and the VAE stay in full precision
 
@@ -64,32 +67,19 @@ def weight_bytes(root: Path, dtype: torch.dtype) -> tuple[int, int]:
 
 def weights_identity(folder: Path, file: Path | None = None) -> str:
     """The content fingerprint of a component's weights (its folder, or a single-file checkpoint)."""
-    return fingerprint(folder) if file is None else f"file-{file_fingerprint(Path(file))}"
-
-
-def fingerprint(folder: Path) -> str:
-    """Identity of a component folder: file names, sizes, and the first and last MiB of each file."""
-    import hashlib
-
-    digest = hashlib.sha256()
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        size = path.stat().st_size
-        digest.update(f"{path.relative_to(folder)}:{size}".encode())
-        with path.open("rb") as handle:
-            digest.update(handle.read(1 << 20))
-            if size > 2 << 20:
-                handle.seek(-(1 << 20), 2)
-                digest.update(handle.read())
-    return digest.hexdigest()[:16]
+    return fingerprint(folder) if file is None else f"file-{fingerprint(Path(file))}"
 
 
 def load_quantized(root: Path, name: str, cls: type, identity: str, chain, device: torch.device,
                    dtype: torch.dtype, file: Path | None = None, fallbacks=()):
-    """Component ``name`` of ``root`` along ``chain``: (module, record, configs left to fall back to)."""
+    """Component ``name`` of ``root`` along ``chain`` through quantization's one load path (probe, store,
+    fallback), with the studio's caches: (module, record, configs left to fall back to)."""
     def load() -> torch.nn.Module:
         return cls.from_pretrained(root, subfolder=name, dtype=dtype)
 
     source = ComponentSource(root / name, identity, cls, str(root), Path(file) if file else None)
-    module, config, record = load_or_quantize(name, load, chain, device, dtype, source)
-    record.fallbacks = list(fallbacks) + record.fallbacks
-    return module.eval(), record, tuple(chain[chain.index(config) + 1:])
+    try:
+        loaded = load_component(name, load, chain, device, dtype, source, quant_caches(), fallbacks)
+    except QuantizationError as error:
+        raise UserError(str(error)) from None
+    return loaded.module.eval(), loaded.record, loaded.remaining

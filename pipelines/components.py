@@ -56,7 +56,7 @@ class ComponentStore:
         for component in self._items.values():
             quant = component.quant
             rows.append({"component": component.name, "class": component.key[1],
-                         "backend": quant.backend if quant else "-", "mode": quant.mode if quant else "-",
+                         "backend": quant.backend if quant else "-", "format": quant.format if quant else "-",
                          "bytes": component.bytes,
                          "used_by": sorted(Path(k[0]).name + f" ({k[1]})" for k in component.users)})
         return rows

@@ -126,7 +126,7 @@ class Engine:
                                         "(--offload model, or the System tab).") from None
                     step = oom_steps.pop(0)
                     notices.append(f"Out of memory: retrying with {step}.")
-                    run_fallbacks.append({"component": "pipeline", "backend": "memory", "mode": step,
+                    run_fallbacks.append({"component": "pipeline", "backend": "memory", "format": step,
                                           "reason": "out of memory"})
                     if step != "freed memory":
                         notices += self.manager.prepare_for_run(loaded.pipe, offload=step.split()[0])
@@ -177,7 +177,7 @@ class Engine:
             if vae_dtype == torch.float32:
                 raise
             notices.append(f"Decoding gave bad pixels ({error}): decoded again with a float32 VAE.")
-            run_fallbacks.append({"component": "vae", "backend": "none", "mode": str(vae_dtype).replace(
+            run_fallbacks.append({"component": "vae", "backend": "none", "format": str(vae_dtype).replace(
                 "torch.", ""), "reason": str(error)})
         try:
             pipe.vae.to(torch.float32)

@@ -15,7 +15,8 @@ from typing import Any, Callable
 
 import torch
 
-from quantization.policy import HEADROOM, RATIO, AutoChoice, candidates, choose_auto_mode
+from quantization.policy import HEADROOM, RATIO, AutoChoice, candidates, choose_auto
+from quantization.records import Fallback
 
 from .assembly import (QUANTIZED_COMPONENTS, build_pipeline, import_class, load_quantized, read_index, weight_bytes,
                        weights_identity)
@@ -84,8 +85,8 @@ class ModelManager:
         if quant != "auto":
             return quant, None
         quantizable, other = weight_bytes(root, self.dtype)
-        choice = choose_auto_mode(quantizable, other, self._free_memory(self.device))
-        return choice.mode, choice
+        choice = choose_auto(quantizable, other, self._free_memory(self.device))
+        return choice.quant, choice
 
     # ---- loading -----------------------------------------------------------------------------------------
     def pipeline(self, root: Path, quant: str, progress: Progress = _noop,
@@ -147,20 +148,18 @@ class ModelManager:
         The next step goes through the same load path as a first load (probe, cache). Returns the fallbacks
         made (empty when everything is already at full precision).
         """
-        from quantization.apply import Fallback
-
         with self.lock:
             made = []
             for name, component in list(loaded.components.items()):
                 if not component.quant or component.quant.backend == "none" or not component.chain:
                     continue
-                failed = Fallback(name, component.quant.backend, component.quant.mode, reason)
+                failed = Fallback(name, component.quant.backend, component.quant.format, reason)
                 library, cls_name = read_index(loaded.root)[name]
                 self._components.release(component, loaded.key)
                 module, record, remaining = load_quantized(
                     loaded.root, name, import_class(library, cls_name), component.key[0], component.chain,
                     self.device, self.dtype, fallbacks=component.quant.fallbacks + [failed])
-                replacement = Component(name, component.key + ("fallback", record.backend, record.mode), module,
+                replacement = Component(name, component.key + ("fallback", record.backend, record.format), module,
                                         record, remaining, {loaded.key})
                 loaded.components[name] = self._components.add(replacement)
                 setattr(loaded.pipe, name, module)

@@ -39,15 +39,15 @@ def build_report(request, prepared, loaded, manager, peak_bytes: int, timings: d
 
 def prequantized_notices(components: dict, requested: str) -> list[str]:
     """One notice per component that came pre-quantized: its format won over the requested quantization."""
-    return [f"{name} is a pre-quantized checkpoint ({item['backend']} {item['mode']}): used as it is; quant="
+    return [f"{name} is a pre-quantized checkpoint ({item['backend']} {item['format']}): used as it is; quant="
             f"{requested} does not apply to it." for name, item in components.items() if item.get("prequantized")]
 
 
 def fallback_notices(report: dict) -> list[str]:
-    return [f"Fallback: {f['component']} could not use {f['backend']} {f['mode']} ({f['reason']})."
+    return [f"Fallback: {f['component']} could not use {f['backend']} {f['format']} ({f['reason']})."
             for f in report["quantization"]["fallbacks"]]
 
 
 def summary(report: dict) -> str:
     """e.g. 'transformer: bitsandbytes nf4, text_encoder_2: bitsandbytes nf4'."""
-    return ", ".join(f"{name}: {c['backend']} {c['mode']}" for name, c in report["quantization"]["components"].items())
+    return ", ".join(f"{name}: {c['backend']} {c['format']}" for name, c in report["quantization"]["components"].items())

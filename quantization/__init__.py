@@ -1,1 +1,4 @@
-"""Device-aware quantization: config objects, a backend registry, the device policy and fallback."""
+"""Device-aware quantization: config objects, backends, the device policy, and one load path with fallbacks.
+
+A library: the caller passes the folders it may keep things in (load.Caches) and shows its errors.
+"""

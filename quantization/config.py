@@ -8,13 +8,13 @@ from typing import ClassVar
 
 @dataclass(frozen=True)
 class QuantConfig:
-    """Base class: ``backend`` names the handler, ``mode`` the format, ``bits`` the weight width."""
+    """Base class: ``backend`` names the handler, ``format`` the weight format, ``bits`` the weight width."""
 
     backend: ClassVar[str] = "none"
-    modes: ClassVar[tuple[str, ...]] = ()
+    formats: ClassVar[tuple[str, ...]] = ()
 
     @property
-    def mode(self) -> str:  # overridden by fields in subclasses
+    def format(self) -> str:  # overridden by fields in subclasses
         return "bf16"
 
     @property
@@ -23,12 +23,12 @@ class QuantConfig:
 
     @property
     def label(self) -> str:
-        return f"{self.backend} {self.mode}"
+        return f"{self.backend} {self.format}"
 
-    def _check_mode(self, value: str) -> None:
-        if value not in self.modes:
+    def _check_format(self, value: str) -> None:
+        if value not in self.formats:
             raise ValueError(
-                f"{type(self).__name__}: mode={value!r} is not supported; choose one of {', '.join(self.modes)}."
+                f"{type(self).__name__}: format={value!r} is not supported; choose one of {', '.join(self.formats)}."
             )
 
 
@@ -47,13 +47,13 @@ class QuantoConfig(QuantConfig):
 
     weights: str = "int8"
     backend = "quanto"
-    modes = ("int8", "int4")
+    formats = ("int8", "int4")
 
     def __post_init__(self):
-        self._check_mode(self.weights)
+        self._check_format(self.weights)
 
     @property
-    def mode(self) -> str:
+    def format(self) -> str:
         return self.weights
 
     @property
@@ -68,13 +68,13 @@ class BitsAndBytesConfig(QuantConfig):
     quant_type: str = "nf4"
     double_quant: bool = True
     backend = "bitsandbytes"
-    modes = ("int8", "nf4")
+    formats = ("int8", "nf4")
 
     def __post_init__(self):
-        self._check_mode(self.quant_type)
+        self._check_format(self.quant_type)
 
     @property
-    def mode(self) -> str:
+    def format(self) -> str:
         return self.quant_type
 
     @property
@@ -88,13 +88,13 @@ class TorchAoConfig(QuantConfig):
 
     kind: str = "int8_dynamic"
     backend = "torchao"
-    modes = ("int8_dynamic", "int8_weight_only")
+    formats = ("int8_dynamic", "int8_weight_only")
 
     def __post_init__(self):
-        self._check_mode(self.kind)
+        self._check_format(self.kind)
 
     @property
-    def mode(self) -> str:
+    def format(self) -> str:
         return self.kind
 
     @property

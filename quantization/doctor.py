@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import importlib.metadata
 import platform
+from pathlib import Path
 
 import torch
 
-from .config import BitsAndBytesConfig, QuantoConfig, TorchAoConfig
-from .measured import CPU_MACHINES
-from .policy import candidates, cpu_class
+from .policy import all_configs, candidates, cpu_class, cpu_machines
+from .probe import cached_results, clear_cache, probe
 from .registry import check_backend
 
 LIBRARIES = ("torch", "diffusers", "transformers", "accelerate", "optimum-quanto", "bitsandbytes", "torchao",
              "gradio", "pillow", "opencv-python-headless")
-ALL_CONFIGS = (QuantoConfig("int8"), QuantoConfig("int4"), BitsAndBytesConfig("int8"), BitsAndBytesConfig("nf4"),
-               TorchAoConfig("int8_dynamic"), TorchAoConfig("int8_weight_only"))
 
 
 def library_versions() -> dict[str, str | None]:
@@ -40,30 +38,30 @@ def device_name(device: torch.device) -> str:
 PROBE_SHAPES = [(3072, 3072), (3072, 12288), (12288, 3072)]
 
 
-def run_probes(device: torch.device, dtype: torch.dtype, fresh: bool = False) -> None:
-    """Probe every usable backend x mode on FLUX shapes (``fresh`` forgets earlier results first)."""
-    from .probe import clear_cache, probe
-
+def run_probes(device: torch.device, dtype: torch.dtype, folder: Path | None, fresh: bool = False) -> None:
+    """Probe every usable backend x format on FLUX shapes into ``folder`` (None: probing is off, nothing runs);
+    ``fresh`` forgets earlier results first."""
+    if folder is None:
+        return
     if fresh:
-        clear_cache()
-    for config in ALL_CONFIGS:
+        clear_cache(folder)
+    for config in all_configs():
         if check_backend(config, device) is None:
-            probe(config, device, dtype, PROBE_SHAPES)
+            probe(config, device, dtype, PROBE_SHAPES, folder)
 
 
-def doctor_report(device: torch.device, dtype: torch.dtype) -> dict:
-    from .probe import cached_results
-
+def doctor_report(device: torch.device, dtype: torch.dtype, probes: Path | None = None) -> dict:
+    """What this machine can run; ``probes``: the probe-results folder (None: probing is off, none listed)."""
     backends = []
-    for config in ALL_CONFIGS:
+    for config in all_configs():
         reason = check_backend(config, device)
-        backends.append({"backend": config.backend, "mode": config.mode, "usable": reason is None,
+        backends.append({"backend": config.backend, "format": config.format, "usable": reason is None,
                          "reason": reason or ""})
-    policy = {mode: [c.label for c in candidates(mode, device.type)] for mode in ("8bit", "4bit")}
+    policy = {quant: [c.label for c in candidates(quant, device.type)] for quant in ("8bit", "4bit")}
     cpu = cpu_class()
     return {
         "cpu_class": cpu,
-        "cpu_measured_on": CPU_MACHINES.get(cpu),
+        "cpu_measured_on": cpu_machines().get(cpu),
         "device": str(device),
         "device_name": device_name(device),
         "dtype": str(dtype).replace("torch.", ""),
@@ -71,7 +69,7 @@ def doctor_report(device: torch.device, dtype: torch.dtype) -> dict:
         "libraries": library_versions(),
         "backends": backends,
         "policy": policy,
-        "probes": cached_results(),
+        "probes": cached_results(probes) if probes is not None else [],
     }
 
 
@@ -82,17 +80,17 @@ def format_doctor(report: dict) -> str:
     lines.append("backends on this device:")
     for row in report["backends"]:
         state = "ok" if row["usable"] else f"unusable: {row['reason']}"
-        lines.append(f"  {row['backend']:<13} {row['mode']:<17} {state}")
+        lines.append(f"  {row['backend']:<13} {row['format']:<17} {state}")
     lines.append("probes (quantize and run in a child process; cached per environment):")
     if not report["probes"]:
         lines.append("  none yet: they run when a backend is first used, or with `doctor --probe`")
     for row in report["probes"]:
         state = "ok" if row["ok"] else f"unusable: {row['reason']}"
-        lines.append(f"  {row['backend']:<13} {row['mode']:<17} {row['device']} {row['dtype']}: {state} "
+        lines.append(f"  {row['backend']:<13} {row['format']:<17} {row['device']} {row['dtype']}: {state} "
                      f"({row['shapes']} shapes)")
     if report["device"].startswith("cpu"):
         measured = report["cpu_measured_on"] or "no measurements for this class yet: listed order"
         lines.append(f"CPU class: {report['cpu_class']} (policy measured on {measured})")
     lines.append("fallback chains:")
-    lines += [f"  {mode}: {' -> '.join(chain)}" for mode, chain in report["policy"].items()]
+    lines += [f"  {quant}: {' -> '.join(chain)}" for quant, chain in report["policy"].items()]
     return "\n".join(lines)

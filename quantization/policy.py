@@ -1,50 +1,74 @@
-"""Which backend runs a quantization mode on which device: pure functions, tested as tables."""
+"""Which backend runs a quant choice on which device: one table of candidates, pure functions over it."""
 
 from __future__ import annotations
 
 import functools
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
-from .config import (FULL_PRECISION, BitsAndBytesConfig, NoQuantConfig, QuantConfig, QuantoConfig,
-                     TorchAoConfig)
-from .measured import CPU_STEP_RATIO, CPU_WEIGHT_RATIO
+from .config import FULL_PRECISION, BitsAndBytesConfig, QuantConfig, QuantoConfig, TorchAoConfig
 
-MODES = ("auto", "none", "8bit", "4bit")
-QUANTS = MODES
+QUANTS = ("auto", "none", "8bit", "4bit")
+MEASURED = Path(__file__).with_name("measured.json")  # written by `bench --update-policy`
 
-# Candidates in order of preference; full precision always ends the chain.
-# MPS: quanto (never float8). CUDA: bitsandbytes. CPU: ordered from measurements on its class of CPU (cpu_chain).
-POLICY: dict[tuple[str, str], tuple[QuantConfig, ...]] = {
+# Candidates per (device type, quant) in order of preference; full precision always ends the chain.
+# MPS: quanto (never float8). CUDA: bitsandbytes. CPU: this order where measurements tie or are missing;
+# cpu_chain reorders it from the measured table of this class of CPU.
+CANDIDATES: dict[tuple[str, str], tuple[QuantConfig, ...]] = {
     ("cuda", "8bit"): (BitsAndBytesConfig("int8"), TorchAoConfig("int8_weight_only"), QuantoConfig("int8")),
     ("cuda", "4bit"): (BitsAndBytesConfig("nf4"), QuantoConfig("int4")),
     ("mps", "8bit"): (QuantoConfig("int8"),),
     ("mps", "4bit"): (QuantoConfig("int4"),),
+    ("cpu", "8bit"): (TorchAoConfig("int8_dynamic"), QuantoConfig("int8"), BitsAndBytesConfig("int8"),
+                      TorchAoConfig("int8_weight_only")),
+    ("cpu", "4bit"): (BitsAndBytesConfig("nf4"), QuantoConfig("int4")),
 }
 
-# Weight bytes relative to bf16 (REFERENCE.md's physical floor plus scales).
+# Weight bytes relative to bf16: the physical floor of the format plus its scales.
 RATIO = {"none": 1.0, "8bit": 0.51, "4bit": 0.28}
 HEADROOM = 1.25  # activations, latents and the allocator's slack
 
-# CPU options per mode, in the order used where measurements tie or are missing.
-CPU_OPTIONS: dict[str, tuple[QuantConfig, ...]] = {
-    "8bit": (TorchAoConfig("int8_dynamic"), QuantoConfig("int8"), BitsAndBytesConfig("int8"),
-             TorchAoConfig("int8_weight_only")),
-    "4bit": (BitsAndBytesConfig("nf4"), QuantoConfig("int4")),
-}
+Ratios = dict[tuple[str, str], float]  # (backend, format) -> measured ratio to full precision
 
 
-def cpu_order(mode: str, step_ratio: dict[tuple[str, str], float],
-              weight_ratio: dict[tuple[str, str], float]) -> tuple[QuantConfig, ...]:
-    """CPU candidates for ``mode``: options meeting RATIO[mode], fastest measured step first; then the rest.
+def all_configs() -> tuple[QuantConfig, ...]:
+    """Every quantized config of the table, once, grouped by backend."""
+    unique = dict.fromkeys(config for chain in CANDIDATES.values() for config in chain)
+    return tuple(sorted(unique, key=lambda c: (c.backend, -c.bits, c.format)))
 
-    ``step_ratio`` / ``weight_ratio``: (backend, mode) -> measured ratio to full precision (quantization/measured.py).
-    """
+
+def read_measured(path: Path) -> dict:
+    """A measured table as the policy uses it: {"step": {cpu: Ratios}, "weight": Ratios, "machines": {cpu: text}}.
+
+    The file keys each ratio by 'backend format'."""
+    raw = json.loads(Path(path).read_text())
+
+    def pairs(table: dict) -> Ratios:
+        return {tuple(name.split(" ", 1)): value for name, value in table.items()}
+
+    return {"step": {cpu: pairs(table) for cpu, table in raw["cpu_step_ratio"].items()},
+            "weight": pairs(raw["cpu_weight_ratio"]), "machines": dict(raw["cpu_machines"])}
+
+
+@functools.cache
+def _measured() -> dict:
+    return read_measured(MEASURED)
+
+
+def forget_measured() -> None:
+    """Read measured.json again on next use (after the benchmark rewrote it)."""
+    _measured.cache_clear()
+
+
+def cpu_order(quant: str, step_ratio: Ratios, weight_ratio: Ratios) -> tuple[QuantConfig, ...]:
+    """CPU candidates for ``quant``: options meeting RATIO[quant], fastest measured step first; then the rest."""
     def key(config: QuantConfig) -> tuple:
-        name = (config.backend, config.mode)
-        meets = weight_ratio.get(name, float("inf")) <= RATIO[mode]
+        name = (config.backend, config.format)
+        meets = weight_ratio.get(name, float("inf")) <= RATIO[quant]
         return (not meets, name not in step_ratio, step_ratio.get(name, 0.0))
 
-    return tuple(sorted(CPU_OPTIONS[mode], key=key))
+    return tuple(sorted(CANDIDATES[("cpu", quant)], key=key))
 
 
 @functools.cache
@@ -60,34 +84,44 @@ def cpu_class() -> str:
     return "native-bf16" if native else "emulated-bf16"
 
 
-def cpu_step_ratios(cpu: str | None = None) -> dict[tuple[str, str], float]:
+def cpu_step_ratios(cpu: str | None = None) -> Ratios:
     """Measured step-time ratios for ``cpu`` (default: this CPU's class); empty when unmeasured."""
-    return CPU_STEP_RATIO.get(cpu or cpu_class(), {})
+    return _measured()["step"].get(cpu or cpu_class(), {})
 
 
-def cpu_chain(mode: str, cpu: str | None = None) -> tuple[QuantConfig, ...]:
-    """The CPU candidates for ``mode`` on ``cpu`` (default: this CPU's class), from the measured tables."""
-    return cpu_order(mode, cpu_step_ratios(cpu), CPU_WEIGHT_RATIO)
+def cpu_weight_ratios() -> Ratios:
+    """Measured weight-byte ratios (the same on every CPU)."""
+    return _measured()["weight"]
 
 
-def candidates(mode: str, device_type: str) -> tuple[QuantConfig, ...]:
-    """The fallback chain for ``mode`` ('none', '8bit', '4bit') on ``device_type``."""
-    if mode not in MODES or mode == "auto":
-        raise ValueError(f"mode={mode!r} has no candidates; resolve 'auto' first, or use one of none, 8bit, 4bit.")
-    if mode == "none":
+def cpu_machines() -> dict[str, str]:
+    """Per class of CPU: the machine its table was measured on."""
+    return _measured()["machines"]
+
+
+def cpu_chain(quant: str, cpu: str | None = None) -> tuple[QuantConfig, ...]:
+    """The CPU candidates for ``quant`` on ``cpu`` (default: this CPU's class), from the measured tables."""
+    return cpu_order(quant, cpu_step_ratios(cpu), cpu_weight_ratios())
+
+
+def candidates(quant: str, device_type: str) -> tuple[QuantConfig, ...]:
+    """The fallback chain for ``quant`` ('none', '8bit', '4bit') on ``device_type``."""
+    if quant not in QUANTS or quant == "auto":
+        raise ValueError(f"quant={quant!r} has no candidates; resolve 'auto' first, or use one of none, 8bit, 4bit.")
+    if quant == "none":
         return (FULL_PRECISION,)
     if device_type not in ("cuda", "mps"):
-        return cpu_chain(mode) + (FULL_PRECISION,)
-    return POLICY[(device_type, mode)] + (FULL_PRECISION,)
+        return cpu_chain(quant) + (FULL_PRECISION,)
+    return CANDIDATES[(device_type, quant)] + (FULL_PRECISION,)
 
 
 @dataclass(frozen=True)
 class AutoChoice:
-    mode: str
+    quant: str
     reason: str
 
 
-def choose_auto_mode(quantizable_bytes: int, other_bytes: int, free_bytes: int | None) -> AutoChoice:
+def choose_auto(quantizable_bytes: int, other_bytes: int, free_bytes: int | None) -> AutoChoice:
     """Full precision when the model fits with headroom, else 8-bit, else 4-bit.
 
     ``quantizable_bytes``: transformer + T5 at full precision; ``other_bytes``: CLIP, VAE and the rest.
@@ -95,14 +129,10 @@ def choose_auto_mode(quantizable_bytes: int, other_bytes: int, free_bytes: int |
     gib = 2**30
     if free_bytes is None:
         return AutoChoice("none", "free memory unknown: full precision")
-    for mode in ("none", "8bit", "4bit"):
-        need = (quantizable_bytes * RATIO[mode] + other_bytes) * HEADROOM
+    for quant in ("none", "8bit", "4bit"):
+        need = (quantizable_bytes * RATIO[quant] + other_bytes) * HEADROOM
         if need <= free_bytes:
-            return AutoChoice(mode, f"needs ~{need / gib:.1f} GiB of {free_bytes / gib:.1f} GiB free")
+            return AutoChoice(quant, f"needs ~{need / gib:.1f} GiB of {free_bytes / gib:.1f} GiB free")
     need = (quantizable_bytes * RATIO["4bit"] + other_bytes) * HEADROOM
     return AutoChoice("4bit", f"even 4-bit needs ~{need / gib:.1f} GiB of {free_bytes / gib:.1f} GiB free: "
                               "consider model CPU offload")
-
-
-def is_full_precision(config: QuantConfig) -> bool:
-    return isinstance(config, NoQuantConfig)

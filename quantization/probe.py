@@ -1,10 +1,10 @@
 """Crash-safe capability probe: quantize and run Linear layers of a model's shapes in a subprocess.
 
 Some kernels crash the process instead of raising (torch 2.13's CPU int8 matmul segfaults for
-in_features < 16; quanto has crashed Metal command buffers). Before a backend x mode x device x dtype is
+in_features < 16; quanto has crashed Metal command buffers). Before a backend x format x device x dtype is
 first used on a model, a child process quantizes one Linear per distinct (in, out) shape and runs it; a
-crash, hang, error or non-finite output marks the combination unusable, with the reason. Results are cached
-on disk per environment, so each probe costs once.
+crash, hang, error or non-finite output marks the combination unusable, with the reason. Results are kept in
+the caller's folder, one file per environment, so each probe costs once.
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ import hashlib
 import importlib
 import importlib.metadata
 import json
+import multiprocessing
 import os
 import signal
-import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -24,10 +24,11 @@ from pathlib import Path
 
 import torch
 
+from .backends.common import quantizable_linears
 from .config import QuantConfig
+from .registry import backend_for
 
-PROBE_ENV = "FLUXFORGE_PROBE"  # "0" turns probing off
-TIMEOUT_S = float(os.environ.get("FLUXFORGE_PROBE_TIMEOUT", "180"))
+TIMEOUT_S = 180.0
 MAX_SHAPES = 24
 
 
@@ -38,14 +39,8 @@ class ProbeResult:
     cached: bool = False
 
 
-def enabled() -> bool:
-    return os.environ.get(PROBE_ENV, "1") != "0"
-
-
-def cache_file() -> Path:
-    from pipelines.tiny import cache_root
-
-    return cache_root() / "probes" / f"{environment_key()}.json"
+def results_file(folder: Path) -> Path:
+    return Path(folder) / f"{environment_key()}.json"
 
 
 def environment_key() -> str:
@@ -63,8 +58,6 @@ def environment_key() -> str:
 
 def linear_shapes(module: torch.nn.Module) -> list[tuple[int, int]]:
     """Distinct (in_features, out_features) pairs of the Linear layers a backend would quantize."""
-    from .backends.common import quantizable_linears
-
     return sorted({(m.in_features, m.out_features) for _, m in quantizable_linears(module)})
 
 
@@ -75,33 +68,31 @@ def _key(config: QuantConfig, device: torch.device, dtype: torch.dtype, shape) -
 
 def _describe(config: QuantConfig) -> dict:
     cls = type(config)
-    from .registry import backend_for
-
     return {"class": f"{cls.__module__}:{cls.__qualname__}", "fields": dataclasses.asdict(config),
             "backend_module": type(backend_for(config)).__module__}
 
 
-def _read_cache() -> dict:
+def _read(folder: Path) -> dict:
     try:
-        return json.loads(cache_file().read_text())
+        return json.loads(results_file(folder).read_text())
     except (OSError, ValueError):
         return {}
 
 
-def _write_cache(entries: dict) -> None:
-    path = cache_file()
+def _write(folder: Path, entries: dict) -> None:
+    path = results_file(folder)
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as handle:
         json.dump(entries, handle, indent=1, sort_keys=True)
     os.replace(handle.name, path)
 
 
-def cached_results() -> list[dict]:
-    """Every cached probe of this environment, for doctor and the System tab."""
+def cached_results(folder: Path) -> list[dict]:
+    """Every probe of this environment kept in ``folder``, for doctor and the System tab."""
     rows: dict[tuple, dict] = {}
-    for entry in _read_cache().values():
-        key = (entry["backend"], entry["mode"], entry["device"], entry["dtype"])
-        row = rows.setdefault(key, {"backend": key[0], "mode": key[1], "device": key[2], "dtype": key[3],
+    for entry in _read(folder).values():
+        key = (entry["backend"], entry["format"], entry["device"], entry["dtype"])
+        row = rows.setdefault(key, {"backend": key[0], "format": key[1], "device": key[2], "dtype": key[3],
                                     "shapes": 0, "ok": True, "reason": ""})
         row["shapes"] += 1
         if not entry["ok"]:
@@ -109,22 +100,23 @@ def cached_results() -> list[dict]:
     return [rows[key] for key in sorted(rows)]
 
 
-def clear_cache() -> int:
-    entries = _read_cache()
+def clear_cache(folder: Path) -> int:
+    """Forget every probe of this environment kept in ``folder``; returns how many there were."""
+    entries = _read(folder)
     try:
-        cache_file().unlink()
+        results_file(folder).unlink()
     except FileNotFoundError:
         pass
     return len(entries)
 
 
 def probe(config: QuantConfig, device: torch.device, dtype: torch.dtype, shapes: list[tuple[int, int]],
-          timeout_s: float | None = None) -> ProbeResult:
+          folder: Path, timeout_s: float | None = None) -> ProbeResult:
     """Can ``config`` quantize and run Linear layers of ``shapes`` on ``device`` in ``dtype``?
 
-    Each shape's result is cached; only shapes not seen before are run, in one child process.
+    Each shape's result is kept in ``folder``; only shapes not seen before are run, in one child process.
     """
-    entries = _read_cache()
+    entries = _read(folder)
     keys = {tuple(shape): _key(config, device, dtype, shape) for shape in shapes}
     for shape, key in keys.items():
         if key in entries and not entries[key]["ok"]:
@@ -136,61 +128,74 @@ def probe(config: QuantConfig, device: torch.device, dtype: torch.dtype, shapes:
     for start in range(0, len(unknown), MAX_SHAPES):
         batch = unknown[start:start + MAX_SHAPES]
         result = _run_child(config, device, dtype, batch, timeout_s or TIMEOUT_S)
-        entries = _read_cache()
+        entries = _read(folder)
         # A failed batch marks every shape in it: the child cannot say which one took it down.
         for shape in batch:
             entries[keys[tuple(shape)]] = {
-                "backend": config.backend, "mode": config.mode, "device": str(device),
+                "backend": config.backend, "format": config.format, "device": str(device),
                 "dtype": str(dtype).replace("torch.", ""), "shape": shape, "ok": result.ok, "reason": result.reason}
-        _write_cache(entries)
+        _write(folder, entries)
         if not result.ok:
             break
     return result
 
 
 def _run_child(config, device, dtype, shapes, timeout_s: float) -> ProbeResult:
+    """Run the job in a fresh interpreter (spawned: it inherits sys.path, not this process's state)."""
     job = {"config": _describe(config), "device": str(device), "dtype": str(dtype).replace("torch.", ""),
            "shapes": shapes}
-    root = str(Path(__file__).resolve().parents[1])
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
-    try:
-        proc = subprocess.run([sys.executable, "-m", "quantization.probe"], input=json.dumps(job), text=True,
-                              capture_output=True, timeout=timeout_s, env=env, cwd=root)
-    except subprocess.TimeoutExpired:
+    context = multiprocessing.get_context("spawn")
+    reader, writer = context.Pipe(duplex=False)
+    child = context.Process(target=_child, args=(job, writer), daemon=True)
+    child.start()
+    writer.close()
+    child.join(timeout_s)
+    if child.is_alive():
+        child.kill()
+        child.join()
+        reader.close()
         return ProbeResult(False, f"probe hung (no answer in {timeout_s:g} s)")
-    if proc.returncode < 0:
-        name = signal.Signals(-proc.returncode).name
-        return ProbeResult(False, f"probe crashed ({name})")
-    if proc.returncode != 0:
-        lines = [line for line in (proc.stdout + proc.stderr).strip().splitlines() if line.strip()]
-        return ProbeResult(False, f"probe failed: {lines[-1] if lines else f'exit {proc.returncode}'}")
+    try:
+        message = reader.recv() if reader.poll() else ""
+    except EOFError:  # the child died before it could answer
+        message = ""
+    reader.close()
+    if child.exitcode < 0:
+        return ProbeResult(False, f"probe crashed ({signal.Signals(-child.exitcode).name})")
+    if child.exitcode != 0:
+        return ProbeResult(False, f"probe failed: {message or f'exit {child.exitcode}'}")
     return ProbeResult(True)
 
 
-def _child(job: dict) -> int:
-    """In the subprocess: quantize one Linear per shape, run it, check the output."""
+def _child(job: dict, writer) -> None:
+    """In the child: quantize one Linear per shape, run it, check the output; the verdict goes to ``writer``."""
     import logging
 
     logging.disable(logging.WARNING)
+    quiet = os.open(os.devnull, os.O_WRONLY)  # the libraries' own chatter stays out of the parent's terminal
+    os.dup2(quiet, 1)
+    os.dup2(quiet, 2)
+    try:
+        message = _try(job)
+    except Exception as error:
+        writer.send(f"{type(error).__name__}: {error}".strip())
+        sys.exit(1)
+    writer.send(message)
+    sys.exit(0 if message == "ok" else 3)
+
+
+def _try(job: dict) -> str:
     module_name, qualname = job["config"]["class"].split(":")
     config = getattr(importlib.import_module(module_name), qualname)(**job["config"]["fields"])
     importlib.import_module(job["config"]["backend_module"])
-    from .registry import backend_for
-
     backend = backend_for(config)
     device, dtype = torch.device(job["device"]), getattr(torch, job["dtype"])
     torch.manual_seed(0)
     for in_features, out_features in job["shapes"]:
         layer = torch.nn.Sequential(torch.nn.Linear(in_features, out_features)).to(dtype)
         layer = backend.quantize(layer, config, device, dtype)
-        with torch.no_grad():  # as diffusers pipelines run (quanto int4 refuses inference tensors)
+        with torch.no_grad():  # as diffusers runs its models (quanto int4 refuses inference tensors)
             output = layer(torch.randn(2, in_features, dtype=dtype, device=device))
         if not torch.isfinite(output).all():
-            print(f"non-finite output for a {in_features}x{out_features} layer")
-            return 3
-    print("ok")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(_child(json.loads(sys.stdin.read())))
+            return f"non-finite output for a {in_features}x{out_features} layer"
+    return "ok"

@@ -1,54 +1,23 @@
-"""Backend handlers, found through a registry keyed by config type."""
+"""Backend handlers, found by config type: the built-in table plus any registered by a plugin."""
 
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Callable
 
 import torch
 
+from .backends import BUILTIN
+from .backends.base import Backend
 from .config import QuantConfig
 
 DISABLE_ENV = "FLUXFORGE_DISABLE_BACKENDS"
 
-
-class Backend:
-    """One quantization library behind a small interface."""
-
-    name = "none"
-
-    def check(self, config: QuantConfig, device: torch.device) -> str | None:
-        """None when usable on ``device``; otherwise the reason, naming the fix."""
-        return None
-
-    def quantize(self, module: torch.nn.Module, config: QuantConfig, device: torch.device,
-                 dtype: torch.dtype) -> torch.nn.Module:
-        """Quantize ``module`` (on the CPU, in ``dtype``) and return it on ``device``."""
-        return module.to(device)
-
-    def is_quantized_layer(self, layer: torch.nn.Module) -> bool:
-        """True for a layer this backend has quantized."""
-        return False
-
-    # ---- serialization (the quantized-weights cache) -------------------------------------------------
-    can_serialize = False  # a backend that cannot save its layers simply skips the cache
-    library = ""  # the pip package whose version is part of a cache key
-
-    def save(self, module: torch.nn.Module, path: Path) -> list[str]:
-        """Write the quantized ``module`` into the existing folder ``path``; returns the file names written."""
-        raise NotImplementedError(f"{self.name} cannot save quantized weights")
-
-    def load(self, skeleton: torch.nn.Module, path: Path, config: QuantConfig, device: torch.device,
-             dtype: torch.dtype) -> torch.nn.Module:
-        """Rebuild what ``save`` wrote, into ``skeleton`` (the full-precision layout on the meta device)."""
-        raise NotImplementedError(f"{self.name} cannot load quantized weights")
-
-
-_REGISTRY: dict[type, Backend] = {}
+_REGISTRY: dict[type, Backend] = dict(BUILTIN)
 
 
 def register(config_type: type) -> Callable[[type], type]:
+    """Class decorator for a plugin backend: handles configs of ``config_type``."""
     def wrap(cls: type) -> type:
         _REGISTRY[config_type] = cls()
         return cls
@@ -57,11 +26,11 @@ def register(config_type: type) -> Callable[[type], type]:
 
 
 def backend_for(config: QuantConfig) -> Backend:
-    _load_builtin_backends()
     try:
         return _REGISTRY[type(config)]
     except KeyError:
-        raise ValueError(f"no backend is registered for {type(config).__name__}") from None
+        raise ValueError(f"no backend is registered for {type(config).__name__}; register one with "
+                         "quantization.registry.register") from None
 
 
 def disabled_backends() -> set[str]:
@@ -78,5 +47,6 @@ def check_backend(config: QuantConfig, device: torch.device) -> str | None:
     return backend.check(config, device)
 
 
-def _load_builtin_backends() -> None:
-    from . import backends  # noqa: F401  (registers on import)
+def count_quantized_layers(module: torch.nn.Module, config: QuantConfig) -> int:
+    backend = backend_for(config)
+    return sum(1 for layer in module.modules() if backend.is_quantized_layer(layer))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import runpy
 import statistics
 
 import pytest
@@ -13,7 +12,7 @@ from bench.measure import paired_ratio
 from quantization.config import BitsAndBytesConfig, QuantoConfig, TorchAoConfig
 from quantization.policy import RATIO, cpu_order
 
-FIELDS = ("component", "backend", "mode", "auto", "weight_bytes", "ref_weight_bytes", "weight_ratio", "step_s",
+FIELDS = ("component", "backend", "format", "auto", "weight_bytes", "ref_weight_bytes", "weight_ratio", "step_s",
           "ref_step_s", "step_ratio", "quantize_s", "load_s", "peak_bytes", "rel_error", "device", "machine")
 ONLY = "quanto:int8,bitsandbytes:nf4,torchao:int8_dynamic"
 
@@ -34,7 +33,7 @@ def test_records_have_the_fields_and_honest_ratios(tiny_run):
     _, result = tiny_run
     records = result["records"]
     assert not result["failed"]
-    measured = {(r["backend"], r["mode"]) for r in records}
+    measured = {(r["backend"], r["format"]) for r in records}
     assert measured == {("none", "bf16"), ("quanto", "int8"), ("bitsandbytes", "nf4"), ("torchao", "int8_dynamic")}
     assert {r["component"] for r in records} == {"transformer", "text_encoder_2"}
     for r in records:
@@ -58,9 +57,9 @@ def test_auto_flags_follow_the_policy(tiny_run):
     from quantization.policy import candidates
 
     _, result = tiny_run
-    firsts = {(candidates(m, "cpu")[0].backend, candidates(m, "cpu")[0].mode) for m in ("8bit", "4bit")}
+    firsts = {(candidates(q, "cpu")[0].backend, candidates(q, "cpu")[0].format) for q in ("8bit", "4bit")}
     for r in result["records"]:
-        assert r["auto"] == ((r["backend"], r["mode"]) in firsts)
+        assert r["auto"] == ((r["backend"], r["format"]) in firsts)
         assert r["auto"] == (r["auto_for"] is not None)
 
 
@@ -92,11 +91,11 @@ AO_DYN, AO_WO = TorchAoConfig("int8_dynamic"), TorchAoConfig("int8_weight_only")
 
 
 def names(*configs):
-    return {(c.backend, c.mode) for c in configs}
+    return {(c.backend, c.format) for c in configs}
 
 
 @pytest.mark.parametrize(
-    "mode, steps, weights, expected",
+    "quant, steps, weights, expected",
     [
         # fastest first among options meeting the weight target
         ("8bit", {("torchao", "int8_dynamic"): 1.5, ("quanto", "int8"): 3.2, ("bitsandbytes", "int8"): 1.6,
@@ -116,8 +115,8 @@ def names(*configs):
         ("8bit", {}, {}, (AO_DYN, Q8, BNB8, AO_WO)),
     ],
 )
-def test_cpu_order_from_a_measured_table(mode, steps, weights, expected):
-    assert cpu_order(mode, steps, weights) == expected
+def test_cpu_order_from_a_measured_table(quant, steps, weights, expected):
+    assert cpu_order(quant, steps, weights) == expected
 
 
 def test_weight_target_is_the_policy_ratio():
@@ -129,33 +128,36 @@ def test_weight_target_is_the_policy_ratio():
 
 def test_written_table_round_trips_into_the_policy(tiny_run, tmp_path):
     from bench.report import measured_tables, write_measured
+    from quantization.policy import read_measured
 
     _, result = tiny_run
-    path = tmp_path / "measured.py"
+    path = tmp_path / "measured.json"
     steps, weights = write_measured(result["records"], result, path, cpu="emulated-bf16")
-    table = runpy.run_path(str(path))
-    assert table["CPU_STEP_RATIO"] == {"emulated-bf16": steps} and table["CPU_WEIGHT_RATIO"] == weights
+    table = read_measured(path)
+    assert table["step"] == {"emulated-bf16": steps} and table["weight"] == weights
     write_measured(result["records"], result, path, cpu="native-bf16")  # another class: both tables kept
-    table = runpy.run_path(str(path))
-    assert table["CPU_STEP_RATIO"] == {"emulated-bf16": steps, "native-bf16": steps}
-    assert set(table["CPU_MACHINES"]) == {"emulated-bf16", "native-bf16"}
+    table = read_measured(path)
+    assert table["step"] == {"emulated-bf16": steps, "native-bf16": steps}
+    assert set(table["machines"]) == {"emulated-bf16", "native-bf16"}
+    text = path.read_text()
+    assert text == json.dumps(json.loads(text), indent=1, sort_keys=True) + "\n"  # sorted: diffs stay small
     assert (steps, weights) == measured_tables(result["records"])
     assert ("none", "bf16") not in steps and ("quanto", "int8") in steps
     assert "cores" in path.read_text() and cpu_order("8bit", steps, weights)
 
 
 def test_the_policy_reads_the_committed_table_of_this_class_of_cpu():
-    from quantization import measured
-    from quantization.policy import candidates, cpu_chain, cpu_class
+    from quantization.policy import MEASURED, candidates, cpu_chain, cpu_class, read_measured
 
+    measured = read_measured(MEASURED)
     assert cpu_class() in ("native-bf16", "emulated-bf16")
-    assert set(measured.CPU_STEP_RATIO) == set(measured.CPU_MACHINES) == {"native-bf16", "emulated-bf16"}
-    for mode in ("8bit", "4bit"):
-        table = measured.CPU_STEP_RATIO[cpu_class()]
-        assert candidates(mode, "cpu")[:-1] == cpu_order(mode, table, measured.CPU_WEIGHT_RATIO)
-        for cpu, table in measured.CPU_STEP_RATIO.items():
-            assert cpu_chain(mode, cpu) == cpu_order(mode, table, measured.CPU_WEIGHT_RATIO)
-    assert cpu_chain("8bit", "an-unmeasured-cpu") == cpu_order("8bit", {}, measured.CPU_WEIGHT_RATIO)
+    assert set(measured["step"]) == set(measured["machines"]) == {"native-bf16", "emulated-bf16"}
+    for quant in ("8bit", "4bit"):
+        table = measured["step"][cpu_class()]
+        assert candidates(quant, "cpu")[:-1] == cpu_order(quant, table, measured["weight"])
+        for cpu, table in measured["step"].items():
+            assert cpu_chain(quant, cpu) == cpu_order(quant, table, measured["weight"])
+    assert cpu_chain("8bit", "an-unmeasured-cpu") == cpu_order("8bit", {}, measured["weight"])
 
 
 def test_cache_benchmark_times_cold_and_cached_loads_in_fresh_processes(tmp_path):

@@ -10,13 +10,17 @@ import numpy as np
 import pytest
 import torch
 
-from pipelines.engine import Studio
+from pipelines.engine import Engine
 from pipelines.errors import UserError
 from pipelines.manager import ModelManager
+from pipelines.paths import quantized_dir
 from pipelines.request import GenerationRequest
-from quantization import cache
-from quantization.config import FULL_PRECISION, BitsAndBytesConfig, QuantoConfig, TorchAoConfig
-from quantization.policy import candidates
+from quantization import admin, store
+from quantization.config import FULL_PRECISION, BitsAndBytesConfig, QuantoConfig
+from quantization.errors import QuantizationError
+from quantization.load import Caches, ComponentSource, fingerprint, load_component
+from quantization.policy import all_configs, candidates
+from quantization.prequantized import load_prequantized
 from quantization.probe import ProbeResult
 from quantization.registry import backend_for
 
@@ -39,10 +43,10 @@ def only(monkeypatch, backend: str) -> None:
     monkeypatch.setenv("FLUXFORGE_DISABLE_BACKENDS", ",".join(b for b in BACKENDS if b != backend))
 
 
-def generate(mode="4bit", **kwargs):
+def generate(quant="4bit", **kwargs):
     """One run on a fresh manager (nothing loaded in memory), as a new studio process would do it."""
-    request = GenerationRequest(tool="dev", prompt="x", model="tiny", quant=mode, seed=1, steps=2, **kwargs)
-    return Studio(ModelManager(device="cpu")).generate(request)
+    request = GenerationRequest(tool="dev", prompt="x", model="tiny", quant=quant, seed=1, steps=2, **kwargs)
+    return Engine(ModelManager(device="cpu")).generate(request)
 
 
 def pixels(result) -> np.ndarray:
@@ -53,9 +57,20 @@ def components(result) -> dict:
     return result.report["quantization"]["components"]
 
 
+def entries() -> list[dict]:
+    """The studio's quantized-weights store, as the CLI lists it."""
+    return admin.entries(quantized_dir())
+
+
 def entry_of(component: str) -> Path:
-    (path,) = [Path(row["path"]) for row in cache.entries() if row["component"] == component]
+    (path,) = [Path(row["path"]) for row in entries() if row["component"] == component]
     return path
+
+
+def load_stored(load, chain, source, folder: Path, probes: Path | None = None):
+    """The load path with a store in ``folder``: (module, config it ended with, record)."""
+    loaded = load_component("transformer", load, chain, CPU, BF16, source, Caches(weights=folder, probes=probes))
+    return loaded.module, loaded.config, loaded.record
 
 
 # ---- identical outputs, quantized now or read from the cache -------------------------------------------
@@ -63,35 +78,29 @@ FORCED = [("8bit", "quanto"), ("4bit", "quanto"), ("4bit", "bitsandbytes"), ("8b
           ("8bit", "torchao")]
 
 
-@pytest.mark.parametrize("mode, backend", FORCED, ids=[f"{b}-{m}" for m, b in FORCED])
-def test_cached_load_gives_the_same_image_as_quantizing(quant_cache, tiny_root, monkeypatch, mode, backend):
+@pytest.mark.parametrize("quant, backend", FORCED, ids=[f"{b}-{q}" for q, b in FORCED])
+def test_cached_load_gives_the_same_image_as_quantizing(quant_cache, tiny_root, monkeypatch, quant, backend):
     only(monkeypatch, backend)
-    expected = next(c for c in candidates(mode, "cpu") if c.backend == backend)
-    first = generate(mode)
-    second = generate(mode)
+    expected = next(c for c in candidates(quant, "cpu") if c.backend == backend)
+    first = generate(quant)
+    second = generate(quant)
     for name in QUANTIZED:
         before, after = components(first)[name], components(second)[name]
-        assert (before["backend"], before["mode"]) == (after["backend"], after["mode"]) == (backend, expected.mode)
+        assert (before["backend"], before["format"]) == (after["backend"], after["format"]) == (backend, expected.format)
         assert (before["from_cache"], after["from_cache"]) == (False, True)
         assert before["bytes_after"] == after["bytes_after"] and before["bytes_before"] == after["bytes_before"]
         assert before["quantized_layers"] == after["quantized_layers"] > 0
     assert not components(first)["vae"]["from_cache"]
     assert np.array_equal(pixels(first), pixels(second))
-    assert sorted(row["component"] for row in cache.entries()) == sorted(QUANTIZED)
-    assert all(row["status"] == "ok" and row["backend"] == backend for row in cache.entries())
-
-
-ALL_CONFIGS = [QuantoConfig("int8"), QuantoConfig("int4"), BitsAndBytesConfig("int8"), BitsAndBytesConfig("nf4"),
-               TorchAoConfig("int8_dynamic"), TorchAoConfig("int8_weight_only")]
+    assert sorted(row["component"] for row in entries()) == sorted(QUANTIZED)
+    assert all(row["status"] == "ok" and row["backend"] == backend for row in entries())
 
 
 def transformer_source(tiny_root):
     from diffusers import FluxTransformer2DModel
 
-    from pipelines.manager import fingerprint
-
     folder = tiny_root / "dev" / "transformer"
-    return cache.Source(folder, fingerprint(folder), FluxTransformer2DModel, "tiny")
+    return ComponentSource(folder, fingerprint(folder), FluxTransformer2DModel, "tiny")
 
 
 def transformer_inputs():
@@ -101,7 +110,7 @@ def transformer_inputs():
                 img_ids=torch.zeros(64, 3), txt_ids=torch.zeros(8, 3), guidance=torch.tensor([3.5]))
 
 
-@pytest.mark.parametrize("config", ALL_CONFIGS, ids=lambda c: c.label)
+@pytest.mark.parametrize("config", all_configs(), ids=lambda c: c.label)
 def test_cache_hit_never_reads_the_full_precision_weights(quant_cache, tiny_root, config):
     source = transformer_source(tiny_root)
     loads = []
@@ -111,8 +120,8 @@ def test_cache_hit_never_reads_the_full_precision_weights(quant_cache, tiny_root
         return source.cls.from_pretrained(source.folder, dtype=BF16)
 
     chain = [config, FULL_PRECISION]
-    fresh, chosen, record = cache.load_or_quantize("transformer", load, chain, CPU, BF16, source)
-    cached, chosen_again, cached_record = cache.load_or_quantize("transformer", load, chain, CPU, BF16, source)
+    fresh, chosen, record = load_stored(load, chain, source, quant_cache)
+    cached, chosen_again, cached_record = load_stored(load, chain, source, quant_cache)
     assert chosen == chosen_again == config and len(loads) == 1
     assert (record.from_cache, cached_record.from_cache) == (False, True) and cached_record.quantize_s == 0.0
     assert cached_record.bytes_after == record.bytes_after and cached_record.bytes_before == record.bytes_before
@@ -122,25 +131,59 @@ def test_cache_hit_never_reads_the_full_precision_weights(quant_cache, tiny_root
         assert torch.equal(fresh(**transformer_inputs()).sample, cached(**transformer_inputs()).sample)
 
 
-def test_cache_hit_still_runs_the_probe_with_the_recorded_shapes(quant_cache, tiny_root, monkeypatch):
+def test_cache_hit_still_runs_the_probe_with_the_recorded_shapes(quant_cache, tiny_root, monkeypatch, tmp_path):
     import quantization.probe
 
     source = transformer_source(tiny_root)
     chain = [BitsAndBytesConfig("nf4"), QuantoConfig("int4"), FULL_PRECISION]
     load = lambda: source.cls.from_pretrained(source.folder, dtype=BF16)  # noqa: E731
-    cache.load_or_quantize("transformer", load, chain, CPU, BF16, source)
+    load_stored(load, chain, source, quant_cache)
     calls = []
 
-    def fake_probe(config, device, dtype, shapes, timeout_s=None):
-        calls.append((config, shapes))
+    def fake_probe(config, device, dtype, shapes, folder, timeout_s=None):
+        calls.append((config, shapes, folder))
         return ProbeResult(config.backend != "bitsandbytes", "probe crashed (SIGSEGV)")
 
-    monkeypatch.setenv("FLUXFORGE_PROBE", "1")
     monkeypatch.setattr(quantization.probe, "probe", fake_probe)
-    module, chosen, record = cache.load_or_quantize("transformer", load, chain, CPU, BF16, source)
+    module, chosen, record = load_stored(load, chain, source, quant_cache, probes=tmp_path / "probes")
     assert calls[0][0] == BitsAndBytesConfig("nf4") and (64, 64) in calls[0][1]
+    assert calls[0][2] == tmp_path / "probes"
     assert chosen == QuantoConfig("int4") and not record.from_cache  # the crashing option is skipped, as without a cache
     assert [(f.backend, f.reason) for f in record.fallbacks] == [("bitsandbytes", "probe crashed (SIGSEGV)")]
+
+
+# ---- runtime fallbacks ----------------------------------------------------------------------------------------
+def test_runtime_fallback_is_stored_and_read_back(quant_cache, tiny_root, monkeypatch):
+    """A first run that fails after quantizing moves the transformer one step down its chain through the same load
+    path: the next config is stored, and a fresh studio reads it back instead of quantizing it again."""
+    first, second = candidates("4bit", "cpu")[:2]
+    backend_type = type(backend_for(first))
+    original = backend_type.quantize
+
+    def explode(*args):
+        raise RuntimeError("kernel not implemented for this shape")
+
+    def poisoned(self, module, config, device, dtype):
+        module = original(self, module, config, device, dtype)
+        if type(module).__name__ == "FluxTransformer2DModel" and config == first:
+            module.proj_out.register_forward_pre_hook(explode)  # a hooked module is never stored
+        return module
+
+    monkeypatch.setattr(backend_type, "quantize", poisoned)
+    degraded = generate("4bit")
+    transformer = components(degraded)["transformer"]
+    assert (transformer["backend"], transformer["format"], transformer["from_cache"]) == (
+        second.backend, second.format, False)
+    stored = {(row["component"], row["backend"], row["format"]) for row in entries()}
+    assert ("transformer", second.backend, second.format) in stored
+    assert ("transformer", first.backend, first.format) not in stored
+    again = generate("4bit")
+    transformer = components(again)["transformer"]
+    assert (transformer["backend"], transformer["format"], transformer["from_cache"]) == (
+        second.backend, second.format, True)
+    reasons = [f["reason"] for f in again.report["quantization"]["fallbacks"] if f["component"] == "transformer"]
+    assert any("kernel not implemented" in reason for reason in reasons)
+    assert np.array_equal(pixels(degraded), pixels(again))
 
 
 # ---- damaged entries -------------------------------------------------------------------------------------------
@@ -168,14 +211,14 @@ def test_damaged_entry_is_never_loaded_and_is_rebuilt(quant_cache, tiny_root, mo
     entry = entry_of("transformer")
     DAMAGE[damage](entry)
     restored = []
-    real_restore = cache.restore
-    monkeypatch.setattr(cache, "restore", lambda e, *a: restored.append(e.path.name) or real_restore(e, *a))
+    real_restore = store.restore
+    monkeypatch.setattr(store, "restore", lambda e, *a: restored.append(e.path.name) or real_restore(e, *a))
     rebuilt = generate("4bit")
     assert entry.name not in restored  # verified before use: the damaged files were never read into a model
     assert components(rebuilt)["transformer"]["from_cache"] is False
     assert components(rebuilt)["text_encoder_2"]["from_cache"] is True
     assert np.array_equal(pixels(reference), pixels(rebuilt))
-    assert cache.verify(entry_of("transformer"))["files"]  # rebuilt whole
+    assert store.verify(entry_of("transformer"))["files"]  # rebuilt whole
     assert components(generate("4bit"))["transformer"]["from_cache"] is True
 
 
@@ -193,31 +236,32 @@ def test_entry_that_does_not_rebuild_as_recorded_is_discarded(quant_cache, tiny_
     assert json.loads((entry_of("transformer") / "manifest.json").read_text())["keys"] == keys
 
 
-def test_key_covers_source_component_backend_mode_dtype_device_versions_and_code(tiny_root, monkeypatch):
+def test_key_covers_source_component_backend_format_dtype_device_versions_and_code(tiny_root, tmp_path, monkeypatch):
     source = transformer_source(tiny_root)
     config = QuantoConfig("int8")
-    fields = cache.key_fields(source, "transformer", config, CPU, BF16)
+    fields = store.key_fields(source, "transformer", config, CPU, BF16)
     assert {"source", "class", "component", "backend", "config", "dtype", "device", "torch", "library", "code"} <= set(
         fields)
     assert fields["library"].startswith("optimum-quanto==") and fields["torch"] == torch.__version__
-    base = cache.entry_path(fields)
+    base = store.entry_path(tmp_path, fields)
     others = [
-        cache.key_fields(source, "transformer", QuantoConfig("int4"), CPU, BF16),
-        cache.key_fields(source, "transformer", config, CPU, torch.float16),
-        cache.key_fields(source, "transformer", config, torch.device("cuda"), BF16),
-        cache.key_fields(source, "text_encoder_2", config, CPU, BF16),
-        cache.key_fields(cache.Source(source.folder, "another-fingerprint", source.cls), "transformer", config, CPU, BF16),
-        cache.key_fields(source, "transformer", BitsAndBytesConfig("nf4", double_quant=False), CPU, BF16),
+        store.key_fields(source, "transformer", QuantoConfig("int4"), CPU, BF16),
+        store.key_fields(source, "transformer", config, CPU, torch.float16),
+        store.key_fields(source, "transformer", config, torch.device("cuda"), BF16),
+        store.key_fields(source, "text_encoder_2", config, CPU, BF16),
+        store.key_fields(ComponentSource(source.folder, "another-fingerprint", source.cls), "transformer", config, CPU,
+                         BF16),
+        store.key_fields(source, "transformer", BitsAndBytesConfig("nf4", double_quant=False), CPU, BF16),
     ]
-    assert len({base} | {cache.entry_path(f) for f in others}) == len(others) + 1
+    assert len({base} | {store.entry_path(tmp_path, f) for f in others}) == len(others) + 1
     monkeypatch.setattr(type(backend_for(config)), "quantize", lambda self, module, *args: module)
-    assert cache.entry_path(cache.key_fields(source, "transformer", config, CPU, BF16)) != base
+    assert store.entry_path(tmp_path, store.key_fields(source, "transformer", config, CPU, BF16)) != base
 
 
 def test_cache_can_be_turned_off_and_a_failed_save_does_not_stop_the_run(quant_cache, tiny_root, monkeypatch):
     only(monkeypatch, "bitsandbytes")
     monkeypatch.setenv("FLUXFORGE_QUANT_CACHE", "0")
-    assert components(generate("4bit"))["transformer"]["from_cache"] is False and cache.entries() == []
+    assert components(generate("4bit"))["transformer"]["from_cache"] is False and entries() == []
     monkeypatch.delenv("FLUXFORGE_QUANT_CACHE")
 
     def full_disk(self, module, path):
@@ -225,7 +269,7 @@ def test_cache_can_be_turned_off_and_a_failed_save_does_not_stop_the_run(quant_c
 
     monkeypatch.setattr(type(backend_for(BitsAndBytesConfig("nf4"))), "save", full_disk)
     result = generate("4bit")
-    assert components(result)["transformer"]["backend"] == "bitsandbytes" and cache.entries() == []
+    assert components(result)["transformer"]["backend"] == "bitsandbytes" and entries() == []
     assert not list(quant_cache.glob(".tmp-*"))  # the temporary folder went too
 
 
@@ -243,19 +287,19 @@ def test_large_quanto_int4_modules_are_not_cached_since_saving_them_is_slow(quan
 
     chain = [QuantoConfig("int4"), FULL_PRECISION]
     for _ in range(2):
-        _, chosen, record = cache.load_or_quantize("transformer", load, chain, CPU, BF16, source)
+        _, chosen, record = load_stored(load, chain, source, quant_cache)
         assert chosen == QuantoConfig("int4") and not record.from_cache
-    assert len(loads) == 2 and cache.entries() == []
+    assert len(loads) == 2 and entries() == []
     assert "TinyGemm layout" in caplog.text
 
 
 def test_module_with_hooks_is_not_cached(quant_cache, tiny_root):
     source = transformer_source(tiny_root)
     load = lambda: source.cls.from_pretrained(source.folder, dtype=BF16)  # noqa: E731
-    module, config, record = cache.load_or_quantize("transformer", load, [QuantoConfig("int8"), FULL_PRECISION], CPU,
-                                                    BF16, None)
-    module.proj_out.register_forward_hook(lambda *args: None)
-    assert cache.store(source, "transformer", config, CPU, BF16, module, record) is None and cache.entries() == []
+    loaded = load_component("transformer", load, [QuantoConfig("int8"), FULL_PRECISION], CPU, BF16)
+    loaded.module.proj_out.register_forward_hook(lambda *args: None)
+    assert store.save(quant_cache, source, "transformer", loaded.config, CPU, BF16, loaded.module,
+                      loaded.record) is None and entries() == []
 
 
 # ---- listing and clearing ----------------------------------------------------------------------------------------
@@ -265,19 +309,19 @@ def test_cache_list_and_clear_from_the_command_line(quant_cache, tiny_root, monk
     only(monkeypatch, "torchao")
     generate("8bit")
     (quant_cache / "leftover").mkdir()  # a folder without a manifest, e.g. from a killed process
-    rows = cache.entries()
+    rows = entries()
     assert {(r["component"], r["backend"], r["status"]) for r in rows} == {
         ("transformer", "torchao", "ok"), ("text_encoder_2", "torchao", "ok"), ("", "", "incomplete")}
     assert all(r["bytes"] > 0 for r in rows if r["status"] == "ok") and rows[0]["model"]
     assert main(["cache", "list"]) == 0
     out = capsys.readouterr().out
     torchao = next(c for c in candidates("8bit", "cpu") if c.backend == "torchao")  # the order is measured per CPU
-    assert "transformer" in out and "torchao" in out and torchao.mode in out and "3 entries" in out
+    assert "transformer" in out and "torchao" in out and torchao.format in out and "3 entries" in out
     assert main(["cache", "list", "--json"]) == 0
     assert len(json.loads(capsys.readouterr().out)) == 3
     assert main(["cache", "clear"]) == 0
     assert "removed 3 entries" in capsys.readouterr().out
-    assert cache.entries() == [] and list(quant_cache.iterdir()) == []
+    assert entries() == [] and list(quant_cache.iterdir()) == []
     assert main(["cache", "list"]) == 0 and "empty" in capsys.readouterr().out
 
 
@@ -312,16 +356,16 @@ def gguf_file(tiny_root, tmp_path_factory):
     return write_gguf(module, tmp_path_factory.mktemp("gguf") / "flux1-tiny-Q8_0.gguf")
 
 
-def test_gguf_transformer_replaces_the_models_own_and_wins_over_the_mode(quant_cache, tiny_root, gguf_file):
+def test_gguf_transformer_replaces_the_models_own_and_wins_over_the_quant(quant_cache, tiny_root, gguf_file):
     full = generate("none")
     result = generate("4bit", transformer=str(gguf_file))
     transformer = components(result)["transformer"]
-    assert (transformer["backend"], transformer["mode"], transformer["prequantized"]) == ("gguf", "Q8_0", True)
+    assert (transformer["backend"], transformer["format"], transformer["prequantized"]) == ("gguf", "Q8_0", True)
     assert transformer["quantized_layers"] > 0 and transformer["bytes_after"] < 0.6 * transformer["bytes_before"]
     assert components(result)["text_encoder_2"]["backend"] == candidates("4bit", "cpu")[0].backend
     assert any("pre-quantized checkpoint (gguf Q8_0)" in n and "quant=4bit" in n for n in result.notices)
     assert result.report["parameters"]["transformer"] == str(gguf_file)
-    assert not [row for row in cache.entries() if row["component"] == "transformer"]  # nothing to cache
+    assert not [row for row in entries() if row["component"] == "transformer"]  # nothing to cache
     difference = np.abs(pixels(result).astype(int) - pixels(full).astype(int))
     assert 0 < difference.mean() < 8  # Q8_0 of the same weights: close to full precision, not equal
 
@@ -372,15 +416,15 @@ def test_bitsandbytes_checkpoint_folder_loads_as_it_is_on_the_cpu(quant_cache, b
     root, reference = bnb_checkpoint
     assert json.loads((root / "transformer" / "config.json").read_text())["quantization_config"]["quant_method"] == (
         "bitsandbytes")
-    studio = Studio(ModelManager(device="cpu"))
+    studio = Engine(ModelManager(device="cpu"))
     result = studio.generate(GenerationRequest(tool="dev", prompt="x", model=str(root), quant="8bit", seed=1, steps=2))
     assert np.asarray(result.image).std() > 5.0
     for name in QUANTIZED:
         item = components(result)[name]
-        assert (item["backend"], item["mode"], item["prequantized"], item["from_cache"]) == (
+        assert (item["backend"], item["format"], item["prequantized"], item["from_cache"]) == (
             "bitsandbytes", "nf4", True, False)
         assert item["quantized_layers"] > 0 and any(f"{name} is a pre-quantized checkpoint" in n for n in result.notices)
-    assert cache.entries() == []  # a pre-quantized checkpoint is not cached again
+    assert entries() == []  # a pre-quantized checkpoint is not cached again
     loaded = next(iter(studio.manager._pipelines.values())).pipe.transformer
     with torch.no_grad():  # the same layers and numbers as diffusers' own loader makes
         assert torch.equal(loaded(**transformer_inputs()).sample, reference(**transformer_inputs()).sample)
@@ -390,6 +434,6 @@ def test_bitsandbytes_checkpoint_on_apple_mps_names_the_fix(bnb_checkpoint):
     from diffusers import FluxTransformer2DModel
 
     root, _ = bnb_checkpoint
-    source = cache.Source(root / "transformer", "fp", FluxTransformer2DModel, str(root))
-    with pytest.raises(UserError, match="does not run on Apple MPS; use a full-precision model with --quant 4bit"):
-        cache.load_prequantized("transformer", source, torch.device("mps"), BF16)
+    source = ComponentSource(root / "transformer", "fp", FluxTransformer2DModel, str(root))
+    with pytest.raises(QuantizationError, match="does not run on Apple MPS; use a full-precision model with --quant 4"):
+        load_prequantized("transformer", source, torch.device("mps"), BF16)

@@ -56,7 +56,7 @@ def test_forced_fallback_shows_on_the_terminal_and_in_the_report(tmp_path, tiny_
     proc = run_cli("generate", "--tool", "schnell", "--prompt", "x", "--model", "tiny", "--quant", "8bit",
                    "--out", str(out), "--report", str(report), env={"FLUXFORGE_DISABLE_BACKENDS": first.backend})
     assert proc.returncode == 0, proc.stderr
-    assert f"Fallback: transformer could not use {first.backend} {first.mode}" in proc.stderr
+    assert f"Fallback: transformer could not use {first.backend} {first.format}" in proc.stderr
     data = json.loads(report.read_text())
     assert data["quantization"]["components"]["transformer"]["backend"] == second.backend
 
@@ -66,7 +66,7 @@ def test_doctor_lists_backends_and_versions():
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     assert report["device"] == "cpu" and report["libraries"]["torch"]
-    assert {(b["backend"], b["mode"]) for b in report["backends"]} >= {("quanto", "int8"), ("bitsandbytes", "nf4"),
+    assert {(b["backend"], b["format"]) for b in report["backends"]} >= {("quanto", "int8"), ("bitsandbytes", "nf4"),
                                                                         ("torchao", "int8_dynamic")}
     assert report["cpu_class"] in ("native-bf16", "emulated-bf16") and report["cpu_measured_on"]
     proc = run_cli("doctor", env={"FLUXFORGE_DISABLE_BACKENDS": "quanto"})
@@ -171,7 +171,7 @@ def test_doctor_shows_probe_results_and_can_reprobe(tmp_path):
     proc = run_cli("doctor", "--reprobe", "--json", env=env)
     assert proc.returncode == 0, proc.stderr
     probes = json.loads(proc.stdout)["probes"]
-    assert {(p["backend"], p["mode"], p["ok"]) for p in probes} == {("torchao", "int8_dynamic", True),
+    assert {(p["backend"], p["format"], p["ok"]) for p in probes} == {("torchao", "int8_dynamic", True),
                                                                     ("torchao", "int8_weight_only", True)}
 
 

@@ -58,7 +58,7 @@ def test_tool_runs_end_to_end_with_an_honest_report(studio, photo, mask, tool, m
     expected = candidates(expected_mode, "cpu")[0]
     for name in ("transformer", "text_encoder_2"):
         component = quant["components"][name]
-        assert (component["backend"], component["mode"]) == (expected.backend, expected.mode)
+        assert (component["backend"], component["format"]) == (expected.backend, expected.format)
         if expected_mode == "none":
             assert component["bytes_after"] == component["bytes_before"]
         else:
@@ -230,7 +230,7 @@ def test_nan_output_from_a_quantized_model_degrades_and_retries(fresh_studio, mo
     result = fresh_studio.generate(GenerationRequest(tool="dev", prompt="x", model="tiny", quant="8bit", seed=1))
     assert_image_is_not_flat(result.image)
     transformer = result.report["quantization"]["components"]["transformer"]
-    assert (transformer["backend"], transformer["mode"]) == (second.backend, second.mode)
+    assert (transformer["backend"], transformer["format"]) == (second.backend, second.format)
     reasons = [f["reason"] for f in result.report["quantization"]["fallbacks"] if f["component"] == "transformer"]
     assert any("NaN" in reason for reason in reasons)
 

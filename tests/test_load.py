@@ -29,7 +29,7 @@ def rss_bytes() -> int:
 
 
 class Counted:
-    """Wraps Studio.generate: counts calls running at once (and can be slowed down)."""
+    """Wraps Engine.generate: counts calls running at once (and can be slowed down)."""
 
     def __init__(self, generate, delay: float = 0.0):
         self.generate = generate
@@ -67,8 +67,8 @@ def studio(tmp_path_factory):
         running = start_studio(tmp_path_factory.mktemp("load-outputs"), api=True, queue_size=2)
     finally:
         os.environ.pop("FLUXFORGE_OUTPUT_KEEP", None)
-    counted = Counted(running.demo.studio_runner.studio.generate)
-    running.demo.studio_runner.studio.generate = counted
+    counted = Counted(running.demo.studio_runner.engine.generate)
+    running.demo.studio_runner.engine.generate = counted
     running.counted = counted
     yield running
     running.close()

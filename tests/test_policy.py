@@ -6,13 +6,13 @@ import pytest
 
 from quantization.config import (FULL_PRECISION, BitsAndBytesConfig, NoQuantConfig, QuantoConfig,
                                  TorchAoConfig)
-from quantization.policy import candidates, choose_auto_mode
+from quantization.policy import candidates, choose_auto
 
 GIB = 2**30
 
 
 @pytest.mark.parametrize(
-    "mode, device, first",
+    "quant, device, first",
     [
         ("8bit", "mps", QuantoConfig("int8")),
         ("4bit", "mps", QuantoConfig("int4")),
@@ -22,39 +22,46 @@ GIB = 2**30
         ("none", "cpu", FULL_PRECISION),
     ],
 )
-def test_first_candidate_follows_the_device_policy(mode, device, first):
-    assert candidates(mode, device)[0] == first
+def test_first_candidate_follows_the_device_policy(quant, device, first):
+    assert candidates(quant, device)[0] == first
 
 
-@pytest.mark.parametrize("mode", ["8bit", "4bit"])
+@pytest.mark.parametrize("quant", ["8bit", "4bit"])
 @pytest.mark.parametrize("device", ["cpu", "cuda", "mps"])
-def test_every_chain_ends_in_full_precision_and_matches_the_bit_width(mode, device):
-    chain = candidates(mode, device)
+def test_every_chain_ends_in_full_precision_and_matches_the_bit_width(quant, device):
+    chain = candidates(quant, device)
     assert chain[-1] == FULL_PRECISION
-    assert all(config.bits == int(mode[0]) for config in chain[:-1])
+    assert all(config.bits == int(quant[0]) for config in chain[:-1])
 
 
-@pytest.mark.parametrize("mode", ["8bit", "4bit"])
-def test_cpu_first_choice_is_the_fastest_measured_option_within_the_weight_ratio(mode):
-    from quantization.measured import CPU_WEIGHT_RATIO
-    from quantization.policy import CPU_OPTIONS, RATIO, cpu_step_ratios
+@pytest.mark.parametrize("quant", ["8bit", "4bit"])
+def test_cpu_first_choice_is_the_fastest_measured_option_within_the_weight_ratio(quant):
+    from quantization.policy import CANDIDATES, RATIO, cpu_step_ratios, cpu_weight_ratios
 
-    options = {(c.backend, c.mode) for c in CPU_OPTIONS[mode]}
+    options = {(c.backend, c.format) for c in CANDIDATES[("cpu", quant)]}
     eligible = {name: step for name, step in cpu_step_ratios().items()
-                if name in options and CPU_WEIGHT_RATIO.get(name, 1.0) <= RATIO[mode]}
-    first = candidates(mode, "cpu")[0]
-    assert (first.backend, first.mode) == min(eligible, key=eligible.get)
+                if name in options and cpu_weight_ratios().get(name, 1.0) <= RATIO[quant]}
+    first = candidates(quant, "cpu")[0]
+    assert (first.backend, first.format) == min(eligible, key=eligible.get)
 
 
 def test_mps_never_uses_bitsandbytes_torchao_or_float8():
-    for mode in ("8bit", "4bit"):
-        assert {c.backend for c in candidates(mode, "mps")} == {"quanto", "none"}
+    for quant in ("8bit", "4bit"):
+        assert {c.backend for c in candidates(quant, "mps")} == {"quanto", "none"}
 
 
-@pytest.mark.parametrize("mode", ["auto", "2bit", ""])
-def test_candidates_refuse_unresolved_or_unknown_modes(mode):
-    with pytest.raises(ValueError, match="mode="):
-        candidates(mode, "cpu")
+@pytest.mark.parametrize("quant", ["auto", "2bit", ""])
+def test_candidates_refuse_unresolved_or_unknown_quants(quant):
+    with pytest.raises(ValueError, match="quant="):
+        candidates(quant, "cpu")
+
+
+def test_every_config_of_the_table_is_listed_once():
+    from quantization.policy import CANDIDATES, all_configs
+
+    listed = all_configs()
+    assert len(set(listed)) == len(listed) and FULL_PRECISION not in listed
+    assert set(listed) == {config for chain in CANDIDATES.values() for config in chain}
 
 
 @pytest.mark.parametrize(
@@ -67,14 +74,14 @@ def test_candidates_refuse_unresolved_or_unknown_modes(mode):
         (33.6, 0.4, 8, "4bit"),       # too small even for 4-bit: still the smallest choice
     ],
 )
-def test_auto_mode_from_model_size_and_free_memory(quantizable_gib, other_gib, free_gib, expected):
-    choice = choose_auto_mode(int(quantizable_gib * GIB), int(other_gib * GIB), int(free_gib * GIB))
-    assert choice.mode == expected
+def test_auto_quant_from_model_size_and_free_memory(quantizable_gib, other_gib, free_gib, expected):
+    choice = choose_auto(int(quantizable_gib * GIB), int(other_gib * GIB), int(free_gib * GIB))
+    assert choice.quant == expected
     assert "GiB" in choice.reason
 
 
-def test_auto_mode_with_unknown_free_memory_is_full_precision():
-    assert choose_auto_mode(GIB, GIB, None).mode == "none"
+def test_auto_quant_with_unknown_free_memory_is_full_precision():
+    assert choose_auto(GIB, GIB, None).quant == "none"
 
 
 @pytest.mark.parametrize(

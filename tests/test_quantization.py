@@ -4,13 +4,19 @@ import pytest
 import torch
 
 from pipelines.tiny import tiny_transformer
-from quantization.apply import quantize_with_fallback
 from quantization.config import FULL_PRECISION, BitsAndBytesConfig, QuantoConfig, TorchAoConfig
+from quantization.load import load_component
 from quantization.registry import backend_for
 from quantization.sizes import module_bytes
 
 CPU = torch.device("cpu")
 BF16 = torch.bfloat16
+
+
+def quantize(component, load, chain, device, dtype):
+    """The load path without caches: (module, config it ended with, record)."""
+    loaded = load_component(component, load, chain, device, dtype)
+    return loaded.module, loaded.config, loaded.record
 
 
 def wide_transformer():
@@ -40,7 +46,7 @@ CONFIGS = [
 @pytest.mark.parametrize("config, layer_type, max_ratio", CONFIGS, ids=lambda v: getattr(v, "label", None))
 @pytest.mark.parametrize("build", [wide_transformer, wide_t5], ids=["transformer", "t5"])
 def test_backend_quantizes_every_linear_and_shrinks_weights(config, layer_type, max_ratio, build):
-    module, chosen, record = quantize_with_fallback("component", build, [config, FULL_PRECISION], CPU, BF16)
+    module, chosen, record = quantize("component", build, [config, FULL_PRECISION], CPU, BF16)
     assert chosen == config and record.fallbacks == []
     linears = [m for m in module.modules() if isinstance(m, torch.nn.Linear) or "Linear" in type(m).__name__]
     quantized = [m for m in linears if backend_for(config).is_quantized_layer(m)]
@@ -61,7 +67,7 @@ def test_quantized_transformer_stays_close_to_full_precision(config):
                   img_ids=torch.zeros(64, 3), txt_ids=torch.zeros(8, 3), guidance=torch.tensor([3.5]))
     with torch.inference_mode():
         reference = wide_transformer()(**inputs).sample.float()
-        module, _, _ = quantize_with_fallback("transformer", wide_transformer, [config, FULL_PRECISION], CPU, BF16)
+        module, _, _ = quantize("transformer", wide_transformer, [config, FULL_PRECISION], CPU, BF16)
         output = module(**inputs).sample.float()
     error = ((output - reference).norm() / reference.norm()).item()
     assert torch.isfinite(output).all()
@@ -71,9 +77,9 @@ def test_quantized_transformer_stays_close_to_full_precision(config):
 def test_disabled_backend_is_skipped_with_its_reason(monkeypatch):
     monkeypatch.setenv("FLUXFORGE_DISABLE_BACKENDS", "torchao, quanto")
     chain = [TorchAoConfig("int8_dynamic"), QuantoConfig("int8"), BitsAndBytesConfig("int8"), FULL_PRECISION]
-    _, chosen, record = quantize_with_fallback("transformer", wide_transformer, chain, CPU, BF16)
+    _, chosen, record = quantize("transformer", wide_transformer, chain, CPU, BF16)
     assert chosen == BitsAndBytesConfig("int8")
-    assert [(f.backend, f.mode) for f in record.fallbacks] == [("torchao", "int8_dynamic"), ("quanto", "int8")]
+    assert [(f.backend, f.format) for f in record.fallbacks] == [("torchao", "int8_dynamic"), ("quanto", "int8")]
     assert all("FLUXFORGE_DISABLE_BACKENDS" in f.reason for f in record.fallbacks)
 
 
@@ -90,7 +96,7 @@ def test_backend_that_fails_while_quantizing_falls_back_to_full_precision(monkey
         loads.append(1)
         return wide_transformer()
 
-    module, chosen, record = quantize_with_fallback("transformer", load, [QuantoConfig("int8"), FULL_PRECISION],
+    module, chosen, record = quantize("transformer", load, [QuantoConfig("int8"), FULL_PRECISION],
                                                     CPU, BF16)
     assert chosen == FULL_PRECISION and record.backend == "none"
     assert record.bytes_after == record.bytes_before
@@ -121,7 +127,7 @@ def test_t5_vocabulary_table_is_stored_in_int8_and_stays_tied(config):
     from quantization.backends.common import Int8Embedding
 
     reference = wide_t5()
-    module, _, _ = quantize_with_fallback("text_encoder_2", wide_t5, [config, FULL_PRECISION], CPU, BF16)
+    module, _, _ = quantize("text_encoder_2", wide_t5, [config, FULL_PRECISION], CPU, BF16)
     table = module.encoder.embed_tokens
     assert isinstance(table, Int8Embedding) and module.shared is table and table.weight.dtype == torch.int8
     assert module_bytes(table) < 0.51 * module_bytes(reference.shared)
@@ -141,7 +147,7 @@ def test_quantized_t5_wo_layers_keep_the_activations_in_floating_point(config):
     ids = torch.randint(0, 256, (1, 16))
     with torch.inference_mode():
         reference = wide_t5().eval()(ids).last_hidden_state.float()
-        module, _, _ = quantize_with_fallback("text_encoder_2", wide_t5, [config, FULL_PRECISION], CPU, BF16)
+        module, _, _ = quantize("text_encoder_2", wide_t5, [config, FULL_PRECISION], CPU, BF16)
         assert module.encoder.block[0].layer[1].DenseReluDense.wo.weight.dtype in (BF16, torch.int8)
         output = module.eval()(ids).last_hidden_state.float()
     error = ((output - reference).norm() / reference.norm()).item()

@@ -85,7 +85,7 @@ def test_default_model_is_official_when_cached(monkeypatch):
 
 
 def test_tiny_family_is_deterministic_and_safe_for_int8_kernels(tiny_root, tmp_path):
-    from pipelines.assembly import fingerprint
+    from quantization.load import fingerprint
     from pipelines.tiny import ensure_tiny_family
     from pipelines.tools import all_tools
 

@@ -159,7 +159,7 @@ def test_quant_hint_is_device_specific():
     from quantization.policy import candidates, cpu_step_ratios
 
     first = candidates("8bit", "cpu")[0]
-    assert f"{first.label}) ~51% of weight RAM, ~{cpu_step_ratios()[(first.backend, first.mode)]:.1f}×" in hints["cpu"]
+    assert f"{first.label}) ~51% of weight RAM, ~{cpu_step_ratios()[(first.backend, first.format)]:.1f}×" in hints["cpu"]
 
 
 def test_system_tab_names_the_class_of_cpu_the_order_was_measured_on():
@@ -178,9 +178,9 @@ def test_system_tab_lists_the_quantized_weights_cache(tmp_path, monkeypatch):
 
     monkeypatch.setenv("FLUXFORGE_QUANT_CACHE_DIR", str(tmp_path))
     assert "cache is empty" in cache_html([])
-    rows = [{"component": "transformer", "backend": "quanto", "mode": "int8", "bytes": 3 * 2**20, "status": "ok",
+    rows = [{"component": "transformer", "backend": "quanto", "format": "int8", "bytes": 3 * 2**20, "status": "ok",
              "model": "/models/flux-dev", "name": "x"},
-            {"component": "", "backend": "", "mode": "", "bytes": 0, "status": "incomplete", "model": "",
+            {"component": "", "backend": "", "format": "", "bytes": 0, "status": "incomplete", "model": "",
              "name": "leftover<b>"}]
     text = cache_html(rows)
     assert "<td>transformer</td><td>quanto</td><td>int8</td><td>3.0 MiB</td><td>ok</td>" in text
@@ -191,10 +191,10 @@ REPORT = {
     "tool": "dev", "model": "tiny", "device": "cpu", "dtype": "bfloat16", "seed": 7,
     "parameters": {"width": 128, "height": 128, "steps": 8},
     "quantization": {"requested": "8bit", "resolved": "8bit", "auto_reason": None,
-                     "components": {"transformer": {"backend": "none", "mode": "bf16"},
-                                    "text_encoder_2": {"backend": "none", "mode": "bf16"},
-                                    "vae": {"backend": "none", "mode": "bf16"}},
-                     "fallbacks": [{"component": "transformer", "backend": "torchao", "mode": "int8_dynamic",
+                     "components": {"transformer": {"backend": "none", "format": "bf16"},
+                                    "text_encoder_2": {"backend": "none", "format": "bf16"},
+                                    "vae": {"backend": "none", "format": "bf16"}},
+                     "fallbacks": [{"component": "transformer", "backend": "torchao", "format": "int8_dynamic",
                                     "reason": "torchao is disabled"}]},
     "memory": {"peak_bytes": 600 * 2**20, "kind": "cpu-rss"},
     "timings": {"load_s": 1.0, "quantize_s": 0.5, "denoise_s": 0.25, "total_s": 1.75},

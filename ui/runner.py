@@ -88,10 +88,11 @@ class Runner:
     # ---- what the System tab shows and sets ----------------------------------------------------------
     def doctor(self) -> dict:
         """The doctor report for this studio's device (backends, libraries, probes)."""
+        from pipelines.paths import quant_caches
         from quantization.doctor import doctor_report
 
         manager = self.engine.manager
-        return doctor_report(manager.device, manager.dtype)
+        return doctor_report(manager.device, manager.dtype, quant_caches().probes)
 
     def loaded_models(self) -> tuple[list[dict], int]:
         """(one row per loaded component, total bytes held)."""

@@ -32,7 +32,7 @@ def _cpu_speed(config) -> str:
     """', ~1.0x step time' from the CPU measurements, when there are any."""
     from quantization.policy import cpu_step_ratios
 
-    ratio = cpu_step_ratios().get((config.backend, config.mode))
+    ratio = cpu_step_ratios().get((config.backend, config.format))
     return f", ~{ratio:.1f}× step time" if ratio else ""
 
 
@@ -71,7 +71,7 @@ def status_html(report: dict, path_name: str | None = None) -> str:
         comp = quant["components"][name]
         backend = "full precision" if comp["backend"] == "none" else comp["backend"]
         parts.append(f"<span class='ff-chip'><b>{html.escape(name)}</b> {html.escape(backend)} "
-                     f"{html.escape(str(comp['mode']))}</span>")
+                     f"{html.escape(str(comp['format']))}</span>")
     timings = report["timings"]
     memory = report["memory"]
     params = report["parameters"]
@@ -93,7 +93,7 @@ def status_html(report: dict, path_name: str | None = None) -> str:
 def _used(component: dict | None) -> str:
     if not component:
         return "?"
-    return "full precision" if component["backend"] == "none" else f"{component['backend']} {component['mode']}"
+    return "full precision" if component["backend"] == "none" else f"{component['backend']} {component['format']}"
 
 
 def fallback_summary(fallbacks: list[dict], components: dict) -> str:
@@ -108,7 +108,7 @@ def warning_html(fallbacks: list[dict], components: dict) -> str:
         return ""
     tried: dict[str, list[str]] = {}
     for f in fallbacks:
-        tried.setdefault(f["component"], []).append(f"{f['backend']} {f['mode']}")
+        tried.setdefault(f["component"], []).append(f"{f['backend']} {f['format']}")
     groups: dict[tuple, list[str]] = {}  # components with the same outcome share a line
     for name, attempts in tried.items():
         groups.setdefault((_used(components.get(name)), tuple(attempts)), []).append(name)

@@ -7,12 +7,11 @@ from pathlib import Path
 import torch
 
 from ..config import BitsAndBytesConfig
-from ..registry import Backend, register
+from .base import Backend
 from .common import (assign_state, load_state, missing, quantizable_linears, quantize_embeddings, restore_embeddings,
                      save_state, set_submodule)
 
 
-@register(BitsAndBytesConfig)
 class BitsAndBytesBackend(Backend):
     name = "bitsandbytes"
 

@@ -1,9 +1,7 @@
 from __future__ import annotations
 
-from ..config import NoQuantConfig
-from ..registry import Backend, register
+from .base import Backend
 
 
-@register(NoQuantConfig)
 class FullPrecisionBackend(Backend):
     name = "none"

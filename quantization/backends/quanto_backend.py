@@ -6,8 +6,7 @@ import json
 
 import torch
 
-from ..config import QuantoConfig
-from ..registry import Backend, register
+from .base import Backend
 from .common import (MIN_IN_FEATURES, assign_state, load_state, missing, quantizable_linears, quantize_embeddings,
                      restore_embeddings, save_state)
 
@@ -17,7 +16,6 @@ from .common import (MIN_IN_FEATURES, assign_state, load_state, missing, quantiz
 SLOW_SAVE_WEIGHTS = 50_000_000
 
 
-@register(QuantoConfig)
 class QuantoBackend(Backend):
     name = "quanto"
 

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import torch
 
-from ..config import TorchAoConfig
-from ..registry import Backend, register
+from .base import Backend
 from .common import assign_state, missing, quantizable_linears, quantize_embeddings, restore_embeddings
 
 STATE_FILE = "weights.pt"  # torchao's tensor subclasses go through torch's safe (weights_only) loader
 
 
-@register(TorchAoConfig)
 class TorchAoBackend(Backend):
     name = "torchao"
 

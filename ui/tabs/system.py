@@ -8,7 +8,8 @@ import html
 import gradio as gr
 
 from pipelines.memory import OFFLOADS
-from quantization import cache as quant_cache
+from pipelines.paths import quantized_dir
+from quantization import admin
 
 from ..settings import DEVICE_QUEUE
 from ..widgets import TabContext
@@ -37,7 +38,7 @@ def doctor_html(report: dict) -> tuple[str, str]:
     rows = []
     for row in report["backends"]:
         state = "<span class='ff-ok'>yes</span>" if row["usable"] else "<span class='ff-no'>no</span>"
-        rows.append([html.escape(row["backend"]), html.escape(row["mode"]), state, html.escape(row["reason"])])
+        rows.append([html.escape(row["backend"]), html.escape(row["format"]), state, html.escape(row["reason"])])
     chains = "".join(f"<li><b>{html.escape(mode)}</b>: {' → '.join(html.escape(c) for c in chain)}</li>"
                      for mode, chain in report["policy"].items())
     cpu = ""
@@ -45,7 +46,7 @@ def doctor_html(report: dict) -> tuple[str, str]:
         measured = report.get("cpu_measured_on") or "not measured yet: listed order"
         cpu = (f"<div class='ff-muted'>CPU class {html.escape(report.get('cpu_class', '?'))}; order measured on "
                f"{html.escape(measured)}</div>")
-    right = (_table(["Backend", "Mode", "Usable", "Why not"], rows)
+    right = (_table(["Backend", "Format", "Usable", "Why not"], rows)
              + f"<div class='ff-kv'><b>Fallback order on this device</b><ul>{chains}</ul>{cpu}</div>")
     return left, right
 
@@ -53,14 +54,14 @@ def doctor_html(report: dict) -> tuple[str, str]:
 def cache_html(rows: list[dict]) -> str:
     """The quantized-weights cache: one row per entry, with its size and state."""
     if not rows:
-        return (f"<div class='ff-muted'>The quantized-weights cache is empty ({html.escape(str(quant_cache.cache_dir()))})"
+        return (f"<div class='ff-muted'>The quantized-weights cache is empty ({html.escape(str(quantized_dir()))})"
                 ". A component is saved there the first time it is quantized.</div>")
-    cells = [[html.escape(r["component"] or "?"), html.escape(r["backend"] or "?"), html.escape(r["mode"] or "?"),
+    cells = [[html.escape(r["component"] or "?"), html.escape(r["backend"] or "?"), html.escape(r["format"] or "?"),
               _mib(r["bytes"]), html.escape(r["status"]), html.escape(r["model"] or r["name"])] for r in rows]
     total = sum(r["bytes"] for r in rows)
-    return (_table(["Component", "Backend", "Mode", "Size", "State", "Model"], cells)
+    return (_table(["Component", "Backend", "Format", "Size", "State", "Model"], cells)
             + f"<div class='ff-kv'><b>{len(rows)} entries, {_mib(total)}</b> in "
-              f"{html.escape(str(quant_cache.cache_dir()))}</div>")
+              f"{html.escape(str(quantized_dir()))}</div>")
 
 
 def loaded_html(rows: list[dict], total: int) -> str:
@@ -69,8 +70,8 @@ def loaded_html(rows: list[dict], total: int) -> str:
         return "<div class='ff-muted'>No models are loaded. They load on the first run of a tool.</div>"
     cells = [[html.escape(r["component"]), html.escape(r["class"]),
               "full precision" if r["backend"] == "none" else html.escape(str(r["backend"])),
-              html.escape(str(r["mode"])), _mib(r["bytes"]), html.escape(", ".join(r["used_by"]))] for r in rows]
-    return (_table(["Component", "Class", "Backend", "Mode", "Memory", "Used by"], cells)
+              html.escape(str(r["format"])), _mib(r["bytes"]), html.escape(", ".join(r["used_by"]))] for r in rows]
+    return (_table(["Component", "Class", "Backend", "Format", "Memory", "Used by"], cells)
             + f"<div class='ff-kv'><b>Total held by loaded models:</b> {_mib(total)}</div>")
 
 
@@ -112,12 +113,12 @@ def build(ctx: TabContext, tab: gr.Tab) -> None:
         return loaded_html(*runner.loaded_models())
 
     def refresh_all():
-        return (*show_doctor(), show_loaded(), cache_html(quant_cache.entries()))
+        return (*show_doctor(), show_loaded(), cache_html(admin.entries(quantized_dir())))
 
     def clear_cache():
-        removed = quant_cache.clear()
+        removed = admin.clear(quantized_dir())
         gr.Info(f"Removed {removed['entries']} cached entries ({_mib(removed['bytes'])}).")
-        return cache_html(quant_cache.entries())
+        return cache_html(admin.entries(quantized_dir()))
 
     def unload_all():
         freed = runner.unload_models()

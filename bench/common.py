@@ -1,0 +1,83 @@
+"""What the benchmarks share: the options measured, CPU accounting, logging, worker processes and result files."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from quantization.config import FULL_PRECISION, QuantConfig
+from quantization.policy import all_configs
+
+REPO = Path(__file__).resolve().parents[1]
+ALL_OPTIONS = all_configs() + (FULL_PRECISION,)
+
+
+def config_for(backend: str, format: str) -> QuantConfig:
+    for config in ALL_OPTIONS:
+        if (config.backend, config.format) == (backend, format):
+            return config
+    raise ValueError(f"unknown backend:format {backend}:{format}; choose from "
+                     + ", ".join(f"{c.backend}:{c.format}" for c in ALL_OPTIONS))
+
+
+def add_options(parser, quiet_wait: float, only_note: str = "") -> None:
+    """The options every benchmark takes: --only and --quiet-wait."""
+    parser.add_argument("--only", default=None, help="comma list of backend:format (e.g. torchao:int8_dynamic,"
+                                                     f"quanto:int4){only_note}")
+    parser.add_argument("--quiet-wait", type=float, default=quiet_wait, metavar="SECONDS",
+                        help="on a CPU, wait up to this long before each measurement for other processes to go quiet")
+
+
+def weights_root(value: str | None) -> Path:
+    """Where the random-weight components are saved: ``value``, or the studio cache."""
+    from pipelines.paths import cache_root
+
+    return Path(value) if value else cache_root()
+
+
+def parse_only(only: str) -> list[QuantConfig]:
+    """``backend:format`` items of a comma list (the --only option)."""
+    return [config_for(*item.strip().split(":", 1)) for item in only.split(",") if item.strip()]
+
+
+def bench_args(argv: list[str] | None) -> list[str]:
+    """The command line, without the `--` of `app.py bench -- --quick`."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    return argv[1:] if argv[:1] == ["--"] else argv
+
+
+def busy_seconds() -> float:
+    """CPU seconds the whole machine has been busy (every process)."""
+    import psutil
+
+    times = psutil.cpu_times()
+    return sum(times) - times.idle - getattr(times, "iowait", 0.0)
+
+
+def other_share(busy: float, own: float, seconds: float) -> float:
+    """Share of the machine's CPU time other processes used over ``seconds`` since busy_seconds() and
+    time.process_time() read ``busy`` and ``own``."""
+    other = (busy_seconds() - busy) - (time.process_time() - own)
+    return max(0.0, other) / (seconds * (os.cpu_count() or 1))
+
+
+def worker_env(**extra: str) -> dict[str, str]:
+    """The environment of a benchmark worker process: this repository importable, plus ``extra``."""
+    path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    return dict(os.environ, PYTHONPATH=path, **extra)
+
+
+def write_json(result: dict, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=1, default=str) + "\n")
+
+
+def logger(prefix: str):
+    """A function printing ``[prefix] message`` to stderr."""
+    def log(message: str) -> None:
+        print(f"[{prefix}] {message}", file=sys.stderr, flush=True)
+
+    return log

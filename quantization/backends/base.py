@@ -1,0 +1,41 @@
+"""The interface every backend implements: one quantization library behind a few methods."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..config import QuantConfig
+
+
+class Backend:
+    """One quantization library behind a small interface."""
+
+    name = "none"
+
+    def check(self, config: QuantConfig, device: torch.device) -> str | None:
+        """None when usable on ``device``; otherwise the reason, naming the fix."""
+        return None
+
+    def quantize(self, module: torch.nn.Module, config: QuantConfig, device: torch.device,
+                 dtype: torch.dtype) -> torch.nn.Module:
+        """Quantize ``module`` (on the CPU, in ``dtype``) and return it on ``device``."""
+        return module.to(device)
+
+    def is_quantized_layer(self, layer: torch.nn.Module) -> bool:
+        """True for a layer this backend has quantized."""
+        return False
+
+    # ---- serialization (the quantized-weights cache) -------------------------------------------------
+    can_serialize = False  # a backend that cannot save its layers simply skips the cache
+    library = ""  # the pip package whose version is part of a cache key
+
+    def save(self, module: torch.nn.Module, path: Path) -> list[str]:
+        """Write the quantized ``module`` into the existing folder ``path``; returns the file names written."""
+        raise NotImplementedError(f"{self.name} cannot save quantized weights")
+
+    def load(self, skeleton: torch.nn.Module, path: Path, config: QuantConfig, device: torch.device,
+             dtype: torch.dtype) -> torch.nn.Module:
+        """Rebuild what ``save`` wrote, into ``skeleton`` (the full-precision layout on the meta device)."""
+        raise NotImplementedError(f"{self.name} cannot load quantized weights")
