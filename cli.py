@@ -28,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--out", required=True, help="output PNG path")
     gen.add_argument("--model", default=None, help="tiny | HUB_ID | PATH (default: official weights if "
                                                    "present locally, else tiny)")
-    gen.add_argument("--quant", default="auto", help="auto, none, 8bit or 4bit")
+    gen.add_argument("--quant", default="auto", help="auto, none, 8bit, 4bit or fp8 (NVIDIA, compute capability 8.9+)")
     gen.add_argument("--image")
     gen.add_argument("--mask")
     gen.add_argument("--reference")

@@ -84,11 +84,12 @@ class BitsAndBytesConfig(QuantConfig):
 
 @dataclass(frozen=True)
 class TorchAoConfig(QuantConfig):
-    """torchao int8: dynamic activations (fast on CPU) or weight-only."""
+    """torchao int8 (dynamic activations, fast on CPU; or weight-only) and float8 (row-wise dynamic activations, or
+    weight-only; NVIDIA GPUs of compute capability 8.9 and up)."""
 
     kind: str = "int8_dynamic"
     backend = "torchao"
-    formats = ("int8_dynamic", "int8_weight_only")
+    formats = ("int8_dynamic", "int8_weight_only", "float8_dynamic", "float8_weight_only")
 
     def __post_init__(self):
         self._check_format(self.kind)

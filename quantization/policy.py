@@ -9,7 +9,7 @@ from pathlib import Path
 
 from .config import FULL_PRECISION, BitsAndBytesConfig, QuantConfig, QuantoConfig, TorchAoConfig
 
-QUANTS = ("auto", "none", "8bit", "4bit")
+QUANTS = ("auto", "none", "8bit", "4bit", "fp8")
 MEASURED = Path(__file__).with_name("measured.json")  # written by `bench --update-policy`
 
 # Candidates per (device type, quant) in order of preference; full precision always ends the chain.
@@ -23,10 +23,15 @@ CANDIDATES: dict[tuple[str, str], tuple[QuantConfig, ...]] = {
     ("cpu", "8bit"): (TorchAoConfig("int8_dynamic"), QuantoConfig("int8"), BitsAndBytesConfig("int8"),
                       TorchAoConfig("int8_weight_only")),
     ("cpu", "4bit"): (BitsAndBytesConfig("nf4"), QuantoConfig("int4")),
+    # float8 runs only on NVIDIA GPUs of compute capability 8.9+; elsewhere the backend refuses it and the
+    # chain falls back to full precision, visibly.
+    ("cuda", "fp8"): (TorchAoConfig("float8_dynamic"), TorchAoConfig("float8_weight_only")),
+    ("mps", "fp8"): (TorchAoConfig("float8_dynamic"),),
+    ("cpu", "fp8"): (TorchAoConfig("float8_dynamic"),),
 }
 
 # Weight bytes relative to bf16: the physical floor of the format plus its scales.
-RATIO = {"none": 1.0, "8bit": 0.51, "4bit": 0.28}
+RATIO = {"none": 1.0, "8bit": 0.51, "4bit": 0.28, "fp8": 0.51}
 HEADROOM = 1.25  # activations, latents and the allocator's slack
 
 Ratios = dict[tuple[str, str], float]  # (backend, format) -> measured ratio to full precision
@@ -105,14 +110,22 @@ def cpu_chain(quant: str, cpu: str | None = None) -> tuple[QuantConfig, ...]:
 
 
 def candidates(quant: str, device_type: str) -> tuple[QuantConfig, ...]:
-    """The fallback chain for ``quant`` ('none', '8bit', '4bit') on ``device_type``."""
+    """The fallback chain for ``quant`` ('none', '8bit', '4bit', 'fp8') on ``device_type``."""
     if quant not in QUANTS or quant == "auto":
-        raise ValueError(f"quant={quant!r} has no candidates; resolve 'auto' first, or use one of none, 8bit, 4bit.")
+        raise ValueError(f"quant={quant!r} has no candidates; resolve 'auto' first, or use one of "
+                         f"{', '.join(QUANTS[1:])}.")
     if quant == "none":
         return (FULL_PRECISION,)
-    if device_type not in ("cuda", "mps"):
+    if device_type not in ("cuda", "mps") and quant != "fp8":
         return cpu_chain(quant) + (FULL_PRECISION,)
     return CANDIDATES[(device_type, quant)] + (FULL_PRECISION,)
+
+
+def offered(device) -> tuple[str, ...]:
+    """The quant choices worth offering on ``device`` (a torch.device): fp8 only where float8 runs."""
+    from .backends.torchao_backend import float8_refusal
+
+    return tuple(q for q in QUANTS if q != "fp8" or float8_refusal(device) is None)
 
 
 @dataclass(frozen=True)

@@ -352,3 +352,13 @@ def test_oom_recovery_steps_per_device(device, steps):
     from pipelines.engine import oom_recovery_steps
 
     assert oom_recovery_steps(device) == steps
+
+
+def test_fp8_on_a_cpu_falls_back_to_full_precision_visibly(studio):
+    result = studio.generate(GenerationRequest(tool="schnell", prompt="x", model="tiny", quant="fp8", seed=1))
+    assert_image_is_not_flat(result.image)
+    transformer = result.report["quantization"]["components"]["transformer"]
+    assert transformer["backend"] == "none"
+    fallbacks = [f for f in result.fallbacks if f["component"] == "transformer"]
+    assert fallbacks and fallbacks[0]["format"] == "float8_dynamic" and "compute capability 8.9" in fallbacks[0]["reason"]
+    assert any(n.startswith("Fallback: transformer could not use torchao float8_dynamic") for n in result.notices)

@@ -99,3 +99,18 @@ def test_configs_are_frozen_and_hashable():
         config.weights = "int8"
     assert {config: 1}[QuantoConfig("int4")] == 1
     assert config.bits == 4 and BitsAndBytesConfig("int8").bits == 8 and NoQuantConfig().bits == 16
+
+
+def test_fp8_is_offered_only_where_float8_runs_and_refused_clearly_elsewhere():
+    import torch
+
+    from quantization.policy import offered
+    from quantization.registry import check_backend
+
+    assert candidates("fp8", "cuda")[:2] == (TorchAoConfig("float8_dynamic"), TorchAoConfig("float8_weight_only"))
+    assert "fp8" not in offered(torch.device("cpu"))
+    assert offered(torch.device("cpu")) == ("auto", "none", "8bit", "4bit")
+    chain = candidates("fp8", "cpu")
+    assert chain[-1] == FULL_PRECISION
+    reason = check_backend(chain[0], torch.device("cpu"))
+    assert reason.startswith("float8 needs an NVIDIA GPU of compute capability 8.9 or newer")

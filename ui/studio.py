@@ -34,6 +34,7 @@ def create_demo(manager=None, model: str | None = None, device: str | None = Non
     """The studio's Blocks, not launched. Nothing is loaded here: models load on a tool's first run."""
     gpu = gpu_decorator()  # first, so `spaces` is imported before CUDA is touched on ZeroGPU
     from pipelines.engine import Engine
+    from quantization.policy import offered
     from pipelines.manager import ModelManager
 
     from . import text
@@ -56,7 +57,8 @@ def create_demo(manager=None, model: str | None = None, device: str | None = Non
     manager = manager or ModelManager(device=device)
     models, tiny_tools, explicit = pick_models(model)
     runner = Runner(Engine(manager), models, OutputFolder(settings.output_dir, settings.keep))
-    ctx = TabContext(runner=runner, device_type=manager.device.type, api=api, gpu=gpu, models=models)
+    ctx = TabContext(runner=runner, device_type=manager.device.type, api=api, gpu=gpu, models=models,
+                     quants=offered(manager.device))
 
     with gr.Blocks(title=TITLE, analytics_enabled=False, delete_cache=(3600, 6 * 3600)) as demo:
         gr.HTML(f"<div id='ff-header'><h1>{TITLE}</h1><span class='ff-sub'>FLUX.1 image tools, quantized to fit "

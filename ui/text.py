@@ -8,8 +8,12 @@ from pipelines import defaults
 from pipelines.tools import tool_names
 from quantization.policy import RATIO, candidates
 
-QUANT_LABELS = {"auto": "Auto", "none": "None", "8bit": "8-bit", "4bit": "4-bit"}
-QUANT_CHOICES = [(QUANT_LABELS[quant], quant) for quant in defaults.QUANTS]
+QUANT_LABELS = {"auto": "Auto", "none": "None", "8bit": "8-bit", "4bit": "4-bit", "fp8": "FP8"}
+
+
+def quant_choices(quants) -> list[tuple[str, str]]:
+    """(label, value) for the Quantization dropdown: the quant choices offered on this device."""
+    return [(QUANT_LABELS[quant], quant) for quant in quants]
 
 
 

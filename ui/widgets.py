@@ -21,6 +21,7 @@ class TabContext:
     api: bool
     gpu: object  # decorator for device work (spaces.GPU on ZeroGPU, else identity)
     models: dict[str, str] = field(default_factory=dict)
+    quants: tuple = defaults.QUANTS  # the quant choices offered on this device
 
     @property
     def visibility(self) -> str:
@@ -56,7 +57,7 @@ def settings(ctx: TabContext, tool: str, from_image: bool = False) -> Controls:
                               elem_id=f"{tool}-steps")
             guidance = gr.Slider(defaults.GUIDANCE_MIN, min(defaults.GUIDANCE_MAX, 50.0), value=d.guidance, step=0.5,
                                  label="Guidance", elem_id=f"{tool}-guidance")
-        quant = gr.Dropdown(text.QUANT_CHOICES, value="auto", label="Quantization", elem_id=f"{tool}-quant",
+        quant = gr.Dropdown(text.quant_choices(ctx.quants), value="auto", label="Quantization", elem_id=f"{tool}-quant",
                             info=text.quant_hint(ctx.device_type), interactive=True, filterable=False)
         match_input = None
         if from_image:

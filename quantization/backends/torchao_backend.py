@@ -1,4 +1,5 @@
-"""torchao int8: dynamic activation + int8 weight (fast on CPU), or int8 weight-only."""
+"""torchao int8 (dynamic activation + int8 weight, fast on CPU; or weight-only) and float8 (NVIDIA, compute
+capability 8.9 and up: Ada, Hopper, Blackwell)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,27 @@ from .base import Backend
 from .common import assign_state, missing, quantizable_linears, quantize_embeddings, restore_embeddings
 
 STATE_FILE = "weights.pt"  # torchao's tensor subclasses go through torch's safe (weights_only) loader
+FLOAT8_CAPABILITY = (8, 9)
+
+
+def float8_refusal(device: torch.device) -> str | None:
+    """Why float8 matmuls cannot run on ``device`` (None when they can)."""
+    if device.type != "cuda":
+        return f"float8 needs an NVIDIA GPU of compute capability 8.9 or newer (Ada, Hopper, Blackwell), not {device.type}"
+    capability = torch.cuda.get_device_capability(device)
+    if capability < FLOAT8_CAPABILITY:
+        return (f"float8 needs compute capability 8.9 or newer (Ada, Hopper, Blackwell); "
+                f"{torch.cuda.get_device_name(device)} is {capability[0]}.{capability[1]}")
+    return None
+
+
+def _ao_config(kind: str):
+    from torchao.quantization import (Float8DynamicActivationFloat8WeightConfig, Float8WeightOnlyConfig,
+                                      Int8DynamicActivationInt8WeightConfig, Int8WeightOnlyConfig, PerRow)
+
+    return {"int8_dynamic": Int8DynamicActivationInt8WeightConfig, "int8_weight_only": Int8WeightOnlyConfig,
+            "float8_weight_only": Float8WeightOnlyConfig,
+            "float8_dynamic": lambda: Float8DynamicActivationFloat8WeightConfig(granularity=PerRow())}[kind]()
 
 
 class TorchAoBackend(Backend):
@@ -18,16 +40,18 @@ class TorchAoBackend(Backend):
         if reason:
             return reason
         if device.type == "mps":
-            return "torchao int8 kernels do not run on Apple MPS (use quanto on Apple Silicon)"
+            return "torchao kernels do not run on Apple MPS (use quanto on Apple Silicon)"
+        if config.kind.startswith("float8"):
+            return float8_refusal(device)
         return None
 
     def quantize(self, module, config, device, dtype):
-        from torchao.quantization import Int8DynamicActivationInt8WeightConfig, Int8WeightOnlyConfig, quantize_
+        from torchao.quantization import quantize_
 
         layers = quantizable_linears(module)
         if not layers:
             raise RuntimeError("no Linear layer to quantize")
-        ao_config = Int8DynamicActivationInt8WeightConfig() if config.kind == "int8_dynamic" else Int8WeightOnlyConfig()
+        ao_config = _ao_config(config.kind)
         for _, linear in layers:  # one layer at a time, so the device never holds the full-precision model
             quantize_(linear.to(device), ao_config, filter_fn=lambda m, fqn: True)
         quantize_embeddings(module, dtype)
