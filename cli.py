@@ -49,6 +49,14 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--offload", default="none", help="none, model (one model on the device at a time) or "
                                                        "sequential (layer by layer: least memory, slowest)")
     gen.add_argument("--vae-tiling", action="store_true", help="decode in tiles (less memory for large images)")
+    gen.add_argument("--placement", default="auto", help="auto (from free memory), resident (all on the device), "
+                                                          "encoders-off (text encoders leave after encoding) or swap "
+                                                          "(the transformer, too, waits on the CPU while encoding)")
+    gen.add_argument("--compile", action="store_true", help="torch.compile the transformer's repeated blocks "
+                                                           "(NVIDIA GPUs; the first run compiles)")
+    gen.add_argument("--step-cache", default=None, metavar="THRESHOLD",
+                     help="First-Block Cache: skip the rest of the transformer on steps whose first block barely "
+                          "changed (0.08-0.12 typical; off by default)")
 
     bench = sub.add_parser("bench", help="memory, speed and fidelity of every backend and mode; `bench cache`: "
                                          "cached against quantize-on-load", add_help=False)
@@ -145,7 +153,8 @@ def generate(args) -> int:
         manager = ModelManager(device=pick_device(args.device))
     except ValueError as error:
         raise UserError(str(error)) from None
-    manager.set_memory_options(offload=args.offload, vae_tiling=args.vae_tiling)
+    manager.set_options(offload=args.offload, vae_tiling=args.vae_tiling, placement=args.placement,
+                        compile=args.compile, step_cache=_number(args.step_cache, float))
     engine = Engine(manager, show_progress=True)
 
     def progress(stage, done, total):

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+import statistics
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -17,7 +19,9 @@ from .images import save_png
 from .manager import ModelManager, Progress
 from .report import build_report, fallback_notices, summary
 from .request import GenerationRequest
+from .placement import Placement
 from .sources import resolve_model
+from .speed import compile_refusal, compile_transformer, step_cache
 from .tools import Prepared, RunContext
 
 log = logging.getLogger(__name__)
@@ -44,6 +48,8 @@ class GenerationResult:
         meta["quantization"] = self.report["quantization"]
         meta["quantization_summary"] = summary(self.report)
         meta["device"], meta["dtype"] = self.report["device"], self.report["dtype"]
+        for name in ("placement", "options", "step_cache", "compiled"):
+            meta[name] = self.report[name]
         return meta
 
     def save(self, path: str | Path) -> Path:
@@ -55,6 +61,29 @@ def check_output(images: np.ndarray) -> None:
         raise BadOutput("output has NaN/inf pixels")
     if float(images.std()) < 1e-3:
         raise BadOutput("output is flat (black or a single colour)")
+
+
+@dataclass
+class Run:
+    """One generation in progress: what it runs on and what it has found so far."""
+
+    tool: Any
+    request: GenerationRequest
+    loaded: Any  # pipelines.manager.LoadedPipeline
+    ctx: RunContext
+    notices: list[str]
+    timings: dict
+    fallbacks: list[dict] = field(default_factory=list)
+    placement: Placement | None = None
+    prepared: Prepared | None = None
+    prompt_cached: bool = False
+    compiled: bool = False
+    step_cache: dict | None = None
+
+    def details(self) -> dict:
+        """What the report records of how the run used memory and time."""
+        placement = dict(self.placement.to_dict(), prompt_from_cache=self.prompt_cached)
+        return {"placement": placement, "compiled": self.compiled, "step_cache": self.step_cache}
 
 
 class Engine:
@@ -81,86 +110,143 @@ class Engine:
 
     def _generate(self, request: GenerationRequest, progress: Progress) -> GenerationResult:
         start = time.perf_counter()
-        tool = request.spec
+        tool, manager = request.spec, self.manager
         notices = list(request.notices)
         source = resolve_model(request.model, tool)
         if source.is_tiny:
             notices.append("Running the offline demo model 'tiny' (random weights: images look like noise).")
-        with PeakMemory(self.manager.device) as peak:
-            loaded = self.manager.pipeline(source.root, request.quant, progress,
-                                           transformer=Path(request.transformer) if request.transformer else None)
+        with PeakMemory(manager.device) as peak:
+            loaded = manager.pipeline(source.root, request.quant, progress,
+                                      transformer=Path(request.transformer) if request.transformer else None)
             load_s, quantize_s = loaded.load_s, loaded.quantize_s
             loaded.load_s = loaded.quantize_s = 0.0  # counted once, by the run that loaded it
             if loaded.auto:
                 notices.append(f"Auto chose {loaded.quant}: {loaded.auto.reason}.")
-            ctx = RunContext(self.manager, source, loaded.pipe)
-            prepared = tool.prepare(request, ctx)
-            run_fallbacks: list[dict] = []
-            denoise_start = time.perf_counter()
-            images = self._run_with_recovery(tool, ctx, loaded, request, prepared, progress, notices, run_fallbacks)
-            denoise_s = time.perf_counter() - denoise_start
+            run = Run(tool, request, loaded, RunContext(manager, source, loaded.pipe), notices,
+                      {"load_s": load_s, "quantize_s": quantize_s})
+            width, height = tool.output_size(request, request.image)
+            run.placement = manager.place(loaded, width * height, self._text_tokens(request))
+            self._speed_options(run)
+            images = self._run_with_recovery(run, progress)
         image = Image.fromarray((images[0] * 255).round().clip(0, 255).astype(np.uint8))
-        timings = {"load_s": load_s, "quantize_s": quantize_s, "denoise_s": denoise_s,
-                   "total_s": time.perf_counter() - start}
-        report = build_report(request, prepared, loaded, self.manager, peak.peak_bytes, timings, run_fallbacks,
-                              notices)
+        run.timings["total_s"] = time.perf_counter() - start
+        report = build_report(request, run.prepared, loaded, manager, peak.peak_bytes, run.timings, run.fallbacks,
+                              notices, run.details())
         notices += fallback_notices(report)
-        return GenerationResult(image, report, notices, prepared.control_image)
+        return GenerationResult(image, report, notices, run.prepared.control_image)
 
-    def _run_with_recovery(self, tool, ctx: RunContext, loaded, request: GenerationRequest, prepared: Prepared,
-                           progress, notices, run_fallbacks) -> np.ndarray:
-        """Denoise and decode; on failure, retry along the fallback chain, then with freed memory/offload."""
-        oom_steps = list(oom_recovery_steps(self.manager.device.type))
-        notices += self.manager.prepare_for_run(loaded.pipe)
+    @staticmethod
+    def _text_tokens(request: GenerationRequest) -> int:
+        return request.spec.defaults(request.model).max_sequence_length
+
+    def _speed_options(self, run: "Run") -> None:
+        """torch.compile where it is offered (once per loaded pipeline); a refusal is a visible fallback."""
+        if not self.manager.options.compile:
+            return
+        refusal = compile_refusal(self.manager.device)
+        if refusal:
+            run.notices.append(f"Compile skipped: {refusal}.")
+            run.fallbacks.append({"component": "transformer", "backend": "compile", "format": "regional",
+                                  "reason": refusal})
+            return
+        if not run.loaded.compiled:
+            compile_transformer(run.loaded.pipe.transformer)
+            run.loaded.compiled = True
+        run.compiled = True
+
+    def _run_with_recovery(self, run: "Run", progress: Progress) -> np.ndarray:
+        """Encode, denoise and decode, each with its placement; on failure, retry along the fallback chain, then
+        with freed memory/offload."""
+        manager, loaded = self.manager, run.loaded
+        oom_steps = list(oom_recovery_steps(manager.device.type))
+        run.notices.extend(manager.prepare_for_run(loaded.pipe, tiled=run.placement.tiled_decode))
         while True:
             try:
-                latents = self._denoise(loaded.pipe, request, prepared, progress)
-                return self._decode(loaded.pipe, latents, prepared, notices, run_fallbacks)
+                phase = time.perf_counter()
+                run.prepared = self._encode(run)
+                run.timings["encode_s"] = time.perf_counter() - phase
+                manager.enter(loaded, run.placement, "denoise")
+                latents = self._denoise(run, progress)
+                phase = time.perf_counter()
+                manager.enter(loaded, run.placement, "decode")
+                images = self._decode(loaded.pipe, latents, run.prepared, run.notices, run.fallbacks)
+                run.timings["decode_s"] = time.perf_counter() - phase
+                return images
             except (UserError, KeyboardInterrupt):
                 raise
             except Exception as error:
                 if _is_oom(error):
-                    self.manager.free_after_oom(keep=loaded.key)
+                    manager.free_after_oom(keep=loaded.key)
                     if not oom_steps:
                         raise UserError("out of memory: try a smaller size, --quant 4bit, or model CPU offload "
                                         "(--offload model, or the System tab).") from None
                     step = oom_steps.pop(0)
-                    notices.append(f"Out of memory: retrying with {step}.")
-                    run_fallbacks.append({"component": "pipeline", "backend": "memory", "format": step,
+                    run.notices.append(f"Out of memory: retrying with {step}.")
+                    run.fallbacks.append({"component": "pipeline", "backend": "memory", "format": step,
                                           "reason": "out of memory"})
                     if step != "freed memory":
-                        notices += self.manager.prepare_for_run(loaded.pipe, offload=step.split()[0])
+                        run.notices.extend(manager.prepare_for_run(loaded.pipe, offload=step.split()[0]))
                     continue
                 reason = f"first inference failed: {type(error).__name__}: {error}".strip()
-                if not self.manager.degrade(loaded, reason):
+                if not manager.degrade(loaded, reason):
                     raise
-                notices.append(f"Retrying with less quantization ({reason}).")
-                if "prompt_embeds" in prepared.kwargs:  # made with the text encoders just replaced
-                    ctx.pipe = loaded.pipe
-                    prepared = tool.prepare(request, ctx)
+                run.notices.append(f"Retrying with less quantization ({reason}).")
 
-    def _denoise(self, pipe, request: GenerationRequest, prepared: Prepared, progress: Progress) -> torch.Tensor:
+    def _encode(self, run: "Run") -> Prepared:
+        """The tool's pipeline arguments, with the prompt turned into embeddings (cached per prompt and encoders).
+
+        The text encoders come to the device only when something is encoded."""
+        manager, loaded = self.manager, run.loaded
+        if run.tool.uses_text_encoders(run.request):  # e.g. the Redux prior encodes with them
+            manager.enter(loaded, run.placement, "encode")
+        prepared = run.tool.prepare(run.request, run.ctx)
+        if "prompt" not in prepared.kwargs:
+            return prepared
+        kwargs = dict(prepared.kwargs)
+        encoders = tuple(loaded.components[name].key for name in ("text_encoder", "text_encoder_2"))
+        key = manager.prompts.key(encoders, kwargs.pop("prompt"), self._text_tokens(run.request))
+        found = manager.prompts.get(key)
+        run.prompt_cached = found is not None
+        if found is None:
+            manager.enter(loaded, run.placement, "encode")
+            found = manager.prompts.encode(loaded.pipe, key, manager.device)
+        kwargs.update(prompt_embeds=found[0], pooled_prompt_embeds=found[1])
+        return replace(prepared, kwargs=kwargs)
+
+    def _denoise(self, run: "Run", progress: Progress) -> torch.Tensor:
+        request, pipe, prepared = run.request, run.loaded.pipe, run.prepared
         steps = request.steps
         pipe.set_progress_bar_config(disable=not self.show_progress, desc=request.tool)
+        stamps = [time.perf_counter()]
 
         def on_step(_pipe, index, _timestep, callback_kwargs):
             if not torch.isfinite(callback_kwargs["latents"]).all():
                 raise BadOutput(f"latents became NaN/inf at step {index + 1}")
+            stamps.append(time.perf_counter())
             progress("denoise", index + 1, steps)
             return callback_kwargs
 
         progress("denoise", 0, steps)
-        output = pipe(
-            **prepared.kwargs,
-            height=prepared.height,
-            width=prepared.width,
-            num_inference_steps=steps,
-            guidance_scale=request.guidance,
-            generator=torch.Generator("cpu").manual_seed(request.seed),
-            max_sequence_length=request.spec.defaults(request.model).max_sequence_length,
-            callback_on_step_end=on_step,
-            output_type="latent",
-        )
+        threshold = self.manager.options.step_cache
+        with step_cache(pipe.transformer, threshold) as counter:
+            output = pipe(
+                **prepared.kwargs,
+                height=prepared.height,
+                width=prepared.width,
+                num_inference_steps=steps,
+                guidance_scale=request.guidance,
+                generator=torch.Generator("cpu").manual_seed(request.seed),
+                max_sequence_length=self._text_tokens(request),
+                callback_on_step_end=on_step,
+                output_type="latent",
+            )
+        if counter is not None:
+            run.step_cache = {"threshold": threshold, "full_steps": counter["full"],
+                              "skipped_steps": max(0, steps - counter["full"])}
+        times = [b - a for a, b in zip(stamps, stamps[1:])]
+        run.timings["denoise_s"] = stamps[-1] - stamps[0]
+        run.timings["first_step_s"] = times[0] if times else 0.0
+        run.timings["step_s"] = statistics.median(times[1:]) if len(times) > 1 else run.timings["first_step_s"]
         return output.images
 
     @torch.no_grad()

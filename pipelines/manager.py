@@ -22,9 +22,12 @@ from .assembly import (QUANTIZED_COMPONENTS, build_pipeline, import_class, load_
                        weights_identity)
 from .components import Component, ComponentStore
 from .device import empty_cache, free_memory, pick_device, pick_dtype
-from .memory import MemoryOptions
+from .options import RunOptions
+from .placement import PHASES, Placement, plan
+from .prompts import PromptCache
 
 log = logging.getLogger(__name__)
+PLACED = frozenset().union(*PHASES.values())  # the components a placement moves
 
 Progress = Callable[[str, int, int], None]
 
@@ -43,6 +46,7 @@ class LoadedPipeline:
     load_s: float
     quantize_s: float
     last_used: float = 0.0
+    compiled: bool = False  # its transformer's repeated blocks are compiled
 
     @property
     def root(self) -> Path:
@@ -62,22 +66,51 @@ class ModelManager:
         self.device = device if isinstance(device, torch.device) else pick_device(device)
         self.dtype = dtype or pick_dtype(self.device)
         self.budget_bytes = budget_bytes
-        self.memory = MemoryOptions(offload, vae_tiling, vae_slicing)
+        self.options = RunOptions(offload=offload, vae_tiling=vae_tiling, vae_slicing=vae_slicing)
+        self.prompts = PromptCache()
         self._free_memory = free_memory_fn
         self._pipelines: dict[tuple, LoadedPipeline] = {}
         self._components = ComponentStore()
         self._aux: dict[tuple, Any] = {}
         self.lock = threading.RLock()
 
-    # ---- memory options ------------------------------------------------------------------------------
-    def set_memory_options(self, offload: str | None = None, vae_tiling: bool | None = None,
-                           vae_slicing: bool | None = None) -> None:
-        changes = {"offload": offload, "vae_tiling": vae_tiling, "vae_slicing": vae_slicing}
-        self.memory = replace(self.memory, **{k: v for k, v in changes.items() if v is not None})
+    # ---- run options and placement ---------------------------------------------------------------------
+    def set_options(self, **changes) -> None:
+        """Change run options (pipelines.options.RunOptions fields); None leaves one as it is."""
+        self.options = replace(self.options, **{k: v for k, v in changes.items() if v is not None})
 
-    def prepare_for_run(self, pipe, offload: str | None = None) -> list[str]:
-        """Apply the memory options before a run; returns notices."""
-        return self.memory.apply(pipe, self.device, offload)
+    def prepare_for_run(self, pipe, offload: str | None = None, tiled: bool = False) -> list[str]:
+        """Apply the offload and VAE options before a run; returns notices."""
+        return self.options.apply(pipe, self.device, offload, tiled)
+
+    def place(self, loaded: LoadedPipeline, pixels: int, text_tokens: int) -> Placement:
+        """Where each component of ``loaded`` lives in each phase of a run of ``pixels`` output pixels."""
+        modules = {name: c for name, c in loaded.components.items() if name in PLACED}
+        sizes = {name: c.bytes for name, c in modules.items()}
+        free = self._free_memory(self.device)
+        if free is not None and self.device.type != "cpu":  # what this pipeline holds on the device is free for it
+            free += sum(size for name, size in sizes.items() if modules[name].on_device)
+        config = loaded.pipe.transformer.config
+        hidden = config.num_attention_heads * config.attention_head_dim
+        work = {"encode": text_tokens * 4096 * 2 * 16, "denoise": (pixels // 256 + text_tokens) * hidden * 2 * 24}
+        return plan(sizes, free, work, pixels, self.device.type, self.options.placement)
+
+    def enter(self, loaded: LoadedPipeline, placement: Placement, phase: str) -> None:
+        """Move ``loaded``'s components for ``phase``: what it needs to the device, what waits to the CPU.
+
+        Quantized modules move as they are (their packed weights), never unpacked. Nothing moves on a CPU device or
+        while accelerate's offload hooks manage the pipeline."""
+        if self.device.type == "cpu" and placement.name == "resident":
+            return
+        with self.lock:
+            wanted = placement.on_device(phase)
+            for name, component in loaded.components.items():
+                if name not in PLACED or hasattr(component.module, "_hf_hook") or component.on_device == (name in wanted):
+                    continue
+                component.module.to(self.device if name in wanted else torch.device("cpu"))
+                component.on_device = name in wanted
+            if phase == "denoise":
+                empty_cache(self.device)
 
     # ---- quant -----------------------------------------------------------------------------------------
     def resolve_quant(self, root: Path, quant: str) -> tuple[str, AutoChoice | None]:
@@ -114,17 +147,32 @@ class ModelManager:
         index = read_index(root)
         start = time.perf_counter()
         components, quantize_s = {}, 0.0
+        park = self._encoders_wait_on_cpu(root, quant)
         for step, (name, (library, cls_name)) in enumerate(index.items()):
             progress("load", step, len(index))
             component = self._component(root, name, library, cls_name, quant, progress,
                                         file=transformer if name == "transformer" else None)
             component.users.add(key)
             components[name] = component
+            if park and name in PHASES["encode"] and isinstance(component.module, torch.nn.Module):
+                component.module.to("cpu")  # loaded one at a time, so they never sit beside the transformer
+                component.on_device = False
             if component.quant:
                 quantize_s += component.quant.quantize_s
         progress("load", len(index), len(index))
         pipe = build_pipeline(root, {n: c.module for n, c in components.items()})
         return LoadedPipeline(key, pipe, components, quant, auto, time.perf_counter() - start, quantize_s)
+
+    def _encoders_wait_on_cpu(self, root: Path, quant: str) -> bool:
+        """True when the whole pipeline will not stay on the accelerator: its text encoders then go to the CPU as
+        soon as they are loaded (placement brings them back to encode)."""
+        if self.device.type == "cpu" or self.options.offload != "none" or self.options.placement == "resident":
+            return False
+        if self.options.placement != "auto":
+            return True
+        quantizable, other = weight_bytes(root, self.dtype)
+        free = self._free_memory(self.device)
+        return free is not None and (quantizable * RATIO[quant] + other) * HEADROOM > free
 
     def _component(self, root: Path, name: str, library: str, cls_name: str, quant: str, progress,
                    file: Path | None = None) -> Component:
@@ -228,6 +276,7 @@ class ModelManager:
             self._pipelines.clear()
             self._components.clear()
             self._aux.clear()
+            self.prompts.clear()
             empty_cache(self.device)
             return freed
 

@@ -11,7 +11,7 @@ from .device import memory_kind
 
 
 def build_report(request, prepared, loaded, manager, peak_bytes: int, timings: dict, run_fallbacks: list[dict],
-                 notices: list[str]) -> dict:
+                 notices: list[str], details: dict) -> dict:
     components = {name: c.quant.to_dict() for name, c in loaded.components.items()
                   if c.quant and isinstance(c.module, torch.nn.Module)}
     notices += prequantized_notices(components, request.quant)
@@ -32,6 +32,8 @@ def build_report(request, prepared, loaded, manager, peak_bytes: int, timings: d
             "fallbacks": [f.to_dict() for f in loaded.fallbacks] + run_fallbacks,
         },
         "memory": {"peak_bytes": peak_bytes, "kind": memory_kind(manager.device)},
+        "options": manager.options.to_dict(),
+        **details,
         "timings": {name: round(value, 4) for name, value in timings.items()},
         "notices": notices,
     }

@@ -362,3 +362,102 @@ def test_fp8_on_a_cpu_falls_back_to_full_precision_visibly(studio):
     fallbacks = [f for f in result.fallbacks if f["component"] == "transformer"]
     assert fallbacks and fallbacks[0]["format"] == "float8_dynamic" and "compute capability 8.9" in fallbacks[0]["reason"]
     assert any(n.startswith("Fallback: transformer could not use torchao float8_dynamic") for n in result.notices)
+
+
+def test_placement_is_reported_and_recorded(studio):
+    result = studio.generate(GenerationRequest(tool="dev", prompt="a fox", model="tiny", quant="none", seed=3))
+    placement = result.report["placement"]
+    assert placement["name"] == "resident" and "on the CPU nothing moves" in placement["reason"]
+    meta = result.metadata()
+    assert meta["placement"]["name"] == "resident" and meta["options"]["placement"] == "auto"
+    assert {"encode_s", "denoise_s", "decode_s", "first_step_s", "step_s"} <= set(result.report["timings"])
+
+
+def test_prompt_embeddings_are_reused_for_the_same_prompt(fresh_studio):
+    prompts = fresh_studio.manager.prompts
+    first = fresh_studio.generate(GenerationRequest(tool="dev", prompt="a fox", model="tiny", quant="none", seed=3))
+    again = fresh_studio.generate(GenerationRequest(tool="dev", prompt="a fox", model="tiny", quant="none", seed=3))
+    other = fresh_studio.generate(GenerationRequest(tool="dev", prompt="a cat", model="tiny", quant="none", seed=3))
+    assert (first.report["placement"]["prompt_from_cache"], again.report["placement"]["prompt_from_cache"],
+            other.report["placement"]["prompt_from_cache"]) == (False, True, False)
+    assert (prompts.hits, prompts.misses) == (1, 2)
+    assert np.array_equal(np.asarray(first.image), np.asarray(again.image))
+
+
+def test_encoders_leave_the_device_after_encoding_when_the_placement_says_so(fresh_studio, monkeypatch):
+    """A forced placement moves each component for its phase: a spy on Module.to sees the moves in order."""
+    import torch
+
+    manager = fresh_studio.manager
+    moves = []
+    original = torch.nn.Module.to
+
+    def spy(self, *args, **kwargs):
+        for name in ("text_encoder", "text_encoder_2", "transformer", "vae"):
+            for loaded in manager._pipelines.values():
+                if loaded.components.get(name) is not None and loaded.components[name].module is self:
+                    moves.append((name, str(args[0] if args else kwargs.get("device"))))
+        return original(self, *args, **kwargs)
+
+    manager.set_options(placement="swap")
+    fresh_studio.generate(GenerationRequest(tool="dev", prompt="warm up", model="tiny", quant="none", seed=1))
+    monkeypatch.setattr(torch.nn.Module, "to", spy)
+    moves.clear()
+    result = fresh_studio.generate(GenerationRequest(tool="dev", prompt="a new prompt", model="tiny", quant="none",
+                                                     seed=1))
+    assert result.report["placement"]["name"] == "swap"
+    # encode: the encoders come to the device, the transformer waits; denoise: the encoders leave, it comes back
+    encoders_in = [i for i, m in enumerate(moves) if m[0].startswith("text_encoder")][:2]
+    transformer_in = [i for i, m in enumerate(moves) if m[0] == "transformer"]
+    assert len(encoders_in) == 2 and transformer_in
+    assert [m for m in moves if m[0].startswith("text_encoder")][-2:] == [("text_encoder", "cpu"),
+                                                                          ("text_encoder_2", "cpu")]
+    moves.clear()
+    fresh_studio.generate(GenerationRequest(tool="dev", prompt="a new prompt", model="tiny", quant="none", seed=1))
+    assert not [m for m in moves if m[0].startswith("text_encoder")]  # same prompt: the encoders stay put
+    manager.set_options(placement="auto")
+
+
+def test_quantized_modules_move_as_they_are(fresh_studio):
+    """Moving a quantized component between phases keeps its quantized layers and weight bytes."""
+    from quantization.registry import backend_for
+    from quantization.sizes import module_bytes
+
+    fresh_studio.manager.set_options(placement="encoders-off")
+    fresh_studio.generate(GenerationRequest(tool="dev", prompt="x", model="tiny", quant="8bit", seed=1))
+    loaded = next(iter(fresh_studio.manager._pipelines.values()))
+    t5 = loaded.components["text_encoder_2"]
+    config = candidates("8bit", "cpu")[0]
+    layers = sum(1 for m in t5.module.modules() if backend_for(config).is_quantized_layer(m))
+    size = module_bytes(t5.module)
+    fresh_studio.generate(GenerationRequest(tool="dev", prompt="y", model="tiny", quant="8bit", seed=1))
+    assert sum(1 for m in t5.module.modules() if backend_for(config).is_quantized_layer(m)) == layers > 0
+    assert module_bytes(t5.module) == size
+    fresh_studio.manager.set_options(placement="auto")
+
+
+def test_step_cache_skips_blocks_at_a_high_threshold_and_changes_nothing_at_zero(fresh_studio):
+    def run(threshold):
+        fresh_studio.manager.set_options(step_cache=threshold)
+        return fresh_studio.generate(GenerationRequest(tool="dev", prompt="a fox", model="tiny", quant="none",
+                                                       seed=5, steps=8))
+
+    off = run(0.0)
+    assert off.report["step_cache"] is None
+    high = run(1.0)
+    assert high.report["step_cache"]["skipped_steps"] > 0
+    assert high.report["step_cache"]["full_steps"] + high.report["step_cache"]["skipped_steps"] == 8
+    assert high.metadata()["options"]["step_cache"] == 1.0
+    tiny_threshold = run(1e-9)
+    assert tiny_threshold.report["step_cache"]["skipped_steps"] == 0
+    assert np.array_equal(np.asarray(tiny_threshold.image), np.asarray(off.image))
+    fresh_studio.manager.set_options(step_cache=0.0)
+
+
+def test_compile_is_refused_visibly_off_nvidia_gpus(fresh_studio):
+    fresh_studio.manager.set_options(compile=True)
+    result = fresh_studio.generate(GenerationRequest(tool="schnell", prompt="x", model="tiny", quant="none", seed=1))
+    assert result.report["compiled"] is False
+    assert any(n.startswith("Compile skipped: torch.compile is offered on NVIDIA GPUs") for n in result.notices)
+    assert any(f["backend"] == "compile" for f in result.fallbacks)
+    fresh_studio.manager.set_options(compile=False)

@@ -102,12 +102,13 @@ class Runner:
         return self.engine.manager.unload()
 
     @property
-    def memory_options(self):
-        return self.engine.manager.memory
+    def options(self):
+        """The run options (pipelines.options.RunOptions) every run uses."""
+        return self.engine.manager.options
 
-    def set_memory_options(self, **options) -> None:
+    def set_options(self, **options) -> None:
         try:
-            self.engine.manager.set_memory_options(**options)
+            self.engine.manager.set_options(**options)
         except UserError as error:
             raise user_error(str(error)) from None
 

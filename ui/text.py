@@ -89,6 +89,12 @@ def status_html(report: dict, path_name: str | None = None) -> str:
     numbers = (f"peak {_mib(memory['peak_bytes'])} ({MEMORY_KINDS.get(memory['kind'], memory['kind'])}) · "
                f"load {timings['load_s']:.2f} s · quantize {timings['quantize_s']:.2f} s · "
                f"denoise {timings['denoise_s']:.2f} s · total {timings['total_s']:.2f} s")
+    placement = report.get("placement")
+    if placement:
+        numbers += f" · placement {html.escape(placement['name'])}" + (" (tiled decode)" if placement["tiled_decode"]
+                                                                      else "")
+    if report.get("step_cache"):
+        numbers += f" · step cache skipped {report['step_cache']['skipped_steps']} of {params['steps']} steps"
     saved = f" · saved {html.escape(path_name)}" if path_name else ""
     return (f"<div class='ff-status'><div>{head}</div><div class='ff-chips'>{''.join(parts)}</div>"
             f"<div class='ff-muted'>{numbers}{saved}</div></div>")

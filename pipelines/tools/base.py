@@ -104,6 +104,10 @@ class Tool:
     def check_inputs(self, request) -> None:
         """Rules of this tool beyond the shared ones (called once the request's images are loaded)."""
 
+    def uses_text_encoders(self, request) -> bool:
+        """True when ``prepare`` itself runs the text encoders (they must be on the device then)."""
+        return False
+
     def prepare(self, request, ctx: RunContext) -> Prepared:
         raise NotImplementedError(f"the {self.name} tool does not define prepare()")
 

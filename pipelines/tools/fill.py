@@ -42,6 +42,9 @@ class Fill(Tool):
                 raise UserError(f"expand={','.join(map(str, request.expand))} makes a {width}x{height} canvas; "
                                 f"the limit is {defaults.SIZE_MAX} per side.")
 
+    def uses_text_encoders(self, request) -> bool:
+        return request.reference is not None  # the Redux prior encodes the prompt
+
     def prepare(self, request, ctx: RunContext) -> Prepared:
         image, mask = request.image, request.mask
         if request.expand:

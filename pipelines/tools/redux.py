@@ -58,6 +58,9 @@ def build_tiny_prior(path: Path) -> None:
 
 @dataclass(frozen=True)
 class Redux(Tool):
+    def uses_text_encoders(self, request) -> bool:
+        return True
+
     def prepare(self, request, ctx: RunContext) -> Prepared:
         width, height = self.output_size(request, request.image)
         return Prepared(redux_embeddings(ctx, request.image, request.prompt), width, height)

@@ -7,13 +7,17 @@ import html
 
 import gradio as gr
 
-from pipelines.memory import OFFLOADS
+from pipelines.options import OFFLOADS
+from pipelines.placement import PLACEMENTS
 from pipelines.paths import quantized_dir
 from quantization import admin
 
 from ..settings import DEVICE_QUEUE
 from ..widgets import TabContext
 
+PLACEMENT_LABELS = {"auto": "Auto (from free memory)", "resident": "Everything stays on the device",
+                    "encoders-off": "Text encoders leave after encoding",
+                    "swap": "The transformer, too, waits on the CPU while encoding"}
 OFFLOAD_LABELS = {"none": "None (everything on the device)", "model": "Model CPU offload (one model at a time)",
                   "sequential": "Sequential CPU offload (layer by layer, lowest memory, slowest)"}
 
@@ -77,23 +81,32 @@ def loaded_html(rows: list[dict], total: int) -> str:
 
 def build(ctx: TabContext, tab: gr.Tab) -> None:
     runner = ctx.runner
-    memory = runner.memory_options
+    options = runner.options
     gr.Markdown("### Loaded models")
     loaded = gr.HTML(loaded_html([], 0), elem_id="system-loaded")
     with gr.Row():
         refresh = gr.Button("Refresh", size="sm", scale=0, min_width=120, elem_id="system-refresh")
         unload = gr.Button("Unload all models", variant="stop", size="sm", scale=0, min_width=180,
                            elem_id="system-unload")
-    gr.Markdown("### Memory options")
+    gr.Markdown("### Memory and speed options")
     with gr.Row(equal_height=True):
-        offload = gr.Radio([(OFFLOAD_LABELS[m], m) for m in OFFLOADS], value=memory.offload,
+        offload = gr.Radio([(OFFLOAD_LABELS[m], m) for m in OFFLOADS], value=options.offload,
                            label="CPU offload", elem_id="system-offload", scale=3,
                            info="Lowers GPU memory by keeping weights in RAM until used; no effect on CPU.")
         with gr.Column(scale=1, min_width=200):
-            tiling = gr.Checkbox(memory.vae_tiling, label="VAE tiling (large images, less memory)",
+            tiling = gr.Checkbox(options.vae_tiling, label="VAE tiling (large images, less memory)",
                                  elem_id="system-vae-tiling")
-            slicing = gr.Checkbox(memory.vae_slicing, label="VAE slicing (decode one image at a time)",
+            slicing = gr.Checkbox(options.vae_slicing, label="VAE slicing (decode one image at a time)",
                                   elem_id="system-vae-slicing")
+    with gr.Row(equal_height=True):
+        placement = gr.Radio([(PLACEMENT_LABELS[p], p) for p in PLACEMENTS], value=options.placement,
+                             label="Placement", elem_id="system-placement", scale=3,
+                             info="Where the text encoders and the transformer wait between phases of a run.")
+        with gr.Column(scale=1, min_width=200):
+            compiled = gr.Checkbox(options.compile, label="Compile the transformer (NVIDIA GPUs)",
+                                   elem_id="system-compile")
+            cache_steps = gr.Slider(0.0, 0.3, value=options.step_cache, step=0.01, label="Step cache threshold",
+                                    info="0 = off; skips work on steps that barely change", elem_id="system-step-cache")
     options_note = gr.HTML("", elem_id="system-options-note")
     gr.Markdown("### Quantized-weights cache")
     cached = gr.HTML("", elem_id="system-cache")
@@ -125,10 +138,13 @@ def build(ctx: TabContext, tab: gr.Tab) -> None:
         gr.Info(f"Unloaded all models ({_mib(freed)} freed).")
         return show_loaded()
 
-    def set_options(mode, tile, slice_):
-        runner.set_memory_options(offload=mode, vae_tiling=tile, vae_slicing=slice_)
-        note = "Applied: offload {}, VAE tiling {}, VAE slicing {}; they take effect from the next run.".format(
-            mode, "on" if tile else "off", "on" if slice_ else "off")
+    def set_options(mode, tile, slice_, place, compile_, threshold):
+        runner.set_options(offload=mode, vae_tiling=tile, vae_slicing=slice_, placement=place, compile=compile_,
+                           step_cache=float(threshold))
+        note = ("Applied: offload {}, VAE tiling {}, VAE slicing {}, placement {}, compile {}, step cache {}; they "
+                "take effect from the next run.").format(mode, "on" if tile else "off", "on" if slice_ else "off",
+                                                         place, "on" if compile_ else "off",
+                                                         f"{float(threshold):g}" if threshold else "off")
         if mode != "none" and ctx.device_type == "cpu":
             note += " CPU offload has no effect here: this studio runs on the CPU."
         return f"<div class='ff-muted'>{html.escape(note)}</div>"
@@ -140,6 +156,7 @@ def build(ctx: TabContext, tab: gr.Tab) -> None:
                  concurrency_limit=1)
     clear.click(clear_cache, None, cached, api_visibility="private", concurrency_id=DEVICE_QUEUE,
                 concurrency_limit=1)
-    for control in (offload, tiling, slicing):
-        control.change(set_options, [offload, tiling, slicing], options_note, queue=False,
+    controls = [offload, tiling, slicing, placement, compiled, cache_steps]
+    for control in controls:
+        control.change(set_options, controls, options_note, queue=False,
                        api_visibility="private", show_progress="hidden")
