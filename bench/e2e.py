@@ -106,14 +106,14 @@ PRESETS = {
 def build_clip(preset: Preset, tokenizer, dtype: torch.dtype):
     from transformers import CLIPTextConfig, CLIPTextModel
 
+    from .models import _seeded
+
     config = CLIPTextConfig(
         vocab_size=preset.clip_vocab, hidden_size=preset.clip_hidden, intermediate_size=preset.clip_intermediate,
         num_hidden_layers=preset.clip_layers, num_attention_heads=preset.clip_heads, max_position_embeddings=77,
         projection_dim=preset.shape.pooled_dim, hidden_act="quick_gelu", bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
-    torch.manual_seed(preset.shape.seed + 4)
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
+    previous = _seeded(preset.shape.seed + 4, dtype)
     try:
         return CLIPTextModel(config).eval()
     finally:
@@ -122,19 +122,9 @@ def build_clip(preset: Preset, tokenizer, dtype: torch.dtype):
 
 def model_dir(preset: Preset, cache: Path, device: torch.device) -> Path:
     """The FluxPipeline directory of ``preset``, built once (in a temporary folder, then renamed into place)."""
-    root = Path(cache) / "bench-e2e" / preset.slug()
-    if (root / ".complete").exists():
-        return root
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".build-", dir=root.parent))
-    try:
-        write_model(preset, tmp, device)
-        (tmp / ".complete").write_text(json.dumps(preset.spec()))
-        shutil.rmtree(root, ignore_errors=True)
-        tmp.rename(root)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return root
+    from .models import build_once
+
+    return build_once(Path(cache) / "bench-e2e" / preset.slug(), lambda tmp: write_model(preset, tmp, device))
 
 
 def write_model(preset: Preset, folder: Path, device: torch.device) -> None:
@@ -397,14 +387,12 @@ def _s(value) -> str:
 
 
 def markdown(result: dict) -> str:
-    from .report import _bytes
+    from .report import _bytes, machine_line
 
-    info = result["machine"]
     lines = [
         f"# End-to-end benchmark: {result['preset']} on {result['slug']}",
         "",
-        f"Machine: {info['device_name']} ({info['device']}), CPU {info['cpu']}, {info['cores']} cores, "
-        f"{info['ram_bytes'] / GIB:.0f} GiB RAM; " + ", ".join(f"{k} {v}" for k, v in info["versions"].items() if v),
+        machine_line(result["machine"]),
         f"Date: {result['date']}; total {result['total_s']:.0f} s (model build {result['build_s']:.0f} s); model "
         f"{result['model_bytes'] and _bytes(result['model_bytes'])} in {result['model']}.",
         f"Run: `generate` of FLUX.1 [dev] at {result['width']}x{result['height']}, {result['steps']} steps, seed "
