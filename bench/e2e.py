@@ -2,9 +2,9 @@
 
 It builds once, under the studio cache (bench-e2e/<preset>-<hash>), a FluxPipeline directory with deterministic
 random weights: scheduler, the small locally built tokenizers, CLIP-L, T5-XXL, the FLUX.1-dev transformer and
-FLUX's VAE, at the real sizes (--full, about 32 GB in bf16; built directly on the GPU) or scaled down (--narrow:
-hidden 128, 1 + 2 blocks, T5 d_model 128 x 2 layers, a small VAE; for CPUs and tests). The embedding tables keep
-the real vocabulary sizes; the small tokenizers' ids stay inside them.
+FLUX's VAE, at the real sizes (--full: 16.9B parameters, about 34 GB in bf16, built directly on the GPU) or scaled
+down (--narrow: hidden 128, 1 + 2 blocks, T5 d_model 128 x 2 layers, a small VAE; for CPUs and tests). The
+embedding tables keep the real vocabulary sizes; the small tokenizers' ids stay inside them.
 
 Then, for each quant mode and each speed option set, it runs `python app.py generate --tool <FLUX.1 [dev]>` in a
 fresh process and reads the run's --report JSON: backend per component, peak memory, the timings, the placement.
@@ -19,8 +19,8 @@ run as in the studio (FLUXFORGE_PROBE is left alone): their results are kept in 
 first run on a machine pays for them, and that run's cold load shows it.
 
 Budget of the default full run on an H100-class GPU (about 8 minutes): the build once (about 1-2 minutes:
-17B parameters initialised on the GPU, 32 GB written; later runs reuse it), then 6 generate processes (none,
-8bit, 4bit x cold + cached), each loading 32 GB from the page cache, quantizing or reading the quantized
+17B parameters initialised on the GPU, 34 GB written; later runs reuse it), then 6 generate processes (none,
+8bit, 4bit x cold + cached), each loading 34 GB from the page cache, quantizing or reading the quantized
 weights, and 28 steps at 1024x1024 (about 40-60 s each). Each --options set adds 3 processes (one per mode).
 --narrow on 2 CPU cores: about 20 s per process.
 
@@ -57,7 +57,7 @@ SEED = "1"
 STEP_CACHE_DEFAULT = "0.12"
 NOT_QUALITY = "random weights: not a quality measure"
 GIB = 2**30
-FULL_RAM_BYTES = 24 * GIB  # the real-size build holds the bf16 transformer and more in memory
+FULL_MODEL_BYTES = 33_740_000_000  # the full preset on disk in bf16: 16.9B parameters
 
 
 @dataclass(frozen=True)
@@ -512,14 +512,19 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     preset = PRESETS[args.preset]
     if preset.name == "full" and device.type != "cuda" and not args.force:
-        print("error: --full builds FLUX.1-dev at its real size (about 32 GB, more than 24 GB of RAM to build) and "
+        print("error: --full builds FLUX.1-dev at its real size (about 34 GB, more than 24 GB of RAM to build) and "
               "runs 1024x1024 x 28 steps: it needs a CUDA GPU. Use --narrow here, or add --force.", file=sys.stderr)
+        return 2
+    cache = weights_root(args.cache)
+    short = disk_shortage(preset, cache)
+    if short:
+        print(f"error: {short}", file=sys.stderr)
         return 2
     start = time.perf_counter()
     info = machine(device)
     log(f"model directory ({preset.name}) ...")
     build_start = time.perf_counter()
-    model = model_dir(preset, weights_root(args.cache), device)
+    model = model_dir(preset, cache, device)
     build_s = time.perf_counter() - build_start
     size = (args.width or preset.width, args.height or preset.height, args.steps or preset.steps)
     available = generate_flags()
@@ -549,6 +554,19 @@ def main(argv: list[str] | None = None) -> int:
     plot(result, path.with_suffix(".png"))
     log(f"wrote {path} and its .md and .png")
     return 0 if all(r["status"] == "ok" for r in records) else 1
+
+
+def disk_shortage(preset: Preset, cache: Path) -> str | None:
+    """Why the full model cannot be written under ``cache`` (None when it is built already or fits)."""
+    root = Path(cache) / "bench-e2e" / preset.slug()
+    if preset.name != "full" or (root / ".complete").exists():
+        return None
+    folder = next((p for p in (root, *root.parents) if p.exists()), Path("/"))
+    free = shutil.disk_usage(folder).free
+    if free >= FULL_MODEL_BYTES * 1.05:
+        return None
+    return (f"--full writes a {FULL_MODEL_BYTES / 1e9:.0f} GB model under {root.parent}; only {free / 1e9:.0f} GB "
+            "are free there (choose another place with --cache).")
 
 
 def make_plan(args) -> dict:

@@ -274,3 +274,22 @@ def test_e2e_refuses_the_real_size_on_a_cpu_unless_forced(capsys, tmp_path):
     assert not (tmp_path / "bench-e2e").exists()
     assert main(["--narrow", "--device", "cpu", "--quant", "none,fp16"]) == 2
     assert "fp16" in capsys.readouterr().err
+
+
+def test_e2e_step_cache_effect_is_reported_apart(e2e_run):
+    from bench.e2e import NOT_QUALITY, add_ratios, markdown
+
+    _, _, _, result = e2e_run
+
+    def record(quant, options, denoise):
+        return {"quant": quant, "options": options, "status": "ok", "denoise_s": denoise, "peak_bytes": 2**30,
+                "timings": {"denoise_s": denoise, "total_s": denoise + 1}, "components": {}}
+
+    records = [record("none", "", 8.0), record("4bit", "", 6.0), record("4bit", "step-cache", 3.0),
+               record("4bit", "compile", 4.0), record("4bit", "compile+step-cache", 1.0)]
+    add_ratios(records)
+    assert [r["denoise_ratio"] for r in records] == [1.0, 0.75, 0.375, 0.5, 0.125]
+    assert records[2]["step_cache_effect"] == 0.5 and records[4]["step_cache_effect"] == 0.25
+    assert "step_cache_effect" not in records[1]
+    text = markdown(dict(result, records=records, targets=[]))
+    assert f"## Step cache ({NOT_QUALITY})" in text and "- 4bit + compile+step-cache: 0.25x" in text
