@@ -227,10 +227,10 @@ def run_generate(model: Path, quant: str, flags: list[str], args, work: Path, na
     if args.device:
         command += ["--device", args.device]
     run = {"command": command[1:], "report_file": report.name}
+    env = worker_env(FLUXFORGE_QUANT_CACHE="1", FLUXFORGE_QUANT_CACHE_DIR=str(cache_dir))  # the cache on, this mode's
     start = time.perf_counter()
     try:
-        proc = subprocess.run(command, cwd=REPO, env=worker_env(FLUXFORGE_QUANT_CACHE_DIR=str(cache_dir)),
-                              capture_output=True, text=True, timeout=args.timeout)
+        proc = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=args.timeout)
         code, stderr = proc.returncode, proc.stderr or ""
     except subprocess.TimeoutExpired as error:
         partial = error.stderr or ""
@@ -336,8 +336,9 @@ def slug(text: str) -> str:
 
 # ---- targets, table, plot -----------------------------------------------------------------------------------------
 
-def targets(records: list[dict], preset: str) -> list[dict]:
-    """Each target with what was measured and whether it was met (None: not judged, or nothing to judge)."""
+def targets(records: list[dict], judged: bool) -> list[dict]:
+    """Each target with what was measured and whether it was met (None when not ``judged``: the targets are for
+    the full preset at Dev's 1024x1024, 28 steps)."""
     ok = [r for r in records if r["status"] == "ok"]
     by = {(r["quant"], r["options"]): r for r in ok}
     base = by.get(("none", ""))
@@ -345,7 +346,7 @@ def targets(records: list[dict], preset: str) -> list[dict]:
 
     def add(target, measured, met):
         rows.append({"target": target, "measured": measured,
-                     "met": met if preset == "full" else None})
+                     "met": met if judged else None})
 
     for quant, limit in (("4bit", 8), ("8bit", 13)):
         r = by.get((quant, ""))
@@ -420,13 +421,14 @@ def markdown(result: dict) -> str:
             f"| {'-' if r['denoise_ratio'] is None else format(r['denoise_ratio'], '.2f') + 'x'} "
             f"| {_s(r['timings'].get('total_s'))} | {json.dumps(placement) if placement else ''} |")
     lines += ["", "## Targets", ""]
-    if result["preset"] != "full":
-        lines.append("Targets apply to the full preset (Dev, 1024x1024, 28 steps); this run is not judged "
-                     "(narrow preset).")
+    unjudged = "narrow preset" if result["preset"] != "full" else "size or steps changed"
+    if not result["judged"]:
+        lines.append(f"Targets apply to the full preset (Dev, 1024x1024, 28 steps); this run is not judged "
+                     f"({unjudged}).")
         lines.append("")
     lines += ["| target | measured | met |", "|---|---|---|"]
     for t in result["targets"]:
-        met = "not judged (narrow preset)" if t["met"] is None else ("yes" if t["met"] else "NO")
+        met = f"not judged ({unjudged})" if t["met"] is None else ("yes" if t["met"] else "NO")
         lines.append(f"| {t['target']} | {t['measured']} | {met} |")
     effects = [r for r in result["records"] if r.get("step_cache_effect") is not None]
     if effects:
@@ -540,11 +542,12 @@ def main(argv: list[str] | None = None) -> int:
         for quant in plan["quants"]:
             records += measure_mode(quant, option_sets, args, model, work, tool, size)
     add_ratios(records)
+    judged = preset.name == "full" and size == (preset.width, preset.height, preset.steps)
     result = {"preset": preset.name, "spec": preset.spec(), "model": str(model),
               "model_bytes": sum(f.stat().st_size for f in model.rglob("*") if f.is_file()),
               "width": size[0], "height": size[1], "steps": size[2], "device": str(device),
               "date": datetime.date.today().isoformat(), "machine": info, "slug": machine_slug(info),
-              "build_s": build_s, "records": records, "targets": targets(records, preset.name),
+              "build_s": build_s, "records": records, "judged": judged, "targets": targets(records, judged),
               "total_s": time.perf_counter() - start}
     text = markdown(result)
     print(text)

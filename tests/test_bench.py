@@ -245,7 +245,7 @@ def test_e2e_writes_markdown_and_png_and_judges_only_the_full_preset(e2e_run):
     text = path.with_suffix(".md").read_text()
     assert "| 4bit |  | ok |" in text and "## Failed" in text and "bogus" in text
     assert "not judged (narrow preset)" in text
-    assert result["targets"] and all(t["met"] is None for t in result["targets"])
+    assert not result["judged"] and result["targets"] and all(t["met"] is None for t in result["targets"])
     assert path.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert result["preset"] == "narrow" and (result["width"], result["height"], result["steps"]) == (256, 256, 4)
 
@@ -260,9 +260,10 @@ def test_e2e_targets_are_judged_on_the_full_preset():
 
     records = [record("none", "", 30, 10.0, 20.0, 20.0, "bf16"), record("8bit", "", 12, 5.0, 30.0, 10.0, "int8"),
                record("4bit", "", 9, 9.0, 30.0, 10.0, "nf4"), record("4bit", "compile", 9, 3.0, None, 9.0, "nf4")]
-    met = {t["target"].split(":")[0].split(" <=")[0]: t["met"] for t in targets(records, "full")}
+    met = {t["target"].split(":")[0].split(" <=")[0]: t["met"] for t in targets(records, judged=True)}
     assert met == {"4bit": False, "8bit": True, "NF4 denoise": True, "fastest 8-bit": True,
                    "fastest combination": True, "cached 4-bit load": True, "cold 4-bit start": True}
+    assert all(t["met"] is None for t in targets(records, judged=False))
 
 
 def test_e2e_refuses_the_real_size_on_a_cpu_unless_forced(capsys, tmp_path):
