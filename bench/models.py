@@ -74,14 +74,24 @@ def weights_dir(cache: Path, shape: Shape) -> Path:
             "double_blocks", "single_blocks", "t5_d_ff", "t5_heads", "t5_d_kv", "t5_layers", "t5_vocab", "seed")
     spec = json.dumps({key: getattr(shape, key) for key in keys})
     root = Path(cache) / "bench-weights" / hashlib.sha1(spec.encode()).hexdigest()[:12]
+
+    def write(tmp: Path) -> None:
+        build_t5(shape).save_pretrained(tmp / "text_encoder_2")
+        build_transformer(shape).save_pretrained(tmp / "transformer")
+        (tmp / "spec.json").write_text(spec)
+
+    return build_once(root, write)
+
+
+def build_once(root: Path, write) -> Path:
+    """``root``, written by ``write(folder)`` into a temporary folder renamed into place (a complete folder, or
+    none), unless it is already there."""
     if (root / ".complete").exists():
         return root
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".build-", dir=root.parent))
     try:
-        build_t5(shape).save_pretrained(tmp / "text_encoder_2")
-        build_transformer(shape).save_pretrained(tmp / "transformer")
-        (tmp / "spec.json").write_text(spec)
+        write(tmp)
         (tmp / ".complete").write_text("ok")
         shutil.rmtree(root, ignore_errors=True)
         tmp.rename(root)

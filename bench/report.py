@@ -99,13 +99,19 @@ def _num(value, fmt: str, none: str = "-") -> str:
     return none if value is None else format(value, fmt)
 
 
+def machine_line(info: dict) -> str:
+    """'Machine: <device>, CPU ..., N cores, RAM; library versions' for the Markdown reports."""
+    return (f"Machine: {info['device_name']} ({info['device']}), CPU {info['cpu']}, {info['cores']} cores, "
+            f"{info['ram_bytes'] / 2**30:.0f} GiB RAM; "
+            + ", ".join(f"{k} {v}" for k, v in info["versions"].items() if v))
+
+
 def markdown(result: dict) -> str:
     info, shape = result["machine"], result["shape"]
     lines = [
         f"# Quantization benchmark: {result['preset']} on {result['slug']}",
         "",
-        f"Machine: {info['device_name']} ({info['device']}), CPU {info['cpu']}, {info['cores']} cores, "
-        f"{info['ram_bytes'] / 2**30:.0f} GiB RAM; " + ", ".join(f"{k} {v}" for k, v in info["versions"].items()),
+        machine_line(info),
         f"Date: {result['date']}; total run {result['total_s']:.0f} s; dtype {result['dtype']}; "
         f"each option measured in {'its own process' if result['isolated'] else 'one shared process'}.",
         f"Shapes: transformer {shape['double_blocks']} double + {shape['single_blocks']} single blocks, hidden "

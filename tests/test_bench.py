@@ -172,3 +172,125 @@ def test_cache_benchmark_times_cold_and_cached_loads_in_fresh_processes(tmp_path
     assert cold["quantize_s"] > 0 and cold["entry_bytes"] > 0 and cached["total_s"] > 0
     assert record["speedup"] == pytest.approx(cold["total_s"] / cached["total_s"])
     assert "cached load" in path.with_suffix(".md").read_text()
+
+
+@pytest.fixture(scope="module")
+def e2e_run(tmp_path_factory):
+    """`bench e2e --narrow`: none and 4bit for real, an unknown quant forced in, an option set generate lacks."""
+    from bench import e2e
+
+    out = tmp_path_factory.mktemp("e2e")
+    path, work = out / "e2e-narrow.json", out / "runs"
+    flags = e2e.generate_flags()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(e2e, "allowed_quants", lambda: ["none", "4bit", "bogus"])
+        patch.setattr(e2e, "generate_flags", lambda: flags - {"--compile"})
+        code = e2e.main(["--narrow", "--device", "cpu", "--quant", "4bit,bogus", "--options", "compile",
+                         "--cache", str(out / "cache"), "--work", str(work), "--json", str(path)])
+    return code, path, work, json.loads(path.read_text())
+
+
+def test_e2e_records_say_what_each_run_reported(e2e_run):
+    code, _, work, result = e2e_run
+    assert code == 1  # a mode failed
+    by = {(r["quant"], r["options"]): r for r in result["records"]}
+    assert list(by) == [("none", ""), ("none", "compile"), ("4bit", ""), ("4bit", "compile"), ("bogus", ""),
+                        ("bogus", "compile")]
+    reports = {}
+    for quant in ("none", "4bit"):
+        record = by[(quant, "")]
+        assert record["status"] == "ok" and set(record["runs"]) == {"cold", "cached"}
+        for phase, run in record["runs"].items():
+            report = json.loads((work / run["report_file"]).read_text())
+            reports[quant, phase] = report
+            assert run["exit_code"] == 0 and report["quantization"]["requested"] == quant
+            assert run["timings"] == report["timings"]
+            assert run["peak_bytes"] == report["memory"]["peak_bytes"] > 0
+            assert run["peak_reserved_bytes"] == report["memory"].get("peak_reserved_bytes")
+            assert run["placement"] == report.get("placement")
+            assert run["components"] == {name: {"backend": c["backend"], "format": c["format"],
+                                                "from_cache": c.get("from_cache")}
+                                         for name, c in report["quantization"]["components"].items()}
+        cold, cached = reports[quant, "cold"], reports[quant, "cached"]
+        assert record["load_cold_s"] == cold["timings"]["load_s"]
+        assert record["load_cached_s"] == cached["timings"]["load_s"]
+        assert record["quantize_cold_s"] == cold["timings"]["quantize_s"]
+        assert record["denoise_s"] == cached["timings"]["denoise_s"] > 0
+        assert record["peak_bytes"] == cached["memory"]["peak_bytes"]
+        assert record["timings"] == cached["timings"]
+    # cold quantized and wrote the quantized weights; cached read them back
+    assert not reports["4bit", "cold"]["quantization"]["components"]["transformer"]["from_cache"]
+    assert reports["4bit", "cached"]["quantization"]["components"]["transformer"]["from_cache"]
+    assert by[("4bit", "")]["components"]["transformer"]["backend"] != "none"
+    # the ratio is against the bf16 run of this same invocation
+    assert by[("none", "")]["denoise_ratio"] == 1.0
+    assert by[("4bit", "")]["denoise_ratio"] == (reports["4bit", "cached"]["timings"]["denoise_s"]
+                                                 / reports["none", "cached"]["timings"]["denoise_s"])
+
+
+def test_e2e_failed_and_skipped_runs_are_recorded(e2e_run):
+    _, _, _, result = e2e_run
+    by = {(r["quant"], r["options"]): r for r in result["records"]}
+    failed = by[("bogus", "")]
+    assert failed["status"] == "failed" and failed["exit_code"] == 2 and set(failed["runs"]) == {"cold"}
+    assert "bogus" in failed["error"] and failed["stderr_tail"]
+    assert failed.get("denoise_ratio") is None
+    for quant in ("none", "4bit", "bogus"):
+        skipped = by[(quant, "compile")]
+        assert skipped["status"] == "skipped" and "--compile" in skipped["reason"] and not skipped["runs"]
+
+
+def test_e2e_writes_markdown_and_png_and_judges_only_the_full_preset(e2e_run):
+    _, path, _, result = e2e_run
+    text = path.with_suffix(".md").read_text()
+    assert "| 4bit |  | ok |" in text and "## Failed" in text and "bogus" in text
+    assert "not judged (narrow preset)" in text
+    assert not result["judged"] and result["targets"] and all(t["met"] is None for t in result["targets"])
+    assert path.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert result["preset"] == "narrow" and (result["width"], result["height"], result["steps"]) == (256, 256, 4)
+
+
+def test_e2e_targets_are_judged_on_the_full_preset():
+    from bench.e2e import targets
+
+    def record(quant, options, peak_gib, denoise, load_cold, load_cached, fmt):
+        return {"quant": quant, "options": options, "status": "ok", "peak_bytes": peak_gib * 2**30,
+                "denoise_s": denoise, "denoise_ratio": denoise / 10.0, "load_cold_s": load_cold,
+                "load_cached_s": load_cached, "components": {"transformer": {"backend": "x", "format": fmt}}}
+
+    records = [record("none", "", 30, 10.0, 20.0, 20.0, "bf16"), record("8bit", "", 12, 5.0, 30.0, 10.0, "int8"),
+               record("4bit", "", 9, 9.0, 30.0, 10.0, "nf4"), record("4bit", "compile", 9, 3.0, None, 9.0, "nf4")]
+    met = {t["target"].split(":")[0].split(" <=")[0]: t["met"] for t in targets(records, judged=True)}
+    assert met == {"4bit": False, "8bit": True, "NF4 denoise": True, "fastest 8-bit": True,
+                   "fastest combination": True, "cached 4-bit load": True, "cold 4-bit start": True}
+    assert all(t["met"] is None for t in targets(records, judged=False))
+
+
+def test_e2e_refuses_the_real_size_on_a_cpu_unless_forced(capsys, tmp_path):
+    from bench.e2e import main
+
+    assert main(["--device", "cpu", "--cache", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "--force" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "bench-e2e").exists()
+    assert main(["--narrow", "--device", "cpu", "--quant", "none,fp16"]) == 2
+    assert "fp16" in capsys.readouterr().err
+
+
+def test_e2e_step_cache_effect_is_reported_apart(e2e_run):
+    from bench.e2e import NOT_QUALITY, add_ratios, markdown
+
+    _, _, _, result = e2e_run
+
+    def record(quant, options, denoise):
+        return {"quant": quant, "options": options, "status": "ok", "denoise_s": denoise, "peak_bytes": 2**30,
+                "timings": {"denoise_s": denoise, "total_s": denoise + 1}, "components": {}}
+
+    records = [record("none", "", 8.0), record("4bit", "", 6.0), record("4bit", "step-cache", 3.0),
+               record("4bit", "compile", 4.0), record("4bit", "compile+step-cache", 1.0)]
+    add_ratios(records)
+    assert [r["denoise_ratio"] for r in records] == [1.0, 0.75, 0.375, 0.5, 0.125]
+    assert records[2]["step_cache_effect"] == 0.5 and records[4]["step_cache_effect"] == 0.25
+    assert "step_cache_effect" not in records[1]
+    text = markdown(dict(result, records=records, targets=[]))
+    assert f"## Step cache ({NOT_QUALITY})" in text and "- 4bit + compile+step-cache: 0.25x" in text

@@ -1,0 +1,599 @@
+"""`python app.py bench e2e`: the studio's real generation path, end to end, on a FLUX.1-dev-shaped model.
+
+It builds once, under the studio cache (bench-e2e/<preset>-<hash>), a FluxPipeline directory with deterministic
+random weights: scheduler, the small locally built tokenizers, CLIP-L, T5-XXL, the FLUX.1-dev transformer and
+FLUX's VAE, at the real sizes (--full: 16.9B parameters, about 34 GB in bf16, built directly on the GPU) or scaled
+down (--narrow: hidden 128, 1 + 2 blocks, T5 d_model 128 x 2 layers, a small VAE; for CPUs and tests). The
+embedding tables keep the real vocabulary sizes; the small tokenizers' ids stay inside them.
+
+Then, for each quant mode and each speed option set, it runs `python app.py generate --tool <FLUX.1 [dev]>` in a
+fresh process and reads the run's --report JSON: backend per component, peak memory, the timings, the placement.
+
+  baseline (no options)  each mode twice, with its own quantized-weights cache (FLUXFORGE_QUANT_CACHE_DIR):
+                         cold (empty: quantize and write) then cached (read it back)
+  each --options set     once more per mode, with that mode's cache already written
+
+`none` (bf16) always runs first: the denoise ratios are against its cached run in the same invocation. Peak memory
+and denoise time of a mode are those of its cached run (the cold run's are kept beside them). Capability probes
+run as in the studio (FLUXFORGE_PROBE is left alone): their results are kept in the studio cache, so only the
+first run on a machine pays for them, and that run's cold load shows it.
+
+Budget of the default full run on an H100-class GPU (about 8 minutes): the build once (about 1-2 minutes:
+17B parameters initialised on the GPU, 34 GB written; later runs reuse it), then 6 generate processes (none,
+8bit, 4bit x cold + cached), each loading 34 GB from the page cache, quantizing or reading the quantized
+weights, and 28 steps at 1024x1024 (about 40-60 s each). Each --options set adds 3 processes (one per mode).
+--narrow on 2 CPU cores: about 20 s per process.
+
+Targets (judged on --full only): 4-bit peak allocated <= 8 GiB; 8-bit <= 13 GiB; NF4 denoise <= 1.0x bf16;
+fastest 8-bit <= 0.6x; fastest combination <= 0.4x; cached 4-bit load <= 0.6x the bf16 load; cold 4-bit start
+<= 2x the bf16 load. The step cache's effect is reported apart (random weights: not a quality measure).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import hashlib
+import json
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import torch
+
+from .common import REPO, bench_args, logger, weights_root, worker_env, write_json
+from .shapes import FULL, Shape
+
+log = logger("bench e2e")
+RESULTS = REPO / "bench" / "results"
+BUILD_VERSION = "v1"
+PROMPT = "a red fox in fresh snow, morning light"
+SEED = "1"
+STEP_CACHE_DEFAULT = "0.12"
+NOT_QUALITY = "random weights: not a quality measure"
+GIB = 2**30
+FULL_MODEL_BYTES = 33_740_000_000  # the full preset on disk in bf16: 16.9B parameters
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Model sizes (transformer, T5 and VAE from ``shape``, CLIP here) and the run's defaults."""
+
+    name: str
+    shape: Shape
+    clip_hidden: int
+    clip_layers: int
+    clip_heads: int
+    clip_intermediate: int
+    clip_vocab: int = 49408
+    width: int = 1024
+    height: int = 1024
+    steps: int = 28
+
+    def spec(self) -> dict:
+        """What the built directory depends on (run sizes excluded)."""
+        shape = asdict(self.shape)
+        for key in ("image_size", "text_tokens", "steps", "guidance", "encodes"):
+            shape.pop(key)
+        return {"version": BUILD_VERSION, "shape": shape, "clip": [self.clip_hidden, self.clip_layers,
+                                                                   self.clip_heads, self.clip_intermediate,
+                                                                   self.clip_vocab]}
+
+    def slug(self) -> str:
+        digest = hashlib.sha1(json.dumps(self.spec(), sort_keys=True).encode()).hexdigest()[:10]
+        return f"{self.name}-{digest}"
+
+
+PRESETS = {
+    "full": Preset("full", replace(FULL, image_size=1024, steps=28), clip_hidden=768, clip_layers=12, clip_heads=12,
+                   clip_intermediate=3072),
+    "narrow": Preset("narrow", replace(FULL, heads=2, head_dim=64, joint_attention_dim=128, pooled_dim=64,
+                                       axes_dims_rope=(16, 24, 24), double_blocks=1, single_blocks=2, t5_d_ff=256,
+                                       t5_heads=2, t5_layers=2, vae_channels=(32, 32, 32, 32),
+                                       vae_layers_per_block=1, image_size=256, steps=4),
+                     clip_hidden=64, clip_layers=2, clip_heads=2, clip_intermediate=128, width=256, height=256,
+                     steps=4),
+}
+
+
+# ---- the model directory ---------------------------------------------------------------------------------------
+
+def build_clip(preset: Preset, tokenizer, dtype: torch.dtype):
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from .models import _seeded
+
+    config = CLIPTextConfig(
+        vocab_size=preset.clip_vocab, hidden_size=preset.clip_hidden, intermediate_size=preset.clip_intermediate,
+        num_hidden_layers=preset.clip_layers, num_attention_heads=preset.clip_heads, max_position_embeddings=77,
+        projection_dim=preset.shape.pooled_dim, hidden_act="quick_gelu", bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    previous = _seeded(preset.shape.seed + 4, dtype)
+    try:
+        return CLIPTextModel(config).eval()
+    finally:
+        torch.set_default_dtype(previous)
+
+
+def model_dir(preset: Preset, cache: Path, device: torch.device) -> Path:
+    """The FluxPipeline directory of ``preset``, built once (in a temporary folder, then renamed into place)."""
+    from .models import build_once
+
+    return build_once(Path(cache) / "bench-e2e" / preset.slug(), lambda tmp: write_model(preset, tmp, device))
+
+
+def write_model(preset: Preset, folder: Path, device: torch.device) -> None:
+    """Every component, one at a time (built on ``device`` in bf16, saved, freed), and model_index.json."""
+    import diffusers
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    from pipelines.tiny import clip_tokenizer, t5_tokenizer
+
+    from .models import build_t5, build_transformer, build_vae
+
+    dtype = torch.bfloat16
+    shape = preset.shape
+    tokenizer, tokenizer_2 = clip_tokenizer(), t5_tokenizer()
+    scheduler = FlowMatchEulerDiscreteScheduler(base_image_seq_len=256, base_shift=0.5, max_image_seq_len=4096,
+                                                max_shift=1.15, shift=3.0, use_dynamic_shifting=True)
+    builders = {
+        "scheduler": lambda: scheduler,
+        "tokenizer": lambda: tokenizer,
+        "tokenizer_2": lambda: tokenizer_2,
+        "text_encoder": lambda: build_clip(preset, tokenizer, dtype),
+        "text_encoder_2": lambda: build_t5(shape, dtype),  # seeds shape.seed + 2
+        "transformer": lambda: build_transformer(shape, dtype),  # shape.seed + 1
+        "vae": lambda: build_vae(shape).to(dtype),  # shape.seed + 3
+    }
+    index = {"_class_name": "FluxPipeline", "_diffusers_version": diffusers.__version__,
+             "feature_extractor": [None, None], "image_encoder": [None, None]}
+    for name, build in builders.items():
+        log(f"  {name} ...")
+        with torch.device(device):
+            part = build()
+        part.save_pretrained(folder / name)
+        index[name] = [type(part).__module__.split(".")[0], type(part).__name__]
+        del part
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    (folder / "model_index.json").write_text(json.dumps(dict(sorted(index.items())), indent=2) + "\n")
+
+
+# ---- the runs -----------------------------------------------------------------------------------------------------
+
+def allowed_quants() -> list[str]:
+    """The quant modes `generate --quant` takes now (auto excluded: the bench names what it measures)."""
+    from pipelines.defaults import QUANTS
+
+    return [q for q in QUANTS if q != "auto"]
+
+
+def dev_tool_name() -> str:
+    """The FLUX.1 [dev] tool, found by its model rather than spelled here."""
+    from pipelines.tools import all_tools
+
+    for tool in all_tools():
+        if tool.model_id.endswith("/FLUX.1-dev") and tool.pipeline_class == "FluxPipeline":
+            return tool.name
+    raise RuntimeError("no tool runs black-forest-labs/FLUX.1-dev")
+
+
+def generate_flags() -> set[str]:
+    """The options `python app.py generate --help` lists now."""
+    proc = subprocess.run([sys.executable, str(REPO / "app.py"), "generate", "--help"], cwd=REPO, env=worker_env(),
+                          capture_output=True, text=True)
+    return set(re.findall(r"(?<![\w-])(--[a-z][a-z0-9-]*)", proc.stdout))
+
+
+def parse_option_set(text: str) -> list[tuple[str, str | None]]:
+    """'compile+step-cache=0.2+placement=balanced' -> [(compile, None), (step-cache, 0.2), (placement, balanced)]."""
+    items = []
+    for part in filter(None, (p.strip() for p in text.split("+"))):
+        name, _, value = part.partition("=")
+        if name not in ("compile", "step-cache", "placement"):
+            raise ValueError(f"--options: {name!r} is not one of compile, step-cache[=T], placement=NAME")
+        if name == "placement" and not value:
+            raise ValueError("--options: placement needs a name (placement=NAME)")
+        if name == "compile" and value:
+            raise ValueError("--options: compile takes no value")
+        items.append((name, value or (STEP_CACHE_DEFAULT if name == "step-cache" else None)))
+    return items
+
+
+def option_flags(items, available: set[str]) -> tuple[list[str], str | None]:
+    """The generate flags of an option set, or why it cannot run (a flag generate does not list)."""
+    flags = []
+    for name, value in items:
+        flag = f"--{name}"
+        if flag not in available:
+            return [], f"`python app.py generate --help` lists no {flag}"
+        flags += [flag] + ([value] if value else [])
+    return flags, None
+
+
+def run_generate(model: Path, quant: str, flags: list[str], args, work: Path, name: str, cache_dir: Path,
+                 tool: str, width: int, height: int, steps: int) -> dict:
+    """One `python app.py generate` in a fresh process; what its report said, or how it failed."""
+    out, report = work / f"{name}.png", work / f"{name}.json"
+    report.unlink(missing_ok=True)
+    command = [sys.executable, str(REPO / "app.py"), "generate", "--tool", tool, "--model", str(model),
+               "--quant", quant, "--prompt", PROMPT, "--width", str(width), "--height", str(height),
+               "--steps", str(steps), "--seed", SEED, "--out", str(out), "--report", str(report), *flags]
+    if args.device:
+        command += ["--device", args.device]
+    run = {"command": command[1:], "report_file": report.name}
+    env = worker_env(FLUXFORGE_QUANT_CACHE="1", FLUXFORGE_QUANT_CACHE_DIR=str(cache_dir))  # the cache on, this mode's
+    start = time.perf_counter()
+    try:
+        proc = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=args.timeout)
+        code, stderr = proc.returncode, proc.stderr or ""
+    except subprocess.TimeoutExpired as error:
+        partial = error.stderr or ""
+        code = None
+        stderr = (partial.decode(errors="replace") if isinstance(partial, bytes) else partial) + \
+            f"\nerror: timed out after {args.timeout:.0f} s"
+    run["wall_s"] = time.perf_counter() - start
+    run["exit_code"] = code
+    if code != 0 or not report.exists():
+        lines = [line.strip() for line in re.split(r"[\r\n]+", stderr) if line.strip()]
+        errors = [line for line in lines if line.startswith("error:")]
+        run.update(ok=False, error=errors[-1] if errors else (lines[-1] if lines else f"exit code {code}"),
+                   stderr_tail=lines[-6:])
+        return run
+    run.update(ok=True, **from_report(json.loads(report.read_text())))
+    return run
+
+
+def from_report(report: dict) -> dict:
+    """The numbers a run's --report JSON gives, as it gives them."""
+    quant, memory = report["quantization"], report["memory"]
+    return {
+        "resolved": quant.get("resolved"),
+        "components": {name: {"backend": c["backend"], "format": c["format"], "from_cache": c.get("from_cache")}
+                       for name, c in quant["components"].items()},
+        "fallbacks": quant.get("fallbacks", []),
+        "peak_bytes": memory["peak_bytes"],
+        "peak_reserved_bytes": memory.get("peak_reserved_bytes"),
+        "memory_kind": memory.get("kind"),
+        "timings": dict(report["timings"]),
+        "placement": report.get("placement"),
+        "device": report.get("device"),
+        "dtype": report.get("dtype"),
+    }
+
+
+def measure_mode(quant: str, option_sets, args, model: Path, work: Path, tool: str, size) -> list[dict]:
+    """The baseline (cold + cached) and every option set of one quant mode."""
+    cache_dir = work / "quant-cache" / quant
+    shutil.rmtree(cache_dir, ignore_errors=True)
+    cache_dir.mkdir(parents=True)
+    records = []
+    for label, flags, reason in option_sets:
+        record = {"quant": quant, "options": label, "flags": flags, "runs": {}}
+        records.append(record)
+        if reason:
+            record.update(status="skipped", reason=reason)
+            log(f"{quant} [{label}]: skipped ({reason})")
+            continue
+        phases = ("cold", "cached") if not label else ("cached",)
+        for phase in phases:
+            name = f"{quant}-{slug(label) or 'baseline'}-{phase}"
+            log(f"{quant} [{label or 'baseline'}] {phase} ...")
+            run = run_generate(model, quant, flags, args, work, name, cache_dir, tool, *size)
+            record["runs"][phase] = run
+            if not run["ok"]:
+                log(f"  failed (exit code {run['exit_code']}): {run['error']}")
+                break
+            t = run["timings"]
+            log(f"  load {t.get('load_s', 0):.1f} s, denoise {t.get('denoise_s', 0):.1f} s, peak "
+                f"{run['peak_bytes'] / GIB:.2f} GiB")
+        summarize(record)
+    return records
+
+
+def summarize(record: dict) -> None:
+    """A record's headline numbers: those of its cached run (the cold run's load beside them)."""
+    runs = record["runs"]
+    failed = next((run for run in runs.values() if not run["ok"]), None)
+    if failed:
+        record.update(status="failed", exit_code=failed["exit_code"], error=failed["error"],
+                      stderr_tail=failed["stderr_tail"])
+        return
+    main_run = runs["cached"]
+    timings = main_run["timings"]
+    record.update(status="ok", components=main_run["components"], peak_bytes=main_run["peak_bytes"],
+                  peak_reserved_bytes=main_run["peak_reserved_bytes"], timings=timings,
+                  denoise_s=timings.get("denoise_s"), placement=main_run["placement"],
+                  load_cached_s=timings.get("load_s"))
+    if "cold" in runs:
+        record.update(load_cold_s=runs["cold"]["timings"].get("load_s"),
+                      quantize_cold_s=runs["cold"]["timings"].get("quantize_s"),
+                      peak_cold_bytes=runs["cold"]["peak_bytes"])
+
+
+def add_ratios(records: list[dict]) -> None:
+    """Denoise time against bf16 (`none`, no options) from this same invocation; the step cache's own effect."""
+    by = {(r["quant"], r["options"]): r for r in records}
+    base = by.get(("none", ""))
+    ref = base.get("denoise_s") if base and base["status"] == "ok" else None
+    for r in records:
+        r["denoise_ratio"] = r["denoise_s"] / ref if ref and r.get("denoise_s") is not None else None
+        if r["status"] == "ok" and "step-cache" in r["options"]:
+            parts = [p for p in r["options"].split("+") if not p.startswith("step-cache")]
+            without = by.get((r["quant"], "+".join(parts)))
+            if without and without["status"] == "ok":
+                r["step_cache_effect"] = r["denoise_s"] / without["denoise_s"]
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9.]+", "-", text.lower()).strip("-")
+
+
+# ---- targets, table, plot -----------------------------------------------------------------------------------------
+
+def targets(records: list[dict], judged: bool) -> list[dict]:
+    """Each target with what was measured and whether it was met (None when not ``judged``: the targets are for
+    the full preset at Dev's 1024x1024, 28 steps)."""
+    ok = [r for r in records if r["status"] == "ok"]
+    by = {(r["quant"], r["options"]): r for r in ok}
+    base = by.get(("none", ""))
+    rows = []
+
+    def add(target, measured, met):
+        rows.append({"target": target, "measured": measured,
+                     "met": met if judged else None})
+
+    for quant, limit in (("4bit", 8), ("8bit", 13)):
+        r = by.get((quant, ""))
+        add(f"{quant}: peak allocated <= {limit} GiB (cached run)",
+            f"{r['peak_bytes'] / GIB:.2f} GiB" if r else "no run", r is not None and r["peak_bytes"] <= limit * GIB)
+    nf4 = [r for r in ok if r.get("denoise_ratio") is not None
+           and (r["components"].get("transformer") or {}).get("format") == "nf4"]
+    best = min(nf4, key=lambda r: r["denoise_ratio"], default=None)
+    add("NF4 denoise <= 1.0x bf16", f"{best['denoise_ratio']:.2f}x ({label(best)})" if best else "no NF4 run",
+        best is not None and best["denoise_ratio"] <= 1.0)
+    for name, pool, limit in (("fastest 8-bit", [r for r in ok if r["quant"] == "8bit"], 0.6),
+                              ("fastest combination", [r for r in ok if r["quant"] != "none" or r["options"]], 0.4)):
+        pool = [r for r in pool if r.get("denoise_ratio") is not None]
+        best = min(pool, key=lambda r: r["denoise_ratio"], default=None)
+        add(f"{name}: denoise <= {limit}x bf16", f"{best['denoise_ratio']:.2f}x ({label(best)})" if best else "no run",
+            best is not None and best["denoise_ratio"] <= limit)
+    four = by.get(("4bit", ""))
+    ref = base.get("load_cached_s") if base else None
+    for name, key, limit in (("cached 4-bit load", "load_cached_s", 0.6), ("cold 4-bit start", "load_cold_s", 2.0)):
+        value = four.get(key) if four else None
+        if value is None or not ref:
+            add(f"{name} <= {limit}x the bf16 load", "no run", False)
+            continue
+        add(f"{name} <= {limit}x the bf16 load", f"{value:.1f} s / {ref:.1f} s = {value / ref:.2f}x",
+            value / ref <= limit)
+    return rows
+
+
+def label(record: dict) -> str:
+    return record["quant"] + (f" + {record['options']}" if record["options"] else "")
+
+
+def _gib(value) -> str:
+    return "-" if value is None else f"{value / GIB:.2f}"
+
+
+def _s(value) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+def markdown(result: dict) -> str:
+    from .report import _bytes, machine_line
+
+    lines = [
+        f"# End-to-end benchmark: {result['preset']} on {result['slug']}",
+        "",
+        machine_line(result["machine"]),
+        f"Date: {result['date']}; total {result['total_s']:.0f} s (model build {result['build_s']:.0f} s); model "
+        f"{result['model_bytes'] and _bytes(result['model_bytes'])} in {result['model']}.",
+        f"Run: `generate` of FLUX.1 [dev] at {result['width']}x{result['height']}, {result['steps']} steps, seed "
+        f"{SEED}, each in a fresh process. Peak and denoise: the cached run; load cold: empty quantized-weights "
+        "cache (quantize and write), load cached: reading it. Ratios: denoise time / bf16 (none, no options) "
+        "in this run.",
+        "",
+        "| quant | options | status | transformer | text_encoder_2 | peak GiB | reserved GiB | cold peak GiB "
+        "| load cold s | load cached s | denoise s | vs bf16 | total s | placement |",
+        "|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in result["records"]:
+        if r["status"] != "ok":
+            why = r.get("reason") or f"exit {r.get('exit_code')}: {r.get('error')}"
+            lines.append(f"| {r['quant']} | {r['options']} | {r['status']} ({why}) |||||||||||")
+            continue
+        comp = r["components"]
+        names = [" ".join(filter(None, (comp.get(c, {}).get("backend"), comp.get(c, {}).get("format"))))
+                 for c in ("transformer", "text_encoder_2")]
+        placement = r.get("placement")
+        lines.append(
+            f"| {r['quant']} | {r['options']} | ok | {names[0]} | {names[1]} | {_gib(r['peak_bytes'])} "
+            f"| {_gib(r.get('peak_reserved_bytes'))} | {_gib(r.get('peak_cold_bytes'))} | {_s(r.get('load_cold_s'))} "
+            f"| {_s(r.get('load_cached_s'))} | {_s(r['denoise_s'])} "
+            f"| {'-' if r['denoise_ratio'] is None else format(r['denoise_ratio'], '.2f') + 'x'} "
+            f"| {_s(r['timings'].get('total_s'))} | {json.dumps(placement) if placement else ''} |")
+    lines += ["", "## Targets", ""]
+    unjudged = "narrow preset" if result["preset"] != "full" else "size or steps changed"
+    if not result["judged"]:
+        lines.append(f"Targets apply to the full preset (Dev, 1024x1024, 28 steps); this run is not judged "
+                     f"({unjudged}).")
+        lines.append("")
+    lines += ["| target | measured | met |", "|---|---|---|"]
+    for t in result["targets"]:
+        met = f"not judged ({unjudged})" if t["met"] is None else ("yes" if t["met"] else "NO")
+        lines.append(f"| {t['target']} | {t['measured']} | {met} |")
+    effects = [r for r in result["records"] if r.get("step_cache_effect") is not None]
+    if effects:
+        lines += ["", f"## Step cache ({NOT_QUALITY})", "",
+                  "Denoise time with the step cache / the same quant and options without it. With random weights "
+                  "the skipped steps say nothing about image quality.", ""]
+        lines += [f"- {label(r)}: {r['step_cache_effect']:.2f}x" for r in effects]
+    bad = [r for r in result["records"] if r["status"] == "failed"]
+    if bad:
+        lines += ["", "## Failed", ""]
+        for r in bad:
+            lines.append(f"- {label(r)}: exit code {r['exit_code']}: {r['error']}")
+            lines += [f"    {line}" for line in r["stderr_tail"]]
+    return "\n".join(lines) + "\n"
+
+
+def plot(result: dict, path: Path) -> None:
+    """Peak memory and denoise ratio to bf16, one bar per quant mode and option set."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in result["records"] if r["status"] == "ok"]
+    names = [label(r) for r in rows]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5))
+    axes[0].bar(names, [r["peak_bytes"] / GIB for r in rows], color="C0")
+    axes[0].set_ylabel(f"peak {rows[0]['runs']['cached']['memory_kind'] if rows else ''} GiB (cached run)")
+    axes[1].bar(names, [r["denoise_ratio"] or 0 for r in rows], color="C1")
+    axes[1].axhline(1.0, color="grey", linewidth=0.8)
+    axes[1].set_ylabel("denoise time / bf16")
+    for axis in axes:
+        axis.tick_params(axis="x", rotation=30)
+        axis.grid(alpha=0.3, axis="y")
+    fig.suptitle(f"{result['slug']} {result['preset']}: {result['width']}x{result['height']}, {result['steps']} steps")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+# ---- command line -------------------------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="app.py bench e2e", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--full", dest="preset", action="store_const", const="full",
+                      help="the real sizes, 1024x1024, 28 steps (default; a CUDA GPU)")
+    size.add_argument("--narrow", dest="preset", action="store_const", const="narrow",
+                      help="the same layout scaled down, 256x256, 4 steps (CPU, tests)")
+    parser.set_defaults(preset="full")
+    parser.add_argument("--quant", default="none,8bit,4bit", help="comma list of quant modes (none always runs)")
+    parser.add_argument("--only", default=None, help="comma list: run only these of --quant's modes (and none)")
+    parser.add_argument("--options", default="", help="comma list of option sets, each one or more of compile, "
+                                                      "step-cache[=T], placement=NAME joined by + "
+                                                      "(e.g. compile,step-cache,compile+step-cache)")
+    parser.add_argument("--width", type=int, default=None)
+    parser.add_argument("--height", type=int, default=None)
+    parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--device", default=None, help="passed to generate (default: best available)")
+    parser.add_argument("--force", action="store_true", help="build and run the real sizes without a CUDA GPU")
+    parser.add_argument("--cache", default=None, help="where the model directory is built (default: the studio "
+                                                      "cache, bench-e2e/)")
+    parser.add_argument("--work", default=None, help="keep each run's PNG, report JSON and quantized-weights cache "
+                                                     "here (default: a temporary folder, removed)")
+    parser.add_argument("--timeout", type=float, default=900, help="seconds one generate run may take")
+    parser.add_argument("--json", default=None, help="write the result here and the .md and .png beside it "
+                                                     "(default bench/results/e2e-<machine>-<preset>.json)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(bench_args(argv))
+    from pipelines.device import pick_device
+
+    from .report import machine, machine_slug
+
+    try:
+        device = pick_device(args.device)
+        plan = make_plan(args)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    preset = PRESETS[args.preset]
+    if preset.name == "full" and device.type != "cuda" and not args.force:
+        print("error: --full builds FLUX.1-dev at its real size (about 34 GB, more than 24 GB of RAM to build) and "
+              "runs 1024x1024 x 28 steps: it needs a CUDA GPU. Use --narrow here, or add --force.", file=sys.stderr)
+        return 2
+    cache = weights_root(args.cache)
+    short = disk_shortage(preset, cache)
+    if short:
+        print(f"error: {short}", file=sys.stderr)
+        return 2
+    start = time.perf_counter()
+    info = machine(device)
+    log(f"model directory ({preset.name}) ...")
+    build_start = time.perf_counter()
+    model = model_dir(preset, cache, device)
+    build_s = time.perf_counter() - build_start
+    size = (args.width or preset.width, args.height or preset.height, args.steps or preset.steps)
+    available = generate_flags()
+    option_sets = [("", [], None)]
+    for text in plan["options"]:
+        flags, reason = option_flags(parse_option_set(text), available)
+        option_sets.append((text, flags, reason))
+    tool = dev_tool_name()
+    records = []
+    with tempfile.TemporaryDirectory(prefix="fluxforge-e2e-") as tmp:
+        work = Path(args.work) if args.work else Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        for quant in plan["quants"]:
+            records += measure_mode(quant, option_sets, args, model, work, tool, size)
+    add_ratios(records)
+    judged = preset.name == "full" and size == (preset.width, preset.height, preset.steps)
+    result = {"preset": preset.name, "spec": preset.spec(), "model": str(model),
+              "model_bytes": sum(f.stat().st_size for f in model.rglob("*") if f.is_file()),
+              "width": size[0], "height": size[1], "steps": size[2], "device": str(device),
+              "date": datetime.date.today().isoformat(), "machine": info, "slug": machine_slug(info),
+              "build_s": build_s, "records": records, "judged": judged, "targets": targets(records, judged),
+              "total_s": time.perf_counter() - start}
+    text = markdown(result)
+    print(text)
+    path = Path(args.json) if args.json else RESULTS / f"e2e-{result['slug']}-{preset.name}.json"
+    write_json(result, path)
+    path.with_suffix(".md").write_text(text)
+    plot(result, path.with_suffix(".png"))
+    log(f"wrote {path} and its .md and .png")
+    return 0 if all(r["status"] == "ok" for r in records) else 1
+
+
+def disk_shortage(preset: Preset, cache: Path) -> str | None:
+    """Why the full model cannot be written under ``cache`` (None when it is built already or fits)."""
+    root = Path(cache) / "bench-e2e" / preset.slug()
+    if preset.name != "full" or (root / ".complete").exists():
+        return None
+    folder = next((p for p in (root, *root.parents) if p.exists()), Path("/"))
+    free = shutil.disk_usage(folder).free
+    if free >= FULL_MODEL_BYTES * 1.05:
+        return None
+    return (f"--full writes a {FULL_MODEL_BYTES / 1e9:.0f} GB model under {root.parent}; only {free / 1e9:.0f} GB "
+            "are free there (choose another place with --cache).")
+
+
+def make_plan(args) -> dict:
+    """The quant modes (none first) and option sets asked for; a ValueError names what is wrong."""
+    allowed = allowed_quants()
+    quants = [q.strip() for q in args.quant.split(",") if q.strip()]
+    unknown = [q for q in quants if q not in allowed]
+    if unknown:
+        raise ValueError(f"--quant {','.join(unknown)}: generate takes {', '.join(allowed)}")
+    if args.only:
+        only = {q.strip() for q in args.only.split(",") if q.strip()}
+        missing = only - set(quants)
+        if missing:
+            raise ValueError(f"--only {','.join(sorted(missing))}: not among --quant {args.quant}")
+        quants = [q for q in quants if q in only]
+    quants = ["none"] + [q for q in quants if q != "none"]
+    options = [o.strip() for o in args.options.split(",") if o.strip()]
+    for text in options:
+        parse_option_set(text)
+    return {"quants": quants, "options": options}
+
+
+if __name__ == "__main__":
+    from pipelines.logs import quiet_libraries
+
+    quiet_libraries()
+    sys.exit(main())
