@@ -387,6 +387,13 @@ def _s(value) -> str:
     return "-" if value is None else f"{value:.1f}"
 
 
+def _placement(placement) -> str:
+    """'swap (tiled decode)' from the report's placement record."""
+    if not isinstance(placement, dict):
+        return str(placement or "")
+    return placement.get("name", "?") + (" (tiled decode)" if placement.get("tiled_decode") else "")
+
+
 def markdown(result: dict) -> str:
     from .report import _bytes, machine_line
 
@@ -419,7 +426,7 @@ def markdown(result: dict) -> str:
             f"| {_gib(r.get('peak_reserved_bytes'))} | {_gib(r.get('peak_cold_bytes'))} | {_s(r.get('load_cold_s'))} "
             f"| {_s(r.get('load_cached_s'))} | {_s(r['denoise_s'])} "
             f"| {'-' if r['denoise_ratio'] is None else format(r['denoise_ratio'], '.2f') + 'x'} "
-            f"| {_s(r['timings'].get('total_s'))} | {json.dumps(placement) if placement else ''} |")
+            f"| {_s(r['timings'].get('total_s'))} | {_placement(placement)} |")
     lines += ["", "## Targets", ""]
     unjudged = "narrow preset" if result["preset"] != "full" else "size or steps changed"
     if not result["judged"]:
