@@ -57,7 +57,7 @@ def doctor_report(device: torch.device, dtype: torch.dtype, probes: Path | None 
         reason = check_backend(config, device)
         backends.append({"backend": config.backend, "format": config.format, "usable": reason is None,
                          "reason": reason or ""})
-    policy = {quant: [c.label for c in candidates(quant, device.type)] for quant in ("8bit", "4bit")}
+    policy = {quant: [c.label for c in candidates(quant, device.type)] for quant in ("8bit", "4bit", "fp8")}
     cpu = cpu_class()
     return {
         "cpu_class": cpu,
@@ -80,13 +80,13 @@ def format_doctor(report: dict) -> str:
     lines.append("backends on this device:")
     for row in report["backends"]:
         state = "ok" if row["usable"] else f"unusable: {row['reason']}"
-        lines.append(f"  {row['backend']:<13} {row['format']:<17} {state}")
+        lines.append(f"  {row['backend']:<13} {row['format']:<19} {state}")
     lines.append("probes (quantize and run in a child process; cached per environment):")
     if not report["probes"]:
         lines.append("  none yet: they run when a backend is first used, or with `doctor --probe`")
     for row in report["probes"]:
         state = "ok" if row["ok"] else f"unusable: {row['reason']}"
-        lines.append(f"  {row['backend']:<13} {row['format']:<17} {row['device']} {row['dtype']}: {state} "
+        lines.append(f"  {row['backend']:<13} {row['format']:<19} {row['device']} {row['dtype']}: {state} "
                      f"({row['shapes']} shapes)")
     if report["device"].startswith("cpu"):
         measured = report["cpu_measured_on"] or "no measurements for this class yet: listed order"

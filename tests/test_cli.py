@@ -70,7 +70,7 @@ def test_doctor_lists_backends_and_versions():
                                                                         ("torchao", "int8_dynamic")}
     assert report["cpu_class"] in ("native-bf16", "emulated-bf16") and report["cpu_measured_on"]
     proc = run_cli("doctor", env={"FLUXFORGE_DISABLE_BACKENDS": "quanto"})
-    assert "quanto        int8              unusable: quanto is disabled by FLUXFORGE_DISABLE_BACKENDS" in proc.stdout
+    assert "quanto        int8                unusable: quanto is disabled by FLUXFORGE_DISABLE_BACKENDS" in proc.stdout
     assert f"CPU class: {report['cpu_class']} (policy measured on " in proc.stdout
 
 
