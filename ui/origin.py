@@ -6,10 +6,15 @@
 - On a loopback address, requests naming another Host are refused (DNS rebinding).
 - Without --api, Gradio's by-name HTTP routes (/gradio_api/call/<name>) are closed: Gradio serves them
   for private endpoints too. The page itself only uses /gradio_api/queue/join.
+- The direct routes (POST /gradio_api/run/<name>, /gradio_api/api/<name>) are never served: Gradio runs them
+  outside the queue, so they would pass its size limit and the one-job-at-a-time device. With --api, jobs
+  go through /gradio_api/call/<name> (or gradio_client), which join the same bounded queue as the page.
+- A by-name route for a name the studio does not have gets 404 with a short message (Gradio answers 500).
 """
 
 from __future__ import annotations
 
+import re
 from urllib.parse import urlsplit
 
 from starlette.datastructures import Headers
@@ -50,16 +55,47 @@ def _length(headers: Headers) -> int:
 
 
 CALL_ROUTES = ("/call/", "/gradio_api/call/")
+BY_NAME = re.compile(r"/(?:gradio_api/)?(run|api|call/v2|call)/([^/]+)/?$")  # a POST that starts a job by name
 
 
 def api_route(path: str) -> bool:
     """True for Gradio's by-name API routes (/gradio_api/call/<name>, with any root path in front)."""
-    return any(prefix in path for prefix in CALL_ROUTES)
+    return any(prefix in path for prefix in CALL_ROUTES) or bool(BY_NAME.search(path))
+
+
+def endpoint_names(app) -> set[str] | None:
+    """The public endpoint names of the Gradio app serving this request (None when it cannot tell)."""
+    try:
+        blocks = app.get_blocks()
+    except Exception:  # noqa: BLE001 - not a Gradio app, or not ready yet
+        return None
+    return {fn.api_name for fn in blocks.fns.values() if fn.api_name and fn.api_visibility == "public"}
+
+
+def by_name_refusal(scope) -> JSONResponse | None:
+    """404 for a direct route (it would bypass the queue) and for an endpoint name the studio does not have."""
+    if scope["method"] != "POST":
+        return None
+    match = BY_NAME.search(scope.get("path", ""))
+    if not match:
+        return None
+    route, name = match.groups()
+    names = endpoint_names(scope.get("app"))
+    if names is not None and name not in names:
+        listed = ", ".join(f"/{n}" for n in sorted(names)) or "none"
+        return JSONResponse({"error": f"No API endpoint named /{name}; the studio has: {listed}."},
+                            status_code=404)
+    if route in ("run", "api"):
+        return JSONResponse({"error": f"POST /gradio_api/{route}/{name} is not served: every job waits in the "
+                                      f"one bounded queue. Use POST /gradio_api/call/{name} (then GET "
+                                      f"/gradio_api/call/{name}/<event_id>), or gradio_client."},
+                            status_code=404)
+    return None
 
 
 class LocalOriginMiddleware:
     """ASGI middleware: 403 for POST/PUT/PATCH/DELETE whose Origin is another site; 404 for the by-name
-    API routes unless `api`."""
+    API routes unless `api`, for the direct routes that bypass the queue, and for unknown endpoint names."""
 
     def __init__(self, app, api: bool = False, local_only: bool = False):
         self.app = app
@@ -76,6 +112,10 @@ class LocalOriginMiddleware:
             response = JSONResponse({"error": "The HTTP API is closed; start the studio with --api."},
                                     status_code=404)
             await response(scope, receive, send)
+            return
+        refusal = by_name_refusal(scope) if scope["type"] == "http" else None
+        if refusal is not None:
+            await refusal(scope, receive, send)
             return
         if scope["type"] == "http" and scope["method"] not in SAFE_METHODS:
             headers = Headers(scope=scope)
