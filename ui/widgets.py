@@ -116,8 +116,13 @@ def result_panel(tool: str, action: str) -> ResultPanel:
     history = gr.State([])
 
     def show(history_items, evt: gr.SelectData):
-        path = history_items[evt.index][0]
-        return path, gr.update(value=path, visible=True)
+        from .runner import kept_file
+
+        item = history_items[evt.index]
+        if not kept_file(item):  # pruned by a newer run (of any session) since the history was shown
+            gr.Warning("That image is no longer kept in the output folder.")
+            return gr.skip(), gr.skip()
+        return item[0], gr.update(value=item[0], visible=True)
 
     gallery.select(show, history, [image, download], queue=False, api_visibility="private",
                    show_progress="hidden")

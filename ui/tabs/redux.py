@@ -48,7 +48,7 @@ def build(ctx: TabContext) -> None:
             seed_i = (base["seed"] + index) % (defaults.SEED_MAX + 1)
             request = ctx.runner.request("redux", **{**base, "seed": seed_i})
             label = f"Variation {index + 1}/{int(count)}" if count > 1 else ""
-            outcomes.append(ctx.runner.run(request, progress, label=label))
+            outcomes.append(ctx.runner.run(request, progress, label=label, keep=[o.path for o in outcomes]))
         return (*panel_values(outcomes, history), base["seed"])
 
     inputs = [image, prompt, variations, *options.inputs(), panel.history]
