@@ -61,6 +61,9 @@ class Invalid(gr.Error):
             field = match.group(0) if match else None
         self.field = field
 
+    def __str__(self) -> str:  # the message itself (Gradio's own quotes it)
+        return self.message
+
 
 def user_error(message: str, field: str | None = None) -> Invalid:
     return Invalid(message, field)

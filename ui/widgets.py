@@ -47,6 +47,14 @@ class Controls:
         return [self.steps, self.guidance, self.quant, *extra, self.width, self.height, self.seed, self.randomize]
 
 
+def image_input(what: str, **kwargs) -> gr.Image:
+    """An image upload passed on as the uploaded file's path (its bytes untouched, so the report can name and
+    hash them); a file that is not a readable image is refused with one line (ui.images.readable)."""
+    from .images import readable
+
+    return readable(gr.Image(type="filepath", image_mode=None, sources=["upload", "clipboard"], **kwargs), what)
+
+
 def settings(ctx: TabContext, tool: str, from_image: bool = False) -> Controls:
     """The settings accordion; the Quantization dropdown sits right after guidance."""
     d = ctx.defaults(tool)
