@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import http.server
 import json
+import re
 import struct
 import threading
 import time
@@ -326,3 +327,238 @@ def test_the_default_server_still_serves(web_studio, files):  # noqa: F811
                 break
             assert time.monotonic() < deadline
     assert completed is not None and completed["success"], completed
+
+
+# ---- the limits hold on every route, from outside ---------------------------------------------------------------
+
+QUEUE_SIZE, KEEP = 2, 3
+NO_PATH = re.compile(r"(/tmp/|/root/|/home/|/var/|gradio_api/file=|\\\\|[A-Za-z]:\\\\)")
+
+
+class Gate:
+    """Wraps Engine.generate. While `hold` is set the first job waits on the device until released and every
+    job then stops with a short error, so the queue is measured without generating anything."""
+
+    def __init__(self, generate):
+        self.generate = generate
+        self.hold = False
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        self.now = 0
+        self.lock = threading.Lock()
+
+    def __call__(self, request, progress=None):
+        with self.lock:
+            self.now += 1
+        try:
+            if not self.hold:
+                return self.generate(request, progress)
+            self.entered.set()
+            self.release.wait(timeout=120)
+            from pipelines.errors import UserError
+
+            raise UserError("stopped by the test")
+        finally:
+            with self.lock:
+                self.now -= 1
+
+
+@pytest.fixture(scope="module")
+def limited(tmp_path_factory):
+    """The studio with --api, room for 2 waiting jobs and 3 kept outputs; the engine behind a Gate."""
+    import os
+
+    from tests.ui_fixtures import start_studio
+
+    os.environ["FLUXFORGE_OUTPUT_KEEP"] = str(KEEP)
+    try:
+        running = start_studio(tmp_path_factory.mktemp("limited-outputs"), api=True, queue_size=QUEUE_SIZE)
+    finally:
+        os.environ.pop("FLUXFORGE_OUTPUT_KEEP", None)
+    engine = running.demo.studio_runner.engine
+    running.gate = engine.generate = Gate(engine.generate)
+    yield running
+    running.close()
+
+
+def endpoint_order(url: str, name: str) -> list[str]:
+    info = httpx.get(url + "gradio_api/info", timeout=30).json()
+    return [p["parameter_name"] for p in info["named_endpoints"][f"/{name}"]["parameters"]]
+
+
+def tool_values(files: dict[str, Path], masks: dict[str, Path], as_file) -> dict[str, dict]:
+    """Valid values, by parameter name, for each endpoint that starts a generation."""
+    good = as_file(files["good"])
+    editor = {"background": good, "layers": [as_file(masks["mask"])], "composite": good}
+    size = dict(steps=2, guidance=3.5, quant="auto", match=True, width=128, height=128, seed=1, randomize=False)
+    return {
+        "generate": dict(GEN),
+        "fill": dict(mode="inpaint", editor=editor, left=0, top=0, right=64, bottom=0, prompt="a vase",
+                     reference=None, **size),
+        "kontext": dict(image=good, prompt="make it night", **size),
+        "depth": dict(image=good, map_image=None, choice="photo", prompt="a room", **size),
+        "canny": dict(image=good, map_image=None, choice="photo", prompt="a boat", lo=100, hi=200, **size),
+        "redux": dict(image=good, prompt="", count=1, **size),
+    }
+
+
+@pytest.fixture(scope="module")
+def masks(tmp_path_factory, files) -> dict[str, Path]:
+    from tests.ui_fixtures import brush_mask
+
+    root = tmp_path_factory.mktemp("masks")
+    made = {"mask": root / "mask.png", "small_mask": root / "small-mask.png"}
+    brush_mask((96, 96), (20, 20, 60, 60)).save(made["mask"])
+    brush_mask((48, 48), (10, 10, 30, 30)).save(made["small_mask"])
+    return made
+
+
+def wait_idle(studio, timeout: float = 60) -> None:
+    """Until no job waits or runs."""
+    deadline = time.monotonic() + timeout
+    while len(studio.demo._queue) or studio.gate.now:
+        assert time.monotonic() < deadline, "the queue did not drain"
+        time.sleep(0.1)
+    time.sleep(0.3)
+
+
+def at_once(count: int, send) -> list:
+    """`send()` from `count` threads released together; their results (or the exceptions raised)."""
+    results: list = []
+    start = threading.Barrier(count)
+
+    def one():
+        start.wait(timeout=30)
+        try:
+            results.append(send())
+        except Exception as error:  # noqa: BLE001
+            results.append(error)
+
+    threads = [threading.Thread(target=one) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert len(results) == count
+    return results
+
+
+def raw_upload(url: str, path: Path) -> dict:
+    return file_data(upload(url, path))
+
+
+def call(url: str, name: str, data: list) -> httpx.Response:
+    return httpx.post(f"{url}gradio_api/call/{name}", json={"data": data}, timeout=60)
+
+
+ROUTES = ["call", "call/v2", "gradio_client"]
+ENDPOINTS = ["generate", "fill", "kontext", "depth", "canny", "redux"]
+
+
+@pytest.mark.parametrize("route", ROUTES)
+@pytest.mark.parametrize("name", ENDPOINTS)
+def test_n_plus_k_at_once_gives_exactly_k_refusals_on_every_route(limited, files, masks, name, route):
+    """One job on the device, then N + k at once (N = 2 waiting places, k = 2): exactly k are refused, on each
+    route that can start a generation."""
+    extra = 2
+    url = limited.url
+    order = endpoint_order(url, name)
+    if route == "gradio_client":
+        client = Client(url, verbose=False, download_files=False)
+        values = tool_values(files, masks, lambda p: handle_file(str(p)))[name]
+        args = [values[k] for k in order]
+
+        def send():  # the outcome is read once the device is free again (see `settle`)
+            return client.submit(*args, api_name=f"/{name}")
+    else:
+        values = tool_values(files, masks, lambda p: raw_upload(url, p))[name]
+        args = [values[k] for k in order]
+
+        def send():
+            if route == "call":
+                return call(url, name, args)
+            return httpx.post(f"{url}gradio_api/call/v2/{name}", json=dict(zip(order, args)), timeout=60)
+
+    gate = limited.gate
+    gate.hold, gate.entered, gate.release = True, threading.Event(), threading.Event()
+    try:
+        blocker = threading.Thread(target=lambda: settle(send()))
+        blocker.start()
+        assert gate.entered.wait(timeout=60), "the first job never reached the device"
+        outcomes = at_once(QUEUE_SIZE + extra, send)
+        deadline = time.monotonic() + 30
+        while len(limited.demo._queue) < QUEUE_SIZE and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(1.0)  # the refused joins answer at once; nothing more may join
+        assert gate.now == 1  # still one job on the device
+    finally:
+        gate.release.set()
+        blocker.join(timeout=60)
+        wait_idle(limited)
+        gate.hold = False
+    outcomes = [settle(o) for o in outcomes]
+
+    def refused(outcome) -> bool:
+        if isinstance(outcome, httpx.Response):
+            return outcome.status_code == 503 and "queue is full" in outcome.text.lower()
+        return isinstance(outcome, Exception) and "queue is full" in str(outcome).lower()
+
+    def accepted(outcome) -> bool:
+        if isinstance(outcome, httpx.Response):
+            return outcome.status_code == 200 and "event_id" in outcome.json()
+        return isinstance(outcome, Exception) and "stopped by the test" in str(outcome)
+
+    assert sum(map(refused, outcomes)) == extra, outcomes
+    assert sum(map(accepted, outcomes)) == QUEUE_SIZE, outcomes
+
+
+def settle(outcome):
+    """An HTTP response as it is; a gradio_client job as its result or the exception it raised."""
+    if not hasattr(outcome, "result"):
+        return outcome
+    try:
+        return outcome.result(timeout=120)
+    except Exception as error:  # noqa: BLE001
+        return error
+
+
+@pytest.mark.parametrize("name", ENDPOINTS)
+def test_the_direct_routes_that_bypass_the_queue_are_refused(limited, name):
+    with httpx.Client(base_url=limited.url, timeout=30) as http:
+        for path in (f"gradio_api/run/{name}", f"gradio_api/api/{name}"):
+            response = http.post(path, json={"data": []})
+            assert response.status_code == 404, (path, response.status_code, response.text)
+            assert f"/gradio_api/call/{name}" in response.json()["error"] and len(response.text) < READABLE
+    assert limited.gate.now == 0
+
+
+@pytest.mark.parametrize("path", ["gradio_api/run/predict", "gradio_api/call/predict", "gradio_api/call/v2/predict",
+                                  "gradio_api/api/predict", "gradio_api/run/show"])
+def test_unknown_endpoints_get_404_with_a_short_message(limited, path):
+    response = httpx.post(limited.url + path, json={"data": []}, timeout=30)
+    assert response.status_code == 404, (path, response.status_code, response.text[:200])
+    assert "No API endpoint named" in response.json()["error"] and "/generate" in response.text
+    assert len(response.text) < READABLE and "Traceback" not in response.text
+
+
+def test_a_session_of_twice_keep_generations_returns_every_result(limited, tmp_path):
+    """gradio_client downloads every file of a result (the image, the PNG and the history): none is missing,
+    though the output folder keeps only KEEP images, and the history holds no dead entry."""
+    client = Client(limited.url, verbose=False, download_files=str(tmp_path))
+    for index in range(2 * KEEP):
+        image, download, _status, _warning, _notices, gallery, seed = client.predict(
+            **dict(GEN, seed=index), api_name="/generate")
+        assert Path(image).is_file() and Path(download["value"] if isinstance(download, dict) else download).is_file()
+        assert seed == index
+        assert 1 <= len(gallery) <= min(index + 1, KEEP), gallery
+        assert all(Path(item["image"]).is_file() for item in gallery)
+    saved = sorted(limited.output_dir.glob("fluxforge-*.png"))
+    assert len(saved) == KEEP
+
+
+def test_more_variations_than_keep_are_all_returned(limited, files, tmp_path):
+    client = Client(limited.url, verbose=False, download_files=str(tmp_path))
+    result = client.predict(handle_file(str(files["good"])), "", KEEP + 1, 2, 3.5, "auto", True, 128, 128, 7,
+                            False, api_name="/redux")
+    gallery = result[5]
+    assert len(gallery) == KEEP + 1 and all(Path(item["image"]).is_file() for item in gallery)
