@@ -562,3 +562,132 @@ def test_more_variations_than_keep_are_all_returned(limited, files, tmp_path):
                             False, api_name="/redux")
     gallery = result[5]
     assert len(gallery) == KEEP + 1 and all(Path(item["image"]).is_file() for item in gallery)
+
+
+# ---- bad uploads: one readable line, no server path, on every image input -----------------------------------
+
+BAD_UPLOADS = [("text named .png", "text_png", r"this file is not an image we can read: (\S*/)?notes\.png"),
+               ("HTML named .png", "html", r"this file is not an image we can read: (\S*/)?page\.png"),
+               ("0-byte file", "empty", r"this file is not an image we can read: (\S*/)?empty\.png"),
+               ("truncated PNG", "truncated", r"this file is not an image we can read: (\S*/)?truncated\.png"),
+               ("decompression bomb", "bomb", r"(\S*/)?bomb\.png is too large")]
+IMAGE_INPUTS = ["kontext image", "redux image", "canny image", "depth map_image", "fill editor", "fill reference"]
+
+
+@pytest.fixture(scope="module")
+def bad(files, tmp_path_factory) -> dict[str, Path]:
+    made = dict(files)
+    made["text_png"] = tmp_path_factory.mktemp("bad") / "notes.png"
+    made["text_png"].write_text("hello, not an image")
+    return made
+
+
+def with_bad_input(values: dict, name: str, field: str, bad_file):
+    """Valid values for endpoint `name` with `bad_file` in the image input `field`."""
+    values = dict(values)
+    if field == "editor":
+        values["editor"] = {"background": bad_file, "layers": [], "composite": bad_file}
+    else:
+        values[field] = bad_file
+    if field == "map_image":
+        values["choice"] = "upload"
+    return values
+
+
+def assert_one_readable_line(message: str, pattern: str) -> None:
+    assert_readable(message, pattern)
+    assert "\n" not in message.strip() and "Could not preprocess" not in message, message
+    assert "Original error" not in message and not NO_PATH.search(message), message
+
+
+@pytest.mark.parametrize("target", IMAGE_INPUTS)
+@pytest.mark.parametrize("label,key,pattern", BAD_UPLOADS, ids=[c[0] for c in BAD_UPLOADS])
+def test_bad_uploads_get_one_readable_line_through_the_api(limited, bad, masks, target, label, key, pattern):
+    name, field = target.split()
+    client = Client(limited.url, verbose=False, download_files=False)
+    values = tool_values(bad, masks, lambda p: handle_file(str(p)))[name]
+    values = with_bad_input(values, name, field, handle_file(str(bad[key])))
+    with pytest.raises(Exception) as caught:
+        client.predict(*[values[k] for k in endpoint_order(limited.url, name)], api_name=f"/{name}")
+    assert_one_readable_line(refusal(caught.value), pattern)
+    assert limited.gate.now == 0
+
+
+@pytest.mark.parametrize("label,key,pattern", BAD_UPLOADS, ids=[c[0] for c in BAD_UPLOADS])
+def test_bad_uploads_get_one_readable_line_over_raw_http(web_studio, bad, label, key, pattern):  # noqa: F811
+    stored = upload(web_studio.url, bad[key])
+    data = {"path": stored, "meta": {"_type": "gradio.FileData"}, "orig_name": bad[key].name}
+    response = join(web_studio.url, fn_index(web_studio.url, "kontext"), kontext_data(data))
+    assert 400 <= response.status_code < 500, (key, response.status_code)
+    assert_one_readable_line(str(response.json()["detail"]), pattern)
+
+
+@pytest.mark.parametrize("label,key,pattern", BAD_UPLOADS, ids=[c[0] for c in BAD_UPLOADS])
+def test_bad_images_get_the_same_line_from_the_cli(bad, tmp_path, capsys, label, key, pattern):
+    from cli import main
+
+    code = main(["generate", "--tool", "kontext", "--prompt", "x", "--model", "tiny", "--image", str(bad[key]),
+                 "--out", str(tmp_path / "out.png")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and not (tmp_path / "out.png").exists()
+    assert err.startswith("error: ") and len(err.splitlines()) == 1, err
+    assert_readable(err, pattern)
+
+
+# ---- one mask rule; every input recorded -----------------------------------------------------------------------
+
+def test_a_mask_of_another_size_is_refused_in_the_api_as_in_the_cli(limited, files, masks, tmp_path, capsys):
+    from cli import main
+
+    client = Client(limited.url, verbose=False, download_files=False)
+    values = tool_values(files, masks, lambda p: handle_file(str(p)))["fill"]
+    good = handle_file(str(files["good"]))
+    values["editor"] = {"background": good, "layers": [handle_file(str(masks["small_mask"]))], "composite": good}
+    with pytest.raises(Exception) as caught:
+        client.predict(*[values[k] for k in endpoint_order(limited.url, "fill")], api_name="/fill")
+    rule = r"mask is 48x48 but image is 96x96; they must be the same size"
+    message = refusal(caught.value)  # the validator's message, on the editor input
+    assert_readable(message, rule)
+    assert not NO_PATH.search(message), message
+    code = main(["generate", "--tool", "fill", "--prompt", "x", "--model", "tiny", "--image", str(files["good"]),
+                 "--mask", str(masks["small_mask"]), "--out", str(tmp_path / "out.png")])
+    assert code == 2 and re.search(rule, capsys.readouterr().err)
+
+
+def sha256(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def test_a_fill_with_a_reference_names_every_input_with_its_hash(limited, files, masks, tmp_path):
+    from pipelines.images import read_metadata
+
+    reference = tmp_path / "reference.png"
+    Image.new("RGB", (80, 64), (10, 90, 200)).save(reference)
+    client = Client(limited.url, verbose=False, download_files=str(tmp_path / "downloads"))
+    values = tool_values(files, masks, lambda p: handle_file(str(p)))["fill"]
+    values["reference"] = handle_file(str(reference))
+    result = client.predict(*[values[k] for k in endpoint_order(limited.url, "fill")], api_name="/fill")
+    meta = read_metadata(Path(result[0]))
+    inputs = meta["inputs"]
+    assert set(inputs) == {"image", "mask", "reference"}, inputs
+    assert inputs["reference"] == {"name": "reference.png", "sha256": sha256(reference), "sha256_of": "file",
+                                   "size": [80, 64]}
+    assert inputs["image"]["size"] == [96, 96] and inputs["mask"]["size"] == [96, 96]
+    assert all(re.fullmatch(r"[0-9a-f]{64}", item["sha256"]) and item["name"] for item in inputs.values())
+    with Image.open(result[0]) as image:
+        text = image.text["parameters"]
+    assert f"reference reference.png sha256:{sha256(reference)[:16]}" in text and "mask " in text
+
+
+@pytest.mark.parametrize("name", ["kontext", "redux", "canny"])
+def test_an_uploaded_image_is_named_and_hashed_as_sent(limited, files, masks, tmp_path, name):
+    from pipelines.images import read_metadata
+
+    client = Client(limited.url, verbose=False, download_files=str(tmp_path))
+    values = tool_values(files, masks, lambda p: handle_file(str(p)))[name]
+    result = client.predict(*[values[k] for k in endpoint_order(limited.url, name)], api_name=f"/{name}")
+    inputs = read_metadata(Path(result[0]))["inputs"]
+    assert inputs["image"] == {"name": "good.png", "sha256": sha256(files["good"]), "sha256_of": "file",
+                               "size": [96, 96]}
