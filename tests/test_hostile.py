@@ -529,6 +529,10 @@ def test_the_direct_routes_that_bypass_the_queue_are_refused(limited, name):
             response = http.post(path, json={"data": []})
             assert response.status_code == 404, (path, response.status_code, response.text)
             assert f"/gradio_api/call/{name}" in response.json()["error"] and len(response.text) < READABLE
+        # as the page calls its unqueued handlers: by fn_index, under any name
+        response = http.post("gradio_api/run/predict", json={"data": [], "fn_index": fn_index(limited.url, name),
+                                                               "session_hash": "direct"})
+        assert response.status_code == 404 and f"/gradio_api/call/{name}" in response.json()["error"]
     assert limited.gate.now == 0
 
 
