@@ -81,6 +81,19 @@ def upload(page, selector: str, path: str) -> None:
     page.locator(f"{selector} input[type=file]").first.set_input_files(path)
 
 
+def upload_to_editor(page, path: str) -> None:
+    """Upload into the Fill editor; the canvas sometimes drops a file set while it starts up: set it again."""
+    placeholder = page.locator("#fill-editor").get_by_text("Upload an image")
+    for _ in range(3):
+        upload(page, "#fill-editor", path)
+        try:
+            placeholder.wait_for(state="hidden", timeout=10_000)
+            return
+        except Exception:  # noqa: BLE001
+            continue
+    placeholder.wait_for(state="hidden")
+
+
 def wait_for_run(page, tab: str) -> None:
     """The status line of a finished run (backends per component) and the result image."""
     try:
@@ -129,7 +142,7 @@ def test_generate(page):
 
 def test_fill_needs_a_drawn_mask(page):
     open_tab(page, "Fill")
-    upload(page, "#fill-editor", asset("example-room.png"))
+    upload_to_editor(page, asset("example-room.png"))
     page.locator("#fill-editor").get_by_text("Upload an image").wait_for(state="hidden")
     page.locator("#fill-prompt textarea").fill("a potted plant")
     page.locator("#fill-run").click()
@@ -155,7 +168,7 @@ def draw_stroke(page) -> None:
 
 def test_fill_with_a_drawn_mask(page):
     open_tab(page, "Fill")
-    upload(page, "#fill-editor", asset("example-room.png"))
+    upload_to_editor(page, asset("example-room.png"))
     draw_stroke(page)
     page.locator("#fill-prompt textarea").fill("a potted plant")
     page.locator("#fill-run").click()
@@ -317,7 +330,7 @@ def test_fill_with_a_reference_records_every_input(page, web_studio):  # noqa: F
     from pipelines.images import read_metadata
 
     open_tab(page, "Fill")
-    upload(page, "#fill-editor", asset("example-room.png"))
+    upload_to_editor(page, asset("example-room.png"))
     draw_stroke(page)
     page.get_by_text("Reference image (optional").click()
     upload(page, "#fill-reference", asset("example-boat.png"))
