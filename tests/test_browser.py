@@ -84,7 +84,10 @@ def upload(page, selector: str, path: str) -> None:
 def upload_to_editor(page, path: str) -> None:
     """Upload into the Fill editor; the canvas sometimes drops a file set while it starts up: set it again."""
     placeholder = page.locator("#fill-editor").get_by_text("Upload an image")
+    page.locator("#fill-editor canvas").first.wait_for(state="attached")
+    page.wait_for_timeout(500)  # the canvas starts up
     for _ in range(3):
+        page.locator("#fill-editor input[type=file]").first.set_input_files([])  # the same file again fires
         upload(page, "#fill-editor", path)
         try:
             placeholder.wait_for(state="hidden", timeout=10_000)

@@ -21,7 +21,7 @@ import pytest
 from gradio_client import Client, handle_file
 from PIL import Image
 
-from tests.ui_fixtures import api_studio, web_studio  # noqa: F401
+from tests.ui_fixtures import api_studio, at_once, web_studio  # noqa: F401
 
 pytestmark = pytest.mark.slow
 
@@ -420,27 +420,6 @@ def wait_idle(studio, timeout: float = 60) -> None:
         assert time.monotonic() < deadline, "the queue did not drain"
         time.sleep(0.1)
     time.sleep(0.3)
-
-
-def at_once(count: int, send) -> list:
-    """`send()` from `count` threads released together; their results (or the exceptions raised)."""
-    results: list = []
-    start = threading.Barrier(count)
-
-    def one():
-        start.wait(timeout=30)
-        try:
-            results.append(send())
-        except Exception as error:  # noqa: BLE001
-            results.append(error)
-
-    threads = [threading.Thread(target=one) for _ in range(count)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=120)
-    assert len(results) == count
-    return results
 
 
 def raw_upload(url: str, path: Path) -> dict:
