@@ -178,7 +178,7 @@ def test_a_full_queue_says_so(tmp_path):
             time.sleep(4)
             raise UserError("stopped on purpose")
 
-        studio.demo.studio_runner.studio.generate = slow
+        studio.demo.studio_runner.engine.generate = slow
         client = Client(studio.url, verbose=False)
         jobs = []
         for _ in range(3):  # one at a time: joins that race each other are all checked against an empty queue
