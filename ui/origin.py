@@ -55,6 +55,7 @@ def _length(headers: Headers) -> int:
         return MAX_BODY + 1
 
 
+CLOSED = "The HTTP API is closed; start the studio with --api."
 CALL_ROUTES = ("/call/", "/gradio_api/call/")
 CALL = re.compile(r"/(?:gradio_api/)?call(?:/v2)?/([^/]+)/?$")  # POST: joins the queue by endpoint name
 DIRECT = re.compile(r"/(?:gradio_api/)?(run|api)/([^/]+)/?$")  # POST: runs a function outside the queue
@@ -155,9 +156,6 @@ async def by_name_check(scope, receive, api: bool):
             return JSONResponse({"error": CLOSED}, status_code=404), receive
         return (_unknown(name, blocks) if fn is None else _queued_only(route, fn.api_name or name)), receive
     return None, _replay(body, receive)
-
-
-CLOSED = "The HTTP API is closed; start the studio with --api."
 
 
 class LocalOriginMiddleware:
