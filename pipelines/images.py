@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -14,32 +15,65 @@ MAX_PIXELS = 64 * 1024 * 1024  # larger files are refused, not decoded (decompre
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS
 
 
-def load_image(value, what: str, mode: str = "RGB") -> Image.Image:
-    """A PIL image from a path or an image; a UserError names ``what`` when it is unusable."""
+UNREADABLE = "this file is not an image we can read"
+
+
+def load_image(value, what: str, mode: str = "RGB", shown: str | None = None) -> Image.Image:
+    """A PIL image from a path or an image; a UserError names ``what`` when it is unusable.
+
+    Messages name the file by ``shown`` (default: the path as given) and never more: the studio passes the
+    uploaded file's own name, so no server path reaches the page.
+    """
     if isinstance(value, Image.Image):
         image = value
     else:
         path = Path(str(value)).expanduser()
+        name = shown if shown is not None else str(value)
         if not path.is_file():
-            raise UserError(f"{what}={str(value)!r}: no such file.")
+            raise UserError(f"{what}={name!r}: no such file.")
         if path.stat().st_size == 0:
-            raise UserError(f"{what}={str(value)!r} is an empty file.")
+            raise UserError(f"{what}: {UNREADABLE}: {name} is an empty file (0 bytes).")
         try:
             with Image.open(path) as opened:
                 if opened.width * opened.height > MAX_PIXELS:
-                    raise UserError(f"{what}={str(value)!r} is too large ({opened.width}x{opened.height}).")
+                    raise UserError(f"{what}: {name} is too large ({opened.width}x{opened.height}); the limit is "
+                                    f"{MAX_PIXELS // 2**20} MPixels.")
                 opened.load()
                 image = ImageOps.exif_transpose(opened)
         except UserError:
             raise
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
-            raise UserError(f"{what}={str(value)!r} is not a readable raster image ({type(error).__name__}).") from None
+        except Image.DecompressionBombError:
+            raise UserError(f"{what}: {name} is too large (over {MAX_PIXELS // 2**20} MPixels).") from None
+        except (OSError, SyntaxError, ValueError) as error:
+            reason = "truncated" if "truncated" in str(error).lower() else type(error).__name__
+            raise UserError(f"{what}: {UNREADABLE}: {name} (not a readable raster image: {reason}).") from None
     if image.width < 8 or image.height < 8:
         raise UserError(f"{what} is {image.width}x{image.height}; images must be at least 8x8 pixels.")
     if mode == "L" and image.mode in ("RGBA", "LA"):
         # Masks drawn on a transparent layer: painted pixels are opaque.
         return image.getchannel("A")
     return image.convert(mode)
+
+
+def describe_input(value, image: Image.Image) -> dict:
+    """How the report names one input image: its name, sha256 and size.
+
+    A file given by path is hashed as it is on disk ("sha256_of": "file"); an image handed over in memory
+    by its pixels as loaded ("pixels", with the mode), and named by what the caller called it
+    (``image.info["source"]``) when it has no file name.
+    """
+    if isinstance(value, Image.Image):
+        name = value.info.get("source") or Path(getattr(value, "filename", "") or "").name or "in-memory image"
+        digest, of = hashlib.sha256(image.tobytes()).hexdigest(), f"pixels ({image.mode})"
+    else:
+        path = Path(str(value)).expanduser()
+        name = path.name
+        sha = hashlib.sha256()
+        with open(path, "rb") as file:
+            for block in iter(lambda: file.read(2**20), b""):
+                sha.update(block)
+        digest, of = sha.hexdigest(), "file"
+    return {"name": name, "sha256": digest, "sha256_of": of, "size": [image.width, image.height]}
 
 
 def snap(value: int, name: str, notices: list[str]) -> int:
@@ -81,6 +115,10 @@ def png_metadata(parameters: dict) -> PngImagePlugin.PngInfo:
                 f"{parameters.get('guidance')}, Seed: {parameters.get('seed')}, Size: {parameters.get('width')}x"
                 f"{parameters.get('height')}, Model: {parameters.get('model')}, Tool: {parameters.get('tool')}, "
                 f"Quantization: {parameters.get('quantization_summary', '')}")
+    inputs = parameters.get("inputs") or {}
+    if inputs:
+        readable += ", Inputs: " + "; ".join(f"{role} {item['name']} sha256:{item['sha256'][:16]}"
+                                              for role, item in inputs.items())
     info.add_text("parameters", readable)
     info.add_text("fluxforge", json.dumps(parameters, sort_keys=True))
     return info

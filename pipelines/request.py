@@ -34,6 +34,7 @@ class GenerationRequest:
     canny_high: int = defaults.CANNY_HIGH
     transformer: str | None = None  # a single-file GGUF transformer that replaces the model's own
     notices: list[str] = field(default_factory=list)
+    inputs: dict = field(default_factory=dict)  # filled on load: input name -> {name, sha256, sha256_of, size}
 
     def __post_init__(self):
         self.check_inputs()
@@ -85,13 +86,18 @@ class GenerationRequest:
 
     def _load_images(self) -> None:
         """Read and check every image now, before any model is loaded."""
-        from .images import binarize, load_image
+        from .images import binarize, describe_input, load_image
 
+        self.inputs = {}
         for name in ("image", "reference", "control_image"):
-            if getattr(self, name) is not None:
-                setattr(self, name, load_image(getattr(self, name), name))
+            value = getattr(self, name)
+            if value is not None:
+                setattr(self, name, load_image(value, name))
+                self.inputs[name] = describe_input(value, getattr(self, name))
         if self.mask is not None:
-            mask = binarize(load_image(self.mask, "mask", mode="L"))
+            loaded = load_image(self.mask, "mask", mode="L")
+            self.inputs["mask"] = describe_input(self.mask, loaded)
+            mask = binarize(loaded)
             if mask.size != self.image.size:
                 raise UserError(f"mask is {mask.width}x{mask.height} but image is {self.image.width}x"
                                 f"{self.image.height}; they must be the same size.")
@@ -100,10 +106,12 @@ class GenerationRequest:
             self.mask = mask
 
     def parameters(self) -> dict:
-        """The request as plain values (images left out), for reports and PNG metadata."""
-        skip = {"image", "mask", "reference", "control_image", "notices"}
+        """The request as plain values, for reports and PNG metadata: every input image by name, sha256 and
+        size under `inputs` (the images themselves left out)."""
+        skip = {"image", "mask", "reference", "control_image", "notices", "inputs"}
         values = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in skip}
         values["expand"] = list(self.expand) if self.expand else None
+        values["inputs"] = {name: dict(item) for name, item in self.inputs.items()}
         return values
 
 

@@ -81,6 +81,22 @@ def upload(page, selector: str, path: str) -> None:
     page.locator(f"{selector} input[type=file]").first.set_input_files(path)
 
 
+def upload_to_editor(page, path: str) -> None:
+    """Upload into the Fill editor; the canvas sometimes drops a file set while it starts up: set it again."""
+    placeholder = page.locator("#fill-editor").get_by_text("Upload an image")
+    page.locator("#fill-editor canvas").first.wait_for(state="attached")
+    page.wait_for_timeout(500)  # the canvas starts up
+    for _ in range(3):
+        page.locator("#fill-editor input[type=file]").first.set_input_files([])  # the same file again fires
+        upload(page, "#fill-editor", path)
+        try:
+            placeholder.wait_for(state="hidden", timeout=10_000)
+            return
+        except Exception:  # noqa: BLE001
+            continue
+    placeholder.wait_for(state="hidden")
+
+
 def wait_for_run(page, tab: str) -> None:
     """The status line of a finished run (backends per component) and the result image."""
     try:
@@ -129,7 +145,7 @@ def test_generate(page):
 
 def test_fill_needs_a_drawn_mask(page):
     open_tab(page, "Fill")
-    upload(page, "#fill-editor", asset("example-room.png"))
+    upload_to_editor(page, asset("example-room.png"))
     page.locator("#fill-editor").get_by_text("Upload an image").wait_for(state="hidden")
     page.locator("#fill-prompt textarea").fill("a potted plant")
     page.locator("#fill-run").click()
@@ -155,7 +171,7 @@ def draw_stroke(page) -> None:
 
 def test_fill_with_a_drawn_mask(page):
     open_tab(page, "Fill")
-    upload(page, "#fill-editor", asset("example-room.png"))
+    upload_to_editor(page, asset("example-room.png"))
     draw_stroke(page)
     page.locator("#fill-prompt textarea").fill("a potted plant")
     page.locator("#fill-run").click()
@@ -218,3 +234,118 @@ def test_forced_fallback_shows_a_warning(page, web_studio, monkeypatch):  # noqa
         shot(page, "system-loaded")
     finally:
         web_studio.demo.studio_manager.unload()
+
+
+# ---- the limits, seen from the page ---------------------------------------------------------------------------
+
+KEEP = 2
+
+
+@pytest.fixture(scope="module")
+def keep_studio(tmp_path_factory):
+    """A studio with the HTTP API open (--api) that keeps only KEEP images in its output folder."""
+    import os
+
+    from tests.ui_fixtures import start_studio
+
+    os.environ["FLUXFORGE_OUTPUT_KEEP"] = str(KEEP)
+    try:
+        running = start_studio(tmp_path_factory.mktemp("keep-outputs"), api=True)
+    finally:
+        os.environ.pop("FLUXFORGE_OUTPUT_KEEP", None)
+    yield running
+    running.close()
+
+
+def loaded_images(page, selector: str) -> list[int]:
+    """naturalWidth of every <img> under `selector` (0 for one that failed to load)."""
+    return page.locator(f"{selector} img").evaluate_all(
+        "imgs => Promise.all(imgs.map(i => i.decode().then(() => i.naturalWidth, () => 0)))")
+
+
+def test_a_long_session_keeps_every_result_and_no_dead_history(browser, keep_studio):
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    page = context.new_page()
+    page.set_default_timeout(30_000)
+    try:
+        page.goto(keep_studio.url, wait_until="load")
+        page.wait_for_selector("#generate-run")
+        page.locator("#generate-prompt textarea").fill("a lighthouse at dusk")
+        for index in range(2 * KEEP):
+            before = page.evaluate("document.querySelector('#generate-result img')?.src || ''")
+            page.locator("#generate-run").click()
+            page.wait_for_function(  # the new result is shown (the history comes with it)
+                "b => { const i = document.querySelector('#generate-result img'); return i && i.src !== b; }",
+                arg=before, timeout=RUN_TIMEOUT_MS)
+            page.wait_for_timeout(500)
+            assert page.locator("#generate-history .thumbnail-item").count() == min(index + 1, KEEP), index
+            assert all(width > 0 for width in loaded_images(page, "#generate-result")), index
+            widths = loaded_images(page, "#generate-history")
+            assert len(widths) == min(index + 1, KEEP) and all(w > 0 for w in widths), (index, widths)
+            assert len(list(keep_studio.output_dir.glob("fluxforge-*.png"))) <= KEEP
+        assert page.locator(".toast-body.error").count() == 0
+        shot(page, "long-session-history")
+    finally:
+        context.close()
+
+
+def test_a_file_that_is_not_an_image_gets_one_readable_line(page, tmp_path):
+    fake = tmp_path / "notes.png"
+    fake.write_text("hello, not an image")
+    open_tab(page, "Kontext")
+    upload(page, "#kontext-image", str(fake))
+    page.locator("#kontext-prompt textarea").fill("make it night")
+    page.locator("#kontext-run").click()
+    message = page.get_by_text("this file is not an image we can read").first
+    message.wait_for()
+    text = message.inner_text()
+    assert "notes.png" in text and "/tmp/" not in text and "Could not preprocess" not in text, text
+    assert "Original error" not in page.content()
+    shot(page, "error-not-an-image")
+
+
+def post_from_the_page(page, path: str) -> tuple[int, str]:
+    return page.evaluate(
+        "async p => { const r = await fetch(p, {method: 'POST', headers: {'Content-Type': 'application/json'},"
+        " body: JSON.stringify({data: []})}); return [r.status, await r.text()]; }", path)
+
+
+def test_the_page_gets_404_for_a_direct_or_unknown_route(page, browser, keep_studio):
+    for path in ("gradio_api/run/predict", "gradio_api/run/generate"):  # API closed: every by-name route
+        status, body = post_from_the_page(page, path)
+        assert status == 404 and "HTTP API is closed" in body, (path, status, body)
+    context = browser.new_context()
+    api_page = context.new_page()
+    try:
+        api_page.goto(keep_studio.url, wait_until="load")
+        api_page.wait_for_selector("#generate-run")
+        for path, expected in (("gradio_api/run/predict", "No API endpoint named /predict"),
+                               ("gradio_api/run/generate", "Use POST /gradio_api/call/generate")):
+            status, body = post_from_the_page(api_page, path)
+            assert status == 404 and expected in body and "Traceback" not in body, (path, status, body)
+    finally:
+        context.close()
+
+
+def test_fill_with_a_reference_records_every_input(page, web_studio):  # noqa: F811
+    import hashlib
+
+    from pipelines.images import read_metadata
+
+    open_tab(page, "Fill")
+    upload_to_editor(page, asset("example-room.png"))
+    draw_stroke(page)
+    page.get_by_text("Reference image (optional").click()
+    upload(page, "#fill-reference", asset("example-boat.png"))
+    page.wait_for_selector("#fill-reference img")
+    page.locator("#fill-prompt textarea").fill("a potted plant")
+    page.locator("#fill-run").click()
+    wait_for_run(page, "fill")
+    newest = max(web_studio.output_dir.glob("fluxforge-*-fill-*.png"), key=lambda p: p.stat().st_mtime)
+    inputs = read_metadata(newest)["inputs"]
+    assert set(inputs) == {"image", "mask", "reference"}, inputs
+    boat = Path(asset("example-boat.png"))
+    assert inputs["reference"]["name"] == "example-boat.png"
+    assert inputs["reference"]["sha256"] == hashlib.sha256(boat.read_bytes()).hexdigest()
+    assert inputs["image"]["name"] == "editor background" and inputs["mask"]["name"] == "painted mask"
+    shot(page, "run-fill-reference")

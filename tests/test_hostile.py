@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import http.server
 import json
+import re
 import struct
 import threading
 import time
@@ -20,7 +21,7 @@ import pytest
 from gradio_client import Client, handle_file
 from PIL import Image
 
-from tests.ui_fixtures import api_studio, web_studio  # noqa: F401
+from tests.ui_fixtures import api_studio, at_once, web_studio  # noqa: F401
 
 pytestmark = pytest.mark.slow
 
@@ -326,3 +327,350 @@ def test_the_default_server_still_serves(web_studio, files):  # noqa: F811
                 break
             assert time.monotonic() < deadline
     assert completed is not None and completed["success"], completed
+
+
+# ---- the limits hold on every route, from outside ---------------------------------------------------------------
+
+QUEUE_SIZE, KEEP = 2, 3
+NO_PATH = re.compile(r"(/tmp/|/root/|/home/|/var/|gradio_api/file=|\\\\|[A-Za-z]:\\\\)")
+
+
+class Gate:
+    """Wraps Engine.generate. While `hold` is set the first job waits on the device until released and every
+    job then stops with a short error, so the queue is measured without generating anything."""
+
+    def __init__(self, generate):
+        self.generate = generate
+        self.hold = False
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        self.now = 0
+        self.lock = threading.Lock()
+
+    def __call__(self, request, progress=None):
+        with self.lock:
+            self.now += 1
+        try:
+            if not self.hold:
+                return self.generate(request, progress)
+            self.entered.set()
+            self.release.wait(timeout=120)
+            from pipelines.errors import UserError
+
+            raise UserError("stopped by the test")
+        finally:
+            with self.lock:
+                self.now -= 1
+
+
+@pytest.fixture(scope="module")
+def limited(tmp_path_factory):
+    """The studio with --api, room for 2 waiting jobs and 3 kept outputs; the engine behind a Gate."""
+    import os
+
+    from tests.ui_fixtures import start_studio
+
+    os.environ["FLUXFORGE_OUTPUT_KEEP"] = str(KEEP)
+    try:
+        running = start_studio(tmp_path_factory.mktemp("limited-outputs"), api=True, queue_size=QUEUE_SIZE)
+    finally:
+        os.environ.pop("FLUXFORGE_OUTPUT_KEEP", None)
+    engine = running.demo.studio_runner.engine
+    running.gate = engine.generate = Gate(engine.generate)
+    yield running
+    running.close()
+
+
+def endpoint_order(url: str, name: str) -> list[str]:
+    info = httpx.get(url + "gradio_api/info", timeout=30).json()
+    return [p["parameter_name"] for p in info["named_endpoints"][f"/{name}"]["parameters"]]
+
+
+def tool_values(files: dict[str, Path], masks: dict[str, Path], as_file) -> dict[str, dict]:
+    """Valid values, by parameter name, for each endpoint that starts a generation."""
+    good = as_file(files["good"])
+    editor = {"background": good, "layers": [as_file(masks["mask"])], "composite": good}
+    size = dict(steps=2, guidance=3.5, quant="auto", match=True, width=128, height=128, seed=1, randomize=False)
+    return {
+        "generate": dict(GEN),
+        "fill": dict(mode="inpaint", editor=editor, left=0, top=0, right=64, bottom=0, prompt="a vase",
+                     reference=None, **size),
+        "kontext": dict(image=good, prompt="make it night", **size),
+        "depth": dict(image=good, map_image=None, choice="photo", prompt="a room", **size),
+        "canny": dict(image=good, map_image=None, choice="photo", prompt="a boat", lo=100, hi=200, **size),
+        "redux": dict(image=good, prompt="", count=1, **size),
+    }
+
+
+@pytest.fixture(scope="module")
+def masks(tmp_path_factory, files) -> dict[str, Path]:
+    from tests.ui_fixtures import brush_mask
+
+    root = tmp_path_factory.mktemp("masks")
+    made = {"mask": root / "mask.png", "small_mask": root / "small-mask.png"}
+    brush_mask((96, 96), (20, 20, 60, 60)).save(made["mask"])
+    brush_mask((48, 48), (10, 10, 30, 30)).save(made["small_mask"])
+    return made
+
+
+def wait_idle(studio, timeout: float = 60) -> None:
+    """Until no job waits or runs."""
+    deadline = time.monotonic() + timeout
+    while len(studio.demo._queue) or studio.gate.now:
+        assert time.monotonic() < deadline, "the queue did not drain"
+        time.sleep(0.1)
+    time.sleep(0.3)
+
+
+def raw_upload(url: str, path: Path) -> dict:
+    return file_data(upload(url, path))
+
+
+def call(url: str, name: str, data: list) -> httpx.Response:
+    return httpx.post(f"{url}gradio_api/call/{name}", json={"data": data}, timeout=60)
+
+
+ROUTES = ["call", "call/v2", "gradio_client"]
+ENDPOINTS = ["generate", "fill", "kontext", "depth", "canny", "redux"]
+
+
+@pytest.mark.parametrize("route", ROUTES)
+@pytest.mark.parametrize("name", ENDPOINTS)
+def test_n_plus_k_at_once_gives_exactly_k_refusals_on_every_route(limited, files, masks, name, route):
+    """One job on the device, then N + k at once (N = 2 waiting places, k = 2): exactly k are refused, on each
+    route that can start a generation."""
+    extra = 2
+    url = limited.url
+    order = endpoint_order(url, name)
+    if route == "gradio_client":
+        client = Client(url, verbose=False, download_files=False)
+        values = tool_values(files, masks, lambda p: handle_file(str(p)))[name]
+        args = [values[k] for k in order]
+
+        def send():  # the outcome is read once the device is free again (see `settle`)
+            return client.submit(*args, api_name=f"/{name}")
+    else:
+        values = tool_values(files, masks, lambda p: raw_upload(url, p))[name]
+        args = [values[k] for k in order]
+
+        def send():
+            if route == "call":
+                return call(url, name, args)
+            return httpx.post(f"{url}gradio_api/call/v2/{name}", json=dict(zip(order, args)), timeout=60)
+
+    gate = limited.gate
+    gate.hold, gate.entered, gate.release = True, threading.Event(), threading.Event()
+    try:
+        blocker = threading.Thread(target=lambda: settle(send()))
+        blocker.start()
+        assert gate.entered.wait(timeout=60), "the first job never reached the device"
+        outcomes = at_once(QUEUE_SIZE + extra, send)
+        deadline = time.monotonic() + 30
+        while len(limited.demo._queue) < QUEUE_SIZE and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(1.0)  # the refused joins answer at once; nothing more may join
+        assert gate.now == 1  # still one job on the device
+    finally:
+        gate.release.set()
+        blocker.join(timeout=60)
+        wait_idle(limited)
+        gate.hold = False
+    outcomes = [settle(o) for o in outcomes]
+
+    def refused(outcome) -> bool:
+        if isinstance(outcome, httpx.Response):
+            return outcome.status_code == 503 and "queue is full" in outcome.text.lower()
+        return isinstance(outcome, Exception) and "queue is full" in str(outcome).lower()
+
+    def accepted(outcome) -> bool:
+        if isinstance(outcome, httpx.Response):
+            return outcome.status_code == 200 and "event_id" in outcome.json()
+        return isinstance(outcome, Exception) and "stopped by the test" in str(outcome)
+
+    assert sum(map(refused, outcomes)) == extra, outcomes
+    assert sum(map(accepted, outcomes)) == QUEUE_SIZE, outcomes
+
+
+def settle(outcome):
+    """An HTTP response as it is; a gradio_client job as its result or the exception it raised."""
+    if not hasattr(outcome, "result"):
+        return outcome
+    try:
+        return outcome.result(timeout=120)
+    except Exception as error:  # noqa: BLE001
+        return error
+
+
+@pytest.mark.parametrize("name", ENDPOINTS)
+def test_the_direct_routes_that_bypass_the_queue_are_refused(limited, name):
+    with httpx.Client(base_url=limited.url, timeout=30) as http:
+        for path in (f"gradio_api/run/{name}", f"gradio_api/api/{name}"):
+            response = http.post(path, json={"data": []})
+            assert response.status_code == 404, (path, response.status_code, response.text)
+            assert f"/gradio_api/call/{name}" in response.json()["error"] and len(response.text) < READABLE
+        # as the page calls its unqueued handlers: by fn_index, under any name
+        response = http.post("gradio_api/run/predict", json={"data": [], "fn_index": fn_index(limited.url, name),
+                                                               "session_hash": "direct"})
+        assert response.status_code == 404 and f"/gradio_api/call/{name}" in response.json()["error"]
+    assert limited.gate.now == 0
+
+
+@pytest.mark.parametrize("path", ["gradio_api/run/predict", "gradio_api/call/predict", "gradio_api/call/v2/predict",
+                                  "gradio_api/api/predict", "gradio_api/run/show"])
+def test_unknown_endpoints_get_404_with_a_short_message(limited, path):
+    response = httpx.post(limited.url + path, json={"data": []}, timeout=30)
+    assert response.status_code == 404, (path, response.status_code, response.text[:200])
+    assert "No API endpoint named" in response.json()["error"] and "/generate" in response.text
+    assert len(response.text) < READABLE and "Traceback" not in response.text
+
+
+def test_a_session_of_twice_keep_generations_returns_every_result(limited, tmp_path):
+    """gradio_client downloads every file of a result (the image, the PNG and the history): none is missing,
+    though the output folder keeps only KEEP images, and the history holds no dead entry."""
+    client = Client(limited.url, verbose=False, download_files=str(tmp_path))
+    for index in range(2 * KEEP):
+        image, download, _status, _warning, _notices, gallery, seed = client.predict(
+            **dict(GEN, seed=index), api_name="/generate")
+        assert Path(image).is_file() and Path(download["value"] if isinstance(download, dict) else download).is_file()
+        assert seed == index
+        assert 1 <= len(gallery) <= min(index + 1, KEEP), gallery
+        assert all(Path(item["image"]).is_file() for item in gallery)
+    saved = sorted(limited.output_dir.glob("fluxforge-*.png"))
+    assert len(saved) == KEEP
+
+
+def test_more_variations_than_keep_are_all_returned(limited, files, tmp_path):
+    client = Client(limited.url, verbose=False, download_files=str(tmp_path))
+    result = client.predict(handle_file(str(files["good"])), "", KEEP + 1, 2, 3.5, "auto", True, 128, 128, 7,
+                            False, api_name="/redux")
+    gallery = result[5]
+    assert len(gallery) == KEEP + 1 and all(Path(item["image"]).is_file() for item in gallery)
+
+
+# ---- bad uploads: one readable line, no server path, on every image input -----------------------------------
+
+BAD_UPLOADS = [("text named .png", "text_png", r"this file is not an image we can read: (\S*/)?notes\.png"),
+               ("HTML named .png", "html", r"this file is not an image we can read: (\S*/)?page\.png"),
+               ("0-byte file", "empty", r"this file is not an image we can read: (\S*/)?empty\.png"),
+               ("truncated PNG", "truncated", r"this file is not an image we can read: (\S*/)?truncated\.png"),
+               ("decompression bomb", "bomb", r"(\S*/)?bomb\.png is too large")]
+IMAGE_INPUTS = ["kontext image", "redux image", "canny image", "depth map_image", "fill editor", "fill reference"]
+
+
+@pytest.fixture(scope="module")
+def bad(files, tmp_path_factory) -> dict[str, Path]:
+    made = dict(files)
+    made["text_png"] = tmp_path_factory.mktemp("bad") / "notes.png"
+    made["text_png"].write_text("hello, not an image")
+    return made
+
+
+def with_bad_input(values: dict, name: str, field: str, bad_file):
+    """Valid values for endpoint `name` with `bad_file` in the image input `field`."""
+    values = dict(values)
+    if field == "editor":
+        values["editor"] = {"background": bad_file, "layers": [], "composite": bad_file}
+    else:
+        values[field] = bad_file
+    if field == "map_image":
+        values["choice"] = "upload"
+    return values
+
+
+def assert_one_readable_line(message: str, pattern: str) -> None:
+    assert_readable(message, pattern)
+    assert "\n" not in message.strip() and "Could not preprocess" not in message, message
+    assert "Original error" not in message and not NO_PATH.search(message), message
+
+
+@pytest.mark.parametrize("target", IMAGE_INPUTS)
+@pytest.mark.parametrize("label,key,pattern", BAD_UPLOADS, ids=[c[0] for c in BAD_UPLOADS])
+def test_bad_uploads_get_one_readable_line_through_the_api(limited, bad, masks, target, label, key, pattern):
+    name, field = target.split()
+    client = Client(limited.url, verbose=False, download_files=False)
+    values = tool_values(bad, masks, lambda p: handle_file(str(p)))[name]
+    values = with_bad_input(values, name, field, handle_file(str(bad[key])))
+    with pytest.raises(Exception) as caught:
+        client.predict(*[values[k] for k in endpoint_order(limited.url, name)], api_name=f"/{name}")
+    assert_one_readable_line(refusal(caught.value), pattern)
+    assert limited.gate.now == 0
+
+
+@pytest.mark.parametrize("label,key,pattern", BAD_UPLOADS, ids=[c[0] for c in BAD_UPLOADS])
+def test_bad_uploads_get_one_readable_line_over_raw_http(web_studio, bad, label, key, pattern):  # noqa: F811
+    stored = upload(web_studio.url, bad[key])
+    data = {"path": stored, "meta": {"_type": "gradio.FileData"}, "orig_name": bad[key].name}
+    response = join(web_studio.url, fn_index(web_studio.url, "kontext"), kontext_data(data))
+    assert 400 <= response.status_code < 500, (key, response.status_code)
+    assert_one_readable_line(str(response.json()["detail"]), pattern)
+
+
+@pytest.mark.parametrize("label,key,pattern", BAD_UPLOADS, ids=[c[0] for c in BAD_UPLOADS])
+def test_bad_images_get_the_same_line_from_the_cli(bad, tmp_path, capsys, label, key, pattern):
+    from cli import main
+
+    code = main(["generate", "--tool", "kontext", "--prompt", "x", "--model", "tiny", "--image", str(bad[key]),
+                 "--out", str(tmp_path / "out.png")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and not (tmp_path / "out.png").exists()
+    assert err.startswith("error: ") and len(err.splitlines()) == 1, err
+    assert_readable(err, pattern)
+
+
+# ---- one mask rule; every input recorded -----------------------------------------------------------------------
+
+def test_a_mask_of_another_size_is_refused_in_the_api_as_in_the_cli(limited, files, masks, tmp_path, capsys):
+    from cli import main
+
+    client = Client(limited.url, verbose=False, download_files=False)
+    values = tool_values(files, masks, lambda p: handle_file(str(p)))["fill"]
+    good = handle_file(str(files["good"]))
+    values["editor"] = {"background": good, "layers": [handle_file(str(masks["small_mask"]))], "composite": good}
+    with pytest.raises(Exception) as caught:
+        client.predict(*[values[k] for k in endpoint_order(limited.url, "fill")], api_name="/fill")
+    rule = r"mask is 48x48 but image is 96x96; they must be the same size"
+    message = refusal(caught.value)  # the validator's message, on the editor input
+    assert_readable(message, rule)
+    assert not NO_PATH.search(message), message
+    code = main(["generate", "--tool", "fill", "--prompt", "x", "--model", "tiny", "--image", str(files["good"]),
+                 "--mask", str(masks["small_mask"]), "--out", str(tmp_path / "out.png")])
+    assert code == 2 and re.search(rule, capsys.readouterr().err)
+
+
+def sha256(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def test_a_fill_with_a_reference_names_every_input_with_its_hash(limited, files, masks, tmp_path):
+    from pipelines.images import read_metadata
+
+    reference = tmp_path / "reference.png"
+    Image.new("RGB", (80, 64), (10, 90, 200)).save(reference)
+    client = Client(limited.url, verbose=False, download_files=str(tmp_path / "downloads"))
+    values = tool_values(files, masks, lambda p: handle_file(str(p)))["fill"]
+    values["reference"] = handle_file(str(reference))
+    result = client.predict(*[values[k] for k in endpoint_order(limited.url, "fill")], api_name="/fill")
+    meta = read_metadata(Path(result[0]))
+    inputs = meta["inputs"]
+    assert set(inputs) == {"image", "mask", "reference"}, inputs
+    assert inputs["reference"] == {"name": "reference.png", "sha256": sha256(reference), "sha256_of": "file",
+                                   "size": [80, 64]}
+    assert inputs["image"]["size"] == [96, 96] and inputs["mask"]["size"] == [96, 96]
+    assert all(re.fullmatch(r"[0-9a-f]{64}", item["sha256"]) and item["name"] for item in inputs.values())
+    with Image.open(result[0]) as image:
+        text = image.text["parameters"]
+    assert f"reference reference.png sha256:{sha256(reference)[:16]}" in text and "mask " in text
+
+
+@pytest.mark.parametrize("name", ["kontext", "redux", "canny"])
+def test_an_uploaded_image_is_named_and_hashed_as_sent(limited, files, masks, tmp_path, name):
+    from pipelines.images import read_metadata
+
+    client = Client(limited.url, verbose=False, download_files=str(tmp_path))
+    values = tool_values(files, masks, lambda p: handle_file(str(p)))[name]
+    result = client.predict(*[values[k] for k in endpoint_order(limited.url, name)], api_name=f"/{name}")
+    inputs = read_metadata(Path(result[0]))["inputs"]
+    assert inputs["image"] == {"name": "good.png", "sha256": sha256(files["good"]), "sha256_of": "file",
+                               "size": [96, 96]}

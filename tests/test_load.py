@@ -11,7 +11,7 @@ import httpx
 import pytest
 from gradio_client import Client
 
-from tests.ui_fixtures import ARTIFACTS, start_studio
+from tests.ui_fixtures import ARTIFACTS, at_once, start_studio
 
 pytestmark = pytest.mark.slow
 
@@ -84,24 +84,12 @@ def client(studio):
 
 def run_many(client, count: int) -> list[str]:
     """`count` requests at once; the outcome of each ('ok' or the error text)."""
-    outcomes: list[str] = []
-    start = threading.Barrier(count)
 
-    def one():
-        start.wait(timeout=30)
-        try:
-            client.predict(**RUN, api_name="/generate")
-            outcomes.append("ok")
-        except Exception as error:  # noqa: BLE001
-            outcomes.append(str(error))
+    def one() -> str:
+        client.predict(**RUN, api_name="/generate")
+        return "ok"
 
-    threads = [threading.Thread(target=one) for _ in range(count)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=120)
-    assert len(outcomes) == count
-    return outcomes
+    return [outcome if outcome == "ok" else str(outcome) for outcome in at_once(count, one)]
 
 
 @pytest.mark.parametrize("extra", [1, 3])

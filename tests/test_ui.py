@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import gradio as gr
 import numpy as np
 import pytest
@@ -255,14 +257,31 @@ def test_output_folder_keeps_the_newest(tmp_path):
     left = sorted(p.name for p in tmp_path.glob("fluxforge-*.png"))
     assert len(left) == 3 and all(f"-dev-{i}-" in " ".join(left) for i in (2, 3, 4))
     assert (tmp_path / "mine.png").exists()  # other files are never touched
+    oldest = sorted(tmp_path.glob("fluxforge-*-dev-2-*.png"))[0]
+    folder.keep = 1
+    folder.prune(keep=(oldest,))  # a result being returned survives whatever its age
+    assert sorted(p.name for p in tmp_path.glob("fluxforge-*.png")) == sorted([oldest.name, left[-1]])
 
 
-def test_history_is_newest_first_and_bounded():
+def test_a_mask_of_another_size_is_refused_with_both_sizes():
+    from ui.images import editor_mask
+
+    room = Image.open(asset("example-room.png"))
+    small = (room.width // 2, room.height // 2)
+    value = {"background": room, "layers": [brush_mask(small, (0, 0, 20, 20))], "composite": room}
+    with pytest.raises(UserError, match=rf"mask is {small[0]}x{small[1]} but image is {room.width}x{room.height}"):
+        editor_mask(value, room.size)
+
+
+def test_history_is_newest_first_and_bounded(tmp_path, monkeypatch):
     from ui.runner import add_history
     from ui.settings import HISTORY_LIMIT
 
+    monkeypatch.chdir(tmp_path)
+
     class Fake:
         def __init__(self, name):
+            Path(name).write_bytes(b"png")  # the history keeps only files that exist
             self.path, self.caption = name, name
 
     history = add_history([], [Fake("a")])
@@ -271,6 +290,11 @@ def test_history_is_newest_first_and_bounded():
     for index in range(HISTORY_LIMIT + 5):
         history = add_history(history, [Fake(str(index))])
     assert len(history) == HISTORY_LIMIT and history[0][0] == str(HISTORY_LIMIT + 4)
+    pruned = history[1][0]
+    Path(pruned).unlink()  # pruned by the output folder
+    history = add_history(history, [Fake("new")])
+    assert len(history) == HISTORY_LIMIT and pruned not in [p for p, _ in history]
+    assert all(Path(p).is_file() for p, _ in history)
 
 
 def test_user_errors_become_readable_gr_errors(tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,3 +79,24 @@ def brush_mask(size: tuple[int, int], box: tuple[int, int, int, int]) -> Image.I
     left, top, right, bottom = box
     layer[top:bottom, left:right] = 255
     return Image.fromarray(layer, "RGBA")
+
+
+def at_once(count: int, send) -> list:
+    """`send()` from `count` threads released together; their results (or the exceptions raised)."""
+    results: list = []
+    start = threading.Barrier(count)
+
+    def one():
+        start.wait(timeout=30)
+        try:
+            results.append(send())
+        except Exception as error:  # noqa: BLE001
+            results.append(error)
+
+    threads = [threading.Thread(target=one) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert len(results) == count
+    return results

@@ -61,6 +61,9 @@ class Invalid(gr.Error):
             field = match.group(0) if match else None
         self.field = field
 
+    def __str__(self) -> str:  # the message itself (Gradio's own quotes it)
+        return self.message
+
 
 def user_error(message: str, field: str | None = None) -> Invalid:
     return Invalid(message, field)
@@ -119,12 +122,16 @@ class Runner:
         except UserError as error:
             raise user_error(str(error)) from None
 
-    def run(self, request: GenerationRequest, progress=None, label: str = "") -> Outcome:
-        """Generate, save the PNG (metadata included) and return the outcome; errors become gr.Error."""
+    def run(self, request: GenerationRequest, progress=None, label: str = "",
+            keep: tuple[Path, ...] = ()) -> Outcome:
+        """Generate, save the PNG (metadata included) and return the outcome; errors become gr.Error.
+
+        `keep`: earlier results of the same job, not returned yet, that pruning must leave in place.
+        """
         report = _progress_adapter(progress, label)
         try:
             result = self.engine.generate(request, report)
-            path = self.output.save(result, request.tool, request.seed)
+            path = self.output.save(result, request.tool, request.seed, keep_also=tuple(keep))
         except gr.Error:
             raise
         except UserError as error:
@@ -161,9 +168,19 @@ def _progress_adapter(progress, label: str):
 # ---- history (per browser session, kept in gr.State) -------------------------------------------------
 
 def add_history(history: list | None, outcomes: list[Outcome]) -> list:
-    """Newest first, bounded; items are (path, caption) pairs."""
+    """Newest first, bounded; items are (path, caption) pairs. Entries whose file the output folder no longer
+    keeps (FLUXFORGE_OUTPUT_KEEP, shared by every session) are dropped."""
     items = [(str(o.path), o.caption) for o in reversed(outcomes)]
-    return (items + list(history or []))[:HISTORY_LIMIT]
+    kept = [tuple(item) for item in history or [] if kept_file(item)]
+    return (items + kept)[:HISTORY_LIMIT]
+
+
+def kept_file(item) -> bool:
+    """True when a history item (path, caption) still points at a file."""
+    try:
+        return Path(item[0]).is_file()
+    except (TypeError, IndexError, OSError):
+        return False
 
 
 def panel_values(outcomes: list[Outcome], history: list | None) -> tuple:

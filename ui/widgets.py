@@ -48,6 +48,14 @@ class Controls:
         return [self.steps, self.guidance, self.quant, *extra, self.width, self.height, self.seed, self.randomize]
 
 
+def image_input(what: str, **kwargs) -> gr.Image:
+    """An image upload passed on as the uploaded file's path (its bytes untouched, so the report can name and
+    hash them); a file that is not a readable image is refused with one line (ui.images.readable)."""
+    from .images import readable
+
+    return readable(gr.Image(type="filepath", image_mode=None, sources=["upload", "clipboard"], **kwargs), what)
+
+
 def settings(ctx: TabContext, tool: str, from_image: bool = False) -> Controls:
     """The settings accordion; the Quantization dropdown sits right after guidance."""
     d = ctx.defaults(tool)
@@ -117,8 +125,13 @@ def result_panel(tool: str, action: str) -> ResultPanel:
     history = gr.State([])
 
     def show(history_items, evt: gr.SelectData):
-        path = history_items[evt.index][0]
-        return path, gr.update(value=path, visible=True)
+        from .runner import kept_file
+
+        item = history_items[evt.index]
+        if not kept_file(item):  # pruned by a newer run (of any session) since the history was shown
+            gr.Warning("That image is no longer kept in the output folder.")
+            return gr.skip(), gr.skip()
+        return item[0], gr.update(value=item[0], visible=True)
 
     gallery.select(show, history, [image, download], queue=False, api_visibility="private",
                    show_progress="hidden")

@@ -7,10 +7,10 @@ import gradio as gr
 from pipelines import defaults
 from pipelines.control_maps import canny_map
 
-from ..images import asset
+from ..images import as_image, asset
 from ..runner import panel_values, pick_seed, user_error
 from ..settings import DEVICE_QUEUE
-from ..widgets import TabContext, result_panel, settings, size_values, wire
+from ..widgets import TabContext, image_input, result_panel, settings, size_values, wire
 
 FROM_PHOTO, UPLOADED = "photo", "upload"
 PROMPTS = {"depth": "a cozy reading nook, warm afternoon light, film photo",
@@ -22,10 +22,9 @@ def build(ctx: TabContext, tool: str) -> None:
     with gr.Row(equal_height=False):
         with gr.Column(scale=5, min_width=380):
             with gr.Row(equal_height=True):
-                photo = gr.Image(label="Input photo", type="pil", sources=["upload", "clipboard"], height=230,
-                                 elem_id=f"{tool}-image")
-                control = gr.Image(label=f"{tool.capitalize()} map", type="pil", sources=["upload", "clipboard"],
-                                   height=230, interactive=False, elem_id=f"{tool}-map")
+                photo = image_input("image", label="Input photo", height=230, elem_id=f"{tool}-image")
+                control = image_input("control_image", label=f"{tool.capitalize()} map", height=230,
+                                      interactive=False, elem_id=f"{tool}-map")
             source = gr.Radio([("Compute from the photo", FROM_PHOTO), ("Upload a ready-made map", UPLOADED)],
                               value=FROM_PHOTO, label="Control map", elem_id=f"{tool}-source")
             if tool == "canny":
@@ -52,7 +51,7 @@ def build(ctx: TabContext, tool: str) -> None:
             return None
         if lo > hi:
             return gr.skip()  # the run refuses it with a message on the threshold
-        return canny_map(image, int(lo), int(hi))
+        return canny_map(as_image(image), int(lo), int(hi))
 
     thresholds = [low, high] if tool == "canny" else []
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 import gradio as gr
 
 from pipelines import defaults
+from pipelines.errors import UserError
 
-from ..images import asset, editor_image, editor_mask, expand_values
+from ..images import asset, editor_image, readable, editor_mask, expand_values
 from ..runner import panel_values, pick_seed, user_error
-from ..widgets import TabContext, result_panel, settings, size_values, wire
+from ..widgets import TabContext, image_input, result_panel, settings, size_values, wire
 
 TITLE = "Fill"
 INPAINT, OUTPAINT = "inpaint", "outpaint"
@@ -25,6 +26,7 @@ def build(ctx: TabContext) -> None:
                 brush=gr.Brush(colors=["#ffffff"], default_color="#ffffff", color_mode="fixed", default_size=24),
                 eraser=gr.Eraser(default_size=24), layers=gr.LayerOptions(allow_additional_layers=False,
                                                                             layers=["Mask"]))
+            readable(editor, "image")
             with gr.Group(visible=False) as grow:
                 gr.Markdown("Pixels to add on each side (the new border is generated).", elem_classes=["ff-note"])
                 with gr.Row():
@@ -34,8 +36,7 @@ def build(ctx: TabContext) -> None:
             prompt = gr.Textbox(label="Prompt", lines=2, max_lines=6, elem_id="fill-prompt",
                                 placeholder="What should appear in the painted area…")
             with gr.Accordion("Reference image (optional, Redux-steered fill)", open=False):
-                reference = gr.Image(label="Reference", type="pil", sources=["upload", "clipboard"], height=160,
-                                     elem_id="fill-reference")
+                reference = image_input("reference", label="Reference", height=160, elem_id="fill-reference")
             options = settings(ctx, "fill", from_image=True)
             gr.Examples([[asset("example-room.png"), "a potted plant on the table"]], [editor, prompt],
                         label="Example")
@@ -50,6 +51,7 @@ def build(ctx: TabContext) -> None:
         image = editor_image(editor)
         if image is None:
             raise user_error("Upload an image to fill first.", "editor")
+        image.info["source"] = "editor background"  # how the report names it (pipelines.images.describe_input)
         if mode == OUTPAINT:
             expand = expand_values(left, top, right, bottom)
             if not any(expand):
@@ -57,10 +59,14 @@ def build(ctx: TabContext) -> None:
             mask = None
         else:
             expand = None
-            mask = editor_mask(editor, image.size)
+            try:
+                mask = editor_mask(editor, image.size)
+            except UserError as error:
+                raise user_error(str(error), "editor") from None
             if mask is None:
                 raise user_error("No mask drawn: paint over the area to repaint with the brush (white = repaint).",
                                  "editor")
+            mask.info["source"] = "painted mask"
         width, height = size_values(match, width, height)
         return dict(prompt=prompt or "", quant=quant, image=image, mask=mask, expand=expand, reference=reference,
                     width=width, height=height, steps=steps, guidance=guidance, seed=pick_seed(seed, randomize))

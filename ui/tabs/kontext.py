@@ -6,7 +6,7 @@ import gradio as gr
 
 from ..images import asset
 from ..runner import panel_values, pick_seed, user_error
-from ..widgets import TabContext, result_panel, settings, size_values, wire
+from ..widgets import TabContext, image_input, result_panel, settings, size_values, wire
 
 TITLE = "Kontext"
 
@@ -14,8 +14,7 @@ TITLE = "Kontext"
 def build(ctx: TabContext) -> None:
     with gr.Row(equal_height=False):
         with gr.Column(scale=5, min_width=380):
-            image = gr.Image(label="Input image", type="pil", sources=["upload", "clipboard"], height=300,
-                             elem_id="kontext-image")
+            image = image_input("image", label="Input image", height=300, elem_id="kontext-image")
             prompt = gr.Textbox(label="Edit instruction", lines=2, max_lines=6, elem_id="kontext-prompt",
                                 placeholder="e.g. make it night time, keep the house unchanged")
             options = settings(ctx, "kontext", from_image=True)

@@ -8,7 +8,7 @@ from pipelines import defaults
 
 from ..images import asset
 from ..runner import panel_values, pick_seed, user_error
-from ..widgets import TabContext, result_panel, settings, size_values, wire
+from ..widgets import TabContext, image_input, result_panel, settings, size_values, wire
 
 TITLE = "Redux"
 MAX_VARIATIONS = 4
@@ -17,8 +17,7 @@ MAX_VARIATIONS = 4
 def build(ctx: TabContext) -> None:
     with gr.Row(equal_height=False):
         with gr.Column(scale=5, min_width=380):
-            image = gr.Image(label="Input image", type="pil", sources=["upload", "clipboard"], height=300,
-                             elem_id="redux-image")
+            image = image_input("image", label="Input image", height=300, elem_id="redux-image")
             prompt = gr.Textbox(label="Prompt (optional)", lines=2, max_lines=6, elem_id="redux-prompt",
                                 placeholder="Leave empty for pure variations, or steer them with a few words")
             variations = gr.Slider(1, MAX_VARIATIONS, value=1, step=1, label="Variations",
@@ -48,7 +47,7 @@ def build(ctx: TabContext) -> None:
             seed_i = (base["seed"] + index) % (defaults.SEED_MAX + 1)
             request = ctx.runner.request("redux", **{**base, "seed": seed_i})
             label = f"Variation {index + 1}/{int(count)}" if count > 1 else ""
-            outcomes.append(ctx.runner.run(request, progress, label=label))
+            outcomes.append(ctx.runner.run(request, progress, label=label, keep=[o.path for o in outcomes]))
         return (*panel_values(outcomes, history), base["seed"])
 
     inputs = [image, prompt, variations, *options.inputs(), panel.history]
