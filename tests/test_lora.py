@@ -1,0 +1,127 @@
+"""LoRAs: every file format, several at once with strengths, on full precision and every quantized form, without
+reloading or de-quantizing the base model; bad files are one-line errors that leave the model as it was."""
+
+import json
+import struct
+
+import numpy as np
+import pytest
+import torch
+
+import cli
+from pipelines.engine import Engine
+from pipelines.errors import UserError
+from pipelines.images import read_metadata
+from pipelines.loras import check_loras, parse_lora_arg
+from pipelines.manager import ModelManager
+from pipelines.request import GenerationRequest
+from pipelines.tiny_loras import FORMATS, tiny_lora
+from quantization.config import FULL_PRECISION, BitsAndBytesConfig, QuantoConfig, TorchAoConfig
+from quantization.registry import backend_for
+from quantization.sizes import module_bytes
+
+
+@pytest.fixture(scope="module")
+def lora_files(tiny_root, tmp_path_factory):
+    return {fmt: tiny_lora(fmt) for fmt in FORMATS} | {"second": tiny_lora("diffusers", seed=1)}
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_root):
+    return Engine(ModelManager(device="cpu"))
+
+
+def generate(engine, loras=(), quant="none", tool="dev", prompt="a red cube", **fields):
+    request = GenerationRequest(tool=tool, prompt=prompt, model="tiny", quant=quant, seed=3, steps=2,
+                                loras=[(str(path), strength) for path, strength in loras], **fields)
+    return engine.generate(request)
+
+
+def pixels(result) -> np.ndarray:
+    return np.asarray(result.image).astype(np.int16)
+
+
+# ---- what a LoRA does ------------------------------------------------------------------------------------------
+def test_lora_changes_the_output_strength_zero_and_removal_give_the_base_bit_for_bit(engine, lora_files):
+    base = generate(engine)
+    loaded = engine.manager._pipelines[next(iter(engine.manager._pipelines))]
+    transformer = loaded.pipe.transformer
+    with_lora = generate(engine, [(lora_files["diffusers"], 1.0)])
+    assert np.abs(pixels(with_lora) - pixels(base)).max() > 0
+    assert np.array_equal(pixels(generate(engine, [(lora_files["diffusers"], 0.0)])), pixels(base))
+    assert np.array_equal(pixels(generate(engine)), pixels(base))
+    assert loaded.pipe.transformer is transformer  # never reloaded
+    assert not any("lora" in name for name, _ in transformer.named_modules())
+    assert with_lora.report["timings"]["load_s"] == 0.0
+
+
+def test_two_loras_combine_each_with_its_strength(engine, lora_files):
+    one = pixels(generate(engine, [(lora_files["diffusers"], 1.0)]))
+    two = pixels(generate(engine, [(lora_files["second"], 0.7)]))
+    both = generate(engine, [(lora_files["diffusers"], 1.0), (lora_files["second"], 0.7)])
+    assert not np.array_equal(pixels(both), one) and not np.array_equal(pixels(both), two)
+    assert [l["strength"] for l in both.report["parameters"]["loras"]] == [1.0, 0.7]
+    weaker = generate(engine, [(lora_files["diffusers"], 1.0), (lora_files["second"], 0.2)])
+    assert not np.array_equal(pixels(weaker), pixels(both))  # a strength change alone takes effect
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_each_file_format_loads(engine, lora_files, fmt):
+    base = pixels(generate(engine))
+    result = generate(engine, [(lora_files[fmt], 1.0)])
+    assert np.abs(pixels(result) - base).max() > 0
+    (entry,) = result.report["parameters"]["loras"]
+    assert entry["name"] == lora_files[fmt].stem and len(entry["sha256"]) == 64
+
+
+def test_text_encoder_lora_has_its_own_prompt_embeddings(engine, lora_files):
+    base = generate(engine, prompt="a text encoder test")
+    assert generate(engine, prompt="a text encoder test").report["placement"]["prompt_from_cache"]
+    with_te = generate(engine, [(lora_files["diffusers-te"], 1.0)], prompt="a text encoder test")
+    assert not with_te.report["placement"]["prompt_from_cache"]  # not the embeddings made without it
+    assert "text_encoder" in engine.manager._pipelines[next(iter(engine.manager._pipelines))].lora_state[1]
+    again = generate(engine, prompt="a text encoder test")
+    assert again.report["placement"]["prompt_from_cache"] and np.array_equal(pixels(again), pixels(base))
+
+
+def test_a_lora_runs_on_other_tools_too(engine, lora_files, photo):
+    base = pixels(generate(engine, tool="kontext", image=photo))
+    assert not np.array_equal(pixels(generate(engine, [(lora_files["kohya"], 1.0)], tool="kontext", image=photo)),
+                              base)
+
+
+# ---- quantized models -------------------------------------------------------------------------------------------
+CONFIGS = [("8bit", QuantoConfig("int8")), ("4bit", QuantoConfig("int4")), ("4bit", BitsAndBytesConfig("nf4")),
+           ("8bit", BitsAndBytesConfig("int8")), ("8bit", TorchAoConfig("int8_weight_only")),
+           ("8bit", TorchAoConfig("int8_dynamic"))]
+
+
+@pytest.mark.parametrize("quant,config", CONFIGS, ids=lambda v: getattr(v, "format", v))
+def test_each_quantization_backend_takes_a_lora_and_stays_quantized(tiny_root, lora_files, monkeypatch, tmp_path,
+                                                                    quant, config):
+    monkeypatch.setenv("FLUXFORGE_QUANT_CACHE_DIR", str(tmp_path / "quantized"))
+    monkeypatch.setenv("FLUXFORGE_PROBE", "0")
+    monkeypatch.setattr("pipelines.manager.candidates",
+                        lambda q, device: (config, FULL_PRECISION) if q != "none" else (FULL_PRECISION,))
+    engine = Engine(ModelManager(device="cpu"))
+    base = generate(engine, quant=quant)
+    assert base.report["quantization"]["components"]["transformer"]["format"] == config.format
+    (loaded,) = engine.manager._pipelines.values()
+    transformer, backend = loaded.pipe.transformer, backend_for(config)
+    layers = {name: m for name, m in transformer.named_modules() if backend.is_quantized_layer(m)}
+    assert layers
+    weights = module_bytes(transformer)
+    entries = sorted(p.name for p in (tmp_path / "quantized").rglob("*"))
+    result = generate(engine, [(lora_files["diffusers"], 1.0), (lora_files["xlabs"], 0.5)], quant=quant)
+    assert np.abs(pixels(result) - pixels(base)).max() > 0 and np.isfinite(pixels(result)).all()
+    modules = dict(transformer.named_modules())
+    wrapped = [name for name in layers if f"{name}.base_layer" in modules]
+    assert wrapped  # the adapters sit over the quantized layers, which are the very same modules
+    assert all(modules[f"{name}.base_layer"] is layers[name] for name in wrapped)
+    assert all(modules.get(name, modules.get(f"{name}.base_layer")) is layer or modules[f"{name}.base_layer"] is layer
+               for name, layer in layers.items())
+    restored = generate(engine, quant=quant)
+    assert np.array_equal(pixels(restored), pixels(base))
+    assert {name: m for name, m in transformer.named_modules() if backend.is_quantized_layer(m)} == layers
+    assert module_bytes(transformer) == weights and loaded.pipe.transformer is transformer
+    assert sorted(p.name for p in (tmp_path / "quantized").rglob("*")) == entries  # the cache is not touched
