@@ -125,3 +125,118 @@ def test_each_quantization_backend_takes_a_lora_and_stays_quantized(tiny_root, l
     assert {name: m for name, m in transformer.named_modules() if backend.is_quantized_layer(m)} == layers
     assert module_bytes(transformer) == weights and loaded.pipe.transformer is transformer
     assert sorted(p.name for p in (tmp_path / "quantized").rglob("*")) == entries  # the cache is not touched
+
+
+# ---- bad input: one line, nothing loaded, the next run works ----------------------------------------------------
+def write_lora(path, tensors: dict):
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def bad_files(tmp_path_factory, lora_files):
+    folder = tmp_path_factory.mktemp("bad-loras")
+    down, up = torch.randn(4, 320), torch.randn(320, 4)
+    good = lora_files["diffusers"].read_bytes()
+    (folder / "model.ckpt").write_bytes(good)
+    (folder / "notes.safetensors").write_text("not a safetensors file at all")
+    (folder / "truncated.safetensors").write_bytes(good[:-200])
+    return {
+        "not_safetensors": (folder / "model.ckpt", "not a .safetensors file"),
+        "garbage": (folder / "notes.safetensors", "not a safetensors file"),
+        "truncated": (folder / "truncated.safetensors", "truncated or damaged"),
+        "sdxl_kohya": (write_lora(folder / "sdxl.safetensors", {
+            "lora_unet_down_blocks_1_attentions_0_proj_in.lora_down.weight": down,
+            "lora_unet_down_blocks_1_attentions_0_proj_in.lora_up.weight": up,
+            "lora_unet_down_blocks_1_attentions_0_proj_in.alpha": torch.tensor(4.0)}), "not a LoRA for FLUX.1"),
+        "sd15_diffusers": (write_lora(folder / "sd15.safetensors", {
+            "unet.down_blocks.0.attentions.0.proj_in.lora_A.weight": down,
+            "unet.down_blocks.0.attentions.0.proj_in.lora_B.weight": up}), "not a LoRA for FLUX.1"),
+        "shapes": (write_lora(folder / "wide.safetensors", {
+            "transformer.transformer_blocks.0.attn.to_q.lora_A.weight": torch.randn(4, 3072),
+            "transformer.transformer_blocks.0.attn.to_q.lora_B.weight": torch.randn(3072, 4)}), "does not fit"),
+        "text_encoder_shapes": (write_lora(folder / "clip-wide.safetensors", {
+            "transformer.transformer_blocks.0.attn.to_q.lora_A.weight": torch.randn(4, 64),
+            "transformer.transformer_blocks.0.attn.to_q.lora_B.weight": torch.randn(64, 4),
+            "text_encoder.encoder.layers.0.self_attn.q_proj.lora_A.weight": torch.randn(4, 768),
+            "text_encoder.encoder.layers.0.self_attn.q_proj.lora_B.weight": torch.randn(768, 4)}),
+            "could not be applied"),
+    }
+
+
+def one_line(error) -> str:
+    text = str(error.value)
+    assert "\n" not in text and "Traceback" not in text
+    return text
+
+
+BAD = ["not_safetensors", "garbage", "truncated", "sdxl_kohya", "sd15_diffusers", "shapes", "text_encoder_shapes"]
+
+
+@pytest.mark.parametrize("kind", BAD)
+def test_a_bad_lora_file_is_one_line_and_the_next_run_keeps_its_loras(engine, lora_files, bad_files, kind):
+    path, words = bad_files[kind]
+    kept = [(lora_files["diffusers"], 0.8)]
+    before = pixels(generate(engine, kept))
+    with pytest.raises(UserError) as error:
+        generate(engine, [*kept, (path, 1.0)])
+    text = one_line(error)
+    assert text.startswith("lora=") and path.stem in text and words in text
+    assert np.array_equal(pixels(generate(engine, kept)), before)  # the LoRAs it had, as they were
+    assert np.array_equal(pixels(generate(engine)), pixels(generate(engine)))
+
+
+@pytest.mark.parametrize("strength", [float("nan"), float("inf"), "strong", 5, -4.5, True])
+def test_a_bad_strength_is_one_line(lora_files, strength):
+    with pytest.raises(UserError) as error:
+        check_loras([(lora_files["diffusers"], strength)])
+    text = one_line(error)
+    assert text.startswith("lora strength=") and "-4..4" in text
+
+
+def test_missing_and_repeated_files_are_refused(lora_files, tmp_path):
+    with pytest.raises(UserError, match="no such file"):
+        check_loras([(tmp_path / "gone.safetensors", 1.0)])
+    copy = tmp_path / "copy.safetensors"
+    copy.write_bytes(lora_files["diffusers"].read_bytes())
+    with pytest.raises(UserError, match="listed twice"):
+        check_loras([(lora_files["diffusers"], 1.0), (copy, 0.5)])
+
+
+def test_file_and_strength_from_text():
+    assert parse_lora_arg("style.safetensors") == ("style.safetensors", 1.0)
+    assert parse_lora_arg("style.safetensors:0.6") == ("style.safetensors", "0.6")
+    assert parse_lora_arg("C:/loras/a.safetensors:-1.5") == ("C:/loras/a.safetensors", "-1.5")
+    assert parse_lora_arg("C:/loras/a.safetensors") == ("C:/loras/a.safetensors", 1.0)
+
+
+# ---- the command line and the PNG metadata -----------------------------------------------------------------------
+def test_cli_lora_writes_the_metadata(tiny_root, lora_files, tmp_path, capsys):
+    out, report = tmp_path / "lora.png", tmp_path / "lora.json"
+    code = cli.main(["generate", "--tool", "dev", "--prompt", "a cube", "--model", "tiny", "--quant", "none",
+                     "--seed", "2", "--lora", f"{lora_files['kohya']}:0.75", "--lora", str(lora_files["xlabs"]),
+                     "--out", str(out), "--report", str(report)])
+    assert code == 0, capsys.readouterr().err
+    sha = __import__("hashlib").sha256(lora_files["kohya"].read_bytes()).hexdigest()
+    expected = [{"name": lora_files["kohya"].stem, "sha256": sha, "strength": 0.75},
+                {"name": lora_files["xlabs"].stem, "sha256": __import__("hashlib").sha256(
+                    lora_files["xlabs"].read_bytes()).hexdigest(), "strength": 1.0}]
+    assert read_metadata(out)["loras"] == expected
+    assert json.loads(report.read_text())["parameters"]["loras"] == expected
+    from PIL import Image
+
+    with Image.open(out) as image:
+        text = image.text["parameters"]
+    assert text.startswith(f"a cube <lora:{lora_files['kohya'].stem}:0.75> <lora:{lora_files['xlabs'].stem}:1>")
+    assert f'Lora hashes: "{lora_files["kohya"].stem}: {sha[:12]}' in text
+
+
+def test_cli_bad_lora_is_one_line_exit_2(tiny_root, tmp_path, capsys):
+    out = tmp_path / "x.png"
+    code = cli.main(["generate", "--tool", "dev", "--prompt", "x", "--model", "tiny", "--lora",
+                     str(tmp_path / "missing.safetensors:0.5"), "--out", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and not out.exists()
+    assert len(err.splitlines()) == 1 and "missing.safetensors" in err and "no such file" in err
