@@ -147,6 +147,17 @@ def file_sha256(file: Path) -> str:
     return _HASHES[key]
 
 
+def available_loras(folder: Path | None = None) -> list[Path]:
+    """The .safetensors files under the LoRA folder (pipelines.paths.lora_dir), sorted by name."""
+    from .paths import lora_dir
+
+    folder = Path(folder) if folder else lora_dir()
+    if not folder.is_dir():
+        return []
+    return sorted((p for p in folder.rglob(f"*{SUFFIX}") if p.is_file() and not p.name.startswith(".")),
+                  key=lambda p: str(p.relative_to(folder)).lower())
+
+
 # ---- on a loaded pipeline ---------------------------------------------------------------------------------------
 
 def adapters_on(pipe) -> dict[str, tuple]:

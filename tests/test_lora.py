@@ -240,3 +240,56 @@ def test_cli_bad_lora_is_one_line_exit_2(tiny_root, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert code == 2 and not out.exists()
     assert len(err.splitlines()) == 1 and "missing.safetensors" in err and "no such file" in err
+
+
+# ---- the studio ----------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def lora_studio(tiny_root, lora_files, tmp_path_factory):
+    import os
+    import shutil
+
+    from tests.ui_fixtures import start_studio
+
+    folder = tmp_path_factory.mktemp("lora-dir")
+    shutil.copy(lora_files["diffusers"], folder / "film-look.safetensors")
+    previous = os.environ.get("FLUXFORGE_LORA_DIR")
+    os.environ["FLUXFORGE_LORA_DIR"] = str(folder)
+    try:
+        studio = start_studio(tmp_path_factory.mktemp("lora-outputs"), api=True)
+    finally:
+        if previous is None:
+            os.environ.pop("FLUXFORGE_LORA_DIR")
+        else:
+            os.environ["FLUXFORGE_LORA_DIR"] = previous
+    yield studio, folder
+    studio.close()
+
+
+def test_studio_tabs_take_loras_from_the_folder_and_uploads(lora_studio, lora_files):
+    from gradio_client import Client, handle_file
+
+    studio, folder = lora_studio
+    client = Client(studio.url, verbose=False, download_files=True)
+    settings = dict(steps=2, guidance=3.5, quant="none", width=128, height=128, seed=11, randomize=False)
+    picked = str(folder / "film-look.safetensors")
+    result = client.predict(tool="dev", prompt="a cube", loras_picked=[picked],
+                            loras_uploaded=[handle_file(str(lora_files["xlabs"]))], lora_strength=0.5,
+                            **settings, api_name="/generate")
+    meta = read_metadata(result[0])
+    assert [(l["name"], l["strength"]) for l in meta["loras"]] == [("film-look", 0.5), (lora_files["xlabs"].stem, 0.5)]
+    plain = client.predict(tool="dev", prompt="a cube", **settings, api_name="/generate")  # LoRA inputs left out
+    assert read_metadata(plain[0])["loras"] == []
+    with pytest.raises(Exception):  # out of the slider's range: refused before it is queued
+        client.predict(tool="dev", prompt="a cube", loras_picked=[picked], lora_strength=9, **settings,
+                       api_name="/generate")
+
+
+def test_studio_bad_lora_upload_is_a_message(lora_studio, bad_files):
+    from gradio_client import Client, handle_file
+
+    studio, _folder = lora_studio
+    client = Client(studio.url, verbose=False)
+    settings = dict(steps=2, guidance=3.5, quant="none", width=128, height=128, seed=11, randomize=False)
+    with pytest.raises(Exception, match="truncated or damaged"):
+        client.predict(tool="dev", prompt="a cube", loras_uploaded=[handle_file(str(bad_files["truncated"][0]))],
+                       **settings, api_name="/generate")

@@ -8,7 +8,7 @@ from pipelines import defaults
 
 from ..images import asset, editor_image, editor_mask, expand_values
 from ..runner import panel_values, pick_seed, user_error
-from ..widgets import TabContext, result_panel, settings, size_values, wire
+from ..widgets import TabContext, lora_values, result_panel, settings, size_values, wire
 
 TITLE = "Fill"
 INPAINT, OUTPAINT = "inpaint", "outpaint"
@@ -46,7 +46,7 @@ def build(ctx: TabContext) -> None:
                 show_progress="hidden")
 
     def fields(mode, editor, left, top, right, bottom, prompt, reference, steps, guidance, quant, match, width,
-               height, seed, randomize):
+               height, seed, randomize, loras_picked, loras_uploaded, lora_strength):
         image = editor_image(editor)
         if image is None:
             raise user_error("Upload an image to fill first.", "editor")
@@ -63,15 +63,18 @@ def build(ctx: TabContext) -> None:
                                  "editor")
         width, height = size_values(match, width, height)
         return dict(prompt=prompt or "", quant=quant, image=image, mask=mask, expand=expand, reference=reference,
-                    width=width, height=height, steps=steps, guidance=guidance, seed=pick_seed(seed, randomize))
+                    width=width, height=height, steps=steps, guidance=guidance, seed=pick_seed(seed, randomize),
+                    loras=lora_values(loras_picked, loras_uploaded, lora_strength))
 
     def check(*args):
         ctx.runner.request("fill", **fields(*args[:-1]))
 
     def run(mode, editor, left, top, right, bottom, prompt, reference, steps, guidance, quant, match, width, height,
-            seed, randomize, history, progress=gr.Progress()):
+            seed, randomize, loras_picked=None, loras_uploaded=None, lora_strength=1.0, history=None,
+            progress=gr.Progress()):
         request = ctx.runner.request("fill", **fields(mode, editor, left, top, right, bottom, prompt, reference,
-                                                      steps, guidance, quant, match, width, height, seed, randomize))
+                                                      steps, guidance, quant, match, width, height, seed, randomize,
+                                                      loras_picked, loras_uploaded, lora_strength))
         outcome = ctx.runner.run(request, progress)
         return (*panel_values([outcome], history), request.seed)
 
