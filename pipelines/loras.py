@@ -26,6 +26,7 @@ ADAPTED = ("transformer", "text_encoder")  # the pipeline components a FLUX.1 Lo
 # <module>.<down|up>[.<adapter>].weight, as the converters leave the keys
 _LORA_KEY = re.compile(r"(.+?)\.(lora_A|lora_B|lora_down|lora_up|lora\.down|lora\.up)(?:\.[^.]+)?\.weight$")
 _DOWN = {"lora_A", "lora_down", "lora.down"}
+_CONTROL_NORMS = ("norm_q", "norm_k", "norm_added_q", "norm_added_k")  # what control LoRAs also replace
 _HASHES: dict[tuple, str] = {}
 
 
@@ -231,6 +232,15 @@ def check_fits(lora: LoraFile, state: dict, pipe) -> None:
         raise UserError(f"lora={lora.name!r} is not a LoRA for FLUX.1{example}: it is for another model family "
                         f"(SD 1.5, SDXL, ...); use a FLUX.1 LoRA in {FORMATS_TEXT}.")
     modules = dict(pipe.transformer.named_modules())
+    embedder = getattr(modules.get("x_embedder"), "in_features", None)
+    for key, tensor in state.items():
+        parts = key.split(".")
+        widens = (len(parts) > 2 and parts[1] == "x_embedder" and parts[2] in _DOWN and embedder is not None
+                  and tensor.shape[-1] != embedder)
+        if (len(parts) > 2 and parts[0] == "transformer" and parts[-2] in _CONTROL_NORMS) or widens:
+            raise UserError(f"lora={lora.name!r} is a control LoRA (it widens the transformer's input for a depth or "
+                            "edge map and replaces its norms); control LoRAs are not supported yet: use the Depth or "
+                            "Canny tool with its own model.")
     for key, tensor in state.items():
         if not key.startswith("transformer."):
             continue  # text encoder keys are in older naming here; peft checks them as it loads

@@ -1,8 +1,9 @@
 """Small LoRAs for the offline `tiny` family, one per supported file format, built locally on demand.
 
-The diffusers/PEFT file comes from a peft LoRA injected into the tiny dev transformer; the kohya (sd-scripts) and
-XLabs files carry random low-rank weights under those formats' own key names (fused qkv projections included), so
-loading them goes through diffusers' converters as real files do. The kohya file also adapts the CLIP text encoder.
+The diffusers/PEFT file comes from a peft LoRA injected into the tiny dev transformer; the kohya (sd-scripts), BFL
+(the reference code's module names under `diffusion_model.`, as BFL's and ComfyUI's tools save them) and XLabs files
+carry random low-rank weights under those formats' own key names (fused qkv projections included), so loading them
+goes through diffusers' converters as real files do. The kohya file also adapts the CLIP text encoder.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from .tiny import HIDDEN, TINY_VERSION
 from .paths import cache_root
 
 RANK = 4
-FORMATS = ("diffusers", "diffusers-te", "kohya", "xlabs")
+FORMATS = ("diffusers", "diffusers-te", "kohya", "bfl", "xlabs")
 MLP = HIDDEN * 4
 
 
@@ -93,27 +94,33 @@ def _randomize(module, gen, scale: float = 0.2) -> None:
                 param.copy_(torch.randn(param.shape, generator=gen) * scale)
 
 
-def _kohya(seed: int) -> dict:
-    """sd-scripts naming (BFL module names, fused qkv, alpha) for the tiny transformer and CLIP."""
+def _kohya(seed: int, bfl: bool = False) -> dict:
+    """sd-scripts naming (BFL module names joined by '_', fused qkv, alpha) for the tiny transformer and CLIP;
+    ``bfl``: the same layers under BFL's dotted names with the `diffusion_model.` prefix."""
     import torch
 
     gen, state = _generator(seed), {}
 
-    def add(name: str, out_features: int, in_features: int, alpha: float = RANK / 2):
+    def add(module: str, out_features: int, in_features: int, alpha: float = RANK / 2):
+        name = f"diffusion_model.{module}" if bfl else "lora_unet_" + module.replace(".", "_")
         down, up = _pair(gen, out_features, in_features)
         state[f"{name}.lora_down.weight"], state[f"{name}.lora_up.weight"] = down, up
         state[f"{name}.alpha"] = torch.tensor(alpha)
 
     for stream in ("img", "txt"):
-        add(f"lora_unet_double_blocks_0_{stream}_attn_qkv", 3 * HIDDEN, HIDDEN)
-        add(f"lora_unet_double_blocks_0_{stream}_attn_proj", HIDDEN, HIDDEN)
-        add(f"lora_unet_double_blocks_0_{stream}_mlp_0", MLP, HIDDEN)
-        add(f"lora_unet_double_blocks_0_{stream}_mlp_2", HIDDEN, MLP)
+        add(f"double_blocks.0.{stream}_attn.qkv", 3 * HIDDEN, HIDDEN)
+        add(f"double_blocks.0.{stream}_attn.proj", HIDDEN, HIDDEN)
+        add(f"double_blocks.0.{stream}_mlp.0", MLP, HIDDEN)
+        add(f"double_blocks.0.{stream}_mlp.2", HIDDEN, MLP)
     for block in range(2):  # linear1 (fused qkv + mlp) is split at FLUX.1's full widths by the converter
-        add(f"lora_unet_single_blocks_{block}_linear2", HIDDEN, HIDDEN + MLP)
-    for layer in range(2):
-        for proj in ("q_proj", "k_proj", "v_proj", "out_proj"):
-            add(f"lora_te1_text_model_encoder_layers_{layer}_self_attn_{proj}", HIDDEN, HIDDEN)
+        add(f"single_blocks.{block}.linear2", HIDDEN, HIDDEN + MLP)
+    if not bfl:
+        for layer in range(2):
+            for proj in ("q_proj", "k_proj", "v_proj", "out_proj"):
+                name = f"lora_te1_text_model_encoder_layers_{layer}_self_attn_{proj}"
+                down, up = _pair(gen, HIDDEN, HIDDEN)
+                state[f"{name}.lora_down.weight"], state[f"{name}.lora_up.weight"] = down, up
+                state[f"{name}.alpha"] = torch.tensor(RANK / 2)
     return state
 
 
@@ -134,5 +141,6 @@ BUILDERS = {
     "diffusers": _diffusers,
     "diffusers-te": lambda seed: _diffusers(seed, text_encoder=True),
     "kohya": _kohya,
+    "bfl": lambda seed: _kohya(seed, bfl=True),
     "xlabs": _xlabs,
 }

@@ -84,6 +84,17 @@ def test_text_encoder_lora_has_its_own_prompt_embeddings(engine, lora_files):
     assert again.report["placement"]["prompt_from_cache"] and np.array_equal(pixels(again), pixels(base))
 
 
+def test_a_text_encoder_shared_with_another_pipeline_follows_each_run(engine, lora_files):
+    """CLIP is one module for dev and schnell: each run sees it with exactly its own LoRAs."""
+    dev_base = pixels(generate(engine, prompt="shared clip"))
+    schnell_base = pixels(generate(engine, tool="schnell", prompt="shared clip"))
+    dev_lora = pixels(generate(engine, [(lora_files["diffusers-te"], 1.0)], prompt="shared clip"))
+    assert np.array_equal(pixels(generate(engine, tool="schnell", prompt="shared clip")), schnell_base)
+    assert np.array_equal(pixels(generate(engine, [(lora_files["diffusers-te"], 1.0)], prompt="shared clip")),
+                          dev_lora)
+    assert np.array_equal(pixels(generate(engine, prompt="shared clip")), dev_base)
+
+
 def test_a_lora_runs_on_other_tools_too(engine, lora_files, photo):
     base = pixels(generate(engine, tool="kontext", image=photo))
     assert not np.array_equal(pixels(generate(engine, [(lora_files["kohya"], 1.0)], tool="kontext", image=photo)),
@@ -163,6 +174,10 @@ def bad_files(tmp_path_factory, lora_files):
             "text_encoder.encoder.layers.0.self_attn.q_proj.lora_A.weight": torch.randn(4, 768),
             "text_encoder.encoder.layers.0.self_attn.q_proj.lora_B.weight": torch.randn(768, 4)}),
             "could not be applied"),
+        "control": (write_lora(folder / "depth-control.safetensors", {
+            "transformer.x_embedder.lora_A.weight": torch.randn(4, 128),
+            "transformer.x_embedder.lora_B.weight": torch.randn(64, 4),
+            "transformer.transformer_blocks.0.attn.norm_q.weight": torch.ones(32)}), "control LoRA"),
     }
 
 
@@ -172,7 +187,8 @@ def one_line(error) -> str:
     return text
 
 
-BAD = ["not_safetensors", "garbage", "truncated", "sdxl_kohya", "sd15_diffusers", "shapes", "text_encoder_shapes"]
+BAD = ["not_safetensors", "garbage", "truncated", "sdxl_kohya", "sd15_diffusers", "shapes", "text_encoder_shapes",
+       "control"]
 
 
 @pytest.mark.parametrize("kind", BAD)
