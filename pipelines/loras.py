@@ -68,7 +68,8 @@ def check_loras(value) -> list[LoraFile]:
     each checked: an existing .safetensors file with a readable header, a finite strength in range, no repeats."""
     if value is None or value == "":
         return []
-    if isinstance(value, (str, Path, tuple, LoraFile)):
+    single_pair = isinstance(value, tuple) and len(value) == 2 and isinstance(value[0], (str, Path))
+    if isinstance(value, (str, Path, LoraFile, dict)) or single_pair:
         value = [value]
     if not isinstance(value, (list, tuple)):
         raise UserError(f"loras={value!r} must be a list of (file, strength) pairs.")
@@ -180,6 +181,8 @@ def apply_loras(loaded, loras: list[LoraFile]) -> None:
     with what this pipeline left on them, so a change made through another pipeline is seen.
     """
     pipe = loaded.pipe
+    if loras and not hasattr(pipe, "load_lora_into_transformer"):
+        raise UserError(f"loras: {type(pipe).__name__} does not take LoRAs; run this tool without them.")
     wanted = tuple(lora.adapter for lora in loras)
     present = adapters_on(pipe)
     if not loras and not present:

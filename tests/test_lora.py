@@ -309,3 +309,22 @@ def test_studio_bad_lora_upload_is_a_message(lora_studio, bad_files):
     with pytest.raises(Exception, match="truncated or damaged"):
         client.predict(tool="dev", prompt="a cube", loras_uploaded=[handle_file(str(bad_files["truncated"][0]))],
                        **settings, api_name="/generate")
+
+
+def test_a_gguf_transformer_takes_a_lora_and_stays_gguf(tiny_root, lora_files, tmp_path):
+    from diffusers import FluxTransformer2DModel
+
+    from tests.test_cache import write_gguf
+
+    module = FluxTransformer2DModel.from_pretrained(tiny_root / "dev", subfolder="transformer", dtype=torch.bfloat16)
+    gguf = write_gguf(module, tmp_path / "flux1-tiny-Q8_0.gguf")
+    engine = Engine(ModelManager(device="cpu"))
+    base = generate(engine, transformer=str(gguf))
+    (loaded,) = engine.manager._pipelines.values()
+    transformer = loaded.pipe.transformer
+    weights = module_bytes(transformer)
+    with_lora = generate(engine, [(lora_files["diffusers"], 1.0)], transformer=str(gguf))
+    assert np.abs(pixels(with_lora) - pixels(base)).max() > 0
+    assert with_lora.report["quantization"]["components"]["transformer"]["backend"] == "gguf"
+    assert np.array_equal(pixels(generate(engine, transformer=str(gguf))), pixels(base))
+    assert module_bytes(transformer) == weights and loaded.pipe.transformer is transformer
