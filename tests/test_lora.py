@@ -293,6 +293,7 @@ def test_studio_tabs_take_loras_from_the_folder_and_uploads(lora_studio, lora_fi
                             **settings, api_name="/generate")
     meta = read_metadata(result[0])
     assert [(l["name"], l["strength"]) for l in meta["loras"]] == [("film-look", 0.5), (lora_files["xlabs"].stem, 0.5)]
+    assert "LoRAs film-look 0.5" in result[2]  # the status line names them
     plain = client.predict(tool="dev", prompt="a cube", **settings, api_name="/generate")  # LoRA inputs left out
     assert read_metadata(plain[0])["loras"] == []
     with pytest.raises(Exception):  # out of the slider's range: refused before it is queued
