@@ -329,3 +329,33 @@ def test_a_gguf_transformer_takes_a_lora_and_stays_gguf(tiny_root, lora_files, t
     assert with_lora.report["quantization"]["components"]["transformer"]["backend"] == "gguf"
     assert np.array_equal(pixels(generate(engine, transformer=str(gguf))), pixels(base))
     assert module_bytes(transformer) == weights and loaded.pipe.transformer is transformer
+
+
+def test_loras_follow_a_runtime_fallback_to_the_next_backend(tiny_root, lora_files, monkeypatch, tmp_path):
+    from quantization.policy import candidates
+
+    monkeypatch.setenv("FLUXFORGE_QUANT_CACHE_DIR", str(tmp_path / "quantized"))
+    monkeypatch.setenv("FLUXFORGE_PROBE", "0")
+    first, second = candidates("4bit", "cpu")[:2]
+    backend_type = type(backend_for(first))
+    original = backend_type.quantize
+
+    def explode(*args):
+        raise RuntimeError("kernel not implemented for this shape")
+
+    def poisoned(self, module, config, device, dtype):
+        module = original(self, module, config, device, dtype)
+        if type(module).__name__ == "FluxTransformer2DModel" and config == first:
+            module.proj_out.register_forward_pre_hook(explode)
+        return module
+
+    monkeypatch.setattr(backend_type, "quantize", poisoned)
+    engine = Engine(ModelManager(device="cpu"))
+    with_lora = generate(engine, [(lora_files["diffusers"], 1.0)], quant="4bit")
+    transformer = with_lora.report["quantization"]["components"]["transformer"]
+    assert (transformer["backend"], transformer["format"]) == (second.backend, second.format)
+    (loaded,) = engine.manager._pipelines.values()
+    assert loaded.lora_state[1]["transformer"] == (check_loras([(lora_files["diffusers"], 1.0)])[0].adapter,)
+    base = generate(engine, quant="4bit")
+    assert not np.array_equal(pixels(with_lora), pixels(base))
+    assert np.array_equal(pixels(generate(engine, [(lora_files["diffusers"], 1.0)], quant="4bit")), pixels(with_lora))
