@@ -45,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--transformer", default=None, metavar="FILE.gguf",
                      help="a single-file GGUF FLUX.1 transformer that replaces the model's own (pre-quantized: "
                           "used as it is, whatever --quant says)")
+    gen.add_argument("--lora", action="append", default=[], metavar="FILE[:STRENGTH]",
+                     help="a FLUX.1 LoRA .safetensors file (diffusers/PEFT, kohya, XLabs or BFL format), strength "
+                          "-4..4 (default 1.0); repeat for several")
     gen.add_argument("--device", default=None)
     gen.add_argument("--offload", default="none", help="none, model (one model on the device at a time) or "
                                                        "sequential (layer by layer: least memory, slowest)")
@@ -128,6 +131,7 @@ def generate(args) -> int:
     from pipelines.device import pick_device
     from pipelines.engine import Engine
     from pipelines.errors import UserError
+    from pipelines.loras import parse_lora_arg
     from pipelines.manager import ModelManager
     from pipelines.request import GenerationRequest
     from pipelines.sources import default_model
@@ -152,7 +156,7 @@ def generate(args) -> int:
         width=_number(args.width, int), height=_number(args.height, int), steps=_number(args.steps, int),
         guidance=_number(args.guidance, float), seed=_number(args.seed, int),
         canny_low=_number(args.canny_low, int), canny_high=_number(args.canny_high, int),
-        transformer=args.transformer,
+        transformer=args.transformer, loras=[parse_lora_arg(item) for item in args.lora],
     )
     try:
         manager = ModelManager(device=pick_device(args.device))

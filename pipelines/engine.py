@@ -16,6 +16,7 @@ from PIL import Image
 from .device import PeakMemory
 from .errors import UserError
 from .images import save_png
+from .loras import apply_loras, text_encoder_adapters
 from .manager import ModelManager, Progress
 from .report import build_report, fallback_notices, summary
 from .request import GenerationRequest
@@ -163,6 +164,7 @@ class Engine:
         while True:
             try:
                 phase = time.perf_counter()
+                apply_loras(loaded, run.request.loras)
                 run.prepared = self._encode(run)
                 run.timings["encode_s"] = time.perf_counter() - phase
                 manager.enter(loaded, run.placement, "denoise")
@@ -204,6 +206,9 @@ class Engine:
             return prepared
         kwargs = dict(prepared.kwargs)
         encoders = tuple(loaded.components[name].key for name in ("text_encoder", "text_encoder_2"))
+        adapters = text_encoder_adapters(loaded.pipe, run.request.loras)
+        if adapters:  # embeddings made with a text-encoder LoRA serve only runs with the same LoRAs and strengths
+            encoders += (("loras",) + adapters,)
         key = manager.prompts.key(encoders, kwargs.pop("prompt"), self._text_tokens(run.request))
         found = manager.prompts.get(key)
         run.prompt_cached = found is not None

@@ -47,6 +47,7 @@ class LoadedPipeline:
     quantize_s: float
     last_used: float = 0.0
     compiled: bool = False  # its transformer's repeated blocks are compiled
+    lora_state: Any = None  # the LoRA adapters this pipeline last applied (pipelines.loras.apply_loras)
 
     @property
     def root(self) -> Path:

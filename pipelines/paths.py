@@ -9,6 +9,7 @@ CACHE_ENV = "FLUXFORGE_CACHE_DIR"  # root of everything below (default ~/.cache/
 QUANT_CACHE_ENV = "FLUXFORGE_QUANT_CACHE"  # "0" turns the quantized-weights cache off
 QUANT_DIR_ENV = "FLUXFORGE_QUANT_CACHE_DIR"  # where quantized weights go (default <root>/quantized)
 PROBE_ENV = "FLUXFORGE_PROBE"  # "0" turns the capability probe off
+LORA_DIR_ENV = "FLUXFORGE_LORA_DIR"  # where the studio lists LoRA files (default <root>/loras)
 
 
 def cache_root() -> Path:
@@ -19,6 +20,11 @@ def cache_root() -> Path:
 def quantized_dir() -> Path:
     folder = os.environ.get(QUANT_DIR_ENV)
     return Path(folder).expanduser() if folder else cache_root() / "quantized"
+
+
+def lora_dir() -> Path:
+    folder = os.environ.get(LORA_DIR_ENV)
+    return Path(folder).expanduser() if folder else cache_root() / "loras"
 
 
 def probes_dir() -> Path:

@@ -11,6 +11,7 @@ from PIL import Image
 from . import defaults
 from .errors import UserError
 from .images import snap
+from .loras import check_loras
 from .tools.base import not_taken
 
 
@@ -33,6 +34,7 @@ class GenerationRequest:
     canny_low: int = defaults.CANNY_LOW
     canny_high: int = defaults.CANNY_HIGH
     transformer: str | None = None  # a single-file GGUF transformer that replaces the model's own
+    loras: list = field(default_factory=list)  # (file, strength) pairs; checked into pipelines.loras.LoraFile
     notices: list[str] = field(default_factory=list)
     inputs: dict = field(default_factory=dict)  # filled on load: input name -> {name, sha256, sha256_of, size}
 
@@ -64,6 +66,7 @@ class GenerationRequest:
             raise UserError(f"the {self.tool} tool needs an input image (--image).")
         not_taken(self, tool, all_tools())
         self.transformer = check_transformer_file(self.transformer)
+        self.loras = check_loras(self.loras)
         self._load_images()
         tool.check_inputs(self)
         d = tool.defaults(self.model)
@@ -112,6 +115,7 @@ class GenerationRequest:
         values = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in skip}
         values["expand"] = list(self.expand) if self.expand else None
         values["inputs"] = {name: dict(item) for name, item in self.inputs.items()}
+        values["loras"] = [lora.to_dict() for lora in self.loras]
         return values
 
 

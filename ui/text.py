@@ -86,6 +86,8 @@ def status_html(report: dict, path_name: str | None = None) -> str:
     head = (f"<b>{html.escape(tool_title(report['tool']))}</b> · {params['width']}×"
             f"{params['height']} · {params['steps']} steps · seed {report['seed']} · {html.escape(report['device'])} "
             f"{html.escape(report['dtype'])} · quantization {html.escape(mode)}")
+    if params.get("loras"):
+        head += " · LoRAs " + ", ".join(f"{html.escape(lora['name'])} {lora['strength']:g}" for lora in params["loras"])
     numbers = (f"peak {_mib(memory['peak_bytes'])} ({MEMORY_KINDS.get(memory['kind'], memory['kind'])}) · "
                f"load {timings['load_s']:.2f} s · quantize {timings['quantize_s']:.2f} s · "
                f"denoise {timings['denoise_s']:.2f} s · total {timings['total_s']:.2f} s")

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 import gradio as gr
 
 from pipelines import defaults
+from pipelines.loras import STRENGTH_MAX, STRENGTH_MIN, available_loras
+from pipelines.paths import lora_dir
 from pipelines.tools import Defaults, get_tool
 
 from . import text
@@ -41,11 +43,53 @@ class Controls:
     seed: gr.Number
     randomize: gr.Checkbox
     match_input: gr.Checkbox | None = None
+    loras: "LoraControls | None" = None
 
     def inputs(self) -> list:
-        """In the order tab run functions take them: steps, guidance, quant, [match], width, height, seed, randomize."""
+        """In the order tab run functions take them: steps, guidance, quant, [match], width, height, seed, randomize,
+        then the LoRA picker's loras_picked, loras_uploaded, lora_strength."""
         extra = [self.match_input] if self.match_input is not None else []
-        return [self.steps, self.guidance, self.quant, *extra, self.width, self.height, self.seed, self.randomize]
+        loras = self.loras.inputs() if self.loras is not None else []
+        return [self.steps, self.guidance, self.quant, *extra, self.width, self.height, self.seed, self.randomize,
+                *loras]
+
+
+@dataclass
+class LoraControls:
+    picked: gr.Dropdown
+    uploaded: gr.File
+    strength: gr.Slider
+
+    def inputs(self) -> list:
+        return [self.picked, self.uploaded, self.strength]
+
+
+def lora_choices() -> list[tuple[str, str]]:
+    """(label, path) of the LoRA files in the studio's LoRA folder."""
+    folder = lora_dir()
+    return [(str(path.relative_to(folder)), str(path)) for path in available_loras(folder)]
+
+
+def lora_picker(tool: str) -> LoraControls:
+    """LoRA files from the LoRA folder and uploads, all at one strength."""
+    with gr.Accordion("LoRAs", open=False, elem_classes=["ff-loras"]):
+        picked = gr.Dropdown(lora_choices(), value=[], multiselect=True, label="LoRA files",
+                             info=f"FLUX.1 LoRAs found in {lora_dir()} (FLUXFORGE_LORA_DIR)",
+                             elem_id=f"{tool}-loras", interactive=True)
+        uploaded = gr.File(label="Or upload LoRA files (.safetensors)", file_count="multiple",
+                           file_types=[".safetensors"], type="filepath", height=90, elem_id=f"{tool}-lora-upload")
+        strength = gr.Slider(STRENGTH_MIN, STRENGTH_MAX, value=1.0, step=0.05, label="LoRA strength",
+                             info="applied to every LoRA chosen; 0 turns them off", elem_id=f"{tool}-lora-strength")
+    picked.focus(lambda: gr.update(choices=lora_choices()), None, picked, queue=False, api_visibility="private",
+                 show_progress="hidden")
+    return LoraControls(picked, uploaded, strength)
+
+
+def lora_values(picked, uploaded, strength) -> list:
+    """The request's ``loras``: every chosen and uploaded file at the one strength."""
+    files = [*(picked or []), *(uploaded or [])]
+    paths = [getattr(item, "path", None) or getattr(item, "name", None) or item for item in files]
+    return [(str(path), strength) for path in paths]
 
 
 def image_input(what: str, **kwargs) -> gr.Image:
@@ -79,11 +123,12 @@ def settings(ctx: TabContext, tool: str, from_image: bool = False) -> Controls:
             seed = gr.Number(0, label="Seed", precision=0, minimum=0, maximum=defaults.SEED_MAX,
                              elem_id=f"{tool}-seed", scale=3)
             randomize = gr.Checkbox(True, label="Randomize seed", elem_id=f"{tool}-randomize", scale=2)
+    loras = lora_picker(tool)
     if match_input is not None:
         match_input.change(lambda on: (gr.update(interactive=not on), gr.update(interactive=not on)),
                            match_input, [width, height], queue=False, api_visibility="private",
                            show_progress="hidden")
-    return Controls(steps, guidance, quant, width, height, seed, randomize, match_input)
+    return Controls(steps, guidance, quant, width, height, seed, randomize, match_input, loras)
 
 
 def size_values(match_input: bool | None, width, height) -> tuple:
@@ -171,6 +216,7 @@ def wire(ctx: TabContext, button: gr.Button, check, run, inputs: list, outputs: 
     from .settings import DEVICE_QUEUE
 
     names = [name for name in inspect.signature(run).parameters if name != "progress"]
+    aliases = {"lora": "loras_picked", "loras": "loras_picked", **(aliases or {})}
     return button.click(ctx.gpu(run), inputs, outputs, api_name=api_name, api_visibility=ctx.visibility,
                         concurrency_id=DEVICE_QUEUE, concurrency_limit=1,
-                        validator=validator(check, inputs, names, aliases or {}))
+                        validator=validator(check, inputs, names, aliases))

@@ -10,7 +10,7 @@ from pipelines.control_maps import canny_map
 from ..images import as_image, asset
 from ..runner import panel_values, pick_seed, user_error
 from ..settings import DEVICE_QUEUE
-from ..widgets import TabContext, image_input, result_panel, settings, size_values, wire
+from ..widgets import TabContext, image_input, lora_values, result_panel, settings, size_values, wire
 
 FROM_PHOTO, UPLOADED = "photo", "upload"
 PROMPTS = {"depth": "a cozy reading nook, warm afternoon light, film photo",
@@ -82,7 +82,7 @@ def build(ctx: TabContext, tool: str) -> None:
 
     # ---- generation ------------------------------------------------------------------------------------
     def fields(image, map_image, choice, prompt, lo, hi, steps, guidance, quant, match, width, height, seed,
-               randomize):
+               randomize, loras_picked, loras_uploaded, lora_strength):
         control_image = None
         if choice == UPLOADED:
             if map_image is None:
@@ -94,15 +94,18 @@ def build(ctx: TabContext, tool: str) -> None:
         width, height = size_values(match, width, height)
         extra = {} if lo is None else {"canny_low": int(lo), "canny_high": int(hi)}
         return dict(prompt=prompt or "", quant=quant, image=image, control_image=control_image, width=width,
-                    height=height, steps=steps, guidance=guidance, seed=pick_seed(seed, randomize), **extra)
+                    height=height, steps=steps, guidance=guidance, seed=pick_seed(seed, randomize),
+                    loras=lora_values(loras_picked, loras_uploaded, lora_strength), **extra)
 
     def check(image, map_image, choice, prompt, lo, hi, *rest):
         ctx.runner.request(tool, **fields(image, map_image, choice, prompt, lo, hi, *rest[:-1]))
 
     def run(image, map_image, choice, prompt, lo, hi, steps, guidance, quant, match, width, height, seed,
-            randomize, history, progress=gr.Progress()):
+            randomize, loras_picked=None, loras_uploaded=None, lora_strength=1.0, history=None,
+            progress=gr.Progress()):
         request = ctx.runner.request(tool, **fields(image, map_image, choice, prompt, lo, hi, steps, guidance,
-                                                    quant, match, width, height, seed, randomize))
+                                                    quant, match, width, height, seed, randomize,
+                                                        loras_picked, loras_uploaded, lora_strength))
         outcome = ctx.runner.run(request, progress)
         shown = outcome.result.control_image if choice == FROM_PHOTO else gr.skip()
         return (*panel_values([outcome], history), request.seed, shown)

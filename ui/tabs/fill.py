@@ -9,7 +9,7 @@ from pipelines.errors import UserError
 
 from ..images import asset, editor_image, readable, editor_mask, expand_values
 from ..runner import panel_values, pick_seed, user_error
-from ..widgets import TabContext, image_input, result_panel, settings, size_values, wire
+from ..widgets import TabContext, image_input, lora_values, result_panel, settings, size_values, wire
 
 TITLE = "Fill"
 INPAINT, OUTPAINT = "inpaint", "outpaint"
@@ -47,7 +47,7 @@ def build(ctx: TabContext) -> None:
                 show_progress="hidden")
 
     def fields(mode, editor, left, top, right, bottom, prompt, reference, steps, guidance, quant, match, width,
-               height, seed, randomize):
+               height, seed, randomize, loras_picked, loras_uploaded, lora_strength):
         image = editor_image(editor)
         if image is None:
             raise user_error("Upload an image to fill first.", "editor")
@@ -69,15 +69,18 @@ def build(ctx: TabContext) -> None:
             mask.info["source"] = "painted mask"
         width, height = size_values(match, width, height)
         return dict(prompt=prompt or "", quant=quant, image=image, mask=mask, expand=expand, reference=reference,
-                    width=width, height=height, steps=steps, guidance=guidance, seed=pick_seed(seed, randomize))
+                    width=width, height=height, steps=steps, guidance=guidance, seed=pick_seed(seed, randomize),
+                    loras=lora_values(loras_picked, loras_uploaded, lora_strength))
 
     def check(*args):
         ctx.runner.request("fill", **fields(*args[:-1]))
 
     def run(mode, editor, left, top, right, bottom, prompt, reference, steps, guidance, quant, match, width, height,
-            seed, randomize, history, progress=gr.Progress()):
+            seed, randomize, loras_picked=None, loras_uploaded=None, lora_strength=1.0, history=None,
+            progress=gr.Progress()):
         request = ctx.runner.request("fill", **fields(mode, editor, left, top, right, bottom, prompt, reference,
-                                                      steps, guidance, quant, match, width, height, seed, randomize))
+                                                      steps, guidance, quant, match, width, height, seed, randomize,
+                                                      loras_picked, loras_uploaded, lora_strength))
         outcome = ctx.runner.run(request, progress)
         return (*panel_values([outcome], history), request.seed)
 

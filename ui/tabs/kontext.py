@@ -6,7 +6,7 @@ import gradio as gr
 
 from ..images import asset
 from ..runner import panel_values, pick_seed, user_error
-from ..widgets import TabContext, image_input, result_panel, settings, size_values, wire
+from ..widgets import TabContext, image_input, lora_values, result_panel, settings, size_values, wire
 
 TITLE = "Kontext"
 
@@ -23,22 +23,26 @@ def build(ctx: TabContext) -> None:
         with gr.Column(scale=6, min_width=420):
             panel = result_panel("kontext", "Edit")
 
-    def fields(image, prompt, steps, guidance, quant, match, width, height, seed, randomize):
+    def fields(image, prompt, steps, guidance, quant, match, width, height, seed, randomize,
+               loras_picked, loras_uploaded, lora_strength):
         if image is None:
             raise user_error("Kontext edits an image: upload an input image first.", "image")
         if not (prompt or "").strip():
             raise user_error("Write an edit instruction, e.g. 'make it night time'.", "prompt")
         width, height = size_values(match, width, height)
         return dict(prompt=prompt, quant=quant, image=image, width=width, height=height, steps=steps,
-                    guidance=guidance, seed=pick_seed(seed, randomize))
+                    guidance=guidance, seed=pick_seed(seed, randomize),
+                    loras=lora_values(loras_picked, loras_uploaded, lora_strength))
 
     def check(*args):
         ctx.runner.request("kontext", **fields(*args[:-1]))
 
-    def run(image, prompt, steps, guidance, quant, match, width, height, seed, randomize, history,
+    def run(image, prompt, steps, guidance, quant, match, width, height, seed, randomize,
+            loras_picked=None, loras_uploaded=None, lora_strength=1.0, history=None,
             progress=gr.Progress()):
         request = ctx.runner.request("kontext", **fields(image, prompt, steps, guidance, quant, match, width,
-                                                         height, seed, randomize))
+                                                         height, seed, randomize,
+                                                             loras_picked, loras_uploaded, lora_strength))
         outcome = ctx.runner.run(request, progress)
         return (*panel_values([outcome], history), request.seed)
 

@@ -8,7 +8,7 @@ from pipelines import defaults
 
 from ..images import asset
 from ..runner import panel_values, pick_seed, user_error
-from ..widgets import TabContext, image_input, result_panel, settings, size_values, wire
+from ..widgets import TabContext, image_input, lora_values, result_panel, settings, size_values, wire
 
 TITLE = "Redux"
 MAX_VARIATIONS = 4
@@ -27,21 +27,25 @@ def build(ctx: TabContext) -> None:
         with gr.Column(scale=6, min_width=420):
             panel = result_panel("redux", "Make variations")
 
-    def fields(image, prompt, count, steps, guidance, quant, match, width, height, seed, randomize):
+    def fields(image, prompt, count, steps, guidance, quant, match, width, height, seed, randomize,
+               loras_picked, loras_uploaded, lora_strength):
         if image is None:
             raise user_error("Redux makes variations of an image: upload an input image first.", "image")
         if not 1 <= int(count or 0) <= MAX_VARIATIONS:
             raise user_error(f"Variations must be 1..{MAX_VARIATIONS}.", "count")
         width, height = size_values(match, width, height)
         return dict(prompt=prompt or "", quant=quant, image=image, width=width, height=height, steps=steps,
-                    guidance=guidance, seed=pick_seed(seed, randomize))
+                    guidance=guidance, seed=pick_seed(seed, randomize),
+                    loras=lora_values(loras_picked, loras_uploaded, lora_strength))
 
     def check(*args):
         ctx.runner.request("redux", **fields(*args[:-1]))
 
-    def run(image, prompt, count, steps, guidance, quant, match, width, height, seed, randomize, history,
+    def run(image, prompt, count, steps, guidance, quant, match, width, height, seed, randomize,
+            loras_picked=None, loras_uploaded=None, lora_strength=1.0, history=None,
             progress=gr.Progress()):
-        base = fields(image, prompt, count, steps, guidance, quant, match, width, height, seed, randomize)
+        base = fields(image, prompt, count, steps, guidance, quant, match, width, height, seed, randomize,
+                      loras_picked, loras_uploaded, lora_strength)
         outcomes = []
         for index in range(int(count)):
             seed_i = (base["seed"] + index) % (defaults.SEED_MAX + 1)

@@ -1,0 +1,283 @@
+"""LoRAs: checked files, applied to a loaded pipeline as runtime (peft) adapters over its layers.
+
+Files in the formats people have (diffusers/PEFT, kohya sd-scripts and ai-toolkit, XLabs, BFL) are read through
+diffusers' own converters (FluxLoraLoaderMixin.lora_state_dict) and loaded into the transformer and, where the file
+has them, the CLIP text encoder. The adapters sit over the layers as they are: a quantized layer stays quantized (peft
+wraps bitsandbytes, torchao and quanto layers), nothing is de-quantized, re-loaded or re-quantized, and removing the
+adapters gives back the very same modules.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import UserError
+
+STRENGTH_MIN, STRENGTH_MAX = -4.0, 4.0
+SUFFIX = ".safetensors"
+FORMATS_TEXT = "diffusers/PEFT, kohya, XLabs or BFL format"
+ADAPTED = ("transformer", "text_encoder")  # the pipeline components a FLUX.1 LoRA may adapt
+# <module>.<down|up>[.<adapter>].weight, as the converters leave the keys
+_LORA_KEY = re.compile(r"(.+?)\.(lora_A|lora_B|lora_down|lora_up|lora\.down|lora\.up)(?:\.[^.]+)?\.weight$")
+_DOWN = {"lora_A", "lora_down", "lora.down"}
+_CONTROL_NORMS = ("norm_q", "norm_k", "norm_added_q", "norm_added_k")  # what control LoRAs also replace
+_HASHES: dict[tuple, str] = {}
+
+
+@dataclass(frozen=True)
+class LoraFile:
+    """One LoRA of a request: its file, strength, and what identifies it (file name and sha256)."""
+
+    path: str
+    strength: float
+    name: str
+    sha256: str
+
+    @property
+    def adapter(self) -> str:
+        """The adapter name in the model: the content, so a renamed copy is the same adapter."""
+        return f"lora_{self.sha256[:16]}"
+
+    @property
+    def tag(self) -> str:
+        """A1111's prompt form, e.g. <lora:film-grain:0.8>."""
+        return f"<lora:{self.name}:{self.strength:g}>"
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "sha256": self.sha256, "strength": self.strength}
+
+
+def parse_lora_arg(text: str) -> tuple[str, float | str]:
+    """``FILE[:STRENGTH]`` (strength 1.0 when left out); a colon not followed by a number is part of the path."""
+    text = str(text).strip()
+    path, sep, tail = text.rpartition(":")
+    if sep and path and re.fullmatch(r"\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*|\s*[-+]?(nan|inf|infinity)\s*",
+                                     tail, re.IGNORECASE):
+        return path, tail.strip()
+    return text, 1.0
+
+
+def check_loras(value) -> list[LoraFile]:
+    """The request's ``loras``: a list of (path, strength) pairs (or "FILE[:STRENGTH]" texts, or LoraFiles),
+    each checked: an existing .safetensors file with a readable header, a finite strength in range, no repeats."""
+    if value is None or value == "":
+        return []
+    single_pair = isinstance(value, tuple) and len(value) == 2 and isinstance(value[0], (str, Path))
+    if isinstance(value, (str, Path, LoraFile, dict)) or single_pair:
+        value = [value]
+    if not isinstance(value, (list, tuple)):
+        raise UserError(f"loras={value!r} must be a list of (file, strength) pairs.")
+    checked = []
+    for item in value:
+        if isinstance(item, LoraFile):
+            item = (item.path, item.strength)
+        elif isinstance(item, dict):
+            item = (item.get("path"), item.get("strength", 1.0))
+        elif isinstance(item, (str, Path)):
+            item = parse_lora_arg(str(item))
+        if not isinstance(item, (list, tuple)) or len(item) != 2:
+            raise UserError(f"lora={item!r} must be a (file, strength) pair, e.g. ('style.safetensors', 0.8).")
+        lora = check_lora(*item)
+        twin = next((c for c in checked if c.sha256 == lora.sha256), None)
+        if twin is not None:
+            raise UserError(f"lora={lora.name!r} is listed twice (same file as {twin.name!r}); give it once, with "
+                            "the strength you want.")
+        checked.append(lora)
+    return checked
+
+
+def check_lora(path, strength=1.0) -> LoraFile:
+    if path is None or not str(path).strip():
+        raise UserError("lora: the file name is empty; give a .safetensors LoRA file.")
+    shown = str(path).strip()
+    file = Path(shown).expanduser()
+    if file.suffix.lower() != SUFFIX:
+        raise UserError(f"lora={shown!r} is not a .safetensors file; LoRAs load from .safetensors only "
+                        "(convert a .ckpt/.pt/.bin LoRA first).")
+    if not file.is_file():
+        raise UserError(f"lora={shown!r}: no such file.")
+    number = _strength(strength, file.stem)
+    _check_header(file, shown)
+    return LoraFile(str(file), number, file.stem, file_sha256(file))
+
+
+def _strength(value, name: str) -> float:
+    try:
+        number = float(value) if not isinstance(value, bool) else None
+    except (TypeError, ValueError):
+        number = None
+    if number is None or not math.isfinite(number) or not STRENGTH_MIN <= number <= STRENGTH_MAX:
+        raise UserError(f"lora strength={value!r} for {name!r} is not a number in {STRENGTH_MIN:g}..{STRENGTH_MAX:g}; "
+                        "use e.g. 1.0 (0 turns it off).")
+    return number
+
+
+def _check_header(file: Path, shown: str) -> None:
+    """A complete safetensors file: a JSON header whose tensors all lie within the file (no weights are read)."""
+    size = file.stat().st_size
+    try:
+        with file.open("rb") as handle:
+            (length,) = struct.unpack("<Q", handle.read(8))
+            if length > min(size - 8, 100 * 2**20):
+                raise ValueError("header length")
+            header = json.loads(handle.read(length))
+        end = max((entry["data_offsets"][1] for name, entry in header.items() if name != "__metadata__"), default=0)
+        complete = 8 + length + end <= size and end > 0
+    except (OSError, ValueError, KeyError, TypeError, IndexError, struct.error, UnicodeDecodeError):
+        raise UserError(f"lora={shown!r} is not a safetensors file (unreadable header); use a .safetensors LoRA, "
+                        "or download it again if it is damaged.") from None
+    if not complete:
+        raise UserError(f"lora={shown!r} is truncated or damaged ({size} bytes, shorter than its header says); "
+                        "download it again.")
+
+
+def file_sha256(file: Path) -> str:
+    stat = file.stat()
+    key = (str(file.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _HASHES:
+        digest = hashlib.sha256()
+        with file.open("rb") as handle:
+            for block in iter(lambda: handle.read(2**20), b""):
+                digest.update(block)
+        _HASHES[key] = digest.hexdigest()
+    return _HASHES[key]
+
+
+def available_loras(folder: Path | None = None) -> list[Path]:
+    """The .safetensors files under the LoRA folder (pipelines.paths.lora_dir), sorted by name."""
+    from .paths import lora_dir
+
+    folder = Path(folder) if folder else lora_dir()
+    if not folder.is_dir():
+        return []
+    return sorted((p for p in folder.rglob(f"*{SUFFIX}") if p.is_file() and not p.name.startswith(".")),
+                  key=lambda p: str(p.relative_to(folder)).lower())
+
+
+# ---- on a loaded pipeline ---------------------------------------------------------------------------------------
+
+def adapters_on(pipe) -> dict[str, tuple]:
+    """Adapters present in each adapted component of ``pipe`` (as the modules themselves record them)."""
+    found = {}
+    for name in ADAPTED:
+        config = getattr(getattr(pipe, name, None), "peft_config", None)
+        if config:
+            found[name] = tuple(sorted(config))
+    return found
+
+
+def apply_loras(loaded, loras: list[LoraFile]) -> None:
+    """Make ``loaded``'s pipeline run with exactly ``loras`` at their strengths.
+
+    The same set as last time only changes strengths. Another set is read and checked in full first (a bad file
+    leaves the model as it was), then the old adapters are removed and the new ones loaded; a failure while loading
+    removes them all, so the next run starts clean. Components shared with other pipelines (CLIP) are compared
+    with what this pipeline left on them, so a change made through another pipeline is seen.
+    """
+    pipe = loaded.pipe
+    if loras and not hasattr(pipe, "load_lora_into_transformer"):
+        raise UserError(f"loras: {type(pipe).__name__} does not take LoRAs; run this tool without them.")
+    wanted = tuple(lora.adapter for lora in loras)
+    present = adapters_on(pipe)
+    if not loras and not present:
+        loaded.lora_state = ((), {})
+        return
+    if loaded.lora_state != (tuple(sorted(wanted)), present):
+        read = [(lora, read_lora(lora, pipe)) for lora in loras]
+        remove_loras(pipe)
+        loaded.lora_state = None
+        for lora, state in read:
+            try:
+                _load(pipe, lora, *state)
+            except Exception as error:
+                remove_loras(pipe)
+                raise UserError(f"lora={lora.name!r} could not be applied to this model ({_short(error)}); it was "
+                                "trained for another FLUX.1 variant, or the file is damaged.") from None
+        loaded.lora_state = (tuple(sorted(wanted)), adapters_on(pipe))
+    if loras:
+        pipe.set_adapters(list(wanted), adapter_weights=[lora.strength for lora in loras])
+
+
+def remove_loras(pipe) -> None:
+    """Remove every adapter: the layers are the original modules again (quantized ones included)."""
+    if adapters_on(pipe):
+        pipe.unload_lora_weights()
+
+
+def text_encoder_adapters(pipe, loras: list[LoraFile]) -> tuple:
+    """(adapter, strength) of the LoRAs that adapt a text encoder: part of the prompt-embedding cache key."""
+    present = set(adapters_on(pipe).get("text_encoder", ()))
+    return tuple((lora.adapter, lora.strength) for lora in loras if lora.adapter in present)
+
+
+def read_lora(lora: LoraFile, pipe) -> tuple:
+    """(state dict, alphas, metadata) in diffusers' naming, checked against ``pipe``'s modules."""
+    try:
+        state, alphas, metadata = pipe.lora_state_dict(lora.path, return_alphas=True, return_lora_metadata=True)
+    except Exception as error:
+        raise UserError(f"lora={lora.name!r} is not a LoRA for FLUX.1 ({_short(error)}); use a FLUX.1 LoRA in "
+                        f"{FORMATS_TEXT}.") from None
+    check_fits(lora, state, pipe)
+    return state, alphas, metadata
+
+
+def check_fits(lora: LoraFile, state: dict, pipe) -> None:
+    """Every key is for a FLUX.1 component, names a layer the transformer has, with the layer's shapes."""
+    foreign = [key for key in state if key.split(".", 1)[0] not in ADAPTED]
+    if foreign or not state:
+        example = f" (keys like {foreign[0]!r})" if foreign else " (no weights)"
+        raise UserError(f"lora={lora.name!r} is not a LoRA for FLUX.1{example}: it is for another model family "
+                        f"(SD 1.5, SDXL, ...); use a FLUX.1 LoRA in {FORMATS_TEXT}.")
+    modules = dict(pipe.transformer.named_modules())
+    embedder = getattr(modules.get("x_embedder"), "in_features", None)
+    for key, tensor in state.items():
+        parts = key.split(".")
+        widens = (len(parts) > 2 and parts[1] == "x_embedder" and parts[2] in _DOWN and embedder is not None
+                  and tensor.shape[-1] != embedder)
+        if (len(parts) > 2 and parts[0] == "transformer" and parts[-2] in _CONTROL_NORMS) or widens:
+            raise UserError(f"lora={lora.name!r} is a control LoRA (it widens the transformer's input for a depth or "
+                            "edge map and replaces its norms); control LoRAs are not supported yet: use the Depth or "
+                            "Canny tool with its own model.")
+    for key, tensor in state.items():
+        if not key.startswith("transformer."):
+            continue  # text encoder keys are in older naming here; peft checks them as it loads
+        match = _LORA_KEY.match(key[len("transformer."):])
+        if not match:
+            continue
+        name, kind = match.groups()
+        module = modules.get(name)
+        if module is None:
+            raise UserError(f"lora={lora.name!r} adapts {name!r}, which this FLUX.1 transformer does not have; "
+                            "it was made for another model.")
+        in_features, out_features = getattr(module, "in_features", None), getattr(module, "out_features", None)
+        expected = in_features if kind in _DOWN else out_features
+        got = tensor.shape[-1] if kind in _DOWN else tensor.shape[0]
+        if expected is not None and got != expected:
+            raise UserError(f"lora={lora.name!r} does not fit this model: {name} takes {in_features} -> "
+                            f"{out_features} features but the LoRA has {tuple(tensor.shape)} for it; it was made for "
+                            "another FLUX.1 variant or size.")
+
+
+def _load(pipe, lora: LoraFile, state: dict, alphas, metadata) -> None:
+    if any(key.startswith("transformer.") for key in state):
+        # The transformer part without load_lora_weights' shape expansion (control LoRAs widen the input layer,
+        # which would change the base model; check_fits refuses those) and its reading of the base state dict.
+        pipe.load_lora_into_transformer(state, network_alphas=alphas, transformer=pipe.transformer,
+                                        adapter_name=lora.adapter, metadata=metadata, _pipeline=pipe)
+    if any(key.startswith("text_encoder.") for key in state):
+        pipe.load_lora_into_text_encoder(state, network_alphas=alphas, text_encoder=pipe.text_encoder,
+                                         prefix="text_encoder", lora_scale=pipe.lora_scale,
+                                         adapter_name=lora.adapter, metadata=metadata, _pipeline=pipe)
+    if lora.adapter not in {a for names in adapters_on(pipe).values() for a in names}:
+        raise ValueError("none of its layers matched")
+
+
+def _short(error: Exception) -> str:
+    text = " ".join(str(error).split())
+    return f"{type(error).__name__}: {text[:160]}" + ("..." if len(text) > 160 else "")

@@ -1,0 +1,146 @@
+"""Small LoRAs for the offline `tiny` family, one per supported file format, built locally on demand.
+
+The diffusers/PEFT file comes from a peft LoRA injected into the tiny dev transformer; the kohya (sd-scripts), BFL
+(the reference code's module names under `diffusion_model.`, as BFL's and ComfyUI's tools save them) and XLabs files
+carry random low-rank weights under those formats' own key names (fused qkv projections included), so loading them
+goes through diffusers' converters as real files do. The kohya file also adapts the CLIP text encoder.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from .tiny import HIDDEN, TINY_VERSION
+from .paths import cache_root
+
+RANK = 4
+FORMATS = ("diffusers", "diffusers-te", "kohya", "bfl", "xlabs")
+MLP = HIDDEN * 4
+
+
+def tiny_lora_root() -> Path:
+    return cache_root() / "tiny" / TINY_VERSION / "loras"
+
+
+def tiny_lora(fmt: str, seed: int = 0, root: Path | None = None) -> Path:
+    """The tiny LoRA file of format ``fmt`` (see FORMATS), built if missing; ``seed`` gives other weights."""
+    if fmt not in FORMATS:
+        raise ValueError(f"tiny_lora: fmt={fmt!r} is unknown; use one of {', '.join(FORMATS)}.")
+    root = Path(root) if root else tiny_lora_root()
+    path = root / f"tiny-{fmt}-{seed}.safetensors"
+    if path.exists():
+        return path
+    root.mkdir(parents=True, exist_ok=True)
+    state = BUILDERS[fmt](seed)
+    from safetensors.torch import save_file
+
+    handle, tmp = tempfile.mkstemp(prefix=".lora-", suffix=".safetensors", dir=root)
+    os.close(handle)
+    try:
+        save_file({k: v.contiguous() for k, v in state.items()}, tmp, metadata={"format": "pt"})
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def _generator(seed: int):
+    import torch
+
+    return torch.Generator().manual_seed(1000 + seed)
+
+
+def _pair(gen, out_features: int, in_features: int, scale: float = 0.2):
+    """(down [rank, in], up [out, rank]) with visible effect on the tiny models."""
+    import torch
+
+    down = torch.randn(RANK, in_features, generator=gen) * scale
+    up = torch.randn(out_features, RANK, generator=gen) * scale
+    return down, up
+
+
+def _diffusers(seed: int, text_encoder: bool = False) -> dict:
+    """A peft LoRA on the tiny dev transformer (and CLIP), saved in diffusers' key naming."""
+    import torch
+    from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model
+
+    from .tiny import shared_components, tiny_transformer
+
+    gen = _generator(seed)
+    transformer = tiny_transformer(0)
+    config = LoraConfig(r=RANK, lora_alpha=RANK, target_modules=["to_q", "to_k", "to_v", "to_out.0", "proj_out",
+                                                                 "add_q_proj", "proj_mlp"])
+    transformer = inject_adapter_in_model(config, transformer)
+    _randomize(transformer, gen)
+    state = {f"transformer.{k}": v for k, v in get_peft_model_state_dict(transformer).items()}
+    if text_encoder:
+        clip = shared_components()["text_encoder"]
+        clip = inject_adapter_in_model(LoraConfig(r=RANK, lora_alpha=RANK,
+                                                  target_modules=["q_proj", "k_proj", "v_proj", "out_proj"]), clip)
+        _randomize(clip, gen, scale=0.5)
+        state.update({f"text_encoder.{k}": v for k, v in get_peft_model_state_dict(clip).items()})
+    return {k: v.detach().to(torch.float32) for k, v in state.items()}
+
+
+def _randomize(module, gen, scale: float = 0.2) -> None:
+    import torch
+
+    with torch.no_grad():
+        for name, param in module.named_parameters():
+            if "lora_" in name:
+                param.copy_(torch.randn(param.shape, generator=gen) * scale)
+
+
+def _kohya(seed: int, bfl: bool = False) -> dict:
+    """sd-scripts naming (BFL module names joined by '_', fused qkv, alpha) for the tiny transformer and CLIP;
+    ``bfl``: the same layers under BFL's dotted names with the `diffusion_model.` prefix."""
+    import torch
+
+    gen, state = _generator(seed), {}
+
+    def add(module: str, out_features: int, in_features: int, alpha: float = RANK / 2):
+        name = f"diffusion_model.{module}" if bfl else "lora_unet_" + module.replace(".", "_")
+        down, up = _pair(gen, out_features, in_features)
+        state[f"{name}.lora_down.weight"], state[f"{name}.lora_up.weight"] = down, up
+        state[f"{name}.alpha"] = torch.tensor(alpha)
+
+    for stream in ("img", "txt"):
+        add(f"double_blocks.0.{stream}_attn.qkv", 3 * HIDDEN, HIDDEN)
+        add(f"double_blocks.0.{stream}_attn.proj", HIDDEN, HIDDEN)
+        add(f"double_blocks.0.{stream}_mlp.0", MLP, HIDDEN)
+        add(f"double_blocks.0.{stream}_mlp.2", HIDDEN, MLP)
+    for block in range(2):  # linear1 (fused qkv + mlp) is split at FLUX.1's full widths by the converter
+        add(f"single_blocks.{block}.linear2", HIDDEN, HIDDEN + MLP)
+    if not bfl:
+        for layer in range(2):
+            for proj in ("q_proj", "k_proj", "v_proj", "out_proj"):
+                name = f"lora_te1_text_model_encoder_layers_{layer}_self_attn_{proj}"
+                down, up = _pair(gen, HIDDEN, HIDDEN)
+                state[f"{name}.lora_down.weight"], state[f"{name}.lora_up.weight"] = down, up
+                state[f"{name}.alpha"] = torch.tensor(RANK / 2)
+    return state
+
+
+def _xlabs(seed: int) -> dict:
+    """XLabs naming: processor.{qkv,proj}_lora{1,2}.{down,up}.weight, fused qkv."""
+    gen, state = _generator(seed), {}
+
+    def add(name: str, out_features: int, in_features: int):
+        state[f"{name}.down.weight"], state[f"{name}.up.weight"] = _pair(gen, out_features, in_features)
+
+    for stream in ("1", "2"):
+        add(f"double_blocks.0.processor.qkv_lora{stream}", 3 * HIDDEN, HIDDEN)
+        add(f"double_blocks.0.processor.proj_lora{stream}", HIDDEN, HIDDEN)
+    return state
+
+
+BUILDERS = {
+    "diffusers": _diffusers,
+    "diffusers-te": lambda seed: _diffusers(seed, text_encoder=True),
+    "kohya": _kohya,
+    "bfl": lambda seed: _kohya(seed, bfl=True),
+    "xlabs": _xlabs,
+}

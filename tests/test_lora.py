@@ -1,0 +1,361 @@
+"""LoRAs: every file format, several at once with strengths, on full precision and every quantized form, without
+reloading or de-quantizing the base model; bad files are one-line errors that leave the model as it was."""
+
+import json
+import struct
+
+import numpy as np
+import pytest
+import torch
+
+import cli
+from pipelines.engine import Engine
+from pipelines.errors import UserError
+from pipelines.images import read_metadata
+from pipelines.loras import check_loras, parse_lora_arg
+from pipelines.manager import ModelManager
+from pipelines.request import GenerationRequest
+from pipelines.tiny_loras import FORMATS, tiny_lora
+from quantization.config import FULL_PRECISION, BitsAndBytesConfig, QuantoConfig, TorchAoConfig
+from quantization.registry import backend_for
+from quantization.sizes import module_bytes
+
+
+@pytest.fixture(scope="module")
+def lora_files(tiny_root, tmp_path_factory):
+    return {fmt: tiny_lora(fmt) for fmt in FORMATS} | {"second": tiny_lora("diffusers", seed=1)}
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_root):
+    return Engine(ModelManager(device="cpu"))
+
+
+def generate(engine, loras=(), quant="none", tool="dev", prompt="a red cube", **fields):
+    request = GenerationRequest(tool=tool, prompt=prompt, model="tiny", quant=quant, seed=3, steps=2,
+                                loras=[(str(path), strength) for path, strength in loras], **fields)
+    return engine.generate(request)
+
+
+def pixels(result) -> np.ndarray:
+    return np.asarray(result.image).astype(np.int16)
+
+
+# ---- what a LoRA does ------------------------------------------------------------------------------------------
+def test_lora_changes_the_output_strength_zero_and_removal_give_the_base_bit_for_bit(engine, lora_files):
+    base = generate(engine)
+    loaded = engine.manager._pipelines[next(iter(engine.manager._pipelines))]
+    transformer = loaded.pipe.transformer
+    with_lora = generate(engine, [(lora_files["diffusers"], 1.0)])
+    assert np.abs(pixels(with_lora) - pixels(base)).max() > 0
+    assert np.array_equal(pixels(generate(engine, [(lora_files["diffusers"], 0.0)])), pixels(base))
+    assert np.array_equal(pixels(generate(engine)), pixels(base))
+    assert loaded.pipe.transformer is transformer  # never reloaded
+    assert not any("lora" in name for name, _ in transformer.named_modules())
+    assert with_lora.report["timings"]["load_s"] == 0.0
+
+
+def test_two_loras_combine_each_with_its_strength(engine, lora_files):
+    one = pixels(generate(engine, [(lora_files["diffusers"], 1.0)]))
+    two = pixels(generate(engine, [(lora_files["second"], 0.7)]))
+    both = generate(engine, [(lora_files["diffusers"], 1.0), (lora_files["second"], 0.7)])
+    assert not np.array_equal(pixels(both), one) and not np.array_equal(pixels(both), two)
+    assert [l["strength"] for l in both.report["parameters"]["loras"]] == [1.0, 0.7]
+    weaker = generate(engine, [(lora_files["diffusers"], 1.0), (lora_files["second"], 0.2)])
+    assert not np.array_equal(pixels(weaker), pixels(both))  # a strength change alone takes effect
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_each_file_format_loads(engine, lora_files, fmt):
+    base = pixels(generate(engine))
+    result = generate(engine, [(lora_files[fmt], 1.0)])
+    assert np.abs(pixels(result) - base).max() > 0
+    (entry,) = result.report["parameters"]["loras"]
+    assert entry["name"] == lora_files[fmt].stem and len(entry["sha256"]) == 64
+
+
+def test_text_encoder_lora_has_its_own_prompt_embeddings(engine, lora_files):
+    base = generate(engine, prompt="a text encoder test")
+    assert generate(engine, prompt="a text encoder test").report["placement"]["prompt_from_cache"]
+    with_te = generate(engine, [(lora_files["diffusers-te"], 1.0)], prompt="a text encoder test")
+    assert not with_te.report["placement"]["prompt_from_cache"]  # not the embeddings made without it
+    assert "text_encoder" in engine.manager._pipelines[next(iter(engine.manager._pipelines))].lora_state[1]
+    again = generate(engine, prompt="a text encoder test")
+    assert again.report["placement"]["prompt_from_cache"] and np.array_equal(pixels(again), pixels(base))
+
+
+def test_a_text_encoder_shared_with_another_pipeline_follows_each_run(engine, lora_files):
+    """CLIP is one module for dev and schnell: each run sees it with exactly its own LoRAs."""
+    dev_base = pixels(generate(engine, prompt="shared clip"))
+    schnell_base = pixels(generate(engine, tool="schnell", prompt="shared clip"))
+    dev_lora = pixels(generate(engine, [(lora_files["diffusers-te"], 1.0)], prompt="shared clip"))
+    assert np.array_equal(pixels(generate(engine, tool="schnell", prompt="shared clip")), schnell_base)
+    assert np.array_equal(pixels(generate(engine, [(lora_files["diffusers-te"], 1.0)], prompt="shared clip")),
+                          dev_lora)
+    assert np.array_equal(pixels(generate(engine, prompt="shared clip")), dev_base)
+
+
+def test_a_lora_runs_on_other_tools_too(engine, lora_files, photo):
+    base = pixels(generate(engine, tool="kontext", image=photo))
+    assert not np.array_equal(pixels(generate(engine, [(lora_files["kohya"], 1.0)], tool="kontext", image=photo)),
+                              base)
+
+
+# ---- quantized models -------------------------------------------------------------------------------------------
+CONFIGS = [("8bit", QuantoConfig("int8")), ("4bit", QuantoConfig("int4")), ("4bit", BitsAndBytesConfig("nf4")),
+           ("8bit", BitsAndBytesConfig("int8")), ("8bit", TorchAoConfig("int8_weight_only")),
+           ("8bit", TorchAoConfig("int8_dynamic"))]
+
+
+@pytest.mark.parametrize("quant,config", CONFIGS, ids=lambda v: getattr(v, "format", v))
+def test_each_quantization_backend_takes_a_lora_and_stays_quantized(tiny_root, lora_files, monkeypatch, tmp_path,
+                                                                    quant, config):
+    monkeypatch.setenv("FLUXFORGE_QUANT_CACHE_DIR", str(tmp_path / "quantized"))
+    monkeypatch.setenv("FLUXFORGE_PROBE", "0")
+    monkeypatch.setattr("pipelines.manager.candidates",
+                        lambda q, device: (config, FULL_PRECISION) if q != "none" else (FULL_PRECISION,))
+    engine = Engine(ModelManager(device="cpu"))
+    base = generate(engine, quant=quant)
+    assert base.report["quantization"]["components"]["transformer"]["format"] == config.format
+    (loaded,) = engine.manager._pipelines.values()
+    transformer, backend = loaded.pipe.transformer, backend_for(config)
+    layers = {name: m for name, m in transformer.named_modules() if backend.is_quantized_layer(m)}
+    assert layers
+    weights = module_bytes(transformer)
+    entries = sorted(p.name for p in (tmp_path / "quantized").rglob("*"))
+    result = generate(engine, [(lora_files["diffusers"], 1.0), (lora_files["xlabs"], 0.5)], quant=quant)
+    assert np.abs(pixels(result) - pixels(base)).max() > 0 and np.isfinite(pixels(result)).all()
+    modules = dict(transformer.named_modules())
+    wrapped = [name for name in layers if f"{name}.base_layer" in modules]
+    assert wrapped  # the adapters sit over the quantized layers, which are the very same modules
+    assert all(modules[f"{name}.base_layer"] is layers[name] for name in wrapped)
+    assert all(modules.get(name, modules.get(f"{name}.base_layer")) is layer or modules[f"{name}.base_layer"] is layer
+               for name, layer in layers.items())
+    restored = generate(engine, quant=quant)
+    assert np.array_equal(pixels(restored), pixels(base))
+    assert {name: m for name, m in transformer.named_modules() if backend.is_quantized_layer(m)} == layers
+    assert module_bytes(transformer) == weights and loaded.pipe.transformer is transformer
+    assert sorted(p.name for p in (tmp_path / "quantized").rglob("*")) == entries  # the cache is not touched
+
+
+# ---- bad input: one line, nothing loaded, the next run works ----------------------------------------------------
+def write_lora(path, tensors: dict):
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def bad_files(tmp_path_factory, lora_files):
+    folder = tmp_path_factory.mktemp("bad-loras")
+    down, up = torch.randn(4, 320), torch.randn(320, 4)
+    good = lora_files["diffusers"].read_bytes()
+    (folder / "model.ckpt").write_bytes(good)
+    (folder / "notes.safetensors").write_text("not a safetensors file at all")
+    (folder / "truncated.safetensors").write_bytes(good[:-200])
+    return {
+        "not_safetensors": (folder / "model.ckpt", "not a .safetensors file"),
+        "garbage": (folder / "notes.safetensors", "not a safetensors file"),
+        "truncated": (folder / "truncated.safetensors", "truncated or damaged"),
+        "sdxl_kohya": (write_lora(folder / "sdxl.safetensors", {
+            "lora_unet_down_blocks_1_attentions_0_proj_in.lora_down.weight": down,
+            "lora_unet_down_blocks_1_attentions_0_proj_in.lora_up.weight": up,
+            "lora_unet_down_blocks_1_attentions_0_proj_in.alpha": torch.tensor(4.0)}), "not a LoRA for FLUX.1"),
+        "sd15_diffusers": (write_lora(folder / "sd15.safetensors", {
+            "unet.down_blocks.0.attentions.0.proj_in.lora_A.weight": down,
+            "unet.down_blocks.0.attentions.0.proj_in.lora_B.weight": up}), "not a LoRA for FLUX.1"),
+        "shapes": (write_lora(folder / "wide.safetensors", {
+            "transformer.transformer_blocks.0.attn.to_q.lora_A.weight": torch.randn(4, 3072),
+            "transformer.transformer_blocks.0.attn.to_q.lora_B.weight": torch.randn(3072, 4)}), "does not fit"),
+        "text_encoder_shapes": (write_lora(folder / "clip-wide.safetensors", {
+            "transformer.transformer_blocks.0.attn.to_q.lora_A.weight": torch.randn(4, 64),
+            "transformer.transformer_blocks.0.attn.to_q.lora_B.weight": torch.randn(64, 4),
+            "text_encoder.encoder.layers.0.self_attn.q_proj.lora_A.weight": torch.randn(4, 768),
+            "text_encoder.encoder.layers.0.self_attn.q_proj.lora_B.weight": torch.randn(768, 4)}),
+            "could not be applied"),
+        "control": (write_lora(folder / "depth-control.safetensors", {
+            "transformer.x_embedder.lora_A.weight": torch.randn(4, 128),
+            "transformer.x_embedder.lora_B.weight": torch.randn(64, 4),
+            "transformer.transformer_blocks.0.attn.norm_q.weight": torch.ones(32)}), "control LoRA"),
+    }
+
+
+def one_line(error) -> str:
+    text = str(error.value)
+    assert "\n" not in text and "Traceback" not in text
+    return text
+
+
+BAD = ["not_safetensors", "garbage", "truncated", "sdxl_kohya", "sd15_diffusers", "shapes", "text_encoder_shapes",
+       "control"]
+
+
+@pytest.mark.parametrize("kind", BAD)
+def test_a_bad_lora_file_is_one_line_and_the_next_run_keeps_its_loras(engine, lora_files, bad_files, kind):
+    path, words = bad_files[kind]
+    kept = [(lora_files["diffusers"], 0.8)]
+    before = pixels(generate(engine, kept))
+    with pytest.raises(UserError) as error:
+        generate(engine, [*kept, (path, 1.0)])
+    text = one_line(error)
+    assert text.startswith("lora=") and path.stem in text and words in text
+    assert np.array_equal(pixels(generate(engine, kept)), before)  # the LoRAs it had, as they were
+    assert np.array_equal(pixels(generate(engine)), pixels(generate(engine)))
+
+
+@pytest.mark.parametrize("strength", [float("nan"), float("inf"), "strong", 5, -4.5, True])
+def test_a_bad_strength_is_one_line(lora_files, strength):
+    with pytest.raises(UserError) as error:
+        check_loras([(lora_files["diffusers"], strength)])
+    text = one_line(error)
+    assert text.startswith("lora strength=") and "-4..4" in text
+
+
+def test_missing_and_repeated_files_are_refused(lora_files, tmp_path):
+    with pytest.raises(UserError, match="no such file"):
+        check_loras([(tmp_path / "gone.safetensors", 1.0)])
+    copy = tmp_path / "copy.safetensors"
+    copy.write_bytes(lora_files["diffusers"].read_bytes())
+    with pytest.raises(UserError, match="listed twice"):
+        check_loras([(lora_files["diffusers"], 1.0), (copy, 0.5)])
+
+
+def test_file_and_strength_from_text():
+    assert parse_lora_arg("style.safetensors") == ("style.safetensors", 1.0)
+    assert parse_lora_arg("style.safetensors:0.6") == ("style.safetensors", "0.6")
+    assert parse_lora_arg("C:/loras/a.safetensors:-1.5") == ("C:/loras/a.safetensors", "-1.5")
+    assert parse_lora_arg("C:/loras/a.safetensors") == ("C:/loras/a.safetensors", 1.0)
+
+
+# ---- the command line and the PNG metadata -----------------------------------------------------------------------
+def test_cli_lora_writes_the_metadata(tiny_root, lora_files, tmp_path, capsys):
+    out, report = tmp_path / "lora.png", tmp_path / "lora.json"
+    code = cli.main(["generate", "--tool", "dev", "--prompt", "a cube", "--model", "tiny", "--quant", "none",
+                     "--seed", "2", "--lora", f"{lora_files['kohya']}:0.75", "--lora", str(lora_files["xlabs"]),
+                     "--out", str(out), "--report", str(report)])
+    assert code == 0, capsys.readouterr().err
+    sha = __import__("hashlib").sha256(lora_files["kohya"].read_bytes()).hexdigest()
+    expected = [{"name": lora_files["kohya"].stem, "sha256": sha, "strength": 0.75},
+                {"name": lora_files["xlabs"].stem, "sha256": __import__("hashlib").sha256(
+                    lora_files["xlabs"].read_bytes()).hexdigest(), "strength": 1.0}]
+    assert read_metadata(out)["loras"] == expected
+    assert json.loads(report.read_text())["parameters"]["loras"] == expected
+    from PIL import Image
+
+    with Image.open(out) as image:
+        text = image.text["parameters"]
+    assert text.startswith(f"a cube <lora:{lora_files['kohya'].stem}:0.75> <lora:{lora_files['xlabs'].stem}:1>")
+    assert f'Lora hashes: "{lora_files["kohya"].stem}: {sha[:12]}' in text
+
+
+def test_cli_bad_lora_is_one_line_exit_2(tiny_root, tmp_path, capsys):
+    out = tmp_path / "x.png"
+    code = cli.main(["generate", "--tool", "dev", "--prompt", "x", "--model", "tiny", "--lora",
+                     str(tmp_path / "missing.safetensors:0.5"), "--out", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and not out.exists()
+    assert len(err.splitlines()) == 1 and "missing.safetensors" in err and "no such file" in err
+
+
+# ---- the studio ----------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def lora_studio(tiny_root, lora_files, tmp_path_factory):
+    import os
+    import shutil
+
+    from tests.ui_fixtures import start_studio
+
+    folder = tmp_path_factory.mktemp("lora-dir")
+    shutil.copy(lora_files["diffusers"], folder / "film-look.safetensors")
+    previous = os.environ.get("FLUXFORGE_LORA_DIR")
+    os.environ["FLUXFORGE_LORA_DIR"] = str(folder)
+    try:
+        studio = start_studio(tmp_path_factory.mktemp("lora-outputs"), api=True)
+    finally:
+        if previous is None:
+            os.environ.pop("FLUXFORGE_LORA_DIR")
+        else:
+            os.environ["FLUXFORGE_LORA_DIR"] = previous
+    yield studio, folder
+    studio.close()
+
+
+def test_studio_tabs_take_loras_from_the_folder_and_uploads(lora_studio, lora_files):
+    from gradio_client import Client, handle_file
+
+    studio, folder = lora_studio
+    client = Client(studio.url, verbose=False, download_files=True)
+    settings = dict(steps=2, guidance=3.5, quant="none", width=128, height=128, seed=11, randomize=False)
+    picked = str(folder / "film-look.safetensors")
+    result = client.predict(tool="dev", prompt="a cube", loras_picked=[picked],
+                            loras_uploaded=[handle_file(str(lora_files["xlabs"]))], lora_strength=0.5,
+                            **settings, api_name="/generate")
+    meta = read_metadata(result[0])
+    assert [(l["name"], l["strength"]) for l in meta["loras"]] == [("film-look", 0.5), (lora_files["xlabs"].stem, 0.5)]
+    assert "LoRAs film-look 0.5" in result[2]  # the status line names them
+    plain = client.predict(tool="dev", prompt="a cube", **settings, api_name="/generate")  # LoRA inputs left out
+    assert read_metadata(plain[0])["loras"] == []
+    with pytest.raises(Exception):  # out of the slider's range: refused before it is queued
+        client.predict(tool="dev", prompt="a cube", loras_picked=[picked], lora_strength=9, **settings,
+                       api_name="/generate")
+
+
+def test_studio_bad_lora_upload_is_a_message(lora_studio, bad_files):
+    from gradio_client import Client, handle_file
+
+    studio, _folder = lora_studio
+    client = Client(studio.url, verbose=False)
+    settings = dict(steps=2, guidance=3.5, quant="none", width=128, height=128, seed=11, randomize=False)
+    with pytest.raises(Exception, match="truncated or damaged"):
+        client.predict(tool="dev", prompt="a cube", loras_uploaded=[handle_file(str(bad_files["truncated"][0]))],
+                       **settings, api_name="/generate")
+
+
+def test_a_gguf_transformer_takes_a_lora_and_stays_gguf(tiny_root, lora_files, tmp_path):
+    from diffusers import FluxTransformer2DModel
+
+    from tests.test_cache import write_gguf
+
+    module = FluxTransformer2DModel.from_pretrained(tiny_root / "dev", subfolder="transformer", dtype=torch.bfloat16)
+    gguf = write_gguf(module, tmp_path / "flux1-tiny-Q8_0.gguf")
+    engine = Engine(ModelManager(device="cpu"))
+    base = generate(engine, transformer=str(gguf))
+    (loaded,) = engine.manager._pipelines.values()
+    transformer = loaded.pipe.transformer
+    weights = module_bytes(transformer)
+    with_lora = generate(engine, [(lora_files["diffusers"], 1.0)], transformer=str(gguf))
+    assert np.abs(pixels(with_lora) - pixels(base)).max() > 0
+    assert with_lora.report["quantization"]["components"]["transformer"]["backend"] == "gguf"
+    assert np.array_equal(pixels(generate(engine, transformer=str(gguf))), pixels(base))
+    assert module_bytes(transformer) == weights and loaded.pipe.transformer is transformer
+
+
+def test_loras_follow_a_runtime_fallback_to_the_next_backend(tiny_root, lora_files, monkeypatch, tmp_path):
+    from quantization.policy import candidates
+
+    monkeypatch.setenv("FLUXFORGE_QUANT_CACHE_DIR", str(tmp_path / "quantized"))
+    monkeypatch.setenv("FLUXFORGE_PROBE", "0")
+    first, second = candidates("4bit", "cpu")[:2]
+    backend_type = type(backend_for(first))
+    original = backend_type.quantize
+
+    def explode(*args):
+        raise RuntimeError("kernel not implemented for this shape")
+
+    def poisoned(self, module, config, device, dtype):
+        module = original(self, module, config, device, dtype)
+        if type(module).__name__ == "FluxTransformer2DModel" and config == first:
+            module.proj_out.register_forward_pre_hook(explode)
+        return module
+
+    monkeypatch.setattr(backend_type, "quantize", poisoned)
+    engine = Engine(ModelManager(device="cpu"))
+    with_lora = generate(engine, [(lora_files["diffusers"], 1.0)], quant="4bit")
+    transformer = with_lora.report["quantization"]["components"]["transformer"]
+    assert (transformer["backend"], transformer["format"]) == (second.backend, second.format)
+    (loaded,) = engine.manager._pipelines.values()
+    assert loaded.lora_state[1]["transformer"] == (check_loras([(lora_files["diffusers"], 1.0)])[0].adapter,)
+    base = generate(engine, quant="4bit")
+    assert not np.array_equal(pixels(with_lora), pixels(base))
+    assert np.array_equal(pixels(generate(engine, [(lora_files["diffusers"], 1.0)], quant="4bit")), pixels(with_lora))
