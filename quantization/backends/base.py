@@ -35,6 +35,10 @@ class Backend:
         """Write the quantized ``module`` into the existing folder ``path``; returns the file names written."""
         raise NotImplementedError(f"{self.name} cannot save quantized weights")
 
+    def state_keys(self, module: torch.nn.Module) -> list[str]:
+        """The sorted names of the tensors ``save`` writes for ``module`` (a rebuilt module must have the same)."""
+        return sorted(module.state_dict())
+
     def load(self, skeleton: torch.nn.Module, path: Path, config: QuantConfig, device: torch.device,
              dtype: torch.dtype) -> torch.nn.Module:
         """Rebuild what ``save`` wrote, into ``skeleton`` (the full-precision layout on the meta device)."""
