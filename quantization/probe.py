@@ -192,7 +192,10 @@ def _try(job: dict) -> str:
     device, dtype = torch.device(job["device"]), getattr(torch, job["dtype"])
     torch.manual_seed(0)
     for in_features, out_features in job["shapes"]:
-        layer = torch.nn.Sequential(torch.nn.Linear(in_features, out_features)).to(dtype)
+        layer = torch.nn.Sequential(torch.nn.Linear(in_features, out_features, device="meta", dtype=dtype))
+        layer = layer.to_empty(device="cpu")  # filled directly in ``dtype``: no float32 init and copy
+        torch.nn.init.normal_(layer[0].weight, std=in_features ** -0.5)
+        torch.nn.init.normal_(layer[0].bias, std=0.02)
         layer = backend.quantize(layer, config, device, dtype)
         with torch.no_grad():  # as diffusers runs its models (quanto int4 refuses inference tensors)
             output = layer(torch.randn(2, in_features, dtype=dtype, device=device))
