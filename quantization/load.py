@@ -76,7 +76,8 @@ def load_component(component: str, load: Callable[[], torch.nn.Module], chain: S
             if entry is None:
                 module = module if module is not None else load()
             shapes = entry.shapes if entry is not None else probe.linear_shapes(module)
-            result = probe.probe(config, device, dtype, shapes, caches.probes)
+            result = probe.probe(config, device, dtype, shapes, caches.probes,
+                                 while_running=backend_for(config).prepare)
             reason = None if result.ok else result.reason
         if reason is None and entry is not None:
             restored = _restore(component, entry, source, config, device, dtype)
@@ -109,7 +110,8 @@ def probe_ahead(components: Sequence[tuple[type, Path]], chain: Sequence[QuantCo
     the first option of ``chain`` their loads will try, before any of them is loaded.
 
     Each child costs a fresh interpreter and the backend's import (~5 s on a 2-core CPU); probing the model's
-    components together spares the later ones their own. Shapes come from each component's layout on the meta
+    components together spares the later ones their own, and this process imports the backend's library while the
+    child runs. Shapes come from each component's layout on the meta
     device (no weights read). Shapes already known are not run again; a failure here changes nothing, as each
     load still probes its own shapes (and a failing option then falls back as usual)."""
     if caches.probes is None:
@@ -121,7 +123,7 @@ def probe_ahead(components: Sequence[tuple[type, Path]], chain: Sequence[QuantCo
         shapes = sorted({shape for cls, folder in components if checkpoint_quantization(Path(folder)) is None
                          for shape in probe.linear_shapes(store.skeleton(cls, Path(folder), dtype))})
         if shapes:
-            probe.probe(config, device, dtype, shapes, caches.probes)
+            probe.probe(config, device, dtype, shapes, caches.probes, while_running=backend_for(config).prepare)
     except Exception as error:  # a layout that does not build on the meta device: each load probes on its own
         log.info("probing ahead skipped (%s: %s)", type(error).__name__, error)
 

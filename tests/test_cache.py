@@ -140,7 +140,7 @@ def test_cache_hit_still_runs_the_probe_with_the_recorded_shapes(quant_cache, ti
     load_stored(load, chain, source, quant_cache)
     calls = []
 
-    def fake_probe(config, device, dtype, shapes, folder, timeout_s=None):
+    def fake_probe(config, device, dtype, shapes, folder, timeout_s=None, while_running=None):
         calls.append((config, shapes, folder))
         return ProbeResult(config.backend != "bitsandbytes", "probe crashed (SIGSEGV)")
 

@@ -136,9 +136,9 @@ def test_a_models_quantized_components_are_probed_in_one_child(tmp_path, monkeyp
     children = []
     real = probe._run_child
 
-    def counted(config, device, dtype, shapes, timeout_s):
+    def counted(config, device, dtype, shapes, timeout_s, while_running=None):
         children.append(shapes)
-        return real(config, device, dtype, shapes, timeout_s)
+        return real(config, device, dtype, shapes, timeout_s, while_running)
 
     monkeypatch.setattr(probe, "_run_child", counted)
     request = GenerationRequest(tool="dev", prompt="x", model="tiny", quant="4bit", seed=1, steps=1)

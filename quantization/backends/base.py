@@ -23,6 +23,15 @@ class Backend:
         """Quantize ``module`` (on the CPU, in ``dtype``) and return it on ``device``."""
         return module.to(device)
 
+    import_name = ""  # the Python package the backend quantizes with (imported ahead by ``prepare``)
+
+    def prepare(self) -> None:
+        """Import the backend's library now (e.g. while a probe child runs), so quantizing later does not wait on it."""
+        if self.import_name:
+            import importlib
+
+            importlib.import_module(self.import_name)
+
     def is_quantized_layer(self, layer: torch.nn.Module) -> bool:
         """True for a layer this backend has quantized."""
         return False

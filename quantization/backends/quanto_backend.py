@@ -20,6 +20,7 @@ TINYGEMM = "tinygemm"  # metadata: {layer: {"qtype", "group_size", "size", "stri
 
 class QuantoBackend(Backend):
     name = "quanto"
+    import_name = "optimum.quanto"
 
     def check(self, config, device):
         return missing("optimum.quanto", "optimum-quanto")
