@@ -197,6 +197,7 @@ def _try(job: dict) -> str:
     config = getattr(importlib.import_module(module_name), qualname)(**job["config"]["fields"])
     importlib.import_module(job["config"]["backend_module"])
     backend = backend_for(config)
+    backend.prepare_probe()
     device, dtype = torch.device(job["device"]), getattr(torch, job["dtype"])
     torch.manual_seed(0)
     for in_features, out_features in job["shapes"]:

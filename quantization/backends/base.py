@@ -32,6 +32,11 @@ class Backend:
 
             importlib.import_module(self.import_name)
 
+    def prepare_probe(self) -> None:
+        """In a probe child, before quantizing: import what quantizing needs, and only that (the child is thrown
+        away after the probe)."""
+        self.prepare()
+
     def is_quantized_layer(self, layer: torch.nn.Module) -> bool:
         """True for a layer this backend has quantized."""
         return False
