@@ -111,9 +111,9 @@ def probe_ahead(components: Sequence[tuple[type, Path]], chain: Sequence[QuantCo
 
     Each child costs a fresh interpreter and the backend's import (~5 s on a 2-core CPU); probing the model's
     components together spares the later ones their own, and this process imports the backend's library while the
-    child runs. Shapes come from each component's layout on the meta
-    device (no weights read). Shapes already known are not run again; a failure here changes nothing, as each
-    load still probes its own shapes (and a failing option then falls back as usual)."""
+    child runs. Shapes come from each component's layout on the meta device (no weights read). Shapes already known
+    are not run again. A failed probe is recorded for every shape of the batch, as any batch is (each load then
+    falls back as usual); an error here (a layout that does not build on the meta device) only skips this step."""
     if caches.probes is None:
         return
     config = next((c for c in chain if c.bits < 16 and check_backend(c, device) is None), None)

@@ -80,7 +80,7 @@ class QuantoBackend(Backend):
                      activations=None if activations == "none" else activations, include=names)
         layouts = json.loads(metadata.get(TINYGEMM, "{}"))
         for name, layout in layouts.items():
-            _set_tinygemm(skeleton.get_submodule(name), state, f"{name}.", layout)
+            _set_tinygemm(skeleton.get_submodule(name), state, f"{name}.", layout, device)
         restore_embeddings(skeleton, state)
         return assign_state(skeleton, state, already_set=[f"{name}.weight" for name in layouts]).to(device)
 
@@ -112,12 +112,17 @@ def _state(module: torch.nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, 
     return state, layouts
 
 
-def _set_tinygemm(layer: torch.nn.Module, state: dict[str, torch.Tensor], prefix: str, layout: dict) -> None:
-    """Give ``layer`` (an empty QLinear) its int4 TinyGemm weight from the saved tensors, as they are."""
+def _set_tinygemm(layer: torch.nn.Module, state: dict[str, torch.Tensor], prefix: str, layout: dict,
+                  device: torch.device) -> None:
+    """Give ``layer`` (an empty QLinear) its int4 TinyGemm weight from the saved tensors, as they are.
+
+    The packing is device-specific (an entry is only read on the device type it was made on): the tensors go to
+    ``device`` before they are wrapped, since moving a packed weight across device types unpacks and repacks it."""
     from optimum.quanto import qtypes
     from optimum.quanto.tensor.weights.tinygemm import TinyGemmPackedTensor, TinyGemmWeightQBitsTensor
 
-    packed = TinyGemmPackedTensor(state.pop(prefix + PACKED), layout["packed_size"], layout["packed_stride"])
+    packed = TinyGemmPackedTensor(state.pop(prefix + PACKED).to(device), layout["packed_size"],
+                                  layout["packed_stride"])
     weight = TinyGemmWeightQBitsTensor(qtypes[layout["qtype"]], 0, layout["group_size"], layout["size"],
-                                       layout["stride"], packed, state.pop(prefix + SCALE_SHIFT))
+                                       layout["stride"], packed, state.pop(prefix + SCALE_SHIFT).to(device))
     layer.weight = torch.nn.Parameter(weight)  # as quanto's freeze sets it
