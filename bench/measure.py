@@ -22,7 +22,7 @@ import torch
 from pipelines.device import PeakMemory, empty_cache, memory_kind
 from quantization.config import QuantConfig
 from quantization.registry import backend_for, count_quantized_layers
-from quantization.sizes import tensor_bytes
+from quantization.sizes import bytes_by_module
 
 from .common import busy_seconds, config_for, other_share
 from .models import Inputs, load, rel_error
@@ -44,29 +44,6 @@ def memory_now(device: torch.device) -> int:
     import psutil
 
     return int(psutil.Process().memory_info().rss)
-
-
-def bytes_by_module(module: torch.nn.Module) -> dict[str, int]:
-    """Weight bytes of each submodule's own state, counted as sizes.module_bytes counts them.
-
-    Leaves go through their state_dict (bitsandbytes keeps quantization state there), except quanto layers,
-    counted from their parameters and buffers: their state_dict unpacks int4 weights, minutes per model on CPU.
-    """
-    out, seen, alive = {}, set(), []  # alive: state_dict makes new tensors; keep them so ids stay unique
-    for name, child in module.named_modules():
-        quanto = type(child).__module__.startswith("optimum.quanto")
-        if next(child.children(), None) is None and not quanto:
-            values = child.state_dict(keep_vars=True).values()
-        else:
-            values = list(child.parameters(recurse=False)) + list(child.buffers(recurse=False))
-        alive.append(values)
-        total = 0
-        for value in values:
-            if isinstance(value, torch.Tensor) and id(value) not in seen:
-                seen.add(id(value))
-                total += tensor_bytes(value)
-        out[name] = total
-    return out
 
 
 def sizes(component: str, module: torch.nn.Module) -> dict:

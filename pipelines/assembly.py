@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from quantization.errors import QuantizationError
-from quantization.load import ComponentSource, fingerprint, load_component
+from quantization.load import ComponentSource, fingerprint, load_component, probe_ahead
 
 from .errors import UserError
 from .paths import quant_caches
@@ -68,6 +68,15 @@ def weight_bytes(root: Path, dtype: torch.dtype) -> tuple[int, int]:
 def weights_identity(folder: Path, file: Path | None = None) -> str:
     """The content fingerprint of a component's weights (its folder, or a single-file checkpoint)."""
     return fingerprint(folder) if file is None else f"file-{fingerprint(Path(file))}"
+
+
+def probe_quantized(root: Path, index: dict[str, tuple[str, str]], chain, device: torch.device, dtype: torch.dtype,
+                    file: Path | None = None) -> None:
+    """Probe the Linear shapes of all of the model's quantized components in one child process, before the first
+    is loaded (a component replaced by a single-file checkpoint is left out)."""
+    parts = [(import_class(*index[name]), root / name) for name in QUANTIZED_COMPONENTS
+             if name in index and not (name == "transformer" and file)]
+    probe_ahead(parts, chain, device, dtype, quant_caches())
 
 
 def load_quantized(root: Path, name: str, cls: type, identity: str, chain, device: torch.device,

@@ -18,8 +18,8 @@ import torch
 from quantization.policy import HEADROOM, RATIO, AutoChoice, candidates, choose_auto
 from quantization.records import Fallback
 
-from .assembly import (QUANTIZED_COMPONENTS, build_pipeline, import_class, load_quantized, read_index, weight_bytes,
-                       weights_identity)
+from .assembly import (QUANTIZED_COMPONENTS, build_pipeline, import_class, load_quantized, probe_quantized, read_index,
+                       weight_bytes, weights_identity)
 from .components import Component, ComponentStore
 from .device import empty_cache, free_memory, pick_device, pick_dtype
 from .options import RunOptions
@@ -149,6 +149,8 @@ class ModelManager:
         start = time.perf_counter()
         components, quantize_s = {}, 0.0
         park = self._encoders_wait_on_cpu(root, quant)
+        if quant != "none":
+            probe_quantized(root, index, candidates(quant, self.device.type), self.device, self.dtype, transformer)
         for step, (name, (library, cls_name)) in enumerate(index.items()):
             progress("load", step, len(index))
             component = self._component(root, name, library, cls_name, quant, progress,

@@ -14,12 +14,12 @@ import torch
 
 from . import probe, store
 from .config import QuantConfig
-from .prequantized import is_prequantized, load_prequantized
+from .prequantized import checkpoint_quantization, is_prequantized, load_prequantized
 from .records import ComponentQuant, ComponentSource, Fallback
 from .registry import backend_for, check_backend, count_quantized_layers
 from .sizes import module_bytes
 
-__all__ = ["Caches", "ComponentSource", "LoadedComponent", "fingerprint", "load_component"]
+__all__ = ["Caches", "ComponentSource", "LoadedComponent", "fingerprint", "load_component", "probe_ahead"]
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,8 @@ def load_component(component: str, load: Callable[[], torch.nn.Module], chain: S
             if entry is None:
                 module = module if module is not None else load()
             shapes = entry.shapes if entry is not None else probe.linear_shapes(module)
-            result = probe.probe(config, device, dtype, shapes, caches.probes)
+            result = probe.probe(config, device, dtype, shapes, caches.probes,
+                                 while_running=backend_for(config).prepare)
             reason = None if result.ok else result.reason
         if reason is None and entry is not None:
             restored = _restore(component, entry, source, config, device, dtype)
@@ -101,6 +102,30 @@ def load_component(component: str, load: Callable[[], torch.nn.Module], chain: S
         log.warning("%s: %s %s unavailable (%s); trying the next option", component, config.backend, config.format,
                     reason)
     raise RuntimeError(f"{component}: no quantization option worked")
+
+
+def probe_ahead(components: Sequence[tuple[type, Path]], chain: Sequence[QuantConfig], device: torch.device,
+                dtype: torch.dtype, caches: Caches = Caches()) -> None:
+    """Probe, in one child process, the Linear shapes of all ``components`` (class, weights folder) of a model for
+    the first option of ``chain`` their loads will try, before any of them is loaded.
+
+    Each child costs a fresh interpreter and the backend's import (~5 s on a 2-core CPU); probing the model's
+    components together spares the later ones their own, and this process imports the backend's library while the
+    child runs. Shapes come from each component's layout on the meta device (no weights read). Shapes already known
+    are not run again. A failed probe is recorded for every shape of the batch, as any batch is (each load then
+    falls back as usual); an error here (a layout that does not build on the meta device) only skips this step."""
+    if caches.probes is None:
+        return
+    config = next((c for c in chain if c.bits < 16 and check_backend(c, device) is None), None)
+    if config is None:
+        return
+    try:
+        shapes = sorted({shape for cls, folder in components if checkpoint_quantization(Path(folder)) is None
+                         for shape in probe.linear_shapes(store.skeleton(cls, Path(folder), dtype))})
+        if shapes:
+            probe.probe(config, device, dtype, shapes, caches.probes, while_running=backend_for(config).prepare)
+    except Exception as error:  # a layout that does not build on the meta device: each load probes on its own
+        log.info("probing ahead skipped (%s: %s)", type(error).__name__, error)
 
 
 def _quantize(module: torch.nn.Module, config: QuantConfig, device: torch.device,

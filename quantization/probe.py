@@ -111,10 +111,11 @@ def clear_cache(folder: Path) -> int:
 
 
 def probe(config: QuantConfig, device: torch.device, dtype: torch.dtype, shapes: list[tuple[int, int]],
-          folder: Path, timeout_s: float | None = None) -> ProbeResult:
+          folder: Path, timeout_s: float | None = None, while_running=None) -> ProbeResult:
     """Can ``config`` quantize and run Linear layers of ``shapes`` on ``device`` in ``dtype``?
 
     Each shape's result is kept in ``folder``; only shapes not seen before are run, in one child process.
+    ``while_running``: work for this process while the child runs (called at most once; its errors are ignored).
     """
     entries = _read(folder)
     keys = {tuple(shape): _key(config, device, dtype, shape) for shape in shapes}
@@ -127,7 +128,8 @@ def probe(config: QuantConfig, device: torch.device, dtype: torch.dtype, shapes:
     result = ProbeResult(True)
     for start in range(0, len(unknown), MAX_SHAPES):
         batch = unknown[start:start + MAX_SHAPES]
-        result = _run_child(config, device, dtype, batch, timeout_s or TIMEOUT_S)
+        result = _run_child(config, device, dtype, batch, timeout_s or TIMEOUT_S, while_running)
+        while_running = None
         entries = _read(folder)
         # A failed batch marks every shape in it: the child cannot say which one took it down.
         for shape in batch:
@@ -140,8 +142,9 @@ def probe(config: QuantConfig, device: torch.device, dtype: torch.dtype, shapes:
     return result
 
 
-def _run_child(config, device, dtype, shapes, timeout_s: float) -> ProbeResult:
-    """Run the job in a fresh interpreter (spawned: it inherits sys.path, not this process's state)."""
+def _run_child(config, device, dtype, shapes, timeout_s: float, while_running=None) -> ProbeResult:
+    """Run the job in a fresh interpreter (spawned: it inherits sys.path, not this process's state); this process
+    does ``while_running`` meanwhile."""
     job = {"config": _describe(config), "device": str(device), "dtype": str(dtype).replace("torch.", ""),
            "shapes": shapes}
     context = multiprocessing.get_context("spawn")
@@ -149,6 +152,11 @@ def _run_child(config, device, dtype, shapes, timeout_s: float) -> ProbeResult:
     child = context.Process(target=_child, args=(job, writer), daemon=True)
     child.start()
     writer.close()
+    if while_running is not None:
+        try:
+            while_running()
+        except Exception:  # only a head start: the caller does the same work again when it needs it
+            pass
     child.join(timeout_s)
     if child.is_alive():
         child.kill()
@@ -189,10 +197,14 @@ def _try(job: dict) -> str:
     config = getattr(importlib.import_module(module_name), qualname)(**job["config"]["fields"])
     importlib.import_module(job["config"]["backend_module"])
     backend = backend_for(config)
+    backend.prepare_probe()
     device, dtype = torch.device(job["device"]), getattr(torch, job["dtype"])
     torch.manual_seed(0)
     for in_features, out_features in job["shapes"]:
-        layer = torch.nn.Sequential(torch.nn.Linear(in_features, out_features)).to(dtype)
+        layer = torch.nn.Sequential(torch.nn.Linear(in_features, out_features, device="meta", dtype=dtype))
+        layer = layer.to_empty(device="cpu")  # filled directly in ``dtype``: no float32 init and copy
+        torch.nn.init.normal_(layer[0].weight, std=in_features ** -0.5)
+        torch.nn.init.normal_(layer[0].bias, std=0.02)
         layer = backend.quantize(layer, config, device, dtype)
         with torch.no_grad():  # as diffusers runs its models (quanto int4 refuses inference tensors)
             output = layer(torch.randn(2, in_features, dtype=dtype, device=device))

@@ -177,8 +177,9 @@ def skeleton(cls: type, folder: Path, dtype: torch.dtype) -> torch.nn.Module:
 def restore(entry: Entry, source: ComponentSource, config: QuantConfig, device: torch.device,
             dtype: torch.dtype) -> torch.nn.Module:
     """Rebuild the cached module; CorruptEntry when it does not come out as recorded."""
-    module = backend_for(config).load(skeleton(source.cls, source.folder, dtype), entry.path, config, device, dtype)
-    if sorted(module.state_dict()) != entry.manifest["keys"]:
+    backend = backend_for(config)
+    module = backend.load(skeleton(source.cls, source.folder, dtype), entry.path, config, device, dtype)
+    if backend.state_keys(module) != entry.manifest["keys"]:
         raise CorruptEntry("the rebuilt module has other tensors than were saved")
     if count_quantized_layers(module, config) != entry.manifest["quantized_layers"]:
         raise CorruptEntry("the rebuilt module has another number of quantized layers")
@@ -208,7 +209,7 @@ def save(root: Path, source: ComponentSource, component: str, config: QuantConfi
             "model": source.model,
             "folder": str(source.folder),
             "files": {name: {"bytes": (tmp / name).stat().st_size, "sha256": sha256(tmp / name)} for name in names},
-            "keys": sorted(module.state_dict()),
+            "keys": backend.state_keys(module),
             "linear_shapes": sorted({(m.in_features, m.out_features) for m in module.modules()
                                      if backend.is_quantized_layer(m)}),
             "quantized_layers": record.quantized_layers,

@@ -144,7 +144,7 @@ def test_cache_hit_still_runs_the_probe_with_the_recorded_shapes(quant_cache, ti
     load_stored(load, chain, source, quant_cache)
     calls = []
 
-    def fake_probe(config, device, dtype, shapes, folder, timeout_s=None):
+    def fake_probe(config, device, dtype, shapes, folder, timeout_s=None, while_running=None):
         calls.append((config, shapes, folder))
         return ProbeResult(config.backend != "bitsandbytes", "probe crashed (SIGSEGV)")
 
@@ -277,24 +277,73 @@ def test_cache_can_be_turned_off_and_a_failed_save_does_not_stop_the_run(quant_c
     assert not list(quant_cache.glob(".tmp-*"))  # the temporary folder went too
 
 
-def test_large_quanto_int4_modules_are_not_cached_since_saving_them_is_slow(quant_cache, tiny_root, monkeypatch,
-                                                                           caplog):
-    from quantization.backends import quanto_backend
+def no_unpacking(monkeypatch):
+    """quanto's int4 TinyGemm layout may not be unpacked from here on (saving and loading keep it as it is)."""
+    from optimum.quanto.tensor.weights.tinygemm import TinyGemmPackedTensor
 
-    monkeypatch.setattr(quanto_backend, "SLOW_SAVE_WEIGHTS", 0)  # the tiny model's TinyGemm layers count as large
+    def unpack(self):
+        raise AssertionError("the int4 TinyGemm layout was unpacked")
+
+    monkeypatch.setattr(TinyGemmPackedTensor, "unpack", unpack)
+
+
+def tinygemm_layers(module) -> dict:
+    return {name: m for name, m in module.named_modules() if type(getattr(m, "weight", None)).__name__ ==
+            "TinyGemmWeightQBitsTensor"}
+
+
+def test_quanto_int4_round_trip_keeps_the_tinygemm_layout_and_never_unpacks_it(quant_cache, tiny_root, monkeypatch):
+    from quantization.sizes import tensor_bytes
+
+    no_unpacking(monkeypatch)
     source = transformer_source(tiny_root)
-    loads = []
-
-    def load():
-        loads.append(1)
-        return source.cls.from_pretrained(source.folder, dtype=BF16)
-
+    load = lambda: source.cls.from_pretrained(source.folder, dtype=BF16)  # noqa: E731
     chain = [QuantoConfig("int4"), FULL_PRECISION]
-    for _ in range(2):
-        _, chosen, record = load_stored(load, chain, source, quant_cache)
-        assert chosen == QuantoConfig("int4") and not record.from_cache
-    assert len(loads) == 2 and entries() == []
-    assert "TinyGemm layout" in caplog.text
+    fresh, _, record = load_stored(load, chain, source, quant_cache)
+    cached, chosen, cached_record = load_stored(load, chain, source, quant_cache)
+    assert chosen == QuantoConfig("int4") and (record.from_cache, cached_record.from_cache) == (False, True)
+    before, after = tinygemm_layers(fresh), tinygemm_layers(cached)
+    assert before and sorted(before) == sorted(after)
+    for name, layer in before.items():
+        old, new = layer.weight, after[name].weight
+        assert type(after[name]) is type(layer) and type(new) is type(old) and new.size() == old.size()
+        assert torch.equal(new._data._data, old._data._data) and torch.equal(new._scale_shift, old._scale_shift)
+        assert tensor_bytes(new) == tensor_bytes(old)
+    assert {type(m) for m in fresh.modules()} == {type(m) for m in cached.modules()}
+    assert cached_record.bytes_after == record.bytes_after
+    with torch.no_grad():
+        assert torch.equal(fresh(**transformer_inputs()).sample, cached(**transformer_inputs()).sample)
+
+
+def test_large_quanto_int4_module_is_cached(quant_cache, monkeypatch):
+    """Past the size whose saving used to be refused (50M int4 weights), with neither saving nor loading unpacking."""
+    no_unpacking(monkeypatch)
+    width, layers = 4096, 4
+
+    class Wide(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layers = torch.nn.ModuleList(torch.nn.Linear(width, width * 3, dtype=BF16) for _ in range(layers))
+
+        def forward(self, x):
+            return sum(layer(x) for layer in self.layers)
+
+    torch.manual_seed(0)
+    fresh = Wide()
+    assert sum(layer.weight.numel() for layer in fresh.layers) > 50_000_000
+    config = QuantoConfig("int4")
+    backend = backend_for(config)
+    fresh = backend.quantize(fresh, config, CPU, BF16)
+    assert len(tinygemm_layers(fresh)) == layers
+    names = backend.save(fresh, quant_cache.parent)
+    assert names and (quant_cache.parent / names[0]).stat().st_size < 60 * width * width  # ~ half a byte per weight
+    with torch.device("meta"):
+        skeleton = Wide()
+    cached = backend.load(skeleton, quant_cache.parent, config, CPU, BF16)
+    assert backend.state_keys(cached) == backend.state_keys(fresh) and len(tinygemm_layers(cached)) == layers
+    x = torch.randn(3, width, dtype=BF16)
+    with torch.no_grad():
+        assert torch.equal(fresh(x), cached(x))
 
 
 def test_module_with_hooks_is_not_cached(quant_cache, tiny_root):

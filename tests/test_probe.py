@@ -120,3 +120,29 @@ def test_real_backends_pass_the_probe_on_this_machine(tmp_path, monkeypatch):
     for config in (QuantoConfig("int8"), BitsAndBytesConfig("nf4"), TorchAoConfig("int8_dynamic")):
         result = probe(config, CPU, BF16, [(64, 256), (256, 64)], tmp_path)
         assert result.ok, (config, result.reason)
+
+
+def test_a_models_quantized_components_are_probed_in_one_child(tmp_path, monkeypatch, tiny_root):
+    """The first 4-bit run of a model probes the shapes of its transformer and T5 together, before loading them."""
+    from pipelines.engine import Engine
+    from pipelines.manager import ModelManager
+    from pipelines.request import GenerationRequest
+    from pipelines import paths
+    from quantization import probe
+
+    monkeypatch.setattr(paths, "probes_dir", lambda: tmp_path / "probes")  # nothing probed yet
+    monkeypatch.setenv("FLUXFORGE_QUANT_CACHE", "0")
+    monkeypatch.setenv("FLUXFORGE_DISABLE_BACKENDS", "bitsandbytes,torchao")
+    children = []
+    real = probe._run_child
+
+    def counted(config, device, dtype, shapes, timeout_s, while_running=None):
+        children.append(shapes)
+        return real(config, device, dtype, shapes, timeout_s, while_running)
+
+    monkeypatch.setattr(probe, "_run_child", counted)
+    request = GenerationRequest(tool="dev", prompt="x", model="tiny", quant="4bit", seed=1, steps=1)
+    result = Engine(ModelManager(device="cpu")).generate(request)
+    quant = result.report["quantization"]["components"]
+    assert quant["transformer"]["backend"] == quant["text_encoder_2"]["backend"] == "quanto"
+    assert len(children) == 1 and probe.cached_results(tmp_path / "probes")[0]["ok"]

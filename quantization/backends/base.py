@@ -23,6 +23,20 @@ class Backend:
         """Quantize ``module`` (on the CPU, in ``dtype``) and return it on ``device``."""
         return module.to(device)
 
+    import_name = ""  # the Python package the backend quantizes with (imported ahead by ``prepare``)
+
+    def prepare(self) -> None:
+        """Import the backend's library now (e.g. while a probe child runs), so quantizing later does not wait on it."""
+        if self.import_name:
+            import importlib
+
+            importlib.import_module(self.import_name)
+
+    def prepare_probe(self) -> None:
+        """In a probe child, before quantizing: import what quantizing needs, and only that (the child is thrown
+        away after the probe)."""
+        self.prepare()
+
     def is_quantized_layer(self, layer: torch.nn.Module) -> bool:
         """True for a layer this backend has quantized."""
         return False
@@ -34,6 +48,10 @@ class Backend:
     def save(self, module: torch.nn.Module, path: Path) -> list[str]:
         """Write the quantized ``module`` into the existing folder ``path``; returns the file names written."""
         raise NotImplementedError(f"{self.name} cannot save quantized weights")
+
+    def state_keys(self, module: torch.nn.Module) -> list[str]:
+        """The sorted names of the tensors ``save`` writes for ``module`` (a rebuilt module must have the same)."""
+        return sorted(module.state_dict())
 
     def load(self, skeleton: torch.nn.Module, path: Path, config: QuantConfig, device: torch.device,
              dtype: torch.dtype) -> torch.nn.Module:

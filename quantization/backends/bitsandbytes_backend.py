@@ -14,6 +14,7 @@ from .common import (assign_state, load_state, missing, quantizable_linears, qua
 
 class BitsAndBytesBackend(Backend):
     name = "bitsandbytes"
+    import_name = "bitsandbytes"
 
     def check(self, config, device):
         reason = missing("bitsandbytes", "bitsandbytes")

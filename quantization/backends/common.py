@@ -142,11 +142,13 @@ def load_state(path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
 def assign_state(module: torch.nn.Module, state: dict[str, torch.Tensor], already_set=()) -> torch.nn.Module:
     """Load ``state`` into ``module`` (built on the meta device) by assignment: no full-size copy is made.
 
-    ``already_set``: names the caller has filled in itself. Tensors that ``state`` holds under several names
-    become one parameter again (tied weights).
+    ``already_set``: names the caller has filled in itself (a name covers the names under it: ``x.weight`` covers
+    ``x.weight._data``). Tensors that ``state`` holds under several names become one parameter again (tied weights).
     """
     missing, unexpected = module.load_state_dict(state, strict=False, assign=True)
-    missing = [name for name in missing if name not in set(already_set)]
+    covered = set(already_set)
+    missing = [name for name in missing
+               if name not in covered and not any(name.startswith(f"{done}.") for done in covered)]
     if missing or unexpected:
         raise ValueError(f"saved weights do not fit the model: {len(missing)} missing (e.g. {missing[:2]}), "
                          f"{len(unexpected)} unexpected (e.g. {unexpected[:2]})")

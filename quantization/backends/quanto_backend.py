@@ -11,16 +11,30 @@ from .common import (MIN_IN_FEATURES, assign_state, load_state, missing, quantiz
                      restore_embeddings, save_state)
 
 
-# quanto unpacks its int4 TinyGemm layout to save it, at ~9M weights/s on a 2-core CPU (a FLUX.1 transformer: ~20
-# min, against ~2.5 min to quantize it again): past this many weights in that layout the entry is not written.
-SLOW_SAVE_WEIGHTS = 50_000_000
+# quanto's own state_dict unpacks its int4 TinyGemm layout (~9M weights/s on a 2-core CPU) and loading packs it
+# again; these layers are saved as they are in memory instead, under these names beside the layer's other tensors.
+PACKED = "weight.tinygemm_packed"  # the kernel's int4 data (as torch's int4pack conversion made it)
+SCALE_SHIFT = "weight.tinygemm_scale_shift"  # scale and shift, (in / group, out, 2)
+TINYGEMM = "tinygemm"  # metadata: {layer: {"qtype", "group_size", "size", "stride", "packed_size", "packed_stride"}}
 
 
 class QuantoBackend(Backend):
     name = "quanto"
+    import_name = "optimum.quanto"
 
     def check(self, config, device):
         return missing("optimum.quanto", "optimum-quanto")
+
+    def prepare_probe(self):
+        # optimum.quanto imports its transformers and diffusers model wrappers (optimum.quanto.models: ~4 s on a
+        # 2-core CPU, most of a probe child's life); quantizing a Linear does not use them, so the child gets an
+        # empty stand-in for that package.
+        import sys
+        import types
+
+        if "optimum.quanto" not in sys.modules:
+            sys.modules.setdefault("optimum.quanto.models", types.ModuleType("optimum.quanto.models"))
+        self.prepare()
 
     def quantize(self, module, config, device, dtype):
         from optimum.quanto import freeze, qint4, qint8, quantize
@@ -47,13 +61,12 @@ class QuantoBackend(Backend):
     def save(self, module, path):
         from optimum.quanto import quantization_map
 
-        packed = sum(m.weight.numel() for m in module.modules()
-                     if type(getattr(m, "weight", None)).__name__ == "TinyGemmWeightQBitsTensor")
-        if packed > SLOW_SAVE_WEIGHTS:
-            raise RuntimeError(f"saving would unpack {packed / 1e6:.0f}M int4 weights from quanto's TinyGemm layout "
-                               "(slower than quantizing again)")
+        state, layouts = _state(module)
+        return [save_state(state, path, {"quantization_map": json.dumps(quantization_map(module)),
+                                         TINYGEMM: json.dumps(layouts)})]
 
-        return [save_state(module.state_dict(), path, {"quantization_map": json.dumps(quantization_map(module))})]
+    def state_keys(self, module):
+        return sorted(_state(module)[0])
 
     def load(self, skeleton, path, config, device, dtype):
         from optimum.quanto import quantize
@@ -65,5 +78,51 @@ class QuantoBackend(Backend):
         for (weights, activations), names in groups.items():  # QLinear layers, still empty (meta)
             quantize(skeleton, weights=None if weights == "none" else weights,
                      activations=None if activations == "none" else activations, include=names)
+        layouts = json.loads(metadata.get(TINYGEMM, "{}"))
+        for name, layout in layouts.items():
+            _set_tinygemm(skeleton.get_submodule(name), state, f"{name}.", layout, device)
         restore_embeddings(skeleton, state)
-        return assign_state(skeleton, state).to(device)
+        return assign_state(skeleton, state, already_set=[f"{name}.weight" for name in layouts]).to(device)
+
+
+def _is_tinygemm(tensor) -> bool:
+    return type(tensor).__name__ == "TinyGemmWeightQBitsTensor"
+
+
+def _state(module: torch.nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, dict]]:
+    """``module``'s state dict, with each int4 TinyGemm weight as its packed data and scale/shift tensors (never
+    unpacked), and what rebuilds those weights: (state, {layer name: layout})."""
+    state: dict[str, torch.Tensor] = {}
+    layouts: dict[str, dict] = {}
+    for name, child in module.named_modules(remove_duplicate=False):
+        prefix = f"{name}." if name else ""
+        weight = child._parameters.get("weight")
+        if not _is_tinygemm(weight):
+            child._save_to_state_dict(state, prefix, False)
+            continue
+        packed = weight._data
+        state[prefix + PACKED] = packed._data.detach()
+        state[prefix + SCALE_SHIFT] = weight._scale_shift.detach()
+        for key, value in [*child._parameters.items(), *child._buffers.items()]:  # bias, input/output scales
+            if key != "weight" and value is not None and key not in child._non_persistent_buffers_set:
+                state[prefix + key] = value.detach()
+        layouts[name] = {"qtype": weight.qtype.name, "group_size": weight._group_size, "size": list(weight.size()),
+                         "stride": list(weight.stride()), "packed_size": list(packed.size()),
+                         "packed_stride": list(packed.stride())}
+    return state, layouts
+
+
+def _set_tinygemm(layer: torch.nn.Module, state: dict[str, torch.Tensor], prefix: str, layout: dict,
+                  device: torch.device) -> None:
+    """Give ``layer`` (an empty QLinear) its int4 TinyGemm weight from the saved tensors, as they are.
+
+    The packing is device-specific (an entry is only read on the device type it was made on): the tensors go to
+    ``device`` before they are wrapped, since moving a packed weight across device types unpacks and repacks it."""
+    from optimum.quanto import qtypes
+    from optimum.quanto.tensor.weights.tinygemm import TinyGemmPackedTensor, TinyGemmWeightQBitsTensor
+
+    packed = TinyGemmPackedTensor(state.pop(prefix + PACKED).to(device), layout["packed_size"],
+                                  layout["packed_stride"])
+    weight = TinyGemmWeightQBitsTensor(qtypes[layout["qtype"]], 0, layout["group_size"], layout["size"],
+                                       layout["stride"], packed, state.pop(prefix + SCALE_SHIFT).to(device))
+    layer.weight = torch.nn.Parameter(weight)  # as quanto's freeze sets it

@@ -34,6 +34,7 @@ def _ao_config(kind: str):
 
 class TorchAoBackend(Backend):
     name = "torchao"
+    import_name = "torchao"
 
     def check(self, config, device):
         reason = missing("torchao", "torchao")
