@@ -11,7 +11,10 @@ from .base import Prepared, RunContext, Tool
 
 @dataclass(frozen=True)
 class Control(Tool):
+    """``control_lora``: the official control LoRA (hub id, file) that runs this tool on the Dev model instead."""
+
     pipeline_class: str = "FluxControlPipeline"
+    control_lora: tuple[str, str] | None = None
     inputs: frozenset = frozenset({"image", "control_image"})
     needs_image: bool = True
 
