@@ -48,6 +48,12 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--lora", action="append", default=[], metavar="FILE[:STRENGTH]",
                      help="a FLUX.1 LoRA .safetensors file (diffusers/PEFT, kohya, XLabs or BFL format), strength "
                           "-4..4 (default 1.0); repeat for several")
+    gen.add_argument("--control", default=None, choices=("model", "lora"),
+                     help="depth and canny: model (their own FLUX.1-Depth/Canny-dev model, the default) or lora (a "
+                          "control LoRA on the FLUX.1-dev model: --model names the Dev model)")
+    gen.add_argument("--control-lora", default=None, metavar="FILE",
+                     help="the control LoRA .safetensors file for --control lora (default: the official "
+                          "FLUX.1-Depth-dev-lora / FLUX.1-Canny-dev-lora; tiny's own with --model tiny)")
     gen.add_argument("--device", default=None)
     gen.add_argument("--offload", default="none", help="none, model (one model on the device at a time) or "
                                                        "sequential (layer by layer: least memory, slowest)")
@@ -147,7 +153,8 @@ def generate(args) -> int:
         raise UserError(f"--{error}") from None  # as the option is spelled here
     model = args.model
     if model is None:
-        model, notice = default_model(tool)
+        on_dev = args.control == "lora" or (args.control is None and args.control_lora)
+        model, notice = default_model(get_tool("dev") if on_dev and hasattr(tool, "control_lora") else tool)
         if notice:
             print(f"notice: {notice}", file=sys.stderr)
     request = GenerationRequest(
@@ -157,6 +164,7 @@ def generate(args) -> int:
         guidance=_number(args.guidance, float), seed=_number(args.seed, int),
         canny_low=_number(args.canny_low, int), canny_high=_number(args.canny_high, int),
         transformer=args.transformer, loras=[parse_lora_arg(item) for item in args.lora],
+        control=args.control, control_lora=args.control_lora,
     )
     try:
         manager = ModelManager(device=pick_device(args.device))

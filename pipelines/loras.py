@@ -378,8 +378,11 @@ def _load_control(pipe, control: LoraFile, state: dict, alphas, metadata) -> Non
     lora_state = {k: v for k, v in state.items() if k.startswith("transformer.") and "lora" in k}
     norm_state = {k: v for k, v in state.items()
                   if k.startswith("transformer.") and any(norm in k for norm in _CONTROL_NORMS)}
-    pipe._maybe_expand_transformer_param_shape_or_error_(transformer, lora_state, norm_state)
-    lora_state = pipe._maybe_expand_lora_state_dict(transformer=transformer, lora_state_dict=lora_state)
+    # Only the input layer changes shape; the helpers read plain weights, so they are given its keys alone (the
+    # other layers may be quantized, and keep their shapes).
+    embedder = {k: v for k, v in lora_state.items() if k.startswith("transformer.x_embedder.")}
+    pipe._maybe_expand_transformer_param_shape_or_error_(transformer, embedder, None)
+    lora_state.update(pipe._maybe_expand_lora_state_dict(transformer=transformer, lora_state_dict=embedder))
     rest = {k: v for k, v in state.items() if k not in norm_state}
     rest.update(lora_state)
     pipe.load_lora_into_transformer(rest, network_alphas=alphas, transformer=transformer,

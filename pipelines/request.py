@@ -94,7 +94,10 @@ class GenerationRequest:
         from .loras import check_lora
 
         if self.control is None or self.control == "":
-            self.control = "lora" if self.control_lora else "model"
+            takes = getattr(tool, "control_lora", None) is not None or self.control_lora
+            self.control = ("lora" if self.control_lora else "model") if takes else None
+            if self.control is None:
+                return
         if self.control not in defaults.CONTROL_FORMS:
             raise UserError(f"control={self.control!r} is unknown; choose one of {', '.join(defaults.CONTROL_FORMS)}.")
         if (self.control == "lora" or self.control_lora) and getattr(tool, "control_lora", None) is None:
