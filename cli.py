@@ -68,7 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
                           "changed (0.08-0.12 typical; off by default)")
 
     bench = sub.add_parser("bench", help="memory, speed and fidelity of every backend and mode; `bench cache`: "
-                                         "cached against quantize-on-load; `bench e2e`: the generate path end "
+                                         "cached against quantize-on-load; `bench control`: control LoRAs on "
+                                         "Dev against the full control models; `bench e2e`: the generate path end "
                                          "to end", add_help=False)
     bench.add_argument("bench_args", nargs=argparse.REMAINDER)  # listed for --help; main() hands them over
 
@@ -92,6 +93,10 @@ def main(argv: list[str] | None = None) -> int:
             from bench.cache_load import main as cache_bench
 
             return cache_bench(argv[2:])
+        if argv[1:2] == ["control"]:
+            from bench.control_lora import main as control_bench
+
+            return control_bench(argv[2:])
         if argv[1:2] == ["e2e"]:
             from bench.e2e import main as e2e_bench
 
