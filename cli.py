@@ -159,7 +159,7 @@ def generate(args) -> int:
     model = args.model
     if model is None:
         on_dev = args.control == "lora" or (args.control is None and args.control_lora)
-        model, notice = default_model(get_tool("dev") if on_dev and hasattr(tool, "control_lora") else tool)
+        model, notice = default_model(tool.lora_base() if on_dev and hasattr(tool, "lora_base") else tool)
         if notice:
             print(f"notice: {notice}", file=sys.stderr)
     request = GenerationRequest(

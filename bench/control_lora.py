@@ -22,8 +22,15 @@ from .common import REPO, bench_args, logger, worker_env, write_json
 
 log = logger("bench control")
 RESULTS = REPO / "bench" / "results"
-STEPS = ("dev", "depth", "canny")
 FORMS = ("model", "lora")
+
+
+def steps() -> tuple:
+    """Generate on the model the control LoRAs run on, then each control tool (Depth, Canny)."""
+    from pipelines.tools import all_tools
+
+    controls = [tool for tool in all_tools() if getattr(tool, "control_lora", None)]
+    return (controls[0].lora_base(), *controls)
 
 
 def worker(form: str) -> dict:
@@ -38,20 +45,21 @@ def worker(form: str) -> dict:
     from pipelines.tools import all_tools
 
     ensure_tiny_family(all_tools())
-    for tool in ("depth", "canny"):
+    base, *controls = steps()
+    for tool in controls:
         tiny_control_lora(tool)
     from PIL import Image
 
     photo = Image.linear_gradient("L").convert("RGB").resize((128, 128))
     engine = Engine(ModelManager(device="cpu"))
     process, rows = psutil.Process(), []
-    for tool in STEPS:
-        extra = {} if tool == "dev" else {"image": photo, "control": form}
-        result = engine.generate(GenerationRequest(tool=tool, prompt="a glass house", model="tiny", quant="none",
-                                                   seed=1, steps=2, **extra))
+    for tool in (base, *controls):
+        extra = {} if tool is base else {"image": photo, "control": form}
+        result = engine.generate(GenerationRequest(tool=tool.name, prompt="a glass house", model="tiny",
+                                                   quant="none", seed=1, steps=2, **extra))
         timings = result.report["timings"]
         rows.append({
-            "step": tool, "load_s": timings["load_s"], "control_lora_s": timings.get("control_lora_s", 0.0),
+            "step": tool.name, "load_s": timings["load_s"], "control_lora_s": timings.get("control_lora_s", 0.0),
             "total_s": timings["total_s"], "held_bytes": engine.manager.loaded_bytes(),
             "transformers_held": sum(1 for r in engine.manager.status() if r["component"] == "transformer"),
             "rss_bytes": process.memory_info().rss,
@@ -71,7 +79,7 @@ def run_form(form: str) -> dict:
 def best(runs: list[dict]) -> dict:
     """Per step: the fastest repeat's times, the memory of the same run."""
     steps = []
-    for index, name in enumerate(STEPS):
+    for index, name in enumerate(row["step"] for row in runs[0]["steps"]):
         fastest = min((run["steps"][index] for run in runs), key=lambda row: row["total_s"])
         steps.append(dict(fastest, step=name))
     return {"form": runs[0]["form"], "repeats": len(runs), "steps": steps}

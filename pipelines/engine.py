@@ -114,7 +114,7 @@ class Engine:
         tool, manager = request.spec, self.manager
         notices = list(request.notices)
         on_dev = request.control == "lora"  # Depth/Canny as a control LoRA on the Dev model
-        source = resolve_model(request.model, self._dev_tool() if on_dev else tool)
+        source = resolve_model(request.model, tool.lora_base() if on_dev else tool)
         if source.is_tiny:
             notices.append("Running the offline demo model 'tiny' (random weights: images look like noise).")
         if on_dev:
@@ -143,12 +143,6 @@ class Engine:
                               notices, run.details())
         notices += fallback_notices(report)
         return GenerationResult(image, report, notices, run.prepared.control_image)
-
-    @staticmethod
-    def _dev_tool():
-        from .tools import get_tool
-
-        return get_tool("dev")
 
     @staticmethod
     def _text_tokens(request: GenerationRequest) -> int:

@@ -398,8 +398,11 @@ def release_control_lora(pipe) -> None:
     saved = getattr(transformer, "_control_saved", None)
     if saved is None:
         return
+    device = next(transformer.x_embedder.parameters()).device  # where placement moved the transformer meanwhile
     pipe.unload_lora_weights(reset_to_overwritten_params=True)  # the norms too, and the config's in_channels
     layer, _, in_channels = saved
+    if next(layer.parameters()).device != device:  # it was kept aside, so it did not move with the transformer
+        layer.to(device)
     transformer.x_embedder = layer
     transformer.register_to_config(in_channels=in_channels)
     transformer._overwritten_params = None

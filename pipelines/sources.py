@@ -78,7 +78,7 @@ def control_lora_file(tool_source: ModelSource, tool) -> Path:
     if tool_source.is_tiny:
         from .tiny_loras import tiny_control_lora
 
-        return tiny_control_lora(tool.name)
+        return tiny_control_lora(tool)
     repo_id, filename = tool.control_lora
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import GatedRepoError, LocalEntryNotFoundError, RepositoryNotFoundError

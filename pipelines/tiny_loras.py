@@ -51,19 +51,16 @@ def tiny_lora(fmt: str, seed: int = 0, root: Path | None = None) -> Path:
     return path
 
 
-CONTROL_TOOLS = {"depth": 0, "canny": 1}  # tool -> seed of its tiny control LoRA
-
-
-def tiny_control_lora(tool: str, root: Path | None = None, width: int | None = None) -> Path:
-    """The tiny control LoRA of ``tool`` ('depth' or 'canny'), built if missing; ``width``: another input width
-    (a file that does not fit, for tests)."""
-    if tool not in CONTROL_TOOLS:
-        raise ValueError(f"tiny_control_lora: tool={tool!r} is unknown; use one of {', '.join(CONTROL_TOOLS)}.")
+def tiny_control_lora(tool, root: Path | None = None, width: int | None = None) -> Path:
+    """The tiny control LoRA of ``tool`` (a control tool: pipelines.tools), built if missing; ``width``: another
+    input width (a file that does not fit, for tests)."""
+    if getattr(tool, "control_lora", None) is None:
+        raise ValueError(f"tiny_control_lora: the {tool.name} tool has no control LoRA.")
     root = Path(root) if root else tiny_lora_root()
     suffix = f"-{width}" if width else ""
-    path = root / f"tiny-control-{tool}{suffix}.safetensors"
+    path = root / f"tiny-control-{tool.name}{suffix}.safetensors"
     if not path.exists():
-        _write(path, _control(CONTROL_TOOLS[tool], width or 2 * HIDDEN))
+        _write(path, _control(tool.tiny.seed, width or 2 * HIDDEN))
     return path
 
 

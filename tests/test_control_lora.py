@@ -14,9 +14,15 @@ from pipelines.errors import UserError
 from pipelines.images import read_metadata
 from pipelines.manager import ModelManager
 from pipelines.request import GenerationRequest
-from pipelines.tiny_loras import tiny_control_lora, tiny_lora
+from pipelines.tiny_loras import tiny_control_lora as control_lora_of
+from pipelines.tiny_loras import tiny_lora
+from pipelines.tools import get_tool
 from quantization.config import FULL_PRECISION, BitsAndBytesConfig, QuantoConfig, TorchAoConfig
 from tests.conftest import make_photo
+
+
+def tiny_control_lora(tool: str, **options):
+    return control_lora_of(get_tool(tool), **options)
 
 
 @pytest.fixture
