@@ -4,7 +4,8 @@ held, and the per-run cost of the LoRA form's pieces, not the real model's secon
 
 Each form runs in a fresh process (its own RSS), `--repeat` times; every step records the load time the report
 gives, the control LoRA's apply time, the run's total, the weight bytes the model manager holds, the number of
-transformers it holds, and the process RSS after the step and its peak. The fastest repeat of each step is kept.
+transformers it holds, and the process RSS after the step and its peak. Each step shows its median repeat
+(by total time).
 """
 
 from __future__ import annotations
@@ -76,19 +77,20 @@ def run_form(form: str) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def best(runs: list[dict]) -> dict:
-    """Per step: the fastest repeat's times, the memory of the same run."""
+def median_run(runs: list[dict]) -> dict:
+    """Per step: the repeat with the median total time (its times and memory), and every repeat's total."""
     steps = []
     for index, name in enumerate(row["step"] for row in runs[0]["steps"]):
-        fastest = min((run["steps"][index] for run in runs), key=lambda row: row["total_s"])
-        steps.append(dict(fastest, step=name))
+        ordered = sorted((run["steps"][index] for run in runs), key=lambda row: row["total_s"])
+        steps.append(dict(ordered[len(ordered) // 2], step=name, totals_s=[row["total_s"] for row in ordered]))
     return {"form": runs[0]["form"], "repeats": len(runs), "steps": steps}
 
 
 def markdown(result: dict) -> str:
     mib = 2**20
     lines = [f"# Generate -> Depth -> Canny: full control models vs control LoRAs on Dev ({result['family']})", "",
-             f"{result['date']}, {result['machine']}; {result['note']}", "",
+             f"{result['date']}, {result['machine']}; {result['note']}; each row: the median of "
+             f"{result['forms'][0]['repeats']} fresh processes.", "",
              "| form | step | load s | control LoRA s | total s | weights held MiB | transformers held | RSS MiB "
              "| peak RSS MiB |", "|---|---|---|---|---|---|---|---|---|"]
     for form in result["forms"]:
@@ -120,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         for repeat in range(args.repeat):
             log(f"{form} {repeat + 1}/{args.repeat}")
             runs.append(run_form(form))
-        forms.append(best(runs))
+        forms.append(median_run(runs))
     result = {"family": "tiny family, CPU, quant none, 128x128, 2 steps",
               "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d"),
               "machine": f"{platform.machine()} {platform.processor() or ''}".strip() + f", python {sys.version.split()[0]}",
