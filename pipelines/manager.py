@@ -151,7 +151,7 @@ class ModelManager:
         from diffusers import FluxControlPipeline
 
         with self.lock:
-            names = [n for n in FluxControlPipeline._get_signature_keys(FluxControlPipeline)[0]]
+            names = FluxControlPipeline._get_signature_keys(FluxControlPipeline)[0]
             pipe = FluxControlPipeline(**{name: getattr(loaded.pipe, name) for name in names})
             return LoadedPipeline(loaded.key, pipe, loaded.components, loaded.quant, loaded.auto, 0.0, 0.0,
                                   loaded.last_used, loaded.compiled, None, loaded)
