@@ -37,7 +37,7 @@ class GenerationRequest:
     transformer: str | None = None  # a single-file GGUF transformer that replaces the model's own
     loras: list = field(default_factory=list)  # (file, strength) pairs; checked into pipelines.loras.LoraFile
     control: str | None = None  # Depth and Canny: "model" (their own model) or "lora" (a control LoRA on Dev)
-    control_lora: Any = None  # the control LoRA file (checked into a LoraFile) (default: the tool's official one; implies "lora")
+    control_lora: Any = None  # its file, checked into a LoraFile (default: the tool's official one); implies "lora"
     notices: list[str] = field(default_factory=list)
     inputs: dict = field(default_factory=dict)  # filled on load: input name -> {name, sha256, sha256_of, size}
 
