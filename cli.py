@@ -48,6 +48,12 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--lora", action="append", default=[], metavar="FILE[:STRENGTH]",
                      help="a FLUX.1 LoRA .safetensors file (diffusers/PEFT, kohya, XLabs or BFL format), strength "
                           "-4..4 (default 1.0); repeat for several")
+    gen.add_argument("--control", default=None, choices=("model", "lora"),
+                     help="depth and canny: model (their own FLUX.1-Depth/Canny-dev model, the default) or lora (a "
+                          "control LoRA on the FLUX.1-dev model: --model names the Dev model)")
+    gen.add_argument("--control-lora", default=None, metavar="FILE",
+                     help="the control LoRA .safetensors file for --control lora (default: the official "
+                          "FLUX.1-Depth-dev-lora / FLUX.1-Canny-dev-lora; tiny's own with --model tiny)")
     gen.add_argument("--device", default=None)
     gen.add_argument("--offload", default="none", help="none, model (one model on the device at a time) or "
                                                        "sequential (layer by layer: least memory, slowest)")
@@ -62,7 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
                           "changed (0.08-0.12 typical; off by default)")
 
     bench = sub.add_parser("bench", help="memory, speed and fidelity of every backend and mode; `bench cache`: "
-                                         "cached against quantize-on-load; `bench e2e`: the generate path end "
+                                         "cached against quantize-on-load; `bench control`: control LoRAs on "
+                                         "Dev against the full control models; `bench e2e`: the generate path end "
                                          "to end", add_help=False)
     bench.add_argument("bench_args", nargs=argparse.REMAINDER)  # listed for --help; main() hands them over
 
@@ -86,6 +93,10 @@ def main(argv: list[str] | None = None) -> int:
             from bench.cache_load import main as cache_bench
 
             return cache_bench(argv[2:])
+        if argv[1:2] == ["control"]:
+            from bench.control_lora import main as control_bench
+
+            return control_bench(argv[2:])
         if argv[1:2] == ["e2e"]:
             from bench.e2e import main as e2e_bench
 
@@ -147,7 +158,8 @@ def generate(args) -> int:
         raise UserError(f"--{error}") from None  # as the option is spelled here
     model = args.model
     if model is None:
-        model, notice = default_model(tool)
+        on_dev = args.control == "lora" or (args.control is None and args.control_lora)
+        model, notice = default_model(tool.lora_base() if on_dev and hasattr(tool, "lora_base") else tool)
         if notice:
             print(f"notice: {notice}", file=sys.stderr)
     request = GenerationRequest(
@@ -157,6 +169,7 @@ def generate(args) -> int:
         guidance=_number(args.guidance, float), seed=_number(args.seed, int),
         canny_low=_number(args.canny_low, int), canny_high=_number(args.canny_high, int),
         transformer=args.transformer, loras=[parse_lora_arg(item) for item in args.lora],
+        control=args.control, control_lora=args.control_lora,
     )
     try:
         manager = ModelManager(device=pick_device(args.device))

@@ -16,12 +16,12 @@ from PIL import Image
 from .device import PeakMemory
 from .errors import UserError
 from .images import save_png
-from .loras import apply_loras, text_encoder_adapters
+from .loras import apply_control_lora, apply_loras, check_lora, release_control_lora, text_encoder_adapters
 from .manager import ModelManager, Progress
 from .report import build_report, fallback_notices, summary
 from .request import GenerationRequest
 from .placement import Placement
-from .sources import resolve_model
+from .sources import control_lora_file, resolve_model
 from .speed import compile_refusal, compile_transformer, step_cache
 from .tools import Prepared, RunContext
 
@@ -113,14 +113,22 @@ class Engine:
         start = time.perf_counter()
         tool, manager = request.spec, self.manager
         notices = list(request.notices)
-        source = resolve_model(request.model, tool)
+        on_dev = request.control == "lora"  # Depth/Canny as a control LoRA on the Dev model
+        source = resolve_model(request.model, tool.lora_base() if on_dev else tool)
         if source.is_tiny:
             notices.append("Running the offline demo model 'tiny' (random weights: images look like noise).")
+        if on_dev:
+            if source.is_tiny:
+                resolve_model(request.model, tool)  # the tiny family's depth estimator
+            if request.control_lora is None:
+                request.control_lora = check_lora(control_lora_file(source, tool), 1.0)
         with PeakMemory(manager.device) as peak:
             loaded = manager.pipeline(source.root, request.quant, progress,
                                       transformer=Path(request.transformer) if request.transformer else None)
             load_s, quantize_s = loaded.load_s, loaded.quantize_s
             loaded.load_s = loaded.quantize_s = 0.0  # counted once, by the run that loaded it
+            if on_dev:
+                loaded = manager.control_view(loaded)
             if loaded.auto:
                 notices.append(f"Auto chose {loaded.quant}: {loaded.auto.reason}.")
             run = Run(tool, request, loaded, RunContext(manager, source, loaded.pipe), notices,
@@ -153,9 +161,20 @@ class Engine:
         if not run.loaded.compiled:
             compile_transformer(run.loaded.pipe.transformer)
             run.loaded.compiled = True
+            if run.loaded.base is not None:
+                run.loaded.base.compiled = True
         run.compiled = True
 
     def _run_with_recovery(self, run: "Run", progress: Progress) -> np.ndarray:
+        """Encode, denoise and decode (a control LoRA, when the run has one, only for this run)."""
+        if run.request.control != "lora":
+            return self._run_steps(run, progress)
+        try:
+            return self._run_steps(run, progress)
+        finally:
+            release_control_lora(run.loaded.pipe)  # the shared Dev transformer as it was
+
+    def _run_steps(self, run: "Run", progress: Progress) -> np.ndarray:
         """Encode, denoise and decode, each with its placement; on failure, retry along the fallback chain, then
         with freed memory/offload."""
         manager, loaded = self.manager, run.loaded
@@ -164,7 +183,11 @@ class Engine:
         while True:
             try:
                 phase = time.perf_counter()
-                apply_loras(loaded, run.request.loras)
+                if run.request.control == "lora":
+                    apply_control_lora(loaded, run.request.control_lora, run.request.loras)
+                    run.timings["control_lora_s"] = time.perf_counter() - phase
+                else:
+                    apply_loras(loaded, run.request.loras)
                 run.prepared = self._encode(run)
                 run.timings["encode_s"] = time.perf_counter() - phase
                 manager.enter(loaded, run.placement, "denoise")

@@ -48,6 +48,7 @@ class LoadedPipeline:
     last_used: float = 0.0
     compiled: bool = False  # its transformer's repeated blocks are compiled
     lora_state: Any = None  # the LoRA adapters this pipeline last applied (pipelines.loras.apply_loras)
+    base: Any = None  # for a control view: the Dev LoadedPipeline whose components it runs on
 
     @property
     def root(self) -> Path:
@@ -143,6 +144,18 @@ class ModelManager:
             self._enforce_budget(keep=key)
             return loaded
 
+    def control_view(self, loaded: LoadedPipeline) -> LoadedPipeline:
+        """A FluxControlPipeline over ``loaded``'s own components (the Dev transformer, text encoders, VAE): nothing
+        is loaded again, and the manager holds only the Dev pipeline. A control LoRA makes it a Depth or Canny
+        model for one run (pipelines.loras.apply_control_lora)."""
+        from diffusers import FluxControlPipeline
+
+        with self.lock:
+            names = FluxControlPipeline._get_signature_keys(FluxControlPipeline)[0]
+            pipe = FluxControlPipeline(**{name: getattr(loaded.pipe, name) for name in names})
+            return LoadedPipeline(loaded.key, pipe, loaded.components, loaded.quant, loaded.auto, 0.0, 0.0,
+                                  loaded.last_used, loaded.compiled, None, loaded)
+
     def _load_pipeline(self, key, root: Path, quant: str, auto, progress: Progress,
                        transformer: Path | None = None) -> LoadedPipeline:
         index = read_index(root)
@@ -214,6 +227,8 @@ class ModelManager:
                                         record, remaining, {loaded.key})
                 loaded.components[name] = self._components.add(replacement)
                 setattr(loaded.pipe, name, module)
+                if loaded.base is not None:  # a control view: its Dev pipeline runs on the same components
+                    setattr(loaded.base.pipe, name, module)
                 made.append(failed)
             return made
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 from PIL import Image
 
@@ -35,6 +36,8 @@ class GenerationRequest:
     canny_high: int = defaults.CANNY_HIGH
     transformer: str | None = None  # a single-file GGUF transformer that replaces the model's own
     loras: list = field(default_factory=list)  # (file, strength) pairs; checked into pipelines.loras.LoraFile
+    control: str | None = None  # Depth and Canny: "model" (their own model) or "lora" (a control LoRA on Dev)
+    control_lora: Any = None  # its file, checked into a LoraFile (default: the tool's official one); implies "lora"
     notices: list[str] = field(default_factory=list)
     inputs: dict = field(default_factory=dict)  # filled on load: input name -> {name, sha256, sha256_of, size}
 
@@ -67,6 +70,7 @@ class GenerationRequest:
         not_taken(self, tool, all_tools())
         self.transformer = check_transformer_file(self.transformer)
         self.loras = check_loras(self.loras)
+        self._check_control(tool)
         self._load_images()
         tool.check_inputs(self)
         d = tool.defaults(self.model)
@@ -86,6 +90,27 @@ class GenerationRequest:
         self.canny_high = _int_in("canny_high", self.canny_high, 0, 255, defaults.CANNY_HIGH)
         if self.canny_low > self.canny_high:
             raise UserError(f"canny_low={self.canny_low} is above canny_high={self.canny_high}; swap them.")
+
+    def _check_control(self, tool) -> None:
+        from .loras import check_lora
+
+        if self.control is None or self.control == "":
+            takes = getattr(tool, "control_lora", None) is not None or self.control_lora
+            self.control = ("lora" if self.control_lora else "model") if takes else None
+            if self.control is None:
+                return
+        if self.control not in defaults.CONTROL_FORMS:
+            raise UserError(f"control={self.control!r} is unknown; choose one of {', '.join(defaults.CONTROL_FORMS)}.")
+        if (self.control == "lora" or self.control_lora) and getattr(tool, "control_lora", None) is None:
+            raise UserError(f"control={self.control!r} (a control LoRA) is only for the depth and canny tools, "
+                            f"not {tool.name}.")
+        if self.control_lora and self.control != "lora":
+            raise UserError("control_lora is given but control='model'; use control='lora' with it.")
+        if self.control_lora and not hasattr(self.control_lora, "sha256"):
+            try:
+                self.control_lora = check_lora(self.control_lora, 1.0)
+            except UserError as error:
+                raise UserError(str(error).replace("lora", "control_lora", 1)) from None
 
     def _load_images(self) -> None:
         """Read and check every image now, before any model is loaded."""
@@ -116,6 +141,8 @@ class GenerationRequest:
         values["expand"] = list(self.expand) if self.expand else None
         values["inputs"] = {name: dict(item) for name, item in self.inputs.items()}
         values["loras"] = [lora.to_dict() for lora in self.loras]
+        if hasattr(self.control_lora, "to_dict"):
+            values["control_lora"] = self.control_lora.to_dict()
         return values
 
 

@@ -73,6 +73,30 @@ def check_pipeline_dir(path: Path, tool, name: str | None = None) -> Path:
     return path
 
 
+def control_lora_file(tool_source: ModelSource, tool) -> Path:
+    """The default control LoRA of ``tool`` (Depth, Canny): the tiny family's own, or the official file."""
+    if tool_source.is_tiny:
+        from .tiny_loras import tiny_control_lora
+
+        return tiny_control_lora(tool)
+    repo_id, filename = tool.control_lora
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import GatedRepoError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+    try:
+        return Path(hf_hub_download(repo_id, filename))
+    except GatedRepoError:
+        raise UserError(f"control LoRA {repo_id!r} is gated: accept its licence on huggingface.co/{repo_id}, then "
+                        "log in (`hf auth login` or HF_TOKEN); or pass a local file with --control-lora.") from None
+    except RepositoryNotFoundError:
+        raise UserError(f"control LoRA {repo_id!r} was not found on the Hugging Face hub; pass a local file with "
+                        "--control-lora.") from None
+    except (LocalEntryNotFoundError, OSError) as error:
+        raise UserError(f"control LoRA {repo_id}/{filename} is not in the local cache and the Hugging Face hub "
+                        f"cannot be reached ({type(error).__name__}); connect, or pass a local file with "
+                        "--control-lora.") from None
+
+
 def download(repo_id: str) -> Path:
     """Fetch a hub repo's diffusers folders (or find them in the local cache)."""
     from huggingface_hub import snapshot_download

@@ -4,6 +4,10 @@ The diffusers/PEFT file comes from a peft LoRA injected into the tiny dev transf
 (the reference code's module names under `diffusion_model.`, as BFL's and ComfyUI's tools save them) and XLabs files
 carry random low-rank weights under those formats' own key names (fused qkv projections included), so loading them
 goes through diffusers' converters as real files do. The kohya file also adapts the CLIP text encoder.
+
+The control LoRAs (one per control tool, as FLUX.1-Depth-dev-lora and FLUX.1-Canny-dev-lora) are in diffusers' naming:
+LoRA pairs over the attention layers and the input layer x_embedder at twice the tiny dev's input width (latents
+beside the control map), and the replaced norms (norm_q, norm_k, norm_added_q, norm_added_k) as plain weights.
 """
 
 from __future__ import annotations
@@ -45,6 +49,53 @@ def tiny_lora(fmt: str, seed: int = 0, root: Path | None = None) -> Path:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+def tiny_control_lora(tool, root: Path | None = None, width: int | None = None) -> Path:
+    """The tiny control LoRA of ``tool`` (a control tool: pipelines.tools), built if missing; ``width``: another
+    input width (a file that does not fit, for tests)."""
+    if getattr(tool, "control_lora", None) is None:
+        raise ValueError(f"tiny_control_lora: the {tool.name} tool has no control LoRA.")
+    root = Path(root) if root else tiny_lora_root()
+    suffix = f"-{width}" if width else ""
+    path = root / f"tiny-control-{tool.name}{suffix}.safetensors"
+    if not path.exists():
+        _write(path, _control(tool.tiny.seed, width or 2 * HIDDEN))
+    return path
+
+
+def _write(path: Path, state: dict) -> None:
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(prefix=".lora-", suffix=".safetensors", dir=path.parent)
+    os.close(handle)
+    try:
+        save_file({k: v.contiguous() for k, v in state.items()}, tmp, metadata={"format": "pt"})
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _control(seed: int, in_channels: int) -> dict:
+    """A peft LoRA on a tiny transformer with the widened input layer, plus norm weights, in diffusers' naming."""
+    import torch
+    from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model
+
+    from .tiny import tiny_transformer
+
+    gen = _generator(100 + seed)
+    transformer = tiny_transformer(0, in_channels=in_channels)
+    config = LoraConfig(r=RANK, lora_alpha=RANK, target_modules=["x_embedder", "to_q", "to_k", "to_v", "to_out.0",
+                                                                 "proj_out"])
+    transformer = inject_adapter_in_model(config, transformer)
+    _randomize(transformer, gen, scale=0.3)
+    state = {f"transformer.{k}": v for k, v in get_peft_model_state_dict(transformer).items()}
+    for name, module in transformer.named_modules():
+        if name.rpartition(".")[2] in ("norm_q", "norm_k", "norm_added_q", "norm_added_k"):
+            state[f"transformer.{name}.weight"] = 1.0 + 0.1 * torch.randn(module.weight.shape, generator=gen)
+    return {k: v.detach().to(torch.float32) for k, v in state.items()}
 
 
 def _generator(seed: int):

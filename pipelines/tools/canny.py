@@ -16,4 +16,5 @@ class Canny(Control):
 
 
 TOOL = Canny(name="canny", title="FLUX.1 Canny", model_id="black-forest-labs/FLUX.1-Canny-dev", steps=28,
+             control_lora=("black-forest-labs/FLUX.1-Canny-dev-lora", "flux1-canny-dev-lora.safetensors"),
              guidance=30.0, tiny_steps=8, order=5, tiny=TinyVariant("canny", seed=15, in_channels=128))

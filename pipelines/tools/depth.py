@@ -47,4 +47,5 @@ class Depth(Control):
 
 
 TOOL = Depth(name="depth", title="FLUX.1 Depth", model_id="black-forest-labs/FLUX.1-Depth-dev", steps=28,
+             control_lora=("black-forest-labs/FLUX.1-Depth-dev-lora", "flux1-depth-dev-lora.safetensors"),
              guidance=10.0, tiny_steps=8, order=4, tiny=TinyVariant("depth", seed=14, in_channels=128))
