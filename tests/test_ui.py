@@ -357,3 +357,16 @@ def test_depth_preview_uses_the_tools_estimator(demo):
     with pytest.raises(gr.Error, match="the kontext tool has no control map"):
         runner.control_map("kontext", photo)
     runner.unload_models()
+
+
+def test_depth_tab_runs_the_control_lora_on_the_dev_model(demo):
+    runner = demo.studio_runner
+    photo = Image.open(asset("example-house.png"))
+    assert "depth-form" in {b.elem_id for b in demo.blocks.values() if b.elem_id}
+    request = runner.request("depth", prompt="a room", image=photo, control="lora", seed=1, steps=2)
+    assert request.model == runner.models["dev"] and request.control == "lora"
+    outcome = runner.run(request)
+    assert outcome.result.report["parameters"]["control"] == "lora"
+    tools_held = {row["used_by"][0] for row in runner.engine.manager.status() if row["component"] == "transformer"}
+    assert len(tools_held) == 1
+    runner.unload_models()

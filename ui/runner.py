@@ -20,6 +20,7 @@ from pipelines.engine import Engine, GenerationResult
 from pipelines.errors import UserError
 from pipelines.images import MAX_PIXELS
 from pipelines.request import GenerationRequest
+from pipelines.tools import get_tool
 
 from . import text
 from .outputs import OutputFolder
@@ -84,7 +85,9 @@ class Runner:
                 raise user_error(f"{name} is too large ({value.width}x{value.height}); the limit is "
                                  f"{MAX_PIXELS // 2**20} MPixels.", name)
         try:
-            return GenerationRequest(tool=tool, model=self.models[tool], **fields)
+            model = self.models[get_tool(tool).lora_base().name] if fields.get("control") == "lora" else \
+                self.models[tool]  # a control LoRA runs on the model of the tool it adapts (Dev)
+            return GenerationRequest(tool=tool, model=model, **fields)
         except UserError as error:
             raise user_error(str(error)) from None
 

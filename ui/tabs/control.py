@@ -39,6 +39,10 @@ def build(ctx: TabContext, tool: str) -> None:
                 preview = gr.Button("Preview depth map", size="sm", elem_id="depth-preview")
             prompt = gr.Textbox(label="Prompt", lines=2, max_lines=6, elem_id=f"{tool}-prompt",
                                 placeholder="What the image should show, following the map's structure…")
+            form = gr.Radio([("Full control model", "model"), ("Control LoRA on FLUX.1 [dev]", "lora")],
+                            value="model", label="Model form", elem_id=f"{tool}-form",
+                            info="The LoRA form adds a small control LoRA to the Dev model the Generate tab uses: "
+                                 "no second 12B model on disk or in memory.")
             options = settings(ctx, tool, from_image=True)
             gr.Examples([[asset(EXAMPLES[tool]), PROMPTS[tool]]], [photo, prompt], label="Example")
         with gr.Column(scale=6, min_width=420):
@@ -82,7 +86,7 @@ def build(ctx: TabContext, tool: str) -> None:
 
     # ---- generation ------------------------------------------------------------------------------------
     def fields(image, map_image, choice, prompt, lo, hi, steps, guidance, quant, match, width, height, seed,
-               randomize, loras_picked, loras_uploaded, lora_strength):
+               randomize, loras_picked, loras_uploaded, lora_strength, form="model"):
         control_image = None
         if choice == UPLOADED:
             if map_image is None:
@@ -95,23 +99,23 @@ def build(ctx: TabContext, tool: str) -> None:
         extra = {} if lo is None else {"canny_low": int(lo), "canny_high": int(hi)}
         return dict(prompt=prompt or "", quant=quant, image=image, control_image=control_image, width=width,
                     height=height, steps=steps, guidance=guidance, seed=pick_seed(seed, randomize),
-                    loras=lora_values(loras_picked, loras_uploaded, lora_strength), **extra)
+                    loras=lora_values(loras_picked, loras_uploaded, lora_strength), control=form or "model", **extra)
 
     def check(image, map_image, choice, prompt, lo, hi, *rest):
         ctx.runner.request(tool, **fields(image, map_image, choice, prompt, lo, hi, *rest[:-1]))
 
     def run(image, map_image, choice, prompt, lo, hi, steps, guidance, quant, match, width, height, seed,
-            randomize, loras_picked=None, loras_uploaded=None, lora_strength=1.0, history=None,
+            randomize, loras_picked=None, loras_uploaded=None, lora_strength=1.0, form="model", history=None,
             progress=gr.Progress()):
         request = ctx.runner.request(tool, **fields(image, map_image, choice, prompt, lo, hi, steps, guidance,
                                                     quant, match, width, height, seed, randomize,
-                                                        loras_picked, loras_uploaded, lora_strength))
+                                                    loras_picked, loras_uploaded, lora_strength, form))
         outcome = ctx.runner.run(request, progress)
         shown = outcome.result.control_image if choice == FROM_PHOTO else gr.skip()
         return (*panel_values([outcome], history), request.seed, shown)
 
     limits = thresholds if tool == "canny" else [gr.State(None), gr.State(None)]
-    inputs = [photo, control, source, prompt, *limits, *options.inputs(), panel.history]
+    inputs = [photo, control, source, prompt, *limits, *options.inputs(), form, panel.history]
     wire(ctx, panel.button, check, run, inputs, [*panel.outputs(), options.seed, control], api_name=tool,
          aliases={"control_image": "map_image", "canny_low": "lo", "canny_high": "hi"})
 
