@@ -241,10 +241,10 @@ RAW_GENERATE = [
 def test_raw_generate_refuses(web_studio, name, change, pattern):  # noqa: F811
     response = join(web_studio.url, fn_index(web_studio.url, "generate"), generate_data(**change))
     assert 400 <= response.status_code < 500, (response.status_code, response.text[:200])
-    assert_readable(refusal(response.json().get("detail", response.text)), pattern)
+    assert_readable(validation_message(response.json().get("detail", response.text)), pattern)
 
 
-def refusal(detail) -> str:
+def validation_message(detail) -> str:
     """The message of a refusal: the validator's message for the refused input, or the text itself."""
     if isinstance(detail, list):
         return " ".join(item["message"] for item in detail if isinstance(item, dict) and not item.get("is_valid"))
@@ -407,8 +407,9 @@ def tool_values(files: dict[str, Path], masks: dict[str, Path], as_file) -> dict
         "fill": dict(mode="inpaint", editor=editor, left=0, top=0, right=64, bottom=0, prompt="a vase",
                      reference=None, **size),
         "kontext": dict(image=good, prompt="make it night", **size),
-        "depth": dict(image=good, map_image=None, choice="photo", prompt="a room", **size),
-        "canny": dict(image=good, map_image=None, choice="photo", prompt="a boat", lo=100, hi=200, **size),
+        "depth": dict(image=good, map_image=None, choice="photo", prompt="a room", form="model", **size),
+        "canny": dict(image=good, map_image=None, choice="photo", prompt="a boat", lo=100, hi=200, form="model",
+                      **size),
         "redux": dict(image=good, prompt="", count=1, **size),
     }
 
