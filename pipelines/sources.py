@@ -81,38 +81,35 @@ def control_lora_file(tool_source: ModelSource, tool) -> Path:
         return tiny_control_lora(tool)
     repo_id, filename = tool.control_lora
     from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import GatedRepoError, LocalEntryNotFoundError, RepositoryNotFoundError
 
-    try:
-        return Path(hf_hub_download(repo_id, filename))
-    except GatedRepoError:
-        raise UserError(f"control LoRA {repo_id!r} is gated: accept its licence on huggingface.co/{repo_id}, then "
-                        "log in (`hf auth login` or HF_TOKEN); or pass a local file with --control-lora.") from None
-    except RepositoryNotFoundError:
-        raise UserError(f"control LoRA {repo_id!r} was not found on the Hugging Face hub; pass a local file with "
-                        "--control-lora.") from None
-    except (LocalEntryNotFoundError, OSError) as error:
-        raise UserError(f"control LoRA {repo_id}/{filename} is not in the local cache and the Hugging Face hub "
-                        f"cannot be reached ({type(error).__name__}); connect, or pass a local file with "
-                        "--control-lora.") from None
+    return _from_hub(lambda: Path(hf_hub_download(repo_id, filename)), f"control LoRA {repo_id}/{filename}",
+                     "pass a local file with --control-lora", repo_id)
 
 
 def download(repo_id: str) -> Path:
     """Fetch a hub repo's diffusers folders (or find them in the local cache)."""
     from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import (GatedRepoError, LocalEntryNotFoundError, RepositoryNotFoundError)
 
+    return _from_hub(lambda: Path(snapshot_download(repo_id, ignore_patterns=HUB_IGNORE)), f"model={repo_id!r}",
+                     "pass a local directory, or use --model tiny", repo_id)
+
+
+def _from_hub(fetch, what: str, instead: str, repo_id: str) -> Path:
+    """``fetch()``, with the hub's failures as one line each: ``what`` failed, do ``instead``."""
+    from huggingface_hub.errors import GatedRepoError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+    page = f"huggingface.co/{repo_id}"
     try:
-        return Path(snapshot_download(repo_id, ignore_patterns=HUB_IGNORE))
+        return fetch()
     except GatedRepoError:
-        raise UserError(f"model={repo_id!r} is gated: accept its licence on huggingface.co/{repo_id}, then log in "
-                        "(`hf auth login` or HF_TOKEN); or pass a local directory, or use --model tiny.") from None
+        raise UserError(f"{what} is gated: accept its licence on {page}, then log in (`hf auth login` or HF_TOKEN); "
+                        f"or {instead}.") from None
     except RepositoryNotFoundError:
-        raise UserError(f"model={repo_id!r} was not found on the Hugging Face hub (private repos need a login); "
-                        "check the id, pass a local directory, or use --model tiny.") from None
+        raise UserError(f"{what} was not found on the Hugging Face hub (private repos need a login); check the id, "
+                        f"or {instead}.") from None
     except (LocalEntryNotFoundError, OSError) as error:
-        raise UserError(f"model={repo_id!r} is not in the local cache and the Hugging Face hub cannot be reached "
-                        f"({type(error).__name__}); connect, pass a local directory, or use --model tiny.") from None
+        raise UserError(f"{what} is not in the local cache and the Hugging Face hub cannot be reached "
+                        f"({type(error).__name__}); connect, or {instead}.") from None
 
 
 def is_cached(repo_id: str) -> bool:

@@ -36,18 +36,7 @@ def tiny_lora(fmt: str, seed: int = 0, root: Path | None = None) -> Path:
     path = root / f"tiny-{fmt}-{seed}.safetensors"
     if path.exists():
         return path
-    root.mkdir(parents=True, exist_ok=True)
-    state = BUILDERS[fmt](seed)
-    from safetensors.torch import save_file
-
-    handle, tmp = tempfile.mkstemp(prefix=".lora-", suffix=".safetensors", dir=root)
-    os.close(handle)
-    try:
-        save_file({k: v.contiguous() for k, v in state.items()}, tmp, metadata={"format": "pt"})
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    _write(path, BUILDERS[fmt](seed))
     return path
 
 
