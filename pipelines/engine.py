@@ -80,6 +80,7 @@ class Run:
     prompt_cached: bool = False
     compiled: bool = False
     step_cache: dict | None = None
+    control_lora: Any = None  # the control LoRA this run applies (the request's, or the tool's default file)
 
     def details(self) -> dict:
         """What the report records of how the run used memory and time."""
@@ -117,11 +118,11 @@ class Engine:
         source = resolve_model(request.model, tool.lora_base() if on_dev else tool)
         if source.is_tiny:
             notices.append("Running the offline demo model 'tiny' (random weights: images look like noise).")
+        control_lora = None
         if on_dev:
             if source.is_tiny:
-                resolve_model(request.model, tool)  # the tiny family's depth estimator
-            if request.control_lora is None:
-                request.control_lora = check_lora(control_lora_file(source, tool), 1.0)
+                resolve_model(request.model, tool)  # builds the tool's tiny auxiliary models (depth estimator)
+            control_lora = request.control_lora or check_lora(control_lora_file(source, tool), 1.0)
         with PeakMemory(manager.device) as peak:
             loaded = manager.pipeline(source.root, request.quant, progress,
                                       transformer=Path(request.transformer) if request.transformer else None)
@@ -132,7 +133,7 @@ class Engine:
             if loaded.auto:
                 notices.append(f"Auto chose {loaded.quant}: {loaded.auto.reason}.")
             run = Run(tool, request, loaded, RunContext(manager, source, loaded.pipe), notices,
-                      {"load_s": load_s, "quantize_s": quantize_s})
+                      {"load_s": load_s, "quantize_s": quantize_s}, control_lora=control_lora)
             width, height = tool.output_size(request, request.image)
             run.placement = manager.place(loaded, width * height, self._text_tokens(request))
             self._speed_options(run)
@@ -141,6 +142,8 @@ class Engine:
         run.timings["total_s"] = time.perf_counter() - start
         report = build_report(request, run.prepared, loaded, manager, peak.peak_bytes, run.timings, run.fallbacks,
                               notices, run.details())
+        if control_lora is not None:
+            report["parameters"]["control_lora"] = control_lora.to_dict()
         notices += fallback_notices(report)
         return GenerationResult(image, report, notices, run.prepared.control_image)
 
@@ -167,12 +170,11 @@ class Engine:
 
     def _run_with_recovery(self, run: "Run", progress: Progress) -> np.ndarray:
         """Encode, denoise and decode (a control LoRA, when the run has one, only for this run)."""
-        if run.request.control != "lora":
-            return self._run_steps(run, progress)
         try:
             return self._run_steps(run, progress)
         finally:
-            release_control_lora(run.loaded.pipe)  # the shared Dev transformer as it was
+            if run.control_lora is not None:
+                release_control_lora(run.loaded.pipe)  # the shared Dev transformer as it was
 
     def _run_steps(self, run: "Run", progress: Progress) -> np.ndarray:
         """Encode, denoise and decode, each with its placement; on failure, retry along the fallback chain, then
@@ -183,8 +185,8 @@ class Engine:
         while True:
             try:
                 phase = time.perf_counter()
-                if run.request.control == "lora":
-                    apply_control_lora(loaded, run.request.control_lora, run.request.loras)
+                if run.control_lora is not None:
+                    apply_control_lora(loaded, run.control_lora, run.request.loras)
                     run.timings["control_lora_s"] = time.perf_counter() - phase
                 else:
                     apply_loras(loaded, run.request.loras)

@@ -80,3 +80,36 @@ def image_files(tmp_path):
     paths["truncated"].write_bytes(paths["photo"].read_bytes()[:200])
     paths["text"].write_text("not an image")
     return paths
+
+
+def force_chain(monkeypatch, tmp_path, config) -> None:
+    """Quantize with ``config`` (then full precision) whatever the policy says; a private store, no probe."""
+    from quantization.config import FULL_PRECISION
+
+    monkeypatch.setenv("FLUXFORGE_QUANT_CACHE_DIR", str(tmp_path / "quantized"))
+    monkeypatch.setenv("FLUXFORGE_PROBE", "0")
+    monkeypatch.setattr("pipelines.manager.candidates",
+                        lambda quant, device: (config, FULL_PRECISION) if quant != "none" else (FULL_PRECISION,))
+
+
+def fail_first_4bit_run(monkeypatch):
+    """The transformer quantized with the first 4-bit CPU option fails its first run (as an unsupported kernel
+    would): returns (first, second), the options the run starts with and falls back to."""
+    from quantization.policy import candidates
+    from quantization.registry import backend_for
+
+    first, second = candidates("4bit", "cpu")[:2]
+    backend_type = type(backend_for(first))
+    original = backend_type.quantize
+
+    def explode(*args):
+        raise RuntimeError("kernel not implemented for this shape")
+
+    def poisoned(self, module, config, device, dtype):
+        module = original(self, module, config, device, dtype)
+        if type(module).__name__ == "FluxTransformer2DModel" and config == first:
+            module.proj_out.register_forward_pre_hook(explode)  # a hooked module is never stored
+        return module
+
+    monkeypatch.setattr(backend_type, "quantize", poisoned)
+    return first, second

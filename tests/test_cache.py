@@ -24,6 +24,7 @@ from quantization.registry import check_backend
 from quantization.prequantized import load_prequantized
 from quantization.probe import ProbeResult
 from quantization.registry import backend_for
+from tests.conftest import fail_first_4bit_run
 
 CPU = torch.device("cpu")
 BF16 = torch.bfloat16
@@ -160,20 +161,7 @@ def test_cache_hit_still_runs_the_probe_with_the_recorded_shapes(quant_cache, ti
 def test_runtime_fallback_is_stored_and_read_back(quant_cache, tiny_root, monkeypatch):
     """A first run that fails after quantizing moves the transformer one step down its chain through the same load
     path: the next config is stored, and a fresh studio reads it back instead of quantizing it again."""
-    first, second = candidates("4bit", "cpu")[:2]
-    backend_type = type(backend_for(first))
-    original = backend_type.quantize
-
-    def explode(*args):
-        raise RuntimeError("kernel not implemented for this shape")
-
-    def poisoned(self, module, config, device, dtype):
-        module = original(self, module, config, device, dtype)
-        if type(module).__name__ == "FluxTransformer2DModel" and config == first:
-            module.proj_out.register_forward_pre_hook(explode)  # a hooked module is never stored
-        return module
-
-    monkeypatch.setattr(backend_type, "quantize", poisoned)
+    first, second = fail_first_4bit_run(monkeypatch)
     degraded = generate("4bit")
     transformer = components(degraded)["transformer"]
     assert (transformer["backend"], transformer["format"], transformer["from_cache"]) == (

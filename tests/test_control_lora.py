@@ -17,8 +17,8 @@ from pipelines.request import GenerationRequest
 from pipelines.tiny_loras import tiny_control_lora as control_lora_of
 from pipelines.tiny_loras import tiny_lora
 from pipelines.tools import get_tool
-from quantization.config import FULL_PRECISION, BitsAndBytesConfig, QuantoConfig, TorchAoConfig
-from tests.conftest import make_photo
+from quantization.config import BitsAndBytesConfig, QuantoConfig, TorchAoConfig
+from tests.conftest import force_chain, make_photo
 
 
 def tiny_control_lora(tool: str, **options):
@@ -84,7 +84,10 @@ def test_lora_form_holds_one_transformer_the_model_form_two(engine):
 
 
 def test_the_report_and_png_record_the_control_lora(engine, tmp_path):
-    result = generate(engine, "depth", control="lora")
+    request = GenerationRequest(tool="depth", prompt="a glass house", model="tiny", quant="none", seed=5, steps=2,
+                                image=make_photo(), control="lora")
+    result = engine.generate(request)
+    assert request.control_lora is None  # the tool's own file is used, not written back into the request
     path = tiny_control_lora("depth")
     expected = {"name": path.stem, "sha256": hashlib.sha256(path.read_bytes()).hexdigest(), "strength": 1.0}
     assert result.report["parameters"]["control"] == "lora"
@@ -109,10 +112,7 @@ CONFIGS = [("8bit", QuantoConfig("int8")), ("4bit", BitsAndBytesConfig("nf4")),
 @pytest.mark.parametrize("quant,config", CONFIGS, ids=lambda v: getattr(v, "format", v))
 def test_a_quantized_dev_transformer_takes_the_control_lora_and_stays_as_it_was(tiny_root, monkeypatch, tmp_path,
                                                                                quant, config):
-    monkeypatch.setenv("FLUXFORGE_QUANT_CACHE_DIR", str(tmp_path / "quantized"))
-    monkeypatch.setenv("FLUXFORGE_PROBE", "0")
-    monkeypatch.setattr("pipelines.manager.candidates",
-                        lambda q, device: (config, FULL_PRECISION) if q != "none" else (FULL_PRECISION,))
+    force_chain(monkeypatch, tmp_path, config)
     engine = Engine(ModelManager(device="cpu"))
     before = generate(engine, quant=quant)
     (loaded,) = engine.manager._pipelines.values()

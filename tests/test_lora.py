@@ -2,7 +2,6 @@
 reloading or de-quantizing the base model; bad files are one-line errors that leave the model as it was."""
 
 import json
-import struct
 
 import numpy as np
 import pytest
@@ -16,9 +15,10 @@ from pipelines.loras import check_loras, parse_lora_arg
 from pipelines.manager import ModelManager
 from pipelines.request import GenerationRequest
 from pipelines.tiny_loras import FORMATS, tiny_lora
-from quantization.config import FULL_PRECISION, BitsAndBytesConfig, QuantoConfig, TorchAoConfig
+from quantization.config import BitsAndBytesConfig, QuantoConfig, TorchAoConfig
 from quantization.registry import backend_for
 from quantization.sizes import module_bytes
+from tests.conftest import fail_first_4bit_run, force_chain
 
 
 @pytest.fixture(scope="module")
@@ -110,10 +110,7 @@ CONFIGS = [("8bit", QuantoConfig("int8")), ("4bit", QuantoConfig("int4")), ("4bi
 @pytest.mark.parametrize("quant,config", CONFIGS, ids=lambda v: getattr(v, "format", v))
 def test_each_quantization_backend_takes_a_lora_and_stays_quantized(tiny_root, lora_files, monkeypatch, tmp_path,
                                                                     quant, config):
-    monkeypatch.setenv("FLUXFORGE_QUANT_CACHE_DIR", str(tmp_path / "quantized"))
-    monkeypatch.setenv("FLUXFORGE_PROBE", "0")
-    monkeypatch.setattr("pipelines.manager.candidates",
-                        lambda q, device: (config, FULL_PRECISION) if q != "none" else (FULL_PRECISION,))
+    force_chain(monkeypatch, tmp_path, config)
     engine = Engine(ModelManager(device="cpu"))
     base = generate(engine, quant=quant)
     assert base.report["quantization"]["components"]["transformer"]["format"] == config.format
@@ -332,24 +329,9 @@ def test_a_gguf_transformer_takes_a_lora_and_stays_gguf(tiny_root, lora_files, t
 
 
 def test_loras_follow_a_runtime_fallback_to_the_next_backend(tiny_root, lora_files, monkeypatch, tmp_path):
-    from quantization.policy import candidates
-
     monkeypatch.setenv("FLUXFORGE_QUANT_CACHE_DIR", str(tmp_path / "quantized"))
     monkeypatch.setenv("FLUXFORGE_PROBE", "0")
-    first, second = candidates("4bit", "cpu")[:2]
-    backend_type = type(backend_for(first))
-    original = backend_type.quantize
-
-    def explode(*args):
-        raise RuntimeError("kernel not implemented for this shape")
-
-    def poisoned(self, module, config, device, dtype):
-        module = original(self, module, config, device, dtype)
-        if type(module).__name__ == "FluxTransformer2DModel" and config == first:
-            module.proj_out.register_forward_pre_hook(explode)
-        return module
-
-    monkeypatch.setattr(backend_type, "quantize", poisoned)
+    first, second = fail_first_4bit_run(monkeypatch)
     engine = Engine(ModelManager(device="cpu"))
     with_lora = generate(engine, [(lora_files["diffusers"], 1.0)], quant="4bit")
     transformer = with_lora.report["quantization"]["components"]["transformer"]
