@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -127,6 +128,17 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as error:  # a failure we did not foresee: one line, the traceback only when asked for
+        print(f"error: {args.command or 'studio'} failed ({type(error).__name__}: {_first_line(error)}); run with "
+              "FLUXFORGE_DEBUG=1 for the traceback.", file=sys.stderr)
+        if os.environ.get("FLUXFORGE_DEBUG") == "1":
+            raise
+        return 1
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0][:200] if text else "no message"
 
 
 def _number(value, kind):

@@ -42,7 +42,10 @@ def step_cache(transformer, threshold: float):
     handle = inner.register_forward_hook(lambda *args: counter.__setitem__("full", counter["full"] + 1))
     transformer.enable_cache(FirstBlockCacheConfig(threshold=threshold))
     try:
-        yield counter
+        # FluxPipeline names its own cache context per step; the Fill, Kontext and Control pipelines do not, and
+        # the cache needs one: this outer context serves them (an inner one takes over where a pipeline sets it).
+        with transformer.cache_context("cond"):
+            yield counter
     finally:
         transformer.disable_cache()
         handle.remove()

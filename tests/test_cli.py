@@ -182,3 +182,17 @@ def test_bench_takes_its_own_options_after_the_command(capsys):
     # after studio options it would lose them, so it says how to call it instead of starting the studio
     assert cli.main(["--device", "cpu", "bench", "--quick"]) == 2
     assert "put `bench` first" in capsys.readouterr().err
+
+
+def test_an_unforeseen_failure_is_one_line_without_traceback(monkeypatch, tmp_path, capsys, tiny_root):
+    from pipelines.engine import Engine
+
+    def broken(self, request, progress=None):
+        raise RuntimeError("kernel exploded\nat 0xdeadbeef")
+
+    monkeypatch.setattr(Engine, "generate", broken)
+    out = tmp_path / "x.png"
+    assert cli.main(["generate", "--tool", "dev", "--prompt", "x", "--model", "tiny", "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "error: generate failed (RuntimeError: kernel exploded)" in err and "0xdeadbeef" not in err
+    assert "Traceback" not in err and not out.exists()

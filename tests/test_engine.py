@@ -461,3 +461,13 @@ def test_compile_is_refused_visibly_off_nvidia_gpus(fresh_studio):
     assert any(n.startswith("Compile skipped: torch.compile is offered on NVIDIA GPUs") for n in result.notices)
     assert any(f["backend"] == "compile" for f in result.fallbacks)
     fresh_studio.manager.set_options(compile=False)
+
+
+@pytest.mark.parametrize("tool", ["fill", "kontext", "canny"])
+def test_step_cache_runs_on_pipelines_that_set_no_cache_context_of_their_own(fresh_studio, photo, mask, tool):
+    fresh_studio.manager.set_options(step_cache=0.5)
+    result = fresh_studio.generate(GenerationRequest(tool=tool, prompt="x", model="tiny", quant="none", seed=2,
+                                                     steps=4, **tool_inputs(tool, photo, mask)))
+    assert_image_is_not_flat(result.image)
+    assert result.report["step_cache"]["full_steps"] + result.report["step_cache"]["skipped_steps"] == 4
+    fresh_studio.manager.set_options(step_cache=0.0)
