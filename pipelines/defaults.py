@@ -20,6 +20,7 @@ EXPAND_MAX = 1024
 CANNY_LOW = 100
 CANNY_HIGH = 200
 CONTROL_FORMS = ("model", "lora")  # Depth and Canny: their own model, or a control LoRA on Dev
+KONTEXT_MAX_IMAGES = 4  # Kontext: the image to edit and up to three reference images
 
 # The offline `tiny` family: the same tools with small random weights, so sizes and lengths are scaled down.
 TINY_MODEL = "tiny"

@@ -51,6 +51,8 @@ class GenerationResult:
         meta["device"], meta["dtype"] = self.report["device"], self.report["dtype"]
         for name in ("placement", "options", "step_cache", "compiled"):
             meta[name] = self.report[name]
+        if "conditioning" in self.report:  # how several input images became one conditioning image
+            meta["conditioning"] = self.report["conditioning"]
         return meta
 
     def save(self, path: str | Path) -> Path:
@@ -85,7 +87,8 @@ class Run:
     def details(self) -> dict:
         """What the report records of how the run used memory and time."""
         placement = dict(self.placement.to_dict(), prompt_from_cache=self.prompt_cached)
-        return {"placement": placement, "compiled": self.compiled, "step_cache": self.step_cache}
+        return {"placement": placement, "compiled": self.compiled, "step_cache": self.step_cache,
+                **(self.prepared.details if self.prepared else {})}
 
 
 class Engine:

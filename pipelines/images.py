@@ -76,6 +76,11 @@ def describe_input(value, image: Image.Image) -> dict:
     return {"name": name, "sha256": digest, "sha256_of": of, "size": [image.width, image.height]}
 
 
+def image_name(index: int) -> str:
+    """How the request, the report and errors name the image at ``index`` of several: image, image_2, image_3..."""
+    return "image" if index == 0 else f"image_{index + 1}"
+
+
 def snap(value: int, name: str, notices: list[str]) -> int:
     """Round a size to the FLUX step (16), clamped to the limits, with a notice when it changed."""
     snapped = int(round(value / defaults.SIZE_STEP) * defaults.SIZE_STEP)
@@ -92,6 +97,41 @@ def fit_size(image: Image.Image, area: int) -> tuple[int, int]:
     width = max(defaults.SIZE_MIN, min(defaults.SIZE_MAX, int(round(image.width * scale / step)) * step))
     height = max(defaults.SIZE_MIN, min(defaults.SIZE_MAX, int(round(image.height * scale / step)) * step))
     return width, height
+
+
+def side_by_side_layout(sizes: list[tuple[int, int]], max_area: int,
+                        step: int = defaults.SIZE_STEP) -> tuple[int, list[int]]:
+    """(height, widths) that put images of ``sizes`` (width, height) in one row at a common height.
+
+    Each keeps its aspect ratio (widths rounded to ``step``); the row is at most ``max_area`` pixels and no
+    taller than the tallest image; the height and every width are multiples of ``step``. A ValueError says
+    when the images are too wide to fit even one step high.
+    """
+    if not sizes:
+        raise ValueError("side_by_side_layout needs at least one size")
+    if any(w <= 0 or h <= 0 for w, h in sizes) or max_area < step * step * len(sizes):
+        raise ValueError(f"sizes={sizes} and max_area={max_area} leave no room for one {step}x{step} block each")
+    aspects = [w / h for w, h in sizes]
+    height = min(max(h for _, h in sizes), (max_area / sum(aspects)) ** 0.5)
+    height = max(step, int(height) // step * step)
+    while True:
+        widths = [max(step, int(round(aspect * height / step)) * step) for aspect in aspects]
+        if height * sum(widths) <= max_area:
+            return height, widths
+        if height == step:
+            raise ValueError(f"images of sizes {sizes} are too wide to join within {max_area} pixels")
+        height -= step
+
+
+def side_by_side(images: list[Image.Image], max_area: int, step: int = defaults.SIZE_STEP) -> Image.Image:
+    """The images joined left to right, first to last, in one RGB image (see side_by_side_layout)."""
+    height, widths = side_by_side_layout([image.size for image in images], max_area, step)
+    row = Image.new("RGB", (sum(widths), height))
+    left = 0
+    for image, width in zip(images, widths):
+        row.paste(image.convert("RGB").resize((width, height)), (left, 0))
+        left += width
+    return row
 
 
 def binarize(mask: Image.Image) -> Image.Image:

@@ -22,7 +22,7 @@ class GenerationRequest:
     prompt: str = ""
     model: str = defaults.TINY_MODEL
     quant: str = "auto"
-    image: Image.Image | str | None = None
+    image: Image.Image | str | list | None = None  # a list where the tool takes several (Kontext): the first is edited
     mask: Image.Image | str | None = None
     reference: Image.Image | str | None = None
     control_image: Image.Image | str | None = None
@@ -40,6 +40,7 @@ class GenerationRequest:
     control_lora: Any = None  # its file, checked into a LoraFile (default: the tool's official one); implies "lora"
     notices: list[str] = field(default_factory=list)
     inputs: dict = field(default_factory=dict)  # filled on load: input name -> {name, sha256, sha256_of, size}
+    images: list = field(default_factory=list, init=False, repr=False)  # filled on load: every image, `image` first
 
     def __post_init__(self):
         self.check_inputs()
@@ -65,6 +66,7 @@ class GenerationRequest:
             raise UserError("prompt contains control characters; remove them.")
         if tool.needs_prompt and not self.prompt.strip():
             raise UserError(f"prompt is empty; the {self.tool} tool needs a prompt.")
+        self._check_image_count(tool, all_tools())
         if tool.needs_image and self.image is None:
             raise UserError(f"the {self.tool} tool needs an input image (--image).")
         not_taken(self, tool, all_tools())
@@ -91,6 +93,26 @@ class GenerationRequest:
         if self.canny_low > self.canny_high:
             raise UserError(f"canny_low={self.canny_low} is above canny_high={self.canny_high}; swap them.")
 
+    def _check_image_count(self, tool, takers) -> None:
+        """`image` as a list: at most the tool's max_images; an empty list is no image, one item that image."""
+        if not isinstance(self.image, (list, tuple)):
+            return
+        from .images import image_name
+
+        count = len(self.image)
+        if count > 1 and tool.max_images == 1:
+            several = [t.name for t in takers if t.max_images > 1]
+            raise UserError(f"image: {count} images given, but the {tool.name} tool takes one; give one image "
+                            f"(--image once)" + (f"; several are for the {' and '.join(several)} tool" if several
+                                                 else "") + ".")
+        if count > tool.max_images:
+            raise UserError(f"image: {count} images given; the {tool.name} tool takes at most {tool.max_images} (the "
+                            f"image to edit and {tool.max_images - 1} references); give fewer.")
+        for index, value in enumerate(self.image):
+            if value is None or (isinstance(value, str) and not value.strip()):
+                raise UserError(f"{image_name(index)} is empty; give an image file or leave it out.")
+        self.image = list(self.image) if count > 1 else (self.image[0] if count else None)
+
     def _check_control(self, tool) -> None:
         from .loras import check_lora
 
@@ -114,10 +136,15 @@ class GenerationRequest:
 
     def _load_images(self) -> None:
         """Read and check every image now, before any model is loaded."""
-        from .images import binarize, describe_input, load_image
+        from .images import binarize, describe_input, image_name, load_image
 
-        self.inputs = {}
-        for name in ("image", "reference", "control_image"):
+        self.inputs, self.images = {}, []
+        given = self.image if isinstance(self.image, list) else [] if self.image is None else [self.image]
+        for index, value in enumerate(given):
+            self.images.append(load_image(value, image_name(index)))
+            self.inputs[image_name(index)] = describe_input(value, self.images[-1])
+        self.image = self.images[0] if self.images else None
+        for name in ("reference", "control_image"):
             value = getattr(self, name)
             if value is not None:
                 setattr(self, name, load_image(value, name))
@@ -136,7 +163,7 @@ class GenerationRequest:
     def parameters(self) -> dict:
         """The request as plain values, for reports and PNG metadata: every input image by name, sha256 and
         size under `inputs` (the images themselves left out)."""
-        skip = {"image", "mask", "reference", "control_image", "notices", "inputs"}
+        skip = {"image", "images", "mask", "reference", "control_image", "notices", "inputs"}
         values = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in skip}
         values["expand"] = list(self.expand) if self.expand else None
         values["inputs"] = {name: dict(item) for name, item in self.inputs.items()}

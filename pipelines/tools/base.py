@@ -51,6 +51,7 @@ class Prepared:
     width: int
     height: int
     control_image: Image.Image | None = None  # the control map used, to show beside the result
+    details: dict = field(default_factory=dict)  # what the report adds about how the inputs were used
 
 
 @dataclass
@@ -81,6 +82,7 @@ class Tool:
     needs_prompt: bool = True
     inputs: frozenset = field(default_factory=frozenset)  # OPTIONAL_INPUTS it takes
     needs_image: bool = False
+    max_images: int = 1  # how many images `image` may hold (a list when more than one)
 
     def __post_init__(self):
         if not re.fullmatch(r"[a-z][a-z0-9_]*", self.name):
@@ -90,6 +92,9 @@ class Tool:
             raise ValueError(f"Tool {self.name}: inputs={sorted(unknown)} are unknown; use {sorted(OPTIONAL_INPUTS)}.")
         if self.needs_image and "image" not in self.inputs:
             raise ValueError(f"Tool {self.name}: needs_image=True needs 'image' in inputs.")
+        if self.max_images < 1 or (self.max_images > 1 and "image" not in self.inputs):
+            raise ValueError(f"Tool {self.name}: max_images={self.max_images} must be 1, or more with 'image' in "
+                             "inputs.")
         if not 1 <= self.steps <= defaults.STEPS_MAX or not 1 <= self.tiny_steps <= defaults.STEPS_MAX:
             raise ValueError(f"Tool {self.name}: steps={self.steps}, tiny_steps={self.tiny_steps} must be in "
                              f"1..{defaults.STEPS_MAX}.")
