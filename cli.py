@@ -30,7 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--model", default=None, help="tiny | HUB_ID | PATH (default: official weights if "
                                                    "present locally, else tiny)")
     gen.add_argument("--quant", default="auto", help="auto, none, 8bit, 4bit or fp8 (NVIDIA, compute capability 8.9+)")
-    gen.add_argument("--image")
+    gen.add_argument("--image", action="append", metavar="FILE",
+                     help="the input image; kontext: repeat to add reference images (the first is edited, "
+                          f"up to {defaults.KONTEXT_MAX_IMAGES} in all)")
     gen.add_argument("--mask")
     gen.add_argument("--reference")
     gen.add_argument("--control-image")

@@ -20,7 +20,7 @@ def asset(name: str) -> str:
 
 
 def readable(component, what: str):
-    """Make ``component`` (gr.Image or gr.ImageEditor) refuse a bad upload with one readable line.
+    """Make ``component`` (gr.Image, gr.ImageEditor, a gr.File of images) refuse a bad upload with one readable line.
 
     Gradio decodes uploads in the component's preprocess and reports a failure with its own text (the
     component index, the exception, the server's temporary path). Files are checked first with
@@ -52,10 +52,13 @@ def readable(component, what: str):
 
 
 def _files(payload) -> list:
-    """The uploaded files (with a local path) of an Image or ImageEditor payload."""
-    candidates = [payload] if hasattr(payload, "path") else [
-        getattr(payload, "background", None), getattr(payload, "composite", None),
-        *(getattr(payload, "layers", None) or [])]
+    """The uploaded files (with a local path) of an Image, ImageEditor or File (several files) payload."""
+    if isinstance(getattr(payload, "root", None), list):  # gr.File(file_count="multiple")
+        candidates = list(payload.root)
+    else:
+        candidates = [payload] if hasattr(payload, "path") else [
+            getattr(payload, "background", None), getattr(payload, "composite", None),
+            *(getattr(payload, "layers", None) or [])]
     return [f for f in candidates if f is not None and isinstance(getattr(f, "path", None), str)
             and not f.path.startswith(("http://", "https://", "data:"))]
 

@@ -88,6 +88,11 @@ def status_html(report: dict, path_name: str | None = None) -> str:
             f"{html.escape(report['dtype'])} · quantization {html.escape(mode)}")
     if params.get("loras"):
         head += " · LoRAs " + ", ".join(f"{html.escape(lora['name'])} {lora['strength']:g}" for lora in params["loras"])
+    joined = report.get("conditioning")
+    if joined:  # several input images, one conditioning image
+        names = [params["inputs"][role]["name"] for role in joined["inputs"] if role in params["inputs"]]
+        head += (f" · {len(joined['inputs'])} images {html.escape(joined['method'])} side by side: "
+                 + " + ".join(html.escape(name) for name in names))
     numbers = (f"peak {_mib(memory['peak_bytes'])} ({MEMORY_KINDS.get(memory['kind'], memory['kind'])}) · "
                f"load {timings['load_s']:.2f} s · quantize {timings['quantize_s']:.2f} s · "
                f"denoise {timings['denoise_s']:.2f} s · total {timings['total_s']:.2f} s")

@@ -100,6 +100,14 @@ def image_input(what: str, **kwargs) -> gr.Image:
     return readable(gr.Image(type="filepath", image_mode=None, sources=["upload", "clipboard"], **kwargs), what)
 
 
+def image_files_input(what: str, **kwargs) -> gr.File:
+    """Several image uploads passed on as their paths (bytes untouched, for the report's names and hashes); each
+    file that is not a readable image is refused with one line naming it (ui.images.readable)."""
+    from .images import readable
+
+    return readable(gr.File(file_count="multiple", file_types=["image"], type="filepath", **kwargs), what)
+
+
 def settings(ctx: TabContext, tool: str, from_image: bool = False) -> Controls:
     """The settings accordion; the Quantization dropdown sits right after guidance."""
     d = ctx.defaults(tool)

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import re
+
 import gradio as gr
 
+from pipelines import defaults
+
 from ..images import asset
-from ..runner import panel_values, pick_seed, user_error
-from ..widgets import TabContext, image_input, lora_values, result_panel, settings, size_values, wire
+from ..runner import Invalid, panel_values, pick_seed, user_error
+from ..widgets import (TabContext, image_files_input, image_input, lora_values, result_panel, settings, size_values,
+                       wire)
 
 TITLE = "Kontext"
 
@@ -15,6 +20,10 @@ def build(ctx: TabContext) -> None:
     with gr.Row(equal_height=False):
         with gr.Column(scale=5, min_width=380):
             image = image_input("image", label="Input image", height=300, elem_id="kontext-image")
+            references = image_files_input(
+                "references", label=f"Reference images (optional, up to {defaults.KONTEXT_MAX_IMAGES - 1}): "
+                "joined beside the input image, e.g. a person or an object to put into it", height=110,
+                elem_id="kontext-references")
             prompt = gr.Textbox(label="Edit instruction", lines=2, max_lines=6, elem_id="kontext-prompt",
                                 placeholder="e.g. make it night time, keep the house unchanged")
             options = settings(ctx, "kontext", from_image=True)
@@ -24,27 +33,38 @@ def build(ctx: TabContext) -> None:
             panel = result_panel("kontext", "Edit")
 
     def fields(image, prompt, steps, guidance, quant, match, width, height, seed, randomize,
-               loras_picked, loras_uploaded, lora_strength):
+               loras_picked, loras_uploaded, lora_strength, references=None):
         if image is None:
             raise user_error("Kontext edits an image: upload an input image first.", "image")
         if not (prompt or "").strip():
             raise user_error("Write an edit instruction, e.g. 'make it night time'.", "prompt")
+        references = [str(getattr(item, "path", None) or item) for item in references or []]
+        if len(references) > defaults.KONTEXT_MAX_IMAGES - 1:
+            raise user_error(f"references: {len(references)} files; Kontext takes up to "
+                             f"{defaults.KONTEXT_MAX_IMAGES - 1} reference images: remove some.", "references")
         width, height = size_values(match, width, height)
-        return dict(prompt=prompt, quant=quant, image=image, width=width, height=height, steps=steps,
-                    guidance=guidance, seed=pick_seed(seed, randomize),
+        return dict(prompt=prompt, quant=quant, image=[image, *references] if references else image, width=width,
+                    height=height, steps=steps, guidance=guidance, seed=pick_seed(seed, randomize),
                     loras=lora_values(loras_picked, loras_uploaded, lora_strength))
 
+    def checked_request(*args):
+        try:
+            return ctx.runner.request("kontext", **fields(*args))
+        except Invalid as error:  # about image_2, image_3...: the reference images
+            if re.match(r"image_\d", error.message):
+                error.field = "references"
+            raise
+
     def check(*args):
-        ctx.runner.request("kontext", **fields(*args[:-1]))
+        checked_request(*args[:-1])
 
     def run(image, prompt, steps, guidance, quant, match, width, height, seed, randomize,
-            loras_picked=None, loras_uploaded=None, lora_strength=1.0, history=None,
+            loras_picked=None, loras_uploaded=None, lora_strength=1.0, references=None, history=None,
             progress=gr.Progress()):
-        request = ctx.runner.request("kontext", **fields(image, prompt, steps, guidance, quant, match, width,
-                                                         height, seed, randomize,
-                                                             loras_picked, loras_uploaded, lora_strength))
+        request = checked_request(image, prompt, steps, guidance, quant, match, width, height, seed, randomize,
+                                  loras_picked, loras_uploaded, lora_strength, references)
         outcome = ctx.runner.run(request, progress)
         return (*panel_values([outcome], history), request.seed)
 
-    inputs = [image, prompt, *options.inputs(), panel.history]
+    inputs = [image, prompt, *options.inputs(), references, panel.history]
     wire(ctx, panel.button, check, run, inputs, [*panel.outputs(), options.seed], api_name="kontext")
