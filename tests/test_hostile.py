@@ -30,10 +30,10 @@ LORA_ORDER = list(NO_LORAS)
 GEN = dict(tool="schnell", prompt="a cat", steps=2, guidance=3.5, quant="auto", width=128, height=128, seed=1,
            randomize=False, **NO_LORAS)
 KON = dict(prompt="make it night", steps=2, guidance=3.5, quant="auto", match=True, width=128, height=128, seed=1,
-           randomize=False, **NO_LORAS)
+           randomize=False, **NO_LORAS, references=None)
 GEN_ORDER = ["tool", "prompt", "steps", "guidance", "quant", "width", "height", "seed", "randomize", *LORA_ORDER]
 KON_ORDER = ["image", "prompt", "steps", "guidance", "quant", "match", "width", "height", "seed", "randomize",
-             *LORA_ORDER]
+             *LORA_ORDER, "references"]
 READABLE = 400  # a message, not a dump
 
 
@@ -406,7 +406,7 @@ def tool_values(files: dict[str, Path], masks: dict[str, Path], as_file) -> dict
         "generate": dict(GEN),
         "fill": dict(mode="inpaint", editor=editor, left=0, top=0, right=64, bottom=0, prompt="a vase",
                      reference=None, **size),
-        "kontext": dict(image=good, prompt="make it night", **size),
+        "kontext": dict(image=good, prompt="make it night", **size, references=None),
         "depth": dict(image=good, map_image=None, choice="photo", prompt="a room", form="model", **size),
         "canny": dict(image=good, map_image=None, choice="photo", prompt="a boat", lo=100, hi=200, form="model",
                       **size),
@@ -566,7 +566,8 @@ BAD_UPLOADS = [("text named .png", "text_png", r"this file is not an image we ca
                ("0-byte file", "empty", r"this file is not an image we can read: (\S*/)?empty\.png"),
                ("truncated PNG", "truncated", r"this file is not an image we can read: (\S*/)?truncated\.png"),
                ("decompression bomb", "bomb", r"(\S*/)?bomb\.png is too large")]
-IMAGE_INPUTS = ["kontext image", "redux image", "canny image", "depth map_image", "fill editor", "fill reference"]
+IMAGE_INPUTS = ["kontext image", "kontext references", "redux image", "canny image", "depth map_image", "fill editor",
+                "fill reference"]
 
 
 @pytest.fixture(scope="module")
@@ -582,6 +583,8 @@ def with_bad_input(values: dict, name: str, field: str, bad_file):
     values = dict(values)
     if field == "editor":
         values["editor"] = {"background": bad_file, "layers": [], "composite": bad_file}
+    elif field == "references":  # several files
+        values["references"] = [bad_file]
     else:
         values[field] = bad_file
     if field == "map_image":

@@ -16,6 +16,7 @@ from pipelines.errors import UserError
 from pipelines.images import read_metadata, side_by_side, side_by_side_layout
 from pipelines.request import GenerationRequest
 from tests.conftest import make_photo
+from tests.ui_fixtures import api_studio  # noqa: F401
 
 RUN = dict(prompt="put the ball in the room", model="tiny", quant="none", steps=2, seed=3)
 
@@ -203,3 +204,48 @@ def test_cli_refuses_an_unreadable_reference(refs, tmp_path, tiny_root, capsys):
     assert code == 2 and not out.exists() and "\n" not in err
     assert err == "error: image_2: this file is not an image we can read: " + str(refs["empty"]) + \
         " is an empty file (0 bytes)."
+
+
+# ---- the studio's API: the Kontext endpoint takes reference images -----------------------------------------------
+
+API = dict(prompt="put the ball in the room", steps=2, guidance=3.5, quant="auto", match=True, width=128,
+           height=128, seed=3, randomize=False, api_name="/kontext")
+
+
+@pytest.fixture(scope="module")
+def client(api_studio):  # noqa: F811
+    from gradio_client import Client
+
+    return Client(api_studio.url, verbose=False, download_files=True)
+
+
+@pytest.mark.slow
+def test_the_kontext_endpoint_takes_reference_images(client, refs):
+    from gradio_client import handle_file
+
+    result = client.predict(image=handle_file(str(refs["room"])),
+                            references=[handle_file(str(refs["ball"])), handle_file(str(refs["cup"]))], **API)
+    image_path, status = result[0], result[2]
+    meta = read_metadata(image_path)
+    assert {name: (item["name"], item["sha256"]) for name, item in meta["inputs"].items()} == {
+        "image": ("photo.png", sha256(refs["room"])), "image_2": ("ball.png", sha256(refs["ball"])),
+        "image_3": ("cup.png", sha256(refs["cup"]))}
+    assert meta["conditioning"]["method"] == "concatenated"
+    assert "3 images concatenated side by side: photo.png + ball.png + cup.png" in status
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("key,shown", [("text_png", "notes.png"), ("empty", "empty.png"), ("truncated", "truncated.png")])
+def test_the_kontext_endpoint_refuses_a_bad_reference_in_one_line(client, refs, tmp_path, key, shown):
+    from gradio_client import handle_file
+
+    refs = dict(refs, text_png=tmp_path / "notes.png")
+    refs["text_png"].write_text("not an image")
+    with pytest.raises(Exception) as caught:
+        client.predict(image=handle_file(str(refs["room"])), references=[handle_file(str(refs["ball"])),
+                                                                         handle_file(str(refs[key]))], **API)
+    response = caught.value.response  # refused before the queue: HTTP 4xx with the message as its detail
+    assert 400 <= response.status_code < 500
+    message = str(response.json()["detail"])
+    assert message.startswith(f"references: this file is not an image we can read: {shown} "), message
+    assert "\n" not in message and "/tmp/" not in message and "Traceback" not in message
