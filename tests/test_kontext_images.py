@@ -249,3 +249,14 @@ def test_the_kontext_endpoint_refuses_a_bad_reference_in_one_line(client, refs, 
     message = str(response.json()["detail"])
     assert message.startswith(f"references: this file is not an image we can read: {shown} "), message
     assert "\n" not in message and "/tmp/" not in message and "Traceback" not in message
+
+
+@pytest.mark.slow
+def test_the_kontext_endpoint_refuses_too_many_references(client, refs):
+    from gradio_client import handle_file
+
+    many = [handle_file(str(refs["ball"]))] * defaults.KONTEXT_MAX_IMAGES
+    with pytest.raises(Exception) as caught:
+        client.predict(image=handle_file(str(refs["room"])), references=many, **API)
+    assert (f"references: {defaults.KONTEXT_MAX_IMAGES} files; Kontext takes up to "
+            f"{defaults.KONTEXT_MAX_IMAGES - 1} reference images: remove some.") in str(caught.value)

@@ -21,9 +21,8 @@ def build(ctx: TabContext) -> None:
         with gr.Column(scale=5, min_width=380):
             image = image_input("image", label="Input image", height=300, elem_id="kontext-image")
             references = image_files_input(
-                "references", label=f"Reference images (optional, up to {defaults.KONTEXT_MAX_IMAGES - 1}): "
-                "joined beside the input image, e.g. a person or an object to put into it", height=110,
-                elem_id="kontext-references")
+                "references", label=f"Reference images (optional, up to {defaults.KONTEXT_MAX_IMAGES - 1})",
+                height=110, elem_id="kontext-references")
             prompt = gr.Textbox(label="Edit instruction", lines=2, max_lines=6, elem_id="kontext-prompt",
                                 placeholder="e.g. make it night time, keep the house unchanged")
             options = settings(ctx, "kontext", from_image=True)
