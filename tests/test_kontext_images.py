@@ -235,7 +235,8 @@ def test_the_kontext_endpoint_takes_reference_images(client, refs):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("key,shown", [("text_png", "notes.png"), ("empty", "empty.png"), ("truncated", "truncated.png")])
+@pytest.mark.parametrize("key,shown", [("text_png", "notes.png"), ("empty", "empty.png"),
+                                       ("truncated", "truncated.png")])
 def test_the_kontext_endpoint_refuses_a_bad_reference_in_one_line(client, refs, tmp_path, key, shown):
     from gradio_client import handle_file
 
