@@ -253,8 +253,6 @@ def plan(args) -> int:
 def _plan(tool, model: str, size: str | None, device_name: str | None):
     import re
 
-    import torch
-
     from pipelines.device import device_memory, pick_device, pick_dtype
     from pipelines.errors import UserError
     from pipelines.estimate import plan_run
@@ -274,8 +272,7 @@ def _plan(tool, model: str, size: str | None, device_name: str | None):
         device = pick_device(device_name)
     except (ValueError, RuntimeError) as error:
         raise UserError(str(error).splitlines()[0]) from None
-    dtype_bytes = torch.tensor([], dtype=pick_dtype(device)).element_size()
-    return plan_run(tool, model, width, height, device_memory(device), offered(device), dtype_bytes)
+    return plan_run(tool, model, width, height, device_memory(device), offered(device), pick_dtype(device).itemsize)
 
 
 def format_plan(result) -> str:
