@@ -9,7 +9,7 @@ from . import text
 
 log = logging.getLogger(__name__)
 
-OFFLOAD_TITLES = {"none": "peak", "model": "peak, model offload", "sequential": "peak, sequential offload"}
+OFFLOAD_TITLES = {"none": "Peak", "model": "Peak, model offload", "sequential": "Peak, sequential offload"}
 
 
 def _gib(value: int) -> str:
