@@ -241,3 +241,37 @@ def test_a_tiny_run_peaks_within_15_percent_of_its_estimate(tiny_root):
     assert measured["held"] == row.weight_bytes
     work = row.peak_bytes - row.weight_bytes
     assert abs(work - measured["delta"]) <= 0.15 * measured["delta"], (work, measured["delta"])
+
+
+# ---- in the studio -------------------------------------------------------------------------------------------------
+
+def test_the_tab_table_has_a_peak_per_offload_option_on_a_gpu_and_marks_the_choice():
+    from pipelines.estimate import Plan
+    from ui.estimates import estimate_html
+
+    gpu = memory("cuda", 8)
+    rows = estimate_all(MODEL, FORMATS, PIXELS, 0, gpu)
+    plan = Plan("dev", "made-up", 512, 512, 0, MODEL, gpu, auto_choice(MODEL, gpu), rows)
+    page = estimate_html(plan, "8bit", "model")
+    assert page.count("<tr") == 1 + 4  # the header, auto and the three formats
+    assert "<th class=ff-current>Peak, model offload</th>" in page and "Peak, sequential offload" in page
+    assert "class='ff-chosen' data-quant='8bit'" in page and "offload: model (System tab)" in page
+    assert "not measured" in page  # offload's speed
+    cpu = Plan("dev", "made-up", 512, 512, 0, MODEL, memory("cpu", 64), auto_choice(MODEL, memory("cpu", 64)),
+               estimate_all(MODEL, FORMATS, PIXELS, 0, memory("cpu", 64)))
+    assert "model offload" not in estimate_html(cpu, "auto", "model")  # no effect on the CPU: one peak column
+
+
+def test_every_tab_estimate_follows_the_system_tabs_offload_option(tiny_root):
+    from ui.studio import create_demo
+
+    demo = create_demo(model="tiny")
+    ids = {block._id: block.elem_id for block in demo.blocks.values()}
+    followed = set()
+    for fn in demo.fns.values():
+        inputs = [ids.get(block._id) for block in fn.inputs]
+        if "system-offload" in inputs:
+            followed |= {ids.get(block._id) for block in fn.outputs if (ids.get(block._id) or "").endswith("-estimate")}
+    assert followed == {f"{tab}-estimate" for tab in ("schnell", "fill", "kontext", "depth", "canny", "redux")}
+    plan = demo.studio_runner.plan("fill", 256, 256)
+    assert plan.sizes.source == "headers" and plan.width == 256 and plan.model == "tiny"
