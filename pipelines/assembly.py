@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import struct
 from pathlib import Path
 
 import torch
@@ -38,18 +37,9 @@ def build_pipeline(root: Path, modules: dict):
 
 def safetensors_numel(folder: Path) -> int:
     """Parameter count from safetensors headers (no weights are read)."""
-    total = 0
-    for path in folder.glob("*.safetensors"):
-        with path.open("rb") as handle:
-            (length,) = struct.unpack("<Q", handle.read(8))
-            header = json.loads(handle.read(length))
-        for name, entry in header.items():
-            if name != "__metadata__":
-                numel = 1
-                for dim in entry["shape"]:
-                    numel *= dim
-                total += numel
-    return total
+    from .model_sizes import folder_size
+
+    return folder_size(folder, folder.name or "component").params
 
 
 def weight_bytes(root: Path, dtype: torch.dtype) -> tuple[int, int]:
