@@ -13,16 +13,10 @@ from quantization.errors import QuantizationError
 from quantization.load import ComponentSource, fingerprint, load_component, probe_ahead
 
 from .errors import UserError
+from .model_sizes import folder_size, read_index
 from .paths import quant_caches
 
 QUANTIZED_COMPONENTS = ("transformer", "text_encoder_2")  # the big ones; CLIP and the VAE stay in full precision
-
-
-def read_index(root: Path) -> dict[str, tuple[str, str]]:
-    """component -> (library, class name), from model_index.json."""
-    index = json.loads((root / "model_index.json").read_text())
-    return {name: tuple(entry) for name, entry in index.items()
-            if not name.startswith("_") and isinstance(entry, list) and entry[0] and entry[1]}
 
 
 def import_class(library: str, class_name: str):
@@ -37,8 +31,6 @@ def build_pipeline(root: Path, modules: dict):
 
 def safetensors_numel(folder: Path) -> int:
     """Parameter count from safetensors headers (no weights are read)."""
-    from .model_sizes import folder_size
-
     return folder_size(folder, folder.name or "component").params
 
 

@@ -17,8 +17,7 @@ from quantization.policy import RATIO, AutoChoice, choose_auto
 from .assembly import QUANTIZED_COMPONENTS as QUANTIZED
 from .model_sizes import ModelSizes
 from .options import OFFLOADS
-from .placement import (DECODE_BYTES_PER_PIXEL, HEADROOM, PHASES, TILE_PIXELS, forced_resident, phase_bytes, plan,
-                        working_memory)
+from .placement import DECODE_BYTES_PER_PIXEL, HEADROOM, PHASES, TILE_PIXELS, phase_bytes, plan, working_memory
 
 VAE_WIDTH = 128  # the FLUX VAE's first block width, which DECODE_BYTES_PER_PIXEL is for
 GIB = 2**30

@@ -122,6 +122,13 @@ def folder_size(folder: Path, name: str) -> ComponentSize:
     return ComponentSize(name, params, largest, stored)
 
 
+def read_index(root: Path) -> dict[str, tuple[str, str]]:
+    """component -> (library, class name), from model_index.json."""
+    index = json.loads((root / "model_index.json").read_text())
+    return {name: tuple(entry) for name, entry in index.items()
+            if not name.startswith("_") and isinstance(entry, list) and entry[0] and entry[1]}
+
+
 def _config(folder: Path) -> dict:
     try:
         return json.loads((folder / "config.json").read_text())
@@ -136,14 +143,13 @@ def read_model_dir(root: Path, name: str | None = None) -> ModelSizes:
     try:
         stamp = index.stat().st_mtime_ns
     except OSError:
-        raise UserError(f"model={name or str(root)!r} is not a diffusers FLUX directory (no model_index.json).") from None
+        raise UserError(f"model={name or str(root)!r} is not a diffusers FLUX directory (no model_index.json)."
+                        ) from None
     return _read_model_dir(str(root), stamp, name or str(root))
 
 
 @functools.lru_cache(maxsize=32)
 def _read_model_dir(root: str, stamp: int, name: str) -> ModelSizes:
-    from .assembly import read_index
-
     folder = Path(root)
     components = tuple(folder_size(folder / part, part) for part in read_index(folder)
                        if any((folder / part).glob("*.safetensors")))
