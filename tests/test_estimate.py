@@ -132,7 +132,8 @@ def test_official_sizes_match_the_official_configs():
                                             num_hidden_layers=12, num_attention_heads=12, max_position_embeddings=77))
         vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=16,
                             down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-                            block_out_channels=(128, 256, 512, 512), layers_per_block=2, norm_num_groups=32, use_quant_conv=False, use_post_quant_conv=False)
+                            block_out_channels=(128, 256, 512, 512), layers_per_block=2, norm_num_groups=32,
+                            use_quant_conv=False, use_post_quant_conv=False)
         shared = {"text_encoder_2": count(t5), "text_encoder": count(clip), "vae": count(vae)}
         for tool in all_tools():
             transformer = FluxTransformer2DModel(
