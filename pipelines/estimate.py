@@ -101,7 +101,8 @@ def run_peak(sizes: ModelSizes, weights: dict[str, int], pixels: int, text_token
     always = frozenset(weights) - placed  # auxiliary models (the Redux prior) stay where they are
     if memory.type == "cpu" or offload == "none":
         layout = plan(weights, memory.free_bytes, work, pixels, memory.type, placement)
-        resident, tiled, how = layout.resident, layout.tiled_decode, f"placement {layout.name}"
+        resident, tiled = layout.resident, layout.tiled_decode
+        how = f"placement {layout.name}" + (", the image decoded in tiles" if tiled else "")
     elif offload == "model":  # one model on the device at a time
         resident, tiled, how = always, False, "model CPU offload"
     else:  # sequential: one layer at a time; the largest tensor of a phase stands for its layer
@@ -132,6 +133,8 @@ def estimate(sizes: ModelSizes, fmt: Format, offload: str, pixels: int, text_tok
     elif offload != "none":
         speed = None  # weights cross to the device on every run: slower, by how much is not measured
         notes.append(f"{how}: slower (not measured)")
+    elif memory.type != "cpu":
+        notes.append(how)
     verdict = "fits" if fits else "does not fit"
     notes.append(f"{verdict}: ~{peak * HEADROOM / GIB:.1f} GiB with slack, {memory.free_bytes / GIB:.1f} GiB "
                  f"{memory.what}")

@@ -37,10 +37,12 @@ def estimate_html(plan, quant: str, offload: str) -> str:
         body.append(f"<tr{mark} data-quant='{html.escape(row.quant)}' title='{html.escape(current.reason)}'>"
                     f"<td>{html.escape(label)}</td><td>{html.escape(row.label)}</td>{peaks}<td>{speed}</td>"
                     f"<td>{fits}</td></tr>")
+    chosen = plan.row(quant, offload if memory.type != "cpu" else "none")
+    why = f" {text.QUANT_LABELS.get(quant, quant)}: {html.escape(chosen.reason)}." if chosen else ""
     where = "offload has no effect on the CPU" if memory.type == "cpu" else f"offload: {offload} (System tab)"
     caption = (f"Estimated before loading for {plan.width}×{plan.height}: {_gib(memory.free_bytes)} "
                f"{html.escape(memory.what)}; {where}. Auto: {html.escape(plan.auto.reason)}. Speed: step time "
-               "against full precision.")
+               f"against full precision.{why}")
     return (f"<table class='ff-table ff-estimate'><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody>"
             f"</table><div class='ff-muted'>{caption}</div>")
 
