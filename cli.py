@@ -80,6 +80,14 @@ def build_parser() -> argparse.ArgumentParser:
     cache.add_argument("action", choices=("list", "clear"))
     cache.add_argument("--json", action="store_true", help="list as JSON")
 
+    est = sub.add_parser("plan", help="estimated peak memory and speed of each quantization and offload choice, "
+                                       "before loading anything")
+    est.add_argument("--tool", required=True, help=", ".join(tool_names()))
+    est.add_argument("--model", default=None, help="tiny | HUB_ID | PATH (default: the tool's official model)")
+    est.add_argument("--size", default=None, metavar="WIDTHxHEIGHT", help="output size (default: the tool's)")
+    est.add_argument("--device", default=None)
+    est.add_argument("--json", action="store_true")
+
     doc = sub.add_parser("doctor", help="device, library versions and usable backends")
     doc.add_argument("--json", action="store_true")
     doc.add_argument("--probe", action="store_true", help="probe every backend now (in child processes)")
@@ -121,6 +129,8 @@ def main(argv: list[str] | None = None) -> int:
             return doctor(args)
         if args.command == "cache":
             return cache(args)
+        if args.command == "plan":
+            return plan(args)
         if args.command == "bench":  # studio options before it would be lost: the benchmarks take their own
             raise UserError("put `bench` first: python app.py bench [--quick|--full] [options] (see bench --help).")
         return serve(args)
@@ -227,6 +237,68 @@ def doctor(args) -> int:
     report = doctor_report(device, pick_dtype(device), quant_caches().probes)
     print(json.dumps(report, indent=2) if args.json else format_doctor(report))
     return 0
+
+
+def plan(args) -> int:
+    """`plan`: each quant choice and offload option with its estimated peak memory, speed and whether it fits."""
+    from pipelines.errors import UserError
+
+    try:
+        tool = get_tool(args.tool)
+    except UserError as error:
+        raise UserError(f"--{error}") from None
+    result = _plan(tool, args.model or tool.model_id, args.size, args.device)
+    print(json.dumps(result.to_dict(), indent=2) if args.json else format_plan(result))
+    return 0
+
+
+def _plan(tool, model: str, size: str | None, device_name: str | None):
+    import re
+
+    from pipelines.device import device_memory, pick_device, pick_dtype
+    from pipelines.errors import UserError
+    from pipelines.estimate import plan_run
+    from quantization.policy import offered
+
+    d = tool.defaults(model)
+    width, height = d.width, d.height
+    if size is not None:
+        match = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", size)
+        if not match:
+            raise UserError(f"--size={size!r} must be WIDTHxHEIGHT, e.g. 1024x1024.")
+        width, height = int(match.group(1)), int(match.group(2))
+        low, high, step = defaults.SIZE_MIN, defaults.SIZE_MAX, defaults.SIZE_STEP
+        if not (low <= width <= high and low <= height <= high) or width % step or height % step:
+            raise UserError(f"--size={size!r}: width and height must be multiples of {step} in {low}..{high}.")
+    try:
+        device = pick_device(device_name)
+    except (ValueError, RuntimeError) as error:
+        raise UserError(str(error).splitlines()[0]) from None
+    return plan_run(tool, model, width, height, device_memory(device), offered(device), pick_dtype(device).itemsize)
+
+
+def format_plan(result) -> str:
+    """A plan (pipelines.estimate.Plan) as a table for the terminal: one row per quant choice and offload option."""
+    memory = result.memory
+    source = "known sizes" if result.sizes.source == "known" else "read from its files"
+    lines = [f"{result.tool} on {result.model} ({source}), {result.width}x{result.height}, {result.text_tokens} text "
+             f"tokens; {memory.type}: {_size(memory.free_bytes)} {memory.what} of {_size(memory.total_bytes)}",
+             f"Auto picks {result.auto.quant}: {result.auto.reason}",
+             f"{'quant':<10} {'offload':<11} {'format':<22} {'weights':>10} {'peak':>10} {'speed':>6}  fits"]
+    on_cpu = memory.type == "cpu"
+    for row in result.estimates:
+        if on_cpu and row.offload != "none":
+            continue  # offload has no effect on the CPU: the same as none
+        quant = f"auto>{row.resolved}" if row.quant == "auto" else row.quant
+        speed = f"{row.speed:.2f}x" if row.speed is not None else "?"
+        lines.append(f"{quant:<10} {row.offload:<11} {row.label:<22} {_size(row.weight_bytes):>10} "
+                     f"{_size(row.peak_bytes):>10} {speed:>6}  {'yes' if row.fits else 'NO'}")
+    if on_cpu:
+        lines.append("CPU offload has no effect on the CPU: every offload option is the same as none (--json lists "
+                     "them).")
+    lines.append("peak: weights on the device in the busiest phase plus its working memory (fits: with 10% slack); "
+                 "speed: step time against full precision, measured on this class of CPU ('?': not measured).")
+    return "\n".join(lines)
 
 
 def cache(args) -> int:

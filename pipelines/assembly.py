@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import struct
 from pathlib import Path
 
 import torch
@@ -14,16 +13,10 @@ from quantization.errors import QuantizationError
 from quantization.load import ComponentSource, fingerprint, load_component, probe_ahead
 
 from .errors import UserError
+from .model_sizes import folder_size, read_index
 from .paths import quant_caches
 
 QUANTIZED_COMPONENTS = ("transformer", "text_encoder_2")  # the big ones; CLIP and the VAE stay in full precision
-
-
-def read_index(root: Path) -> dict[str, tuple[str, str]]:
-    """component -> (library, class name), from model_index.json."""
-    index = json.loads((root / "model_index.json").read_text())
-    return {name: tuple(entry) for name, entry in index.items()
-            if not name.startswith("_") and isinstance(entry, list) and entry[0] and entry[1]}
 
 
 def import_class(library: str, class_name: str):
@@ -38,18 +31,7 @@ def build_pipeline(root: Path, modules: dict):
 
 def safetensors_numel(folder: Path) -> int:
     """Parameter count from safetensors headers (no weights are read)."""
-    total = 0
-    for path in folder.glob("*.safetensors"):
-        with path.open("rb") as handle:
-            (length,) = struct.unpack("<Q", handle.read(8))
-            header = json.loads(handle.read(length))
-        for name, entry in header.items():
-            if name != "__metadata__":
-                numel = 1
-                for dim in entry["shape"]:
-                    numel *= dim
-                total += numel
-    return total
+    return folder_size(folder, folder.name or "component").params
 
 
 def weight_bytes(root: Path, dtype: torch.dtype) -> tuple[int, int]:

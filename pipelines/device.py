@@ -52,6 +52,27 @@ def free_memory(device: torch.device) -> int | None:
     return int(psutil.virtual_memory().available)
 
 
+def device_memory(device: torch.device, held_bytes: int = 0):
+    """(total, free, what free means) for estimates (pipelines.estimate.DeviceMemory): CUDA free memory, Apple MPS
+    Metal's recommended maximum less what is allocated, CPU available RAM; ``held_bytes`` (what the studio's loaded
+    models hold, which it unloads to make room) counts as free."""
+    from .estimate import DeviceMemory
+
+    if device.type == "cuda":
+        free, total = torch.cuda.mem_get_info(device)
+        what = "free GPU memory"
+    elif device.type == "mps":
+        total = int(torch.mps.recommended_max_memory())
+        free = max(0, total - int(torch.mps.driver_allocated_memory()))
+        what = "of Metal's recommended maximum free"
+    else:
+        import psutil
+
+        memory = psutil.virtual_memory()
+        free, total, what = memory.available, memory.total, "available RAM"
+    return DeviceMemory(device.type, int(total), min(int(total), int(free) + held_bytes), what)
+
+
 def memory_kind(device: torch.device) -> str:
     return {"cuda": "cuda", "mps": "mps"}.get(device.type, "cpu-rss")
 

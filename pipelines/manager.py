@@ -23,7 +23,7 @@ from .assembly import (QUANTIZED_COMPONENTS, build_pipeline, import_class, load_
 from .components import Component, ComponentStore
 from .device import empty_cache, free_memory, pick_device, pick_dtype
 from .options import RunOptions
-from .placement import PHASES, Placement, plan
+from .placement import PHASES, Placement, plan, working_memory
 from .prompts import PromptCache
 
 log = logging.getLogger(__name__)
@@ -94,7 +94,7 @@ class ModelManager:
             free += sum(size for name, size in sizes.items() if modules[name].on_device)
         config = loaded.pipe.transformer.config
         hidden = config.num_attention_heads * config.attention_head_dim
-        work = {"encode": text_tokens * 4096 * 2 * 16, "denoise": (pixels // 256 + text_tokens) * hidden * 2 * 24}
+        work = working_memory(pixels, text_tokens, hidden)
         return plan(sizes, free, work, pixels, self.device.type, self.options.placement)
 
     def enter(self, loaded: LoadedPipeline, placement: Placement, phase: str) -> None:

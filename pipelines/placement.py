@@ -16,8 +16,12 @@ PHASES = {"encode": frozenset({"text_encoder", "text_encoder_2"}), "denoise": fr
           "decode": frozenset({"vae"})}
 KEEP_FIRST = ("transformer", "vae", "text_encoder_2", "text_encoder")  # the costliest to move stays first
 HEADROOM = 1.1  # the allocator's slack on top of weights and working memory
-DECODE_BYTES_PER_PIXEL = 1536  # VAE decoder activations at bf16, whole image (measured order of magnitude)
+# VAE decoder activations at bf16, whole image. Measured on the tiny family's VAE (widths 1/8 of FLUX's; activations
+# scale with the width) as 280-300 B/pixel of process RSS at 512-1024 px squared (tests/test_estimate.py): 8 x 290.
+DECODE_BYTES_PER_PIXEL = 2320
 TILE_PIXELS = 512 * 512  # what a tiled decode holds at once
+ENCODE_BYTES_PER_TOKEN_WIDTH = 2 * 16  # T5 activations: bf16 x ~16 live tensors of (tokens x width)
+DENOISE_BYTES_PER_TOKEN_WIDTH = 2 * 24  # transformer activations: bf16 x ~24 live tensors of (tokens x width)
 
 
 @dataclass(frozen=True)
@@ -33,6 +37,19 @@ class Placement:
     def to_dict(self) -> dict:
         return {"name": self.name, "resident": sorted(self.resident), "tiled_decode": self.tiled_decode,
                 "reason": self.reason}
+
+
+def working_memory(pixels: int, text_tokens: int, hidden: int, text_dim: int = 4096) -> dict[str, int]:
+    """Activations per phase besides the decode: the text encoder's from its tokens and width; the transformer's
+    from its image tokens (one per 16x16 pixels) and text tokens, times its width."""
+    return {"encode": text_tokens * text_dim * ENCODE_BYTES_PER_TOKEN_WIDTH,
+            "denoise": (pixels // 256 + text_tokens) * hidden * DENOISE_BYTES_PER_TOKEN_WIDTH}
+
+
+def phase_bytes(sizes: dict[str, int], resident: frozenset, phase: str, work: dict[str, int], decode: int) -> int:
+    """What ``phase`` holds on the device: the weights there then, its working memory (``decode``: the decode's)."""
+    weights = sum(sizes.get(name, 0) for name in resident | PHASES[phase])
+    return weights + work.get(phase, 0) + (decode if phase == "decode" else 0)
 
 
 def _name(resident: frozenset, components: frozenset) -> str:
@@ -63,8 +80,7 @@ def plan(sizes: dict[str, int], free_bytes: int | None, work: dict[str, int], pi
     decode_work = pixels * DECODE_BYTES_PER_PIXEL
 
     def need(resident: frozenset, phase: str, decode: int) -> float:
-        weights = sum(sizes.get(name, 0) for name in resident | PHASES[phase])
-        return (weights + work.get(phase, 0) + (decode if phase == "decode" else 0)) * HEADROOM
+        return phase_bytes(sizes, resident, phase, work, decode) * HEADROOM
 
     def fits(resident: frozenset, decode: int) -> bool:
         return free_bytes is None or all(need(resident, phase, decode) <= free_bytes for phase in PHASES)

@@ -196,3 +196,55 @@ def test_an_unforeseen_failure_is_one_line_without_traceback(monkeypatch, tmp_pa
     err = capsys.readouterr().err
     assert "error: generate failed (RuntimeError: kernel exploded)" in err and "0xdeadbeef" not in err
     assert "Traceback" not in err and not out.exists()
+
+
+# ---- plan: estimates before loading -------------------------------------------------------------------------------
+
+def test_plan_lists_every_choice_with_its_peak_and_fit_offline(capsys, monkeypatch):
+    import torch
+
+    from quantization.policy import offered
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the official models' sizes are known: nothing is downloaded
+    assert cli.main(["plan", "--tool", "dev", "--size", "1024x1024"]) == 0
+    out = capsys.readouterr().out
+    assert "dev on black-forest-labs/FLUX.1-dev (known sizes), 1024x1024, 512 text tokens" in out
+    assert "Auto picks " in out
+    rows = [line.split() for line in out.splitlines() if line.split()[:1] and line.split()[0] in
+            {"none", "8bit", "4bit", "fp8"} | {f"auto>{q}" for q in ("none", "8bit", "4bit")}]
+    quants = offered(torch.device("cpu"))
+    assert [r[0].split(">")[0] for r in rows] == list(quants)  # offload has no effect on the CPU: one row each
+    assert all(r[-1] in ("yes", "NO") for r in rows)
+    full = next(r for r in rows if r[0] == "none")
+    assert full[4:6] == ["31.4", "GiB"]  # Dev's weights at bf16: 16.87 billion parameters
+
+
+def test_plan_json_has_each_choice_and_offload_with_its_bytes(capsys):
+    assert cli.main(["plan", "--tool", "fill", "--model", "tiny", "--size", "512x768", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert (data["tool"], data["model"], data["width"], data["height"]) == ("fill", "tiny", 512, 768)
+    assert data["sizes_from"] == "headers" and set(data["components"]) == {"transformer", "text_encoder_2",
+                                                                           "text_encoder", "vae"}
+    pairs = {(e["quant"], e["offload"]) for e in data["estimates"]}
+    assert pairs == {(q, o) for q in ("auto", "none", "8bit", "4bit") for o in ("none", "model", "sequential")}
+    for row in data["estimates"]:
+        assert isinstance(row["peak_bytes"], int) and row["peak_bytes"] >= 0 and isinstance(row["fits"], bool)
+    auto = next(e for e in data["estimates"] if e["quant"] == "auto")
+    assert auto["resolved"] == data["auto"]["quant"] and data["auto"]["reason"] in auto["reason"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--tool", "dev", "--size", "1000"], "--size='1000' must be WIDTHxHEIGHT"),
+    (["--tool", "dev", "--size", "1000x1000"], "multiples of 16 in 64..2048"),
+    (["--tool", "painter"], "--tool='painter' is unknown"),
+    (["--tool", "dev", "--model", "someone/not-cached"], "not known offline and it is not in the local cache"),
+    (["--tool", "dev", "--model", "./no/such/dir"], "no such directory"),
+    pytest.param(["--tool", "dev", "--device", "cuda"], "is not available here",
+                 marks=pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has CUDA")),
+])
+def test_plan_bad_input_is_one_line_exit_2(args, message):
+    proc = run_cli("plan", *args, env={"HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 2, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and message in lines[0] and "Traceback" not in proc.stderr
+    assert proc.stdout == ""

@@ -118,6 +118,18 @@ class Runner:
         except UserError as error:
             raise user_error(str(error)) from None
 
+    def plan(self, tool: str, width: int, height: int):
+        """The estimates (pipelines.estimate.Plan) of ``tool`` on its model at ``width`` x ``height`` on this
+        studio's device, with its placement; what the loaded models hold counts as free (they make room)."""
+        from pipelines.device import device_memory
+        from pipelines.estimate import plan_run
+        from quantization.policy import offered
+
+        manager = self.engine.manager
+        memory = device_memory(manager.device, manager.loaded_bytes())
+        return plan_run(get_tool(tool), self.models[tool], width, height, memory, offered(manager.device),
+                        manager.dtype.itemsize, manager.options.placement)
+
     def control_map(self, tool: str, image: Image.Image) -> Image.Image:
         """The control map ``tool`` computes from ``image`` (a preview, before a run)."""
         try:

@@ -37,6 +37,8 @@ CSS = """
 .ff-ok { color: #2e8b57; font-weight: 600; }
 .ff-no { color: #c0392b; font-weight: 600; }
 .ff-kv { font-size: 0.85rem; margin: 4px 0; }
+.ff-estimate tr.ff-chosen td { background: var(--background-fill-secondary); font-weight: 600; }
+.ff-estimate th.ff-current { text-decoration: underline; }
 .ff-kv ul { margin: 2px 0 0 18px; padding: 0; }
 footer { margin-top: 4px !important; }
 """

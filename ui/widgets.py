@@ -24,6 +24,7 @@ class TabContext:
     gpu: object  # decorator for device work (spaces.GPU on ZeroGPU, else identity)
     models: dict[str, str] = field(default_factory=dict)
     quants: tuple = defaults.QUANTS  # the quant choices offered on this device
+    estimates: list = field(default_factory=list)  # (inputs, output, refresh) of each tab's estimate (System: offload)
 
     @property
     def visibility(self) -> str:
@@ -119,6 +120,7 @@ def settings(ctx: TabContext, tool: str, from_image: bool = False) -> Controls:
                                  label="Guidance", elem_id=f"{tool}-guidance")
         quant = gr.Dropdown(text.quant_choices(ctx.quants), value="auto", label="Quantization", elem_id=f"{tool}-quant",
                             info=text.quant_hint(ctx.device_type), interactive=True, filterable=False)
+        estimate = gr.HTML("", elem_id=f"{tool}-estimate", elem_classes=["ff-estimate-panel"])
         match_input = None
         if from_image:
             match_input = gr.Checkbox(True, label="Output size from the input image", elem_id=f"{tool}-match")
@@ -131,12 +133,35 @@ def settings(ctx: TabContext, tool: str, from_image: bool = False) -> Controls:
             seed = gr.Number(0, label="Seed", precision=0, minimum=0, maximum=defaults.SEED_MAX,
                              elem_id=f"{tool}-seed", scale=3)
             randomize = gr.Checkbox(True, label="Randomize seed", elem_id=f"{tool}-randomize", scale=2)
+    estimate_panel(ctx, tool, estimate, quant, width, height)
     loras = lora_picker(tool)
     if match_input is not None:
         match_input.change(lambda on: (gr.update(interactive=not on), gr.update(interactive=not on)),
                            match_input, [width, height], queue=False, api_visibility="private",
                            show_progress="hidden")
     return Controls(steps, guidance, quant, width, height, seed, randomize, match_input, loras)
+
+
+def estimate_panel(ctx: TabContext, tool: str, panel: gr.HTML, quant: gr.Dropdown, width: gr.Slider,
+                   height: gr.Slider) -> gr.HTML:
+    """Fills ``panel`` (under the Quantization dropdown) with the estimated peak memory, speed and fit of every quant
+    choice (ui.estimates): on page load, and again when the quant, width or height change here, or the offload
+    option in the System tab."""
+    from gradio.context import Context
+
+    from .estimates import render
+
+    def refresh(quant_value, width_value, height_value, offload=None):
+        return render(ctx.runner, tool, quant_value, width_value, height_value, offload)
+
+    inputs = [quant, width, height]
+    events = dict(queue=False, api_visibility="private", show_progress="hidden")
+    for control in inputs:
+        control.change(refresh, inputs, panel, **events)
+    if Context.root_block is not None:
+        Context.root_block.load(refresh, inputs, panel, **events)
+    ctx.estimates.append((inputs, panel, refresh))
+    return panel
 
 
 def size_values(match_input: bool | None, width, height) -> tuple:

@@ -58,6 +58,8 @@ def build_tiny_prior(path: Path) -> None:
 
 @dataclass(frozen=True)
 class Redux(Tool):
+    aux_models: tuple = (PRIOR_ID,)  # loaded beside the model, at full precision (their sizes join its estimate)
+
     def uses_text_encoders(self, request) -> bool:
         return True
 

@@ -156,6 +156,9 @@ def build(ctx: TabContext, tab: gr.Tab) -> None:
                  concurrency_limit=1)
     clear.click(clear_cache, None, cached, api_visibility="private", concurrency_id=DEVICE_QUEUE,
                 concurrency_limit=1)
+    for inputs, panel, refresh in ctx.estimates:  # each tab's estimate follows the offload option
+        offload.change(refresh, [*inputs, offload], panel, queue=False, api_visibility="private",
+                       show_progress="hidden")
     controls = [offload, tiling, slicing, placement, compiled, cache_steps]
     for control in controls:
         control.change(set_options, controls, options_note, queue=False,

@@ -1,0 +1,227 @@
+"""Will it fit, before loading: the peak memory and relative speed of each quantization choice and offload option.
+
+The estimate is pure: component parameter counts (pipelines.model_sizes), the bytes per parameter of each format and
+its measured speed (quantization.policy and measured.json), the image and text sizes, and the device's memory. The
+peak is the weights on the device in the busiest phase of a run (the placement the engine would plan) plus that
+phase's working memory (pipelines.placement.working_memory and the VAE decode); it is the memory a run adds to the
+process, the allocator's slack (placement.HEADROOM) aside, which `fits` adds before comparing with free memory.
+One-time load work (quantizing on the first load) is not part of it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from quantization.policy import RATIO, AutoChoice, choose_auto
+
+from .assembly import QUANTIZED_COMPONENTS as QUANTIZED
+from .model_sizes import ModelSizes
+from .options import OFFLOADS
+from .placement import DECODE_BYTES_PER_PIXEL, HEADROOM, PHASES, TILE_PIXELS, phase_bytes, plan, working_memory
+
+VAE_WIDTH = 128  # the FLUX VAE's first block width, which DECODE_BYTES_PER_PIXEL is for
+GIB = 2**30
+
+
+@dataclass(frozen=True)
+class DeviceMemory:
+    """What a device has for a run: ``free_bytes`` (CUDA: free memory; MPS: Metal's recommended maximum less what
+    is allocated; CPU: available RAM), of ``total_bytes``."""
+
+    type: str  # cuda, mps or cpu
+    total_bytes: int
+    free_bytes: int
+    what: str  # how free memory is measured, as the user reads it
+
+    def __post_init__(self):
+        if self.type not in ("cuda", "mps", "cpu"):
+            raise ValueError(f"DeviceMemory: type={self.type!r} must be cuda, mps or cpu.")
+        if not 0 <= self.free_bytes <= self.total_bytes:
+            raise ValueError(f"DeviceMemory: free_bytes={self.free_bytes} must be in 0..total_bytes="
+                             f"{self.total_bytes}.")
+
+
+@dataclass(frozen=True)
+class Format:
+    """How one quant choice stores the quantized components: its first backend on the device, the bytes of a
+    weight relative to bf16, and the step time relative to full precision (None: not measured on this device)."""
+
+    quant: str
+    label: str
+    weight_ratio: float
+    speed: float | None
+
+    def __post_init__(self):
+        if self.quant not in RATIO:
+            raise ValueError(f"Format: quant={self.quant!r} must be one of {', '.join(RATIO)}.")
+        if not 0 < self.weight_ratio <= 1 or (self.speed is not None and self.speed <= 0):
+            raise ValueError(f"Format {self.quant}: weight_ratio={self.weight_ratio} must be in (0, 1] and "
+                             f"speed={self.speed} positive.")
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """One choice: quant (auto resolved to ``resolved``) with one offload option."""
+
+    quant: str
+    offload: str
+    resolved: str
+    label: str  # the format's backend and mode
+    weight_bytes: int  # every component at this format
+    peak_bytes: int  # on the device, in the busiest phase of a run
+    speed: float | None  # step time relative to full precision; None: not measured here
+    fits: bool
+    reason: str
+
+    def to_dict(self) -> dict:
+        return {"quant": self.quant, "offload": self.offload, "resolved": self.resolved, "format": self.label,
+                "weight_bytes": self.weight_bytes, "peak_bytes": self.peak_bytes, "speed": self.speed,
+                "fits": self.fits, "reason": self.reason}
+
+
+def component_bytes(sizes: ModelSizes, fmt: Format, dtype_bytes: int) -> dict[str, int]:
+    """Bytes of each component at ``fmt`` (the quantized ones) or the run's dtype (the rest)."""
+    return {c.name: round(c.params * dtype_bytes * (fmt.weight_ratio if c.name in QUANTIZED else 1.0))
+            for c in sizes.components}
+
+
+def decode_bytes(sizes: ModelSizes, pixels: int, tiled: bool) -> int:
+    """The VAE decode's working memory: the whole image, or one tile; none without a VAE."""
+    if sizes.get("vae") is None:
+        return 0
+    held = min(pixels, TILE_PIXELS) if tiled else pixels
+    return held * DECODE_BYTES_PER_PIXEL * sizes.vae_width // VAE_WIDTH
+
+
+def run_peak(sizes: ModelSizes, weights: dict[str, int], pixels: int, text_tokens: int, memory: DeviceMemory,
+             offload: str, placement: str = "auto") -> tuple[int, str]:
+    """(peak bytes on the device, how the run is laid out) for one format's ``weights`` and one offload option."""
+    work = working_memory(pixels, text_tokens, sizes.hidden, sizes.text_dim)
+    placed = frozenset().union(*PHASES.values())
+    always = frozenset(weights) - placed  # auxiliary models (the Redux prior) stay where they are
+    if memory.type == "cpu" or offload == "none":
+        layout = plan(weights, memory.free_bytes, work, pixels, memory.type, placement)
+        resident, tiled = layout.resident, layout.tiled_decode
+        how = f"placement {layout.name}" + (", the image decoded in tiles" if tiled else "")
+    elif offload == "model":  # one model on the device at a time
+        resident, tiled, how = always, False, "model CPU offload"
+    else:  # sequential: one layer at a time; the largest tensor of a phase stands for its layer
+        ratio = {name: weights[name] / max(1, sizes.get(name).params) for name in weights}
+        largest = {name: round(sizes.get(name).largest * ratio[name]) for name in weights}
+        peak = max(phase_bytes({**largest, **{n: weights[n] for n in always}}, always, phase, work,
+                               decode_bytes(sizes, pixels, False)) for phase in PHASES)
+        return peak, "sequential CPU offload"
+    peak = max(phase_bytes(weights, resident, phase, work, decode_bytes(sizes, pixels, tiled)) for phase in PHASES)
+    return peak, how
+
+
+def estimate(sizes: ModelSizes, fmt: Format, offload: str, pixels: int, text_tokens: int, memory: DeviceMemory,
+             dtype_bytes: int = 2, placement: str = "auto", quant: str | None = None, why: str = "") -> Estimate:
+    """The estimate of one quant choice (``quant``: as chosen, default ``fmt.quant``) with ``offload``."""
+    if offload not in OFFLOADS:
+        raise ValueError(f"offload={offload!r} is unknown; choose one of {', '.join(OFFLOADS)}.")
+    if pixels <= 0 or text_tokens < 0 or dtype_bytes not in (2, 4):
+        raise ValueError(f"estimate: pixels={pixels} must be positive, text_tokens={text_tokens} not negative and "
+                         f"dtype_bytes={dtype_bytes} 2 or 4.")
+    weights = component_bytes(sizes, fmt, dtype_bytes)
+    peak, how = run_peak(sizes, weights, pixels, text_tokens, memory, offload, placement)
+    fits = peak * HEADROOM <= memory.free_bytes
+    speed = fmt.speed
+    notes = [why] if why else []
+    if offload != "none" and memory.type == "cpu":
+        notes.append("offload has no effect on the CPU")
+    elif offload != "none":
+        speed = None  # weights cross to the device on every run: slower, by how much is not measured
+        notes.append(f"{how}: slower (not measured)")
+    elif memory.type != "cpu":
+        notes.append(how)
+    verdict = "fits" if fits else "does not fit"
+    notes.append(f"{verdict}: ~{peak * HEADROOM / GIB:.1f} GiB with slack, {memory.free_bytes / GIB:.1f} GiB "
+                 f"{memory.what}")
+    return Estimate(quant or fmt.quant, offload, fmt.quant, fmt.label, sum(weights.values()), int(peak), speed, fits,
+                    "; ".join(notes))
+
+
+def auto_choice(sizes: ModelSizes, memory: DeviceMemory, dtype_bytes: int = 2) -> AutoChoice:
+    """What Auto picks for this model on this device (quantization.policy.choose_auto)."""
+    params = sizes.params()
+    quantizable = sum(n for name, n in params.items() if name in QUANTIZED) * dtype_bytes
+    other = sum(n for name, n in params.items() if name not in QUANTIZED) * dtype_bytes
+    return choose_auto(quantizable, other, memory.free_bytes)
+
+
+def estimate_all(sizes: ModelSizes, formats: dict[str, Format], pixels: int, text_tokens: int, memory: DeviceMemory,
+                 dtype_bytes: int = 2, placement: str = "auto", offloads: tuple = OFFLOADS) -> tuple[Estimate, ...]:
+    """Every quant choice (auto first, then ``formats`` in order) with every offload option."""
+    choice = auto_choice(sizes, memory, dtype_bytes)
+    if choice.quant not in formats:
+        raise ValueError(f"estimate_all: Auto picks {choice.quant!r}, which formats does not describe.")
+    rows = []
+    for offload in offloads:
+        rows.append(estimate(sizes, formats[choice.quant], offload, pixels, text_tokens, memory, dtype_bytes,
+                             placement, quant="auto", why=f"Auto picks {choice.quant}: {choice.reason}"))
+        rows += [estimate(sizes, fmt, offload, pixels, text_tokens, memory, dtype_bytes, placement)
+                 for fmt in formats.values()]
+    return tuple(rows)
+
+
+def formats_for(device_type: str, quants: tuple[str, ...], cpu: str | None = None) -> dict[str, Format]:
+    """The Format of each quant choice in ``quants`` on ``device_type`` (``cpu``: the CPU class for the measured
+    step ratios; None: this machine's): the first backend of its chain, its measured weight ratio where measured
+    (else the policy's target ratio), and its measured step ratio on a CPU of that class."""
+    from quantization.policy import candidates, cpu_chain, cpu_step_ratios, cpu_weight_ratios
+
+    measured_weight, measured_step = cpu_weight_ratios(), cpu_step_ratios(cpu) if device_type == "cpu" else {}
+    out = {}
+    for quant in quants:
+        if quant == "auto":
+            continue
+        if quant == "none":
+            out[quant] = Format("none", "full precision", 1.0, 1.0)
+            continue
+        chain = cpu_chain(quant, cpu) if device_type == "cpu" else candidates(quant, device_type)
+        head = chain[0]
+        key = (head.backend, head.format)
+        out[quant] = Format(quant, f"{head.backend} {head.format}", measured_weight.get(key, RATIO[quant]),
+                            measured_step.get(key))
+    return out
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The estimates for one tool, model, size and device."""
+
+    tool: str
+    model: str
+    width: int
+    height: int
+    text_tokens: int
+    sizes: ModelSizes
+    memory: DeviceMemory
+    auto: AutoChoice
+    estimates: tuple[Estimate, ...]
+
+    def row(self, quant: str, offload: str) -> Estimate | None:
+        return next((e for e in self.estimates if e.quant == quant and e.offload == offload), None)
+
+    def to_dict(self) -> dict:
+        return {"tool": self.tool, "model": self.model, "width": self.width, "height": self.height,
+                "text_tokens": self.text_tokens, "sizes_from": self.sizes.source,
+                "components": {c.name: c.params for c in self.sizes.components},
+                "device": {"type": self.memory.type, "free_bytes": self.memory.free_bytes,
+                           "total_bytes": self.memory.total_bytes, "free_is": self.memory.what},
+                "auto": {"quant": self.auto.quant, "reason": self.auto.reason},
+                "estimates": [e.to_dict() for e in self.estimates]}
+
+
+def plan_run(tool, model: str, width: int, height: int, memory: DeviceMemory, quants: tuple[str, ...],
+             dtype_bytes: int = 2, placement: str = "auto", cpu: str | None = None) -> Plan:
+    """The estimates of ``tool`` (a pipelines.tools.Tool) on ``model`` at ``width`` x ``height``."""
+    from .model_sizes import model_sizes
+
+    sizes = model_sizes(tool, model)
+    text_tokens = tool.defaults(model).max_sequence_length
+    formats = formats_for(memory.type, quants, cpu)
+    rows = estimate_all(sizes, formats, width * height, text_tokens, memory, dtype_bytes, placement)
+    return Plan(tool.name, model, width, height, text_tokens, sizes, memory, auto_choice(sizes, memory, dtype_bytes),
+                rows)

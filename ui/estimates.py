@@ -1,0 +1,62 @@
+"""The estimate under each tab's Quantization dropdown: peak memory, speed and fit of every choice, before loading."""
+
+from __future__ import annotations
+
+import html
+import logging
+
+from . import text
+
+log = logging.getLogger(__name__)
+
+OFFLOAD_TITLES = {"none": "Peak", "model": "Peak, model offload", "sequential": "Peak, sequential offload"}
+
+
+def _gib(value: int) -> str:
+    return f"{value / 2**30:.1f} GiB" if value >= 2**30 else f"{value / 2**20:.0f} MiB"
+
+
+def estimate_html(plan, quant: str, offload: str) -> str:
+    """A plan (pipelines.estimate.Plan) as a table: one row per quant choice, the chosen one marked; a peak column
+    per offload option (one on the CPU, where offload has no effect), the current one marked."""
+    memory = plan.memory
+    offloads = ("none",) if memory.type == "cpu" else tuple(OFFLOAD_TITLES)
+    head = "<th>Quantization</th><th>Format</th>" + "".join(
+        f"<th{' class=ff-current' if o == offload or memory.type == 'cpu' else ''}>{OFFLOAD_TITLES[o]}</th>"
+        for o in offloads) + "<th>Speed</th><th>Fits</th>"
+    body = []
+    for row in (e for e in plan.estimates if e.offload == "none"):
+        label = text.QUANT_LABELS.get(row.quant, row.quant)
+        if row.quant == "auto":
+            label += f" → {text.QUANT_LABELS.get(row.resolved, row.resolved)}"
+        current = plan.row(row.quant, offload if memory.type != "cpu" else "none") or row
+        peaks = "".join(f"<td>{_gib(plan.row(row.quant, o).peak_bytes)}</td>" for o in offloads)
+        speed = f"{current.speed:.2f}×" if current.speed is not None else "not measured"
+        fits = "<span class='ff-ok'>yes</span>" if current.fits else "<span class='ff-no'>no</span>"
+        mark = " class='ff-chosen'" if row.quant == quant else ""
+        body.append(f"<tr{mark} data-quant='{html.escape(row.quant)}' title='{html.escape(current.reason)}'>"
+                    f"<td>{html.escape(label)}</td><td>{html.escape(row.label)}</td>{peaks}<td>{speed}</td>"
+                    f"<td>{fits}</td></tr>")
+    chosen = plan.row(quant, offload if memory.type != "cpu" else "none")
+    why = f" {text.QUANT_LABELS.get(quant, quant)}: {html.escape(chosen.reason)}." if chosen else ""
+    where = "offload has no effect on the CPU" if memory.type == "cpu" else f"offload: {offload} (System tab)"
+    caption = (f"Estimated before loading for {plan.width}×{plan.height}: {_gib(memory.free_bytes)} "
+               f"{html.escape(memory.what)}; {where}. Auto: {html.escape(plan.auto.reason)}. Speed: step time "
+               f"against full precision.{why}")
+    return (f"<table class='ff-table ff-estimate'><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody>"
+            f"</table><div class='ff-muted'>{caption}</div>")
+
+
+def render(runner, tool: str, quant, width, height, offload=None) -> str:
+    """The estimate of ``tool`` for these settings; a one-line note when it cannot be made."""
+    from pipelines.errors import UserError
+
+    try:
+        offload = offload or runner.options.offload
+        plan = runner.plan(tool, int(width), int(height))
+    except (UserError, ValueError, TypeError) as error:
+        return f"<div class='ff-muted'>No estimate: {html.escape(str(error).splitlines()[0])}</div>"
+    except Exception as error:  # noqa: BLE001  (an estimate never breaks the tab)
+        log.exception("estimate failed (%s)", tool)
+        return f"<div class='ff-muted'>No estimate ({html.escape(type(error).__name__)}).</div>"
+    return estimate_html(plan, quant, offload)
