@@ -138,7 +138,8 @@ class Engine:
             run = Run(tool, request, loaded, RunContext(manager, source, loaded.pipe), notices,
                       {"load_s": load_s, "quantize_s": quantize_s}, control_lora=control_lora)
             width, height = tool.output_size(request, request.image)
-            run.placement = manager.place(loaded, width * height, self._text_tokens(request))
+            run.placement = manager.place(loaded, width * height, self._text_tokens(request),
+                                          tool.condition_pixels(width, height, request))
             self._speed_options(run)
             images = self._run_with_recovery(run, progress)
         image = Image.fromarray((images[0] * 255).round().clip(0, 255).astype(np.uint8))

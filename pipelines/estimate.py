@@ -94,9 +94,9 @@ def decode_bytes(sizes: ModelSizes, pixels: int, tiled: bool) -> int:
 
 
 def run_peak(sizes: ModelSizes, weights: dict[str, int], pixels: int, text_tokens: int, memory: DeviceMemory,
-             offload: str, placement: str = "auto") -> tuple[int, str]:
+             offload: str, placement: str = "auto", condition_pixels: int = 0) -> tuple[int, str]:
     """(peak bytes on the device, how the run is laid out) for one format's ``weights`` and one offload option."""
-    work = working_memory(pixels, text_tokens, sizes.hidden, sizes.text_dim)
+    work = working_memory(pixels, text_tokens, sizes.hidden, sizes.text_dim, condition_pixels)
     placed = frozenset().union(*PHASES.values())
     always = frozenset(weights) - placed  # auxiliary models (the Redux prior) stay where they are
     if memory.type == "cpu" or offload == "none":
@@ -116,7 +116,8 @@ def run_peak(sizes: ModelSizes, weights: dict[str, int], pixels: int, text_token
 
 
 def estimate(sizes: ModelSizes, fmt: Format, offload: str, pixels: int, text_tokens: int, memory: DeviceMemory,
-             dtype_bytes: int = 2, placement: str = "auto", quant: str | None = None, why: str = "") -> Estimate:
+             dtype_bytes: int = 2, placement: str = "auto", quant: str | None = None, why: str = "",
+             condition_pixels: int = 0) -> Estimate:
     """The estimate of one quant choice (``quant``: as chosen, default ``fmt.quant``) with ``offload``."""
     if offload not in OFFLOADS:
         raise ValueError(f"offload={offload!r} is unknown; choose one of {', '.join(OFFLOADS)}.")
@@ -124,7 +125,7 @@ def estimate(sizes: ModelSizes, fmt: Format, offload: str, pixels: int, text_tok
         raise ValueError(f"estimate: pixels={pixels} must be positive, text_tokens={text_tokens} not negative and "
                          f"dtype_bytes={dtype_bytes} 2 or 4.")
     weights = component_bytes(sizes, fmt, dtype_bytes)
-    peak, how = run_peak(sizes, weights, pixels, text_tokens, memory, offload, placement)
+    peak, how = run_peak(sizes, weights, pixels, text_tokens, memory, offload, placement, condition_pixels)
     fits = peak * HEADROOM <= memory.free_bytes
     speed = fmt.speed
     notes = [why] if why else []
@@ -151,7 +152,8 @@ def auto_choice(sizes: ModelSizes, memory: DeviceMemory, dtype_bytes: int = 2) -
 
 
 def estimate_all(sizes: ModelSizes, formats: dict[str, Format], pixels: int, text_tokens: int, memory: DeviceMemory,
-                 dtype_bytes: int = 2, placement: str = "auto", offloads: tuple = OFFLOADS) -> tuple[Estimate, ...]:
+                 dtype_bytes: int = 2, placement: str = "auto", offloads: tuple = OFFLOADS,
+                 condition_pixels: int = 0) -> tuple[Estimate, ...]:
     """Every quant choice (auto first, then ``formats`` in order) with every offload option."""
     choice = auto_choice(sizes, memory, dtype_bytes)
     if choice.quant not in formats:
@@ -159,9 +161,10 @@ def estimate_all(sizes: ModelSizes, formats: dict[str, Format], pixels: int, tex
     rows = []
     for offload in offloads:
         rows.append(estimate(sizes, formats[choice.quant], offload, pixels, text_tokens, memory, dtype_bytes,
-                             placement, quant="auto", why=f"Auto picks {choice.quant}: {choice.reason}"))
-        rows += [estimate(sizes, fmt, offload, pixels, text_tokens, memory, dtype_bytes, placement)
-                 for fmt in formats.values()]
+                             placement, quant="auto", why=f"Auto picks {choice.quant}: {choice.reason}",
+                             condition_pixels=condition_pixels))
+        rows += [estimate(sizes, fmt, offload, pixels, text_tokens, memory, dtype_bytes, placement,
+                          condition_pixels=condition_pixels) for fmt in formats.values()]
     return tuple(rows)
 
 
@@ -222,6 +225,7 @@ def plan_run(tool, model: str, width: int, height: int, memory: DeviceMemory, qu
     sizes = model_sizes(tool, model)
     text_tokens = tool.defaults(model).max_sequence_length
     formats = formats_for(memory.type, quants, cpu)
-    rows = estimate_all(sizes, formats, width * height, text_tokens, memory, dtype_bytes, placement)
+    rows = estimate_all(sizes, formats, width * height, text_tokens, memory, dtype_bytes, placement,
+                        condition_pixels=tool.condition_pixels(width, height))
     return Plan(tool.name, model, width, height, text_tokens, sizes, memory, auto_choice(sizes, memory, dtype_bytes),
                 rows)

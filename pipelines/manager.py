@@ -85,8 +85,9 @@ class ModelManager:
         """Apply the offload and VAE options before a run; returns notices."""
         return self.options.apply(pipe, self.device, offload, tiled)
 
-    def place(self, loaded: LoadedPipeline, pixels: int, text_tokens: int) -> Placement:
-        """Where each component of ``loaded`` lives in each phase of a run of ``pixels`` output pixels."""
+    def place(self, loaded: LoadedPipeline, pixels: int, text_tokens: int, condition_pixels: int = 0) -> Placement:
+        """Where each component of ``loaded`` lives in each phase of a run of ``pixels`` output pixels (and
+        ``condition_pixels`` of a conditioning image in the transformer's sequence)."""
         modules = {name: c for name, c in loaded.components.items() if name in PLACED}
         sizes = {name: c.bytes for name, c in modules.items()}
         free = self._free_memory(self.device)
@@ -94,7 +95,7 @@ class ModelManager:
             free += sum(size for name, size in sizes.items() if modules[name].on_device)
         config = loaded.pipe.transformer.config
         hidden = config.num_attention_heads * config.attention_head_dim
-        work = working_memory(pixels, text_tokens, hidden)
+        work = working_memory(pixels, text_tokens, hidden, condition_pixels=condition_pixels)
         return plan(sizes, free, work, pixels, self.device.type, self.options.placement)
 
     def enter(self, loaded: LoadedPipeline, placement: Placement, phase: str) -> None:

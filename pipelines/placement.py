@@ -39,11 +39,13 @@ class Placement:
                 "reason": self.reason}
 
 
-def working_memory(pixels: int, text_tokens: int, hidden: int, text_dim: int = 4096) -> dict[str, int]:
+def working_memory(pixels: int, text_tokens: int, hidden: int, text_dim: int = 4096,
+                   condition_pixels: int = 0) -> dict[str, int]:
     """Activations per phase besides the decode: the text encoder's from its tokens and width; the transformer's
-    from its image tokens (one per 16x16 pixels) and text tokens, times its width."""
+    from its image tokens (one per 16x16 pixels, of the output and of a conditioning image that joins the sequence,
+    as Kontext's does) and text tokens, times its width."""
     return {"encode": text_tokens * text_dim * ENCODE_BYTES_PER_TOKEN_WIDTH,
-            "denoise": (pixels // 256 + text_tokens) * hidden * DENOISE_BYTES_PER_TOKEN_WIDTH}
+            "denoise": ((pixels + condition_pixels) // 256 + text_tokens) * hidden * DENOISE_BYTES_PER_TOKEN_WIDTH}
 
 
 def phase_bytes(sizes: dict[str, int], resident: frozenset, phase: str, work: dict[str, int], decode: int) -> int:

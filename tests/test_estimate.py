@@ -145,6 +145,24 @@ def test_official_sizes_match_the_official_configs():
             assert all(c.stored_bytes == 2 * c.params for c in OFFICIAL[tool.model_id])
 
 
+def test_kontexts_conditioning_image_joins_the_sequence(photo):
+    """Kontext's transformer sees the output's tokens and the conditioning image's: one image at the output size,
+    or the joined row of several; its estimate is the larger by that working memory."""
+    from pipelines.request import GenerationRequest
+
+    kontext, dev = get_tool("kontext"), get_tool("dev")
+    assert dev.condition_pixels(512, 512) == 0 and kontext.condition_pixels(512, 512) == 512 * 512
+    request = GenerationRequest(tool="kontext", prompt="x", image=[photo, photo.resize((64, 96))])
+    joined = kontext.condition_pixels(128, 96, request)
+    assert joined == kontext.prepare(request, None).kwargs["image"].width * \
+        kontext.prepare(request, None).kwargs["image"].height
+    plain = estimate(MODEL, FORMATS["none"], "none", PIXELS, 512, memory("cuda", 16))  # swap: denoise peaks
+    with_image = estimate(MODEL, FORMATS["none"], "none", PIXELS, 512, memory("cuda", 16), condition_pixels=PIXELS)
+    extra = working_memory(PIXELS, 512, 3072, condition_pixels=PIXELS)["denoise"] - \
+        working_memory(PIXELS, 512, 3072)["denoise"]
+    assert extra == 1024 * 3072 * 48 and with_image.peak_bytes - plain.peak_bytes == extra
+
+
 def test_official_models_are_estimated_offline_and_redux_adds_its_prior(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     dev = model_sizes(get_tool("dev"), "black-forest-labs/FLUX.1-dev")

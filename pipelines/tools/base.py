@@ -130,6 +130,10 @@ class Tool:
         transformer = tiny_transformer(self.tiny.seed, in_channels=self.tiny.in_channels, guidance=self.tiny.guidance)
         getattr(diffusers, self.pipeline_class)(transformer=transformer, **shared).save_pretrained(folder)
 
+    def condition_pixels(self, width: int, height: int, request=None) -> int:
+        """Pixels of a conditioning image that joins the transformer's sequence (none for most tools)."""
+        return 0
+
     def output_size(self, request, image: Image.Image | None) -> tuple[int, int]:
         """Requested size; else the input image's size (scaled down to the tool's default area if larger)."""
         d = self.defaults(request.model)

@@ -34,6 +34,14 @@ class Kontext(Tool):
             raise UserError(f"image: {sizes} are too wide to join side by side in one conditioning image; crop the "
                             "widest.") from None
 
+    def condition_pixels(self, width: int, height: int, request=None) -> int:
+        """The conditioning image's pixels: one image at the output size, or the joined row of several."""
+        if request is None or len(request.images) < 2:
+            return width * height
+        row_height, widths = side_by_side_layout([image.size for image in request.images],
+                                                 self.conditioning_area(request))
+        return row_height * sum(widths)
+
     def prepare(self, request, ctx: RunContext) -> Prepared:
         width, height = self.output_size(request, request.image)
         if len(request.images) < 2:
