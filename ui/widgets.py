@@ -44,14 +44,35 @@ class Controls:
     randomize: gr.Checkbox
     match_input: gr.Checkbox | None = None
     loras: "LoraControls | None" = None
+    batch: "BatchControls | None" = None
 
     def inputs(self) -> list:
         """In the order tab run functions take them: steps, guidance, quant, [match], width, height, seed, randomize,
-        then the LoRA picker's loras_picked, loras_uploaded, lora_strength."""
+        then the LoRA picker's loras_picked, loras_uploaded, lora_strength, then count and previews."""
         extra = [self.match_input] if self.match_input is not None else []
         loras = self.loras.inputs() if self.loras is not None else []
+        batch = self.batch.inputs() if self.batch is not None else []
         return [self.steps, self.guidance, self.quant, *extra, self.width, self.height, self.seed, self.randomize,
-                *loras]
+                *loras, *batch]
+
+
+@dataclass
+class BatchControls:
+    count: gr.Slider
+    previews: gr.Checkbox
+
+    def inputs(self) -> list:
+        return [self.count, self.previews]
+
+
+def batch_controls(tool: str) -> BatchControls:
+    """Images per click (each with the next seed) and live previews, in every tool tab."""
+    with gr.Row(equal_height=True):
+        count = gr.Slider(1, defaults.BATCH_MAX, value=1, step=1, label="Images", scale=3,
+                          info="per click; each one uses the next seed", elem_id=f"{tool}-count")
+        previews = gr.Checkbox(True, label="Live previews", scale=2, elem_id=f"{tool}-previews",
+                               info=f"a quick look every {defaults.PREVIEW_EVERY} steps")
+    return BatchControls(count, previews)
 
 
 @dataclass
@@ -123,12 +144,13 @@ def settings(ctx: TabContext, tool: str, from_image: bool = False) -> Controls:
             seed = gr.Number(0, label="Seed", precision=0, minimum=0, maximum=defaults.SEED_MAX,
                              elem_id=f"{tool}-seed", scale=3)
             randomize = gr.Checkbox(True, label="Randomize seed", elem_id=f"{tool}-randomize", scale=2)
+        batch = batch_controls(tool)
     loras = lora_picker(tool)
     if match_input is not None:
         match_input.change(lambda on: (gr.update(interactive=not on), gr.update(interactive=not on)),
                            match_input, [width, height], queue=False, api_visibility="private",
                            show_progress="hidden")
-    return Controls(steps, guidance, quant, width, height, seed, randomize, match_input, loras)
+    return Controls(steps, guidance, quant, width, height, seed, randomize, match_input, loras, batch)
 
 
 def size_values(match_input: bool | None, width, height) -> tuple:
@@ -152,6 +174,18 @@ class ResultPanel:
     def outputs(self) -> list:
         """In the order ui.runner.panel_values returns them."""
         return [self.image, self.download, self.status, self.warning, self.notices, self.gallery, self.history]
+
+    def stream(self, items, history, final=lambda outcomes: ()):
+        """What a tab's run function yields for a job (ui.runner.Runner.batch's items): each live preview into the
+        result image with its label in the status line, then the panel's values (ui.runner.panel_values) followed
+        by ``final(outcomes)`` (the tab's own outputs after the panel's)."""
+        from .runner import Preview, panel_values
+
+        for item in items:
+            if isinstance(item, Preview):
+                yield {self.image: item.image, self.status: text.preview_html(item.label)}
+            else:
+                yield (*panel_values(item, history), *final(item))
 
 
 def result_panel(tool: str, action: str) -> ResultPanel:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import gradio as gr
 
 from ..images import asset
-from ..runner import panel_values, pick_seed, user_error
+from ..runner import batch_count, pick_seed, user_error
 from ..widgets import TabContext, image_input, lora_values, result_panel, settings, size_values, wire
 
 TITLE = "Kontext"
@@ -35,16 +35,16 @@ def build(ctx: TabContext) -> None:
                     loras=lora_values(loras_picked, loras_uploaded, lora_strength))
 
     def check(*args):
-        ctx.runner.request("kontext", **fields(*args[:-1]))
+        batch_count(args[-3])
+        ctx.runner.request("kontext", **fields(*args[:-3]))  # all but count, previews and history
 
     def run(image, prompt, steps, guidance, quant, match, width, height, seed, randomize,
-            loras_picked=None, loras_uploaded=None, lora_strength=1.0, history=None,
+            loras_picked=None, loras_uploaded=None, lora_strength=1.0, count=1, previews=True, history=None,
             progress=gr.Progress()):
-        request = ctx.runner.request("kontext", **fields(image, prompt, steps, guidance, quant, match, width,
-                                                         height, seed, randomize,
-                                                             loras_picked, loras_uploaded, lora_strength))
-        outcome = ctx.runner.run(request, progress)
-        return (*panel_values([outcome], history), request.seed)
+        base = fields(image, prompt, steps, guidance, quant, match, width, height, seed, randomize,
+                      loras_picked, loras_uploaded, lora_strength)
+        jobs = ctx.runner.batch("kontext", base, count, progress, previews)
+        yield from panel.stream(jobs, history, lambda outcomes: (outcomes[0].request.seed,))
 
     inputs = [image, prompt, *options.inputs(), panel.history]
     wire(ctx, panel.button, check, run, inputs, [*panel.outputs(), options.seed], api_name="kontext")
