@@ -141,8 +141,8 @@ def markdown(result: dict) -> str:
     lines = [f"# Live previews: what they cost a run ({result['machine']})", "",
              f"{result['date']}; load average before {result['load_before']}, after {result['load_after']} "
              f"(`uptime`); torch {torch.__version__}, {torch.get_num_threads()} threads. Each row: the median of "
-             "the runs with previews and of those without, alternated, after a warm-up run; each preview is also "
-             "encoded as a PNG (as the studio's server does).", "",
+             "the runs with previews and of those without, alternated, after two warm-up runs (one of each); each "
+             "preview is also encoded as a PNG (as the studio's server does).", "",
              "| preset | size | steps | preview every | previews per run | ms per preview | preview share of the run "
              "| total without s | total with s | CPU-time difference | wall-clock difference | spread without | "
              f"others' CPU share | same image | target <= {TARGET:.0%} |",
