@@ -160,13 +160,14 @@ class Runner:
             raise user_error(str(error)) from None
 
     def run(self, request: GenerationRequest, progress=None, label: str = "",
-            keep: tuple[Path, ...] = (), preview=None) -> Outcome:
+            keep: tuple[Path, ...] = (), preview=None, stop: threading.Event | None = None) -> Outcome:
         """Generate, save the PNG (metadata included) and return the outcome; errors become gr.Error.
 
         `keep`: earlier results of the same job, not returned yet, that pruning must leave in place.
         `preview(image, step, steps)`: called with a live preview every defaults.PREVIEW_EVERY steps.
+        `stop`: once set, the run stops at its next denoising step (Cancelled).
         """
-        report = _progress_adapter(progress, label)
+        report = _progress_adapter(progress, label, stop)
         try:
             if preview is None:
                 result = self.engine.generate(request, report)
@@ -187,9 +188,8 @@ class Runner:
             gr.Warning(text.fallback_summary(result.fallbacks, components) + " Details are in the tab.", duration=15)
         return Outcome(path, result, request)
 
-
     def batch(self, tool: str, fields: dict, count=1, progress=None, previews: bool = False) -> Iterator:
-        """The job of one click: ``count`` images of the request ``fields`` make, each with the next seed.
+        """The job of one click: ``count`` images from the request ``fields``, each with the next seed.
 
         Yields a Preview now and then when ``previews`` is on, and last the list of outcomes (every image of the
         batch stays in the output folder until the batch is returned). Runs one image at a time, on the one
@@ -210,16 +210,10 @@ class Runner:
 
     def _streamed(self, request: GenerationRequest, progress, label: str, keep: tuple, index: int, count: int):
         """Runner.run in a worker thread, yielding its previews as they come (the newest, when several wait);
-        returns the outcome. Closing the generator stops the run at its next step and waits for it, so the
-        device is free when the job's slot in the queue is."""
+        returns the outcome. Closing the generator stops the run at its next denoising step (a model being loaded
+        finishes loading) and waits for it, so the device is free when the job's slot in the queue is."""
         updates: queue.Queue = queue.Queue()
         stop = threading.Event()
-
-        def checked(*args, **kwargs):  # the engine's progress callback: where a stop takes effect
-            if stop.is_set():
-                raise Cancelled("the job was stopped")
-            if progress is not None:
-                progress(*args, **kwargs)
 
         def on_preview(image, step, steps):
             if stop.is_set():
@@ -228,7 +222,7 @@ class Runner:
 
         def work():
             try:
-                updates.put(("done", self.run(request, checked, label, keep, preview=on_preview)))
+                updates.put(("done", self.run(request, progress, label, keep, preview=on_preview, stop=stop)))
             except BaseException as error:  # noqa: BLE001  (handed to the job's thread, raised there)
                 updates.put(("failed", error))
 
@@ -254,11 +248,14 @@ class Runner:
                 worker.join()
 
 
-def _progress_adapter(progress, label: str):
-    """Engine progress (stage, done, total) -> gr.Progress: stages as text, denoising per step."""
+def _progress_adapter(progress, label: str, stop: threading.Event | None = None):
+    """Engine progress (stage, done, total) -> gr.Progress: stages as text, denoising per step. Where a stop takes
+    effect: a denoising step after ``stop`` is set raises Cancelled (a model being loaded finishes loading)."""
     prefix = f"{label}: " if label else ""
 
     def report(stage: str, done: int, total: int) -> None:
+        if stop is not None and stop.is_set() and stage == "denoise":
+            raise Cancelled("the job was stopped")
         if progress is None:
             return
         desc = prefix + STAGE_TEXT.get(stage, stage)
