@@ -10,7 +10,7 @@ import pytest
 
 from pipelines.images import read_metadata
 from tests.browser_fixtures import (  # noqa: F401  (browser and page are fixtures)
-    BROWSER_MARKS, SHOTS, browser, page, shot, wait_for_run)
+    BROWSER_MARKS, RUN_TIMEOUT_MS, SHOTS, browser, page, shot, wait_for_run)
 from tests.ui_fixtures import web_studio  # noqa: F401
 
 pytestmark = BROWSER_MARKS
@@ -59,6 +59,11 @@ def start_generate(page, steps: int, count: int = 1) -> None:
 def test_previews_show_before_the_final_image(page, web_studio):  # noqa: F811
     assert page.locator("#schnell-previews input").is_checked()  # on by default
     start_generate(page, steps=30)
+    try:  # a picture of a preview on the page, for the record (the assertions below do not depend on it)
+        page.locator("#generate-status .ff-preview").wait_for(timeout=RUN_TIMEOUT_MS)
+        shot(page, "previews-in-progress")
+    except Exception:  # noqa: BLE001  (the run may have finished first)
+        pass
     wait_for_run(page, "generate")
     page.wait_for_timeout(300)  # the last mutation is recorded
     shown = page.evaluate("window.ffShown")

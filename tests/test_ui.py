@@ -495,3 +495,10 @@ def test_batch_count():
     for bad in (True, None, -1, "", "1e3", float("nan")):
         with pytest.raises(gr.Error, match="count="):
             batch_count(bad)
+
+
+def test_progress_shows_under_the_result_so_the_preview_stays_in_view(demo):
+    for fn in demo.fns.values():
+        if fn.api_name in GENERATION_APIS:
+            shown_on = fn.show_progress_on if isinstance(fn.show_progress_on, (list, tuple)) else [fn.show_progress_on]
+            assert [block.elem_id for block in shown_on] == [f"{fn.api_name}-notices"]

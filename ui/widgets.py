@@ -175,6 +175,11 @@ class ResultPanel:
         """In the order ui.runner.panel_values returns them."""
         return [self.image, self.download, self.status, self.warning, self.notices, self.gallery, self.history]
 
+    @property
+    def progress_on(self) -> gr.HTML:
+        """Where a run's progress bar shows: under the result, so the live preview in the image stays in view."""
+        return self.notices
+
     def stream(self, items, history, final=lambda outcomes: ()):
         """What a tab's run function yields for a job (ui.runner.Runner.batch's items): each live preview into the
         result image with its label in the status line, then the panel's values (ui.runner.panel_values) followed
@@ -240,10 +245,12 @@ def validator(check, inputs: list, names: list[str], aliases: dict[str, str]):
 
 
 def wire(ctx: TabContext, button: gr.Button, check, run, inputs: list, outputs: list, api_name: str,
-         aliases: dict[str, str] | None = None):
+         aliases: dict[str, str] | None = None, progress_on=None):
     """The job, validated before it is queued (bad input never waits for the device), on the device queue.
 
-    `check` raises ui.runner.Invalid; `aliases` maps request field names (e.g. 'mask') to `run` parameters.
+    `check` raises ui.runner.Invalid; `aliases` maps request field names (e.g. 'mask') to `run` parameters;
+    `progress_on`: the component(s) that show the progress bar (default: every output). `run` may be a generator
+    (each value it yields updates the outputs; the last is the job's result, in the page and the API alike).
     """
     import inspect
 
@@ -252,5 +259,5 @@ def wire(ctx: TabContext, button: gr.Button, check, run, inputs: list, outputs: 
     names = [name for name in inspect.signature(run).parameters if name != "progress"]
     aliases = {"lora": "loras_picked", "loras": "loras_picked", **(aliases or {})}
     return button.click(ctx.gpu(run), inputs, outputs, api_name=api_name, api_visibility=ctx.visibility,
-                        concurrency_id=DEVICE_QUEUE, concurrency_limit=1,
+                        concurrency_id=DEVICE_QUEUE, concurrency_limit=1, show_progress_on=progress_on,
                         validator=validator(check, inputs, names, aliases))

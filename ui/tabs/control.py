@@ -122,5 +122,6 @@ def build(ctx: TabContext, tool: str) -> None:
     limits = thresholds if tool == "canny" else [gr.State(None), gr.State(None)]
     inputs = [photo, control, source, prompt, *limits, *options.inputs(), form, panel.history]
     wire(ctx, panel.button, check, run, inputs, [*panel.outputs(), options.seed, control], api_name=tool,
+         progress_on=panel.progress_on,
          aliases={"control_image": "map_image", "canny_low": "lo", "canny_high": "hi"})
 

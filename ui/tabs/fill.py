@@ -86,4 +86,5 @@ def build(ctx: TabContext) -> None:
 
     inputs = [mode, editor, *sides, prompt, reference, *options.inputs(), panel.history]
     wire(ctx, panel.button, check, run, inputs, [*panel.outputs(), options.seed], api_name="fill",
+         progress_on=panel.progress_on,
          aliases={"image": "editor", "mask": "editor", "expand": "right"})

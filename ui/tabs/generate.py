@@ -62,4 +62,5 @@ def build(ctx: TabContext) -> None:
         yield from panel.stream(jobs, history, lambda outcomes: (outcomes[0].request.seed,))
 
     inputs = [variant, prompt, *options.inputs(), panel.history]
-    wire(ctx, panel.button, check, run, inputs, [*panel.outputs(), options.seed], api_name="generate")
+    wire(ctx, panel.button, check, run, inputs, [*panel.outputs(), options.seed], api_name="generate",
+         progress_on=panel.progress_on)

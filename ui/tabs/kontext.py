@@ -47,4 +47,5 @@ def build(ctx: TabContext) -> None:
         yield from panel.stream(jobs, history, lambda outcomes: (outcomes[0].request.seed,))
 
     inputs = [image, prompt, *options.inputs(), panel.history]
-    wire(ctx, panel.button, check, run, inputs, [*panel.outputs(), options.seed], api_name="kontext")
+    wire(ctx, panel.button, check, run, inputs, [*panel.outputs(), options.seed], api_name="kontext",
+         progress_on=panel.progress_on)

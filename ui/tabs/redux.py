@@ -44,4 +44,5 @@ def build(ctx: TabContext) -> None:
         yield from panel.stream(jobs, history, lambda outcomes: (outcomes[0].request.seed,))
 
     inputs = [image, prompt, *options.inputs(), panel.history]
-    wire(ctx, panel.button, check, run, inputs, [*panel.outputs(), options.seed], api_name="redux")
+    wire(ctx, panel.button, check, run, inputs, [*panel.outputs(), options.seed], api_name="redux",
+         progress_on=panel.progress_on)
