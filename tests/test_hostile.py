@@ -403,7 +403,7 @@ def tool_values(files: dict[str, Path], masks: dict[str, Path], as_file) -> dict
     good = as_file(files["good"])
     editor = {"background": good, "layers": [as_file(masks["mask"])], "composite": good}
     size = dict(steps=2, guidance=3.5, quant="auto", match=True, width=128, height=128, seed=1, randomize=False,
-                **NO_LORAS)
+                **NO_LORAS, **ONE)
     return {
         "generate": dict(GEN),
         "fill": dict(mode="inpaint", editor=editor, left=0, top=0, right=64, bottom=0, prompt="a vase",
@@ -412,7 +412,7 @@ def tool_values(files: dict[str, Path], masks: dict[str, Path], as_file) -> dict
         "depth": dict(image=good, map_image=None, choice="photo", prompt="a room", form="model", **size),
         "canny": dict(image=good, map_image=None, choice="photo", prompt="a boat", lo=100, hi=200, form="model",
                       **size),
-        "redux": dict(image=good, prompt="", count=1, **size),
+        "redux": dict(image=good, prompt="", **size),
     }
 
 
