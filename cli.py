@@ -25,7 +25,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     gen = sub.add_parser("generate", help="run one tool headless and write a PNG")
     gen.add_argument("--tool", required=True, help=", ".join(tool_names()))
-    gen.add_argument("--prompt", default="")
+    gen.add_argument("--prompt", default=None)
+    gen.add_argument("--prompts", default=None, metavar="FILE",
+                     help="one prompt per line (blank lines and lines starting with # are skipped); each makes "
+                          "--count images")
+    gen.add_argument("--count", default="1", metavar="N",
+                     help="images per prompt, each with the next seed (default 1); several are written as "
+                          "OUT-1.png, OUT-2.png, ...")
+    gen.add_argument("--preview-every", default="0", metavar="N",
+                     help="write a quick preview of the image in progress every N denoising steps, as "
+                          "OUT-step<k>.png (default 0: none)")
     gen.add_argument("--out", required=True, help="output PNG path")
     gen.add_argument("--model", default=None, help="tiny | HUB_ID | PATH (default: official weights if "
                                                    "present locally, else tiny)")
@@ -73,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="memory, speed and fidelity of every backend and mode; `bench cache`: "
                                          "cached against quantize-on-load; `bench control`: control LoRAs on "
                                          "Dev against the full control models; `bench e2e`: the generate path end "
-                                         "to end", add_help=False)
+                                         "to end; `bench preview`: what live previews cost a run", add_help=False)
     bench.add_argument("bench_args", nargs=argparse.REMAINDER)  # listed for --help; main() hands them over
 
     cache = sub.add_parser("cache", help="list or clear the quantized-weights cache")
@@ -108,6 +117,10 @@ def main(argv: list[str] | None = None) -> int:
             from bench.control_lora import main as control_bench
 
             return control_bench(argv[2:])
+        if argv[1:2] == ["preview"]:
+            from bench.preview import main as preview_bench
+
+            return preview_bench(argv[2:])
         if argv[1:2] == ["e2e"]:
             from bench.e2e import main as e2e_bench
 
@@ -168,7 +181,7 @@ def generate(args) -> int:
     from pipelines.errors import UserError
     from pipelines.loras import parse_lora_arg
     from pipelines.manager import ModelManager
-    from pipelines.request import GenerationRequest
+    from pipelines.request import GenerationRequest, batch_seed
     from pipelines.sources import default_model
 
     out = Path(args.out)
@@ -180,21 +193,30 @@ def generate(args) -> int:
         tool = get_tool(args.tool)
     except UserError as error:
         raise UserError(f"--{error}") from None  # as the option is spelled here
+    prompts = read_prompts(args.prompts, args.prompt)
+    count = _whole(args.count, "--count", 1)
+    preview_every = _whole(args.preview_every, "--preview-every", 0)
     model = args.model
     if model is None:
         on_dev = args.control == "lora" or (args.control is None and args.control_lora)
         model, notice = default_model(tool.lora_base() if on_dev and hasattr(tool, "lora_base") else tool)
         if notice:
             print(f"notice: {notice}", file=sys.stderr)
-    request = GenerationRequest(
-        tool=args.tool, prompt=args.prompt, model=model, quant=args.quant, image=args.image, mask=args.mask,
-        reference=args.reference, control_image=args.control_image, expand=args.expand,
-        width=_number(args.width, int), height=_number(args.height, int), steps=_number(args.steps, int),
-        guidance=_number(args.guidance, float), seed=_number(args.seed, int),
-        canny_low=_number(args.canny_low, int), canny_high=_number(args.canny_high, int),
-        transformer=args.transformer, loras=[parse_lora_arg(item) for item in args.lora],
-        control=args.control, control_lora=args.control_lora,
-    )
+    loras = [parse_lora_arg(item) for item in args.lora]
+
+    def request_for(prompt: str, seed) -> GenerationRequest:
+        return GenerationRequest(
+            tool=args.tool, prompt=prompt, model=model, quant=args.quant, image=args.image, mask=args.mask,
+            reference=args.reference, control_image=args.control_image, expand=args.expand,
+            width=_number(args.width, int), height=_number(args.height, int), steps=_number(args.steps, int),
+            guidance=_number(args.guidance, float), seed=seed,
+            canny_low=_number(args.canny_low, int), canny_high=_number(args.canny_high, int),
+            transformer=args.transformer, loras=loras, control=args.control, control_lora=args.control_lora,
+        )
+
+    first = request_for(prompts[0], _number(args.seed, int))  # every input is checked before a model loads
+    for prompt in prompts[1:]:
+        request_for(prompt, first.seed)
     try:
         manager = ModelManager(device=pick_device(args.device))
     except ValueError as error:
@@ -207,16 +229,66 @@ def generate(args) -> int:
         if stage != "denoise" and done == 0:
             print(f"{stage}...", file=sys.stderr)
 
-    result = engine.generate(request, progress)
-    result.save(out)
+    total = len(prompts) * count
+    reports, notices = [], []
+    for index in range(total):
+        prompt = prompts[index // count]
+        request = first if index == 0 else request_for(prompt, batch_seed(first.seed, index))
+        path = out if total == 1 else out.with_name(f"{out.stem}-{index + 1}.png")
+
+        def preview(image, step, steps, path=path):
+            image.save(path.with_name(f"{path.stem}-step{step}.png"))
+
+        if preview_every:
+            result = engine.generate(request, progress, preview=preview, preview_every=preview_every)
+        else:
+            result = engine.generate(request, progress)
+        result.save(path)
+        reports.append(dict(result.report, out=str(path)) if total > 1 else result.report)
+        notices += [notice for notice in result.notices if notice not in notices]
+        timings = result.report["timings"]
+        print(f"wrote {path} ({result.image.width}x{result.image.height}, seed {request.seed}, "
+              f"{timings['total_s']:.1f} s)")
     if args.report:
-        Path(args.report).write_text(json.dumps(result.report, indent=2))
-    for notice in result.notices:
+        report = reports[0] if total == 1 else {"count": count, "prompts": prompts, "images": reports}
+        Path(args.report).write_text(json.dumps(report, indent=2))
+    for notice in notices:
         print(f"notice: {notice}", file=sys.stderr)
-    timings = result.report["timings"]
-    print(f"wrote {out} ({result.image.width}x{result.image.height}, seed {request.seed}, "
-          f"{timings['total_s']:.1f} s)")
     return 0
+
+
+def read_prompts(file: str | None, prompt: str | None) -> list[str]:
+    """The prompts to run: the lines of ``file`` (blank ones and # comments skipped), else ``prompt``."""
+    from pipelines.errors import UserError
+
+    if file is None:
+        return [prompt or ""]
+    if prompt is not None:
+        raise UserError("--prompt and --prompts both given; use one (a file of one line works as --prompt).")
+    path = Path(file).expanduser()
+    if not path.is_file():
+        raise UserError(f"--prompts={file!r}: no such file.")
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        raise UserError(f"--prompts={file!r}: cannot read it as UTF-8 text ({type(error).__name__}).") from None
+    prompts = [line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]
+    if not prompts:
+        raise UserError(f"--prompts={file!r} has no prompts (blank lines and lines starting with # are skipped).")
+    return prompts
+
+
+def _whole(value: str, flag: str, low: int) -> int:
+    """A whole number of at least ``low`` given on the command line."""
+    from pipelines.errors import UserError
+
+    try:
+        number = int(str(value).strip())
+    except ValueError:
+        raise UserError(f"{flag}={value!r} is not a whole number.") from None
+    if number < low:
+        raise UserError(f"{flag}={number} must be {low} or more.")
+    return number
 
 
 def doctor(args) -> int:

@@ -21,6 +21,8 @@ CANNY_LOW = 100
 CANNY_HIGH = 200
 CONTROL_FORMS = ("model", "lora")  # Depth and Canny: their own model, or a control LoRA on Dev
 KONTEXT_MAX_IMAGES = 4  # Kontext: the image to edit and up to three reference images
+BATCH_MAX = 8  # images per click in the studio (each with the next seed); the CLI's --count has no cap
+PREVIEW_EVERY = 2  # the studio's live previews: the latents as a picture every this many denoising steps
 
 # The offline `tiny` family: the same tools with small random weights, so sizes and lengths are scaled down.
 TINY_MODEL = "tiny"

@@ -13,14 +13,16 @@ import numpy as np
 import torch
 from PIL import Image
 
+from . import defaults
 from .device import PeakMemory
-from .errors import UserError
+from .errors import Cancelled, UserError
 from .images import save_png
 from .loras import apply_control_lora, apply_loras, check_lora, release_control_lora, text_encoder_adapters
 from .manager import ModelManager, Progress
 from .report import build_report, fallback_notices, summary
 from .request import GenerationRequest
 from .placement import Placement
+from .preview import PreviewCallback, is_preview_step, packed_preview
 from .sources import control_lora_file, resolve_model
 from .speed import compile_refusal, compile_transformer, step_cache
 from .tools import Prepared, RunContext
@@ -83,6 +85,8 @@ class Run:
     compiled: bool = False
     step_cache: dict | None = None
     control_lora: Any = None  # the control LoRA this run applies (the request's, or the tool's default file)
+    preview: PreviewCallback | None = None  # called with a preview picture every `preview_every` steps
+    preview_every: int = 0
 
     def details(self) -> dict:
         """What the report records of how the run used memory and time."""
@@ -98,10 +102,14 @@ class Engine:
         self.manager = manager or ModelManager()
         self.show_progress = show_progress
 
-    def generate(self, request: GenerationRequest, progress: Progress | None = None) -> GenerationResult:
+    def generate(self, request: GenerationRequest, progress: Progress | None = None,
+                 preview: PreviewCallback | None = None, preview_every: int = defaults.PREVIEW_EVERY
+                 ) -> GenerationResult:
+        """Run ``request``. ``preview(image, step, steps)``, when given, gets the latents as a picture of the output
+        size every ``preview_every`` denoising steps (pipelines.preview); it never changes the result."""
         progress = progress or (lambda stage, done, total: None)
         with self.manager.lock:
-            return self._generate(request, progress)
+            return self._generate(request, progress, preview, preview_every if preview is not None else 0)
 
     def control_map(self, tool_name: str, model: str, image: Image.Image, **fields) -> Image.Image:
         """The control map ``tool_name`` would compute from ``image`` (e.g. to preview it before a run)."""
@@ -113,7 +121,8 @@ class Engine:
             ctx = RunContext(self.manager, resolve_model(request.model, tool))
             return tool.control_map(request.image, request, ctx)
 
-    def _generate(self, request: GenerationRequest, progress: Progress) -> GenerationResult:
+    def _generate(self, request: GenerationRequest, progress: Progress, preview: PreviewCallback | None,
+                  preview_every: int) -> GenerationResult:
         start = time.perf_counter()
         tool, manager = request.spec, self.manager
         notices = list(request.notices)
@@ -136,7 +145,8 @@ class Engine:
             if loaded.auto:
                 notices.append(f"Auto chose {loaded.quant}: {loaded.auto.reason}.")
             run = Run(tool, request, loaded, RunContext(manager, source, loaded.pipe), notices,
-                      {"load_s": load_s, "quantize_s": quantize_s}, control_lora=control_lora)
+                      {"load_s": load_s, "quantize_s": quantize_s}, control_lora=control_lora, preview=preview,
+                      preview_every=preview_every)
             width, height = tool.output_size(request, request.image)
             run.placement = manager.place(loaded, width * height, self._text_tokens(request),
                                           tool.condition_pixels(width, height, request))
@@ -203,7 +213,7 @@ class Engine:
                 images = self._decode(loaded.pipe, latents, run.prepared, run.notices, run.fallbacks)
                 run.timings["decode_s"] = time.perf_counter() - phase
                 return images
-            except (UserError, KeyboardInterrupt):
+            except (UserError, Cancelled, KeyboardInterrupt):
                 raise
             except Exception as error:
                 if _is_oom(error):
@@ -252,12 +262,17 @@ class Engine:
         steps = request.steps
         pipe.set_progress_bar_config(disable=not self.show_progress, desc=request.tool)
         stamps = [time.perf_counter()]
+        previewing = [0.0]  # seconds spent on previews (left out of the step times)
 
         def on_step(_pipe, index, _timestep, callback_kwargs):
             if not torch.isfinite(callback_kwargs["latents"]).all():
                 raise BadOutput(f"latents became NaN/inf at step {index + 1}")
-            stamps.append(time.perf_counter())
+            stamps.append(time.perf_counter() - previewing[0])
             progress("denoise", index + 1, steps)
+            if run.preview is not None and is_preview_step(index + 1, run.preview_every):
+                began = time.perf_counter()
+                self._preview(run, pipe, callback_kwargs["latents"], index + 1)
+                previewing[0] += time.perf_counter() - began
             return callback_kwargs
 
         progress("denoise", 0, steps)
@@ -278,10 +293,26 @@ class Engine:
             run.step_cache = {"threshold": threshold, "full_steps": counter["full"],
                               "skipped_steps": max(0, steps - counter["full"])}
         times = [b - a for a, b in zip(stamps, stamps[1:])]
-        run.timings["denoise_s"] = stamps[-1] - stamps[0]
+        run.timings["denoise_s"] = stamps[-1] - stamps[0] + previewing[0]
+        if previewing[0]:
+            run.timings["preview_s"] = previewing[0]
         run.timings["first_step_s"] = times[0] if times else 0.0
         run.timings["step_s"] = statistics.median(times[1:]) if len(times) > 1 else run.timings["first_step_s"]
         return output.images
+
+    @staticmethod
+    def _preview(run: "Run", pipe, latents: torch.Tensor, step: int) -> None:
+        """Hand the caller a preview of ``latents``. A preview that fails is logged and previews stop for this run:
+        it never fails or changes the run (only Cancelled, the caller's way to stop it, goes through)."""
+        try:
+            image = packed_preview(pipe, latents, run.prepared.width, run.prepared.height)
+            run.preview(image, step, run.request.steps)
+        except Cancelled:
+            raise
+        except Exception as error:  # noqa: BLE001
+            log.warning("preview failed at step %d (%s: %s); no more previews this run", step,
+                        type(error).__name__, error)
+            run.preview = None
 
     @torch.no_grad()
     def _decode(self, pipe, latents, prepared: Prepared, notices, run_fallbacks) -> np.ndarray:

@@ -173,6 +173,12 @@ class GenerationRequest:
         return values
 
 
+def batch_seed(seed: int, index: int) -> int:
+    """The seed of image ``index`` (0-based) of a batch whose first image has ``seed``: the next one each time,
+    wrapping past SEED_MAX to 0."""
+    return (seed + index) % (defaults.SEED_MAX + 1)
+
+
 def check_transformer_file(value) -> str | None:
     """The path of a GGUF transformer file (None when none is given)."""
     if value is None or not str(value).strip():

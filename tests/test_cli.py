@@ -118,6 +118,12 @@ def bad_cases(files):
         "unknown offload": (["--tool", "dev", "--prompt", "x", "--offload", "disk"], "offload='disk' is unknown"),
         "canny thresholds reversed": (["--tool", "canny", "--prompt", "x", "--image", photo, "--canny-low", "200",
                                        "--canny-high", "100"], "swap"),
+        "count zero": (["--tool", "dev", "--prompt", "x", "--count", "0"], "--count=0 must be 1 or more"),
+        "count not a number": (["--tool", "dev", "--prompt", "x", "--count", "two"], "--count='two' is not a whole"),
+        "preview every negative": (["--tool", "dev", "--prompt", "x", "--preview-every", "-2"],
+                                   "--preview-every=-2 must be 0 or more"),
+        "prompts file missing": (["--tool", "dev", "--prompts", "/nonexistent.txt"], "--prompts='/nonexistent.txt': "
+                                                                                      "no such file"),
     }
 
 
@@ -248,3 +254,96 @@ def test_plan_bad_input_is_one_line_exit_2(args, message):
     lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and message in lines[0] and "Traceback" not in proc.stderr
     assert proc.stdout == ""
+
+
+# ---- batches and previews ------------------------------------------------------------------------------------
+
+def count_loads(monkeypatch) -> list:
+    """Every pipeline the model manager loads (a batch loads its model once)."""
+    from pipelines.manager import ModelManager
+
+    loads, original = [], ModelManager._load_pipeline
+
+    def counted(self, *args, **kwargs):
+        loads.append(args[0])
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(ModelManager, "_load_pipeline", counted)
+    return loads
+
+
+def test_count_makes_numbered_images_with_the_next_seeds_and_loads_the_model_once(tmp_path, capsys, tiny_root,
+                                                                                   monkeypatch):
+    loads = count_loads(monkeypatch)
+    out, report = tmp_path / "fox.png", tmp_path / "fox.json"
+    code = cli.main(["generate", "--tool", "dev", "--prompt", "a fox", "--model", "tiny", "--quant", "none", "--seed",
+                     str(2**32 - 1), "--count", "2", "--steps", "2", "--out", str(out), "--report", str(report)])
+    assert code == 0, capsys.readouterr().err
+    assert not out.exists() and sorted(p.name for p in tmp_path.glob("*.png")) == ["fox-1.png", "fox-2.png"]
+    seeds = [read_metadata(tmp_path / f"fox-{k}.png")["seed"] for k in (1, 2)]
+    assert seeds == [2**32 - 1, 0]  # the next seed, wrapping past the largest
+    data = json.loads(report.read_text())
+    assert data["count"] == 2 and [item["seed"] for item in data["images"]] == seeds
+    assert [item["out"] for item in data["images"]] == [str(tmp_path / "fox-1.png"), str(tmp_path / "fox-2.png")]
+    assert len(loads) == 1
+    stdout = capsys.readouterr().out
+    assert f"wrote {tmp_path / 'fox-1.png'}" in stdout and f"seed {2**32 - 1}" in stdout and "seed 0," in stdout
+
+
+def test_prompts_file_runs_each_prompt_count_times(tmp_path, capsys, tiny_root, monkeypatch):
+    loads = count_loads(monkeypatch)
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("# my prompts\n\na red fox\n   \n  # indented comment\n  a blue bird  \n")
+    out = tmp_path / "set.png"
+    code = cli.main(["generate", "--tool", "schnell", "--prompts", str(prompts), "--count", "2", "--seed", "7",
+                     "--model", "tiny", "--quant", "none", "--steps", "1", "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    made = [read_metadata(tmp_path / f"set-{k}.png") for k in range(1, 5)]
+    assert [(m["prompt"], m["seed"]) for m in made] == [("a red fox", 7), ("a red fox", 8), ("a blue bird", 9),
+                                                        ("a blue bird", 10)]
+    assert len(loads) == 1
+
+
+def test_one_prompt_in_a_file_keeps_the_single_name(tmp_path, tiny_root):
+    prompts = tmp_path / "one.txt"
+    prompts.write_text("a lighthouse\n")
+    out = tmp_path / "one.png"
+    assert cli.main(["generate", "--tool", "schnell", "--prompts", str(prompts), "--model", "tiny", "--quant", "none",
+                     "--steps", "1", "--out", str(out)]) == 0
+    assert read_metadata(out)["prompt"] == "a lighthouse" and not (tmp_path / "one-1.png").exists()
+
+
+@pytest.mark.parametrize("text, args, expected", [
+    ("# nothing\n\n", [], "has no prompts"),
+    ("a fox\n", ["--prompt", "a cat"], "--prompt and --prompts both given"),
+    ("a fox\n" + "x" * 3000 + "\n", [], "prompt is 3000 characters"),
+])
+def test_bad_prompt_files_give_one_line_and_write_nothing(tmp_path, capsys, tiny_root, text, args, expected):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text(text)
+    code = cli.main(["generate", "--tool", "dev", "--model", "tiny", "--prompts", str(prompts), *args,
+                     "--out", str(tmp_path / "x.png")])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and expected in err, err
+    assert not list(tmp_path.glob("*.png"))  # checked before any image is made
+
+
+def test_preview_every_writes_step_previews_next_to_the_output(tmp_path, tiny_root):
+    out = tmp_path / "fox.png"
+    assert cli.main(["generate", "--tool", "dev", "--prompt", "a fox", "--model", "tiny", "--quant", "none", "--seed",
+                     "3", "--steps", "5", "--preview-every", "2", "--out", str(out)]) == 0
+    assert sorted(p.name for p in tmp_path.glob("*.png")) == ["fox-step2.png", "fox-step4.png", "fox.png"]
+    final = Image.open(out)
+    assert all(Image.open(tmp_path / f"fox-step{k}.png").size == final.size for k in (2, 4))
+    plain = tmp_path / "plain.png"  # previews do not change the image
+    assert cli.main(["generate", "--tool", "dev", "--prompt", "a fox", "--model", "tiny", "--quant", "none", "--seed",
+                     "3", "--steps", "5", "--out", str(plain)]) == 0
+    assert Image.open(plain).tobytes() == final.tobytes()
+    assert sorted(p.name for p in tmp_path.glob("plain*.png")) == ["plain.png"]  # off unless asked
+
+
+def test_previews_of_a_batch_are_named_after_each_image(tmp_path, tiny_root):
+    out = tmp_path / "b.png"
+    assert cli.main(["generate", "--tool", "schnell", "--prompt", "x", "--model", "tiny", "--quant", "none",
+                     "--steps", "2", "--count", "2", "--preview-every", "2", "--out", str(out)]) == 0
+    assert sorted(p.name for p in tmp_path.glob("*.png")) == ["b-1-step2.png", "b-1.png", "b-2-step2.png", "b-2.png"]

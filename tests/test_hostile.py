@@ -27,13 +27,15 @@ pytestmark = pytest.mark.slow
 
 NO_LORAS = dict(loras_picked=[], loras_uploaded=None, lora_strength=1.0)
 LORA_ORDER = list(NO_LORAS)
+ONE = dict(count=1, previews=True)  # images per click, live previews
 GEN = dict(tool="schnell", prompt="a cat", steps=2, guidance=3.5, quant="auto", width=128, height=128, seed=1,
-           randomize=False, **NO_LORAS)
+           randomize=False, **NO_LORAS, **ONE)
 KON = dict(prompt="make it night", steps=2, guidance=3.5, quant="auto", match=True, width=128, height=128, seed=1,
-           randomize=False, **NO_LORAS, references=None)
-GEN_ORDER = ["tool", "prompt", "steps", "guidance", "quant", "width", "height", "seed", "randomize", *LORA_ORDER]
+           randomize=False, **NO_LORAS, **ONE, references=None)
+GEN_ORDER = ["tool", "prompt", "steps", "guidance", "quant", "width", "height", "seed", "randomize", *LORA_ORDER,
+             *ONE]
 KON_ORDER = ["image", "prompt", "steps", "guidance", "quant", "match", "width", "height", "seed", "randomize",
-             *LORA_ORDER, "references"]
+             *LORA_ORDER, *ONE, "references"]
 READABLE = 400  # a message, not a dump
 
 
@@ -357,12 +359,12 @@ class Gate:
         self.now = 0
         self.lock = threading.Lock()
 
-    def __call__(self, request, progress=None):
+    def __call__(self, request, progress=None, **options):
         with self.lock:
             self.now += 1
         try:
             if not self.hold:
-                return self.generate(request, progress)
+                return self.generate(request, progress, **options)
             self.entered.set()
             self.release.wait(timeout=120)
             from pipelines.errors import UserError
@@ -401,7 +403,7 @@ def tool_values(files: dict[str, Path], masks: dict[str, Path], as_file) -> dict
     good = as_file(files["good"])
     editor = {"background": good, "layers": [as_file(masks["mask"])], "composite": good}
     size = dict(steps=2, guidance=3.5, quant="auto", match=True, width=128, height=128, seed=1, randomize=False,
-                **NO_LORAS)
+                **NO_LORAS, **ONE)
     return {
         "generate": dict(GEN),
         "fill": dict(mode="inpaint", editor=editor, left=0, top=0, right=64, bottom=0, prompt="a vase",
@@ -410,7 +412,7 @@ def tool_values(files: dict[str, Path], masks: dict[str, Path], as_file) -> dict
         "depth": dict(image=good, map_image=None, choice="photo", prompt="a room", form="model", **size),
         "canny": dict(image=good, map_image=None, choice="photo", prompt="a boat", lo=100, hi=200, form="model",
                       **size),
-        "redux": dict(image=good, prompt="", count=1, **size),
+        "redux": dict(image=good, prompt="", **size),
     }
 
 
@@ -553,8 +555,9 @@ def test_a_session_of_twice_keep_generations_returns_every_result(limited, tmp_p
 
 def test_more_variations_than_keep_are_all_returned(limited, files, tmp_path):
     client = Client(limited.url, verbose=False, download_files=str(tmp_path))
-    result = client.predict(handle_file(str(files["good"])), "", KEEP + 1, 2, 3.5, "auto", True, 128, 128, 7,
-                            False, api_name="/redux")
+    result = client.predict(image=handle_file(str(files["good"])), prompt="", steps=2, guidance=3.5, quant="auto",
+                            match=True, width=128, height=128, seed=7, randomize=False, count=KEEP + 1,
+                            api_name="/redux")
     gallery = result[5]
     assert len(gallery) == KEEP + 1 and all(Path(item["image"]).is_file() for item in gallery)
 

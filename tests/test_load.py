@@ -39,7 +39,7 @@ class Counted:
         self.running = threading.Event()
         self.reports: list[dict] = []
 
-    def __call__(self, request, progress=None):
+    def __call__(self, request, progress=None, **options):
         with self.lock:
             self.now += 1
             self.calls += 1
@@ -47,7 +47,7 @@ class Counted:
         self.running.set()
         try:
             time.sleep(self.delay)
-            result = self.generate(request, progress)
+            result = self.generate(request, progress, **options)
             self.reports.append(result.report)
             return result
         finally:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 import gradio as gr
@@ -370,3 +371,134 @@ def test_depth_tab_runs_the_control_lora_on_the_dev_model(demo):
     tools_held = {row["used_by"][0] for row in runner.engine.manager.status() if row["component"] == "transformer"}
     assert len(tools_held) == 1
     runner.unload_models()
+
+
+# ---- batches and live previews ---------------------------------------------------------------------------------
+
+TOOL_TABS = ("schnell", "fill", "kontext", "depth", "canny", "redux")
+
+
+def job(demo, api_name: str):
+    return next(fn for fn in demo.fns.values() if fn.api_name == api_name)
+
+
+def generate_args(count=2, previews=True, seed=41, steps=4):
+    return ["schnell", "a lighthouse", steps, 0.0, "none", 128, 128, seed, False, [], None, 1.0, count, previews, []]
+
+
+def test_every_tool_tab_has_the_batch_count_and_live_previews(demo):
+    blocks = {b.elem_id: b for b in demo.blocks.values() if b.elem_id}
+    for tool in TOOL_TABS:
+        count, previews = blocks[f"{tool}-count"], blocks[f"{tool}-previews"]
+        assert (count.minimum, count.maximum, count.value, count.step) == (1, defaults.BATCH_MAX, 1, 1)
+        assert previews.value is True
+    assert "redux-variations" not in blocks  # Redux's variations are the shared count
+    for fn in demo.fns.values():
+        if fn.api_name in GENERATION_APIS:
+            ids = [block.elem_id for block in fn.inputs]
+            assert ids.index(f"{'schnell' if fn.api_name == 'generate' else fn.api_name}-previews") == \
+                ids.index(f"{'schnell' if fn.api_name == 'generate' else fn.api_name}-count") + 1
+
+
+def test_a_run_yields_previews_of_each_image_then_the_whole_batch(demo, monkeypatch):
+    from pipelines.manager import ModelManager
+    from pipelines.images import read_metadata
+
+    runner = demo.studio_runner
+    runner.unload_models()
+    loads, original = [], ModelManager._load_pipeline
+    monkeypatch.setattr(ModelManager, "_load_pipeline", lambda self, *a, **k: loads.append(a[0]) or original(
+        self, *a, **k))
+    items = list(job(demo, "generate").fn(*generate_args()))
+    *previews, final = items
+    assert previews and all(isinstance(item, dict) for item in previews)
+    labels = []
+    for item in previews:
+        image, status = item.values()
+        assert isinstance(image, Image.Image) and image.size == (128, 128)
+        labels.append(status)
+    assert any("Preview · image 1/2 · step" in label for label in labels)
+    assert any("Preview · image 2/2 · step" in label for label in labels)
+    image_path, download, status, _warning, _notices, gallery, history, seed = final
+    assert len(history) >= 2 and seed == 41
+    seeds = [read_metadata(path)["seed"] for path, _ in history[:2]]
+    assert seeds == [42, 41] and read_metadata(image_path)["seed"] == 42  # the newest is shown
+    assert "2 images" in status and "seeds 41, 42" in status
+    assert len(loads) == 1  # the model loads once for the batch
+
+
+def test_without_previews_a_run_yields_only_the_result(demo):
+    items = list(job(demo, "generate").fn(*generate_args(count=1, previews=False)))
+    assert len(items) == 1 and isinstance(items[0], tuple) and items[0][7] == 41
+
+
+def test_every_image_of_a_batch_is_kept_whatever_the_folder_keeps(tmp_path, tiny_root):
+    from pipelines.engine import Engine
+    from pipelines.manager import ModelManager
+    from ui.outputs import OutputFolder
+    from ui.runner import Runner
+
+    runner = Runner(Engine(ModelManager(device="cpu")), {tool: "tiny" for tool in tool_names()},
+                    OutputFolder(tmp_path, keep=1))
+    fields = dict(prompt="a fox", quant="none", steps=1, seed=defaults.SEED_MAX)
+    *_, outcomes = runner.batch("dev", fields, count=3, previews=True)
+    assert [o.request.seed for o in outcomes] == [defaults.SEED_MAX, 0, 1]  # wrapping past the largest seed
+    assert all(o.path.is_file() for o in outcomes)
+    assert len(list(tmp_path.glob("fluxforge-*.png"))) == 3
+
+
+def test_stopping_a_job_stops_its_run_and_frees_the_device(demo):
+    import threading
+
+    runner = demo.studio_runner
+    items = runner.batch("dev", dict(prompt="a fox", quant="none", steps=40, seed=1), count=2, previews=True)
+    first = next(items)
+    assert first.index == 1 and first.step == defaults.PREVIEW_EVERY
+    items.close()  # the page went away: the run stops at its next step
+    assert not any(thread.name == "fluxforge-run" for thread in threading.enumerate())
+    assert runner.engine.manager.lock.acquire(timeout=0)
+    runner.engine.manager.lock.release()
+    *_, outcomes = runner.batch("dev", dict(prompt="a fox", quant="none", steps=2, seed=1), count=1, previews=True)
+    assert outcomes[0].result.report["quantization"]["fallbacks"] == []
+
+
+def test_a_failure_in_a_batch_is_one_readable_error(demo, monkeypatch):
+    runner = demo.studio_runner
+    calls = []
+
+    def broken(request, progress=None, **options):
+        calls.append(request.seed)
+        raise UserError("out of memory: try 4-bit.")
+
+    monkeypatch.setattr(runner.engine, "generate", broken)
+    with pytest.raises(gr.Error, match="out of memory: try 4-bit."):
+        list(job(demo, "generate").fn(*generate_args(count=3)))
+    assert calls == [41]  # the batch stops at the first failure
+
+
+@pytest.mark.parametrize("count, message", [(0, "count=0 is out of range"),
+                                            (defaults.BATCH_MAX + 1, f"1..{defaults.BATCH_MAX} images"),
+                                            (1.5, "not a whole number"), ("two", "not a whole number")])
+def test_the_count_is_checked_before_the_queue(demo, count, message):
+    fn = job(demo, "generate")
+    verdicts = fn.validator(*generate_args(count=count))
+    names = [name for name in inspect.signature(fn.fn).parameters if name != "progress"]
+    refused = [(names[i], v["message"]) for i, v in enumerate(verdicts) if not v["is_valid"]]
+    assert len(refused) == 1 and refused[0][0] == "count" and message in refused[0][1]
+    assert all(v["is_valid"] for v in fn.validator(*generate_args(count=defaults.BATCH_MAX)))
+
+
+def test_batch_count():
+    from ui.runner import batch_count
+
+    assert [batch_count(v) for v in (1, 2.0, " 3 ", defaults.BATCH_MAX)] == [1, 2, 3, defaults.BATCH_MAX]
+    for bad in (True, None, -1, "", "1e3", float("nan")):
+        with pytest.raises(gr.Error, match="count="):
+            batch_count(bad)
+
+
+def test_progress_shows_under_the_result_so_the_preview_stays_in_view(demo):
+    for fn in demo.fns.values():
+        if fn.api_name in GENERATION_APIS:
+            shown_on = fn.show_progress_on if isinstance(fn.show_progress_on, (list, tuple)) else [fn.show_progress_on]
+            assert [block.elem_id for block in shown_on] == [f"{fn.api_name}-notices"]

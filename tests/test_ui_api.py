@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -129,6 +130,44 @@ def test_redux_variations(client):
     assert metadata(result[0])["seed"] == 12  # the newest is shown
 
 
+def test_a_batch_returns_every_image_with_the_next_seeds(client):
+    result = client.predict(tool="schnell", prompt="a lighthouse", **SETTINGS, count=3, api_name="/generate")
+    gallery = result[5]
+    assert [item["caption"].split(" · ")[1] for item in gallery[:3]] == ["seed 13", "seed 12", "seed 11"]
+    assert sorted(metadata(item["image"])["seed"] for item in gallery[:3]) == [11, 12, 13]
+    assert metadata(result[0])["seed"] == 13 and result[6] == 11  # the newest shown; the seed box keeps the first
+    assert "3 images" in result[2] and "seeds 11, 12, 13" in result[2]
+
+
+def sse_events(url: str, name: str, data: list) -> list[tuple[str, object]]:
+    """POST /gradio_api/call/<name>, then read its server-sent events: (event, data) pairs in order."""
+    event_id = httpx.post(f"{url}gradio_api/call/{name}", json={"data": data}, timeout=60).json()["event_id"]
+    events, kind = [], None
+    with httpx.stream("GET", f"{url}gradio_api/call/{name}/{event_id}", timeout=120) as response:
+        for line in response.iter_lines():
+            if line.startswith("event:"):
+                kind = line.split(":", 1)[1].strip()
+            elif line.startswith("data:"):
+                events.append((kind, json.loads(line.split(":", 1)[1])))
+    return events
+
+
+def test_call_route_streams_previews_then_ends_with_the_final_result(api_studio):  # noqa: F811
+    data = ["dev", "a lighthouse", 6, 3.5, "auto", 128, 128, 21, False, [], None, 1.0, 1, True, []]
+    events = sse_events(api_studio.url, "generate", data)
+    kinds = [kind for kind, _ in events]
+    assert kinds[-1] == "complete" and "generating" in kinds, kinds
+    final = events[-1][1]
+    saved = final[0]["path"]
+    assert (api_studio.output_dir / Path(saved).name).is_file() and metadata(saved)["seed"] == 21
+    shown = [Path(payload[0]["path"]).name for kind, payload in events if kind == "generating" and payload[0]]
+    previews = [name for name in shown if not (api_studio.output_dir / name).exists()]
+    assert len(previews) >= 1 and shown.index(previews[0]) < shown.index(Path(saved).name)
+    assert final[7] == 21  # every output in the last event (the history state, [6], is not sent), as without previews
+    off = sse_events(api_studio.url, "generate", data[:-2] + [False, []])
+    assert [kind for kind, _ in off][-1] == "complete" and metadata(off[-1][1][0]["path"])["seed"] == 21
+
+
 def test_bad_numbers_are_refused_with_the_reason(client):
     with pytest.raises(Exception, match="prompt is 2500 characters; the limit is 2000"):
         client.predict(tool="dev", prompt="c" * 2500, **SETTINGS, api_name="/generate")
@@ -136,6 +175,9 @@ def test_bad_numbers_are_refused_with_the_reason(client):
     with pytest.raises(httpx.HTTPStatusError) as refused:
         client.predict(tool="dev", prompt="cat", **{**SETTINGS, "steps": 0}, api_name="/generate")
     assert "less than minimum" in refused.value.response.json()["detail"]
+    with pytest.raises(httpx.HTTPStatusError) as refused:
+        client.predict(tool="dev", prompt="cat", **SETTINGS, count=99, api_name="/generate")
+    assert "greater than maximum" in refused.value.response.json()["detail"]
 
 
 def test_forced_fallback_is_reported(client, api_studio, monkeypatch):  # noqa: F811
@@ -174,7 +216,7 @@ def test_output_folder_is_the_only_allowed_path(web_studio):  # noqa: F811
 def test_a_full_queue_says_so(tmp_path):
     studio = start_studio(tmp_path, api=True, queue_size=1)
     try:
-        def slow(request, progress=None):
+        def slow(request, progress=None, **options):
             time.sleep(4)
             raise UserError("stopped on purpose")
 

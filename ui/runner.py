@@ -6,9 +6,13 @@ anything unexpected a gr.Error with a short line (the traceback stays in the ser
 
 from __future__ import annotations
 
+import contextvars
 import logging
+import queue
 import re
 import secrets
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,9 +21,9 @@ from PIL import Image
 
 from pipelines import defaults
 from pipelines.engine import Engine, GenerationResult
-from pipelines.errors import UserError
+from pipelines.errors import Cancelled, UserError
 from pipelines.images import MAX_PIXELS
-from pipelines.request import GenerationRequest
+from pipelines.request import GenerationRequest, batch_seed
 from pipelines.tools import get_tool
 
 from . import text
@@ -45,6 +49,22 @@ class Outcome:
         return f"{self.request.tool} · seed {self.request.seed} · {text.QUANT_LABELS.get(q['resolved'], q['resolved'])}"
 
 
+@dataclass
+class Preview:
+    """A live preview of image ``index`` of ``count`` (1-based) in one job, after ``step`` of ``steps``."""
+
+    image: Image.Image
+    step: int
+    steps: int
+    index: int = 1
+    count: int = 1
+
+    @property
+    def label(self) -> str:
+        image = f"image {self.index}/{self.count} · " if self.count > 1 else ""
+        return f"Preview · {image}step {self.step}/{self.steps}"
+
+
 def pick_seed(seed, randomize: bool) -> int | None:
     """The seed to use: a fresh one when `randomize`, else the number given (checked by the request)."""
     if randomize or seed is None or seed == "":
@@ -68,6 +88,20 @@ class Invalid(gr.Error):
 
 def user_error(message: str, field: str | None = None) -> Invalid:
     return Invalid(message, field)
+
+
+def batch_count(count) -> int:
+    """The number of images a click asks for, checked (1..BATCH_MAX)."""
+    number = count
+    if isinstance(number, float) and number.is_integer():
+        number = int(number)
+    elif isinstance(number, str) and number.strip().isdigit():
+        number = int(number.strip())
+    if isinstance(number, bool) or not isinstance(number, int):
+        raise user_error(f"count={count!r} is not a whole number of images.", "count")
+    if not 1 <= number <= defaults.BATCH_MAX:
+        raise user_error(f"count={number} is out of range; a click makes 1..{defaults.BATCH_MAX} images.", "count")
+    return number
 
 
 class Runner:
@@ -138,16 +172,21 @@ class Runner:
             raise user_error(str(error)) from None
 
     def run(self, request: GenerationRequest, progress=None, label: str = "",
-            keep: tuple[Path, ...] = ()) -> Outcome:
+            keep: tuple[Path, ...] = (), preview=None, stop: threading.Event | None = None) -> Outcome:
         """Generate, save the PNG (metadata included) and return the outcome; errors become gr.Error.
 
         `keep`: earlier results of the same job, not returned yet, that pruning must leave in place.
+        `preview(image, step, steps)`: called with a live preview every defaults.PREVIEW_EVERY steps.
+        `stop`: once set, the run stops at its next denoising step (Cancelled).
         """
-        report = _progress_adapter(progress, label)
+        report = _progress_adapter(progress, label, stop)
         try:
-            result = self.engine.generate(request, report)
+            if preview is None:
+                result = self.engine.generate(request, report)
+            else:
+                result = self.engine.generate(request, report, preview=preview, preview_every=defaults.PREVIEW_EVERY)
             path = self.output.save(result, request.tool, request.seed, keep_also=tuple(keep))
-        except gr.Error:
+        except (gr.Error, Cancelled):
             raise
         except UserError as error:
             raise user_error(str(error)) from None
@@ -161,12 +200,74 @@ class Runner:
             gr.Warning(text.fallback_summary(result.fallbacks, components) + " Details are in the tab.", duration=15)
         return Outcome(path, result, request)
 
+    def batch(self, tool: str, fields: dict, count=1, progress=None, previews: bool = False) -> Iterator:
+        """The job of one click: ``count`` images from the request ``fields``, each with the next seed.
 
-def _progress_adapter(progress, label: str):
-    """Engine progress (stage, done, total) -> gr.Progress: stages as text, denoising per step."""
+        Yields a Preview now and then when ``previews`` is on, and last the list of outcomes (every image of the
+        batch stays in the output folder until the batch is returned). Runs one image at a time, on the one
+        engine: the model loads once."""
+        count = batch_count(count)
+        outcomes: list[Outcome] = []
+        first = self.request(tool, **fields)
+        for index in range(count):
+            request = first if index == 0 else self.request(tool, **{**fields, "seed": batch_seed(first.seed, index)})
+            label = f"Image {index + 1}/{count}" if count > 1 else ""
+            keep = tuple(o.path for o in outcomes)
+            if previews:
+                outcome = yield from self._streamed(request, progress, label, keep, index + 1, count)
+            else:
+                outcome = self.run(request, progress, label, keep)
+            outcomes.append(outcome)
+        yield outcomes
+
+    def _streamed(self, request: GenerationRequest, progress, label: str, keep: tuple, index: int, count: int):
+        """Runner.run in a worker thread, yielding its previews as they come (the newest, when several wait);
+        returns the outcome. Closing the generator stops the run at its next denoising step (a model being loaded
+        finishes loading) and waits for it, so the device is free when the job's slot in the queue is."""
+        updates: queue.Queue = queue.Queue()
+        stop = threading.Event()
+
+        def on_preview(image, step, steps):
+            if stop.is_set():
+                raise Cancelled("the job was stopped")
+            updates.put(Preview(image, step, steps, index, count))
+
+        def work():
+            try:
+                updates.put(("done", self.run(request, progress, label, keep, preview=on_preview, stop=stop)))
+            except BaseException as error:  # noqa: BLE001  (handed to the job's thread, raised there)
+                updates.put(("failed", error))
+
+        # The worker sees the job's context (Gradio's progress and toasts find their event through it).
+        worker = threading.Thread(target=contextvars.copy_context().run, args=(work,), daemon=True,
+                                  name="fluxforge-run")
+        worker.start()
+        try:
+            while True:
+                item = updates.get()
+                while isinstance(item, Preview) and not updates.empty():
+                    item = updates.get()  # a newer one is waiting: the older preview is stale
+                if isinstance(item, Preview):
+                    yield item
+                    continue
+                kind, value = item
+                if kind == "failed":
+                    raise value
+                return value
+        finally:
+            if worker.is_alive():
+                stop.set()
+                worker.join()
+
+
+def _progress_adapter(progress, label: str, stop: threading.Event | None = None):
+    """Engine progress (stage, done, total) -> gr.Progress: stages as text, denoising per step. Where a stop takes
+    effect: a denoising step after ``stop`` is set raises Cancelled (a model being loaded finishes loading)."""
     prefix = f"{label}: " if label else ""
 
     def report(stage: str, done: int, total: int) -> None:
+        if stop is not None and stop.is_set() and stage == "denoise":
+            raise Cancelled("the job was stopped")
         if progress is None:
             return
         desc = prefix + STAGE_TEXT.get(stage, stage)
@@ -207,10 +308,13 @@ def panel_values(outcomes: list[Outcome], history: list | None) -> tuple:
     notices = []
     for o in outcomes:
         notices += [n for n in o.result.notices if n not in notices]
+    status = text.status_html(last.result.report, last.path.name)
+    if len(outcomes) > 1:
+        status = text.batch_html([o.request.seed for o in outcomes]) + status
     return (
         str(last.path),
         gr.update(value=str(last.path), visible=True),
-        text.status_html(last.result.report, last.path.name),
+        status,
         gr.update(value=warning, visible=bool(warning)),
         gr.update(value=text.notices_html(notices)),
         history,

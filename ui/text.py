@@ -107,6 +107,19 @@ def status_html(report: dict, path_name: str | None = None) -> str:
             f"<div class='ff-muted'>{numbers}{saved}</div></div>")
 
 
+def batch_html(seeds: list[int]) -> str:
+    """The line above the status of a batch: how many images, and their seeds (the status is the last one's)."""
+    listed = ", ".join(str(seed) for seed in seeds)
+    return (f"<div class='ff-batch ff-muted'><b>{len(seeds)} images</b> · seeds {listed} · the status below is the "
+            "last one's</div>")
+
+
+def preview_html(label: str) -> str:
+    """The status line while a run shows its live preview (e.g. 'Preview · image 2/3 · step 4/8')."""
+    return (f"<div class='ff-status ff-preview'><b>{html.escape(label)}</b> · <span class='ff-muted'>a quick look at "
+            "the image in progress; the full image follows</span></div>")
+
+
 def _used(component: dict | None) -> str:
     if not component:
         return "?"

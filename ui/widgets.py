@@ -45,14 +45,35 @@ class Controls:
     randomize: gr.Checkbox
     match_input: gr.Checkbox | None = None
     loras: "LoraControls | None" = None
+    batch: "BatchControls | None" = None
 
     def inputs(self) -> list:
         """In the order tab run functions take them: steps, guidance, quant, [match], width, height, seed, randomize,
-        then the LoRA picker's loras_picked, loras_uploaded, lora_strength."""
+        then the LoRA picker's loras_picked, loras_uploaded, lora_strength, then count and previews."""
         extra = [self.match_input] if self.match_input is not None else []
         loras = self.loras.inputs() if self.loras is not None else []
+        batch = self.batch.inputs() if self.batch is not None else []
         return [self.steps, self.guidance, self.quant, *extra, self.width, self.height, self.seed, self.randomize,
-                *loras]
+                *loras, *batch]
+
+
+@dataclass
+class BatchControls:
+    count: gr.Slider
+    previews: gr.Checkbox
+
+    def inputs(self) -> list:
+        return [self.count, self.previews]
+
+
+def batch_controls(tool: str) -> BatchControls:
+    """Images per click (each with the next seed) and live previews, in every tool tab."""
+    with gr.Row(equal_height=True):
+        count = gr.Slider(1, defaults.BATCH_MAX, value=1, step=1, label="Images", scale=3,
+                          info="per click; each one uses the next seed", elem_id=f"{tool}-count")
+        previews = gr.Checkbox(True, label="Live previews", scale=2, elem_id=f"{tool}-previews",
+                               info=f"a quick look every {defaults.PREVIEW_EVERY} steps")
+    return BatchControls(count, previews)
 
 
 @dataclass
@@ -133,13 +154,14 @@ def settings(ctx: TabContext, tool: str, from_image: bool = False) -> Controls:
             seed = gr.Number(0, label="Seed", precision=0, minimum=0, maximum=defaults.SEED_MAX,
                              elem_id=f"{tool}-seed", scale=3)
             randomize = gr.Checkbox(True, label="Randomize seed", elem_id=f"{tool}-randomize", scale=2)
+        batch = batch_controls(tool)
     estimate_panel(ctx, tool, estimate, quant, width, height)
     loras = lora_picker(tool)
     if match_input is not None:
         match_input.change(lambda on: (gr.update(interactive=not on), gr.update(interactive=not on)),
                            match_input, [width, height], queue=False, api_visibility="private",
                            show_progress="hidden")
-    return Controls(steps, guidance, quant, width, height, seed, randomize, match_input, loras)
+    return Controls(steps, guidance, quant, width, height, seed, randomize, match_input, loras, batch)
 
 
 def estimate_panel(ctx: TabContext, tool: str, panel: gr.HTML, quant: gr.Dropdown, width: gr.Slider,
@@ -185,6 +207,23 @@ class ResultPanel:
     def outputs(self) -> list:
         """In the order ui.runner.panel_values returns them."""
         return [self.image, self.download, self.status, self.warning, self.notices, self.gallery, self.history]
+
+    @property
+    def progress_on(self) -> gr.HTML:
+        """Where a run's progress bar shows: under the result, so the live preview in the image stays in view."""
+        return self.notices
+
+    def stream(self, items, history, final=lambda outcomes: ()):
+        """What a tab's run function yields for a job (ui.runner.Runner.batch's items): each live preview into the
+        result image with its label in the status line, then the panel's values (ui.runner.panel_values) followed
+        by ``final(outcomes)`` (the tab's own outputs after the panel's)."""
+        from .runner import Preview, panel_values
+
+        for item in items:
+            if isinstance(item, Preview):
+                yield {self.image: item.image, self.status: text.preview_html(item.label)}
+            else:
+                yield (*panel_values(item, history), *final(item))
 
 
 def result_panel(tool: str, action: str) -> ResultPanel:
@@ -239,10 +278,12 @@ def validator(check, inputs: list, names: list[str], aliases: dict[str, str]):
 
 
 def wire(ctx: TabContext, button: gr.Button, check, run, inputs: list, outputs: list, api_name: str,
-         aliases: dict[str, str] | None = None):
+         aliases: dict[str, str] | None = None, progress_on=None):
     """The job, validated before it is queued (bad input never waits for the device), on the device queue.
 
-    `check` raises ui.runner.Invalid; `aliases` maps request field names (e.g. 'mask') to `run` parameters.
+    `check` raises ui.runner.Invalid; `aliases` maps request field names (e.g. 'mask') to `run` parameters;
+    `progress_on`: the component(s) that show the progress bar (default: every output). `run` may be a generator
+    (each value it yields updates the outputs; the last is the job's result, in the page and the API alike).
     """
     import inspect
 
@@ -251,5 +292,5 @@ def wire(ctx: TabContext, button: gr.Button, check, run, inputs: list, outputs: 
     names = [name for name in inspect.signature(run).parameters if name != "progress"]
     aliases = {"lora": "loras_picked", "loras": "loras_picked", **(aliases or {})}
     return button.click(ctx.gpu(run), inputs, outputs, api_name=api_name, api_visibility=ctx.visibility,
-                        concurrency_id=DEVICE_QUEUE, concurrency_limit=1,
+                        concurrency_id=DEVICE_QUEUE, concurrency_limit=1, show_progress_on=progress_on,
                         validator=validator(check, inputs, names, aliases))

@@ -8,7 +8,7 @@ from pipelines import defaults
 from pipelines.control_maps import canny_map
 
 from ..images import as_image, asset
-from ..runner import panel_values, pick_seed, user_error
+from ..runner import batch_count, pick_seed, user_error
 from ..settings import DEVICE_QUEUE
 from ..widgets import TabContext, image_input, lora_values, result_panel, settings, size_values, wire
 
@@ -102,20 +102,26 @@ def build(ctx: TabContext, tool: str) -> None:
                     loras=lora_values(loras_picked, loras_uploaded, lora_strength), control=form or "model", **extra)
 
     def check(image, map_image, choice, prompt, lo, hi, *rest):
-        ctx.runner.request(tool, **fields(image, map_image, choice, prompt, lo, hi, *rest[:-1]))
+        *values, count, _previews, form, _history = rest
+        batch_count(count)
+        ctx.runner.request(tool, **fields(image, map_image, choice, prompt, lo, hi, *values, form))
 
     def run(image, map_image, choice, prompt, lo, hi, steps, guidance, quant, match, width, height, seed,
-            randomize, loras_picked=None, loras_uploaded=None, lora_strength=1.0, form="model", history=None,
-            progress=gr.Progress()):
-        request = ctx.runner.request(tool, **fields(image, map_image, choice, prompt, lo, hi, steps, guidance,
-                                                    quant, match, width, height, seed, randomize,
-                                                    loras_picked, loras_uploaded, lora_strength, form))
-        outcome = ctx.runner.run(request, progress)
-        shown = outcome.result.control_image if choice == FROM_PHOTO else gr.skip()
-        return (*panel_values([outcome], history), request.seed, shown)
+            randomize, loras_picked=None, loras_uploaded=None, lora_strength=1.0, count=1, previews=True,
+            form="model", history=None, progress=gr.Progress()):
+        base = fields(image, map_image, choice, prompt, lo, hi, steps, guidance, quant, match, width, height, seed,
+                      randomize, loras_picked, loras_uploaded, lora_strength, form)
+
+        def final(outcomes):
+            shown = outcomes[-1].result.control_image if choice == FROM_PHOTO else gr.skip()
+            return outcomes[0].request.seed, shown
+
+        jobs = ctx.runner.batch(tool, base, count, progress, previews)
+        yield from panel.stream(jobs, history, final)
 
     limits = thresholds if tool == "canny" else [gr.State(None), gr.State(None)]
     inputs = [photo, control, source, prompt, *limits, *options.inputs(), form, panel.history]
     wire(ctx, panel.button, check, run, inputs, [*panel.outputs(), options.seed, control], api_name=tool,
+         progress_on=panel.progress_on,
          aliases={"control_image": "map_image", "canny_low": "lo", "canny_high": "hi"})
 

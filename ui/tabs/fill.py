@@ -8,7 +8,7 @@ from pipelines import defaults
 from pipelines.errors import UserError
 
 from ..images import asset, editor_image, readable, editor_mask, expand_values
-from ..runner import panel_values, pick_seed, user_error
+from ..runner import batch_count, pick_seed, user_error
 from ..widgets import TabContext, image_input, lora_values, result_panel, settings, size_values, wire
 
 TITLE = "Fill"
@@ -73,17 +73,18 @@ def build(ctx: TabContext) -> None:
                     loras=lora_values(loras_picked, loras_uploaded, lora_strength))
 
     def check(*args):
-        ctx.runner.request("fill", **fields(*args[:-1]))
+        batch_count(args[-3])
+        ctx.runner.request("fill", **fields(*args[:-3]))  # all but count, previews and history
 
     def run(mode, editor, left, top, right, bottom, prompt, reference, steps, guidance, quant, match, width, height,
-            seed, randomize, loras_picked=None, loras_uploaded=None, lora_strength=1.0, history=None,
-            progress=gr.Progress()):
-        request = ctx.runner.request("fill", **fields(mode, editor, left, top, right, bottom, prompt, reference,
-                                                      steps, guidance, quant, match, width, height, seed, randomize,
-                                                      loras_picked, loras_uploaded, lora_strength))
-        outcome = ctx.runner.run(request, progress)
-        return (*panel_values([outcome], history), request.seed)
+            seed, randomize, loras_picked=None, loras_uploaded=None, lora_strength=1.0, count=1, previews=True,
+            history=None, progress=gr.Progress()):
+        base = fields(mode, editor, left, top, right, bottom, prompt, reference, steps, guidance, quant, match, width,
+                      height, seed, randomize, loras_picked, loras_uploaded, lora_strength)
+        jobs = ctx.runner.batch("fill", base, count, progress, previews)
+        yield from panel.stream(jobs, history, lambda outcomes: (outcomes[0].request.seed,))
 
     inputs = [mode, editor, *sides, prompt, reference, *options.inputs(), panel.history]
     wire(ctx, panel.button, check, run, inputs, [*panel.outputs(), options.seed], api_name="fill",
+         progress_on=panel.progress_on,
          aliases={"image": "editor", "mask": "editor", "expand": "right"})

@@ -6,7 +6,7 @@ import gradio as gr
 
 from pipelines.tools import get_tool
 
-from ..runner import panel_values, pick_seed, user_error
+from ..runner import batch_count, pick_seed, user_error
 from ..widgets import TabContext, lora_values, result_panel, settings, wire
 
 TITLE = "Generate"
@@ -38,26 +38,29 @@ def build(ctx: TabContext) -> None:
     variant.change(switch, variant, [options.steps, options.guidance, options.width, options.height],
                    queue=False, api_visibility="private", show_progress="hidden")
 
-    def check(tool, prompt, steps, guidance, quant, width, height, seed, randomize,
-              loras_picked, loras_uploaded, lora_strength, history):
+    def fields(tool, prompt, steps, guidance, quant, width, height, seed, randomize, loras_picked, loras_uploaded,
+               lora_strength):
         if tool not in VARIANTS:
             raise user_error(f"Choose FLUX.1 schnell or dev (got {tool!r}).", "tool")
         if not (prompt or "").strip():
             raise user_error("Write a prompt first: describe the image you want.", "prompt")
-        ctx.runner.request(tool, prompt=prompt, quant=quant, width=width, height=height, steps=steps,
-                           guidance=guidance, seed=pick_seed(seed, randomize),
-                           loras=lora_values(loras_picked, loras_uploaded, lora_strength))
+        return dict(prompt=prompt, quant=quant, width=width, height=height, steps=steps, guidance=guidance,
+                    seed=pick_seed(seed, randomize), loras=lora_values(loras_picked, loras_uploaded, lora_strength))
+
+    def check(tool, prompt, steps, guidance, quant, width, height, seed, randomize,
+              loras_picked, loras_uploaded, lora_strength, count, previews, history):
+        batch_count(count)
+        ctx.runner.request(tool, **fields(tool, prompt, steps, guidance, quant, width, height, seed, randomize,
+                                          loras_picked, loras_uploaded, lora_strength))
 
     def run(tool, prompt, steps, guidance, quant, width, height, seed, randomize,
-            loras_picked=None, loras_uploaded=None, lora_strength=1.0, history=None,
+            loras_picked=None, loras_uploaded=None, lora_strength=1.0, count=1, previews=True, history=None,
             progress=gr.Progress()):
-        check(tool, prompt, steps, guidance, quant, width, height, seed, randomize,
-              loras_picked, loras_uploaded, lora_strength, history)
-        request = ctx.runner.request(tool, prompt=prompt, quant=quant, width=width, height=height, steps=steps,
-                                     guidance=guidance, seed=pick_seed(seed, randomize),
-                                     loras=lora_values(loras_picked, loras_uploaded, lora_strength))
-        outcome = ctx.runner.run(request, progress)
-        return (*panel_values([outcome], history), request.seed)
+        base = fields(tool, prompt, steps, guidance, quant, width, height, seed, randomize,
+                      loras_picked, loras_uploaded, lora_strength)
+        jobs = ctx.runner.batch(tool, base, count, progress, previews)
+        yield from panel.stream(jobs, history, lambda outcomes: (outcomes[0].request.seed,))
 
     inputs = [variant, prompt, *options.inputs(), panel.history]
-    wire(ctx, panel.button, check, run, inputs, [*panel.outputs(), options.seed], api_name="generate")
+    wire(ctx, panel.button, check, run, inputs, [*panel.outputs(), options.seed], api_name="generate",
+         progress_on=panel.progress_on)

@@ -9,7 +9,7 @@ import gradio as gr
 from pipelines import defaults
 
 from ..images import asset
-from ..runner import Invalid, panel_values, pick_seed, user_error
+from ..runner import Invalid, batch_count, pick_seed, user_error
 from ..widgets import (TabContext, image_files_input, image_input, lora_values, result_panel, settings, size_values,
                        wire)
 
@@ -55,15 +55,17 @@ def build(ctx: TabContext) -> None:
             raise
 
     def check(*args):
-        checked_request(*args[:-1])
+        batch_count(args[-4])
+        checked_request(*args[:-4], args[-2])  # all but count, previews and history
 
     def run(image, prompt, steps, guidance, quant, match, width, height, seed, randomize,
-            loras_picked=None, loras_uploaded=None, lora_strength=1.0, references=None, history=None,
-            progress=gr.Progress()):
-        request = checked_request(image, prompt, steps, guidance, quant, match, width, height, seed, randomize,
-                                  loras_picked, loras_uploaded, lora_strength, references)
-        outcome = ctx.runner.run(request, progress)
-        return (*panel_values([outcome], history), request.seed)
+            loras_picked=None, loras_uploaded=None, lora_strength=1.0, count=1, previews=True, references=None,
+            history=None, progress=gr.Progress()):
+        base = fields(image, prompt, steps, guidance, quant, match, width, height, seed, randomize,
+                      loras_picked, loras_uploaded, lora_strength, references)
+        jobs = ctx.runner.batch("kontext", base, count, progress, previews)
+        yield from panel.stream(jobs, history, lambda outcomes: (outcomes[0].request.seed,))
 
     inputs = [image, prompt, *options.inputs(), references, panel.history]
-    wire(ctx, panel.button, check, run, inputs, [*panel.outputs(), options.seed], api_name="kontext")
+    wire(ctx, panel.button, check, run, inputs, [*panel.outputs(), options.seed], api_name="kontext",
+         progress_on=panel.progress_on)
