@@ -294,3 +294,21 @@ def test_every_tab_estimate_follows_the_system_tabs_offload_option(tiny_root):
     assert followed == {f"{tab}-estimate" for tab in ("schnell", "fill", "kontext", "depth", "canny", "redux")}
     plan = demo.studio_runner.plan("fill", 256, 256)
     assert plan.sizes.source == "headers" and plan.width == 256 and plan.model == "tiny"
+
+
+def test_generates_estimate_follows_the_chosen_model(tiny_root, monkeypatch):
+    """Generate's estimate is of the variant chosen (schnell or dev), with or without the System tab's offload."""
+    import ui.estimates
+    from ui.studio import create_demo
+
+    seen = []
+    monkeypatch.setattr(ui.estimates, "render", lambda runner, tool, *values: seen.append((tool, *values)) or "")
+    demo = create_demo(model="tiny")
+    ids = {block._id: block.elem_id for block in demo.blocks.values()}
+    refreshes = [fn.fn for fn in demo.fns.values()
+                 if "generate-variant" in [ids.get(b._id) for b in fn.inputs]
+                 and [ids.get(b._id) for b in fn.outputs] == ["schnell-estimate"]]
+    assert refreshes
+    refreshes[0]("auto", 512, 512, "dev")
+    refreshes[0]("4bit", 256, 256, "schnell", "model")
+    assert seen == [("dev", "auto", 512, 512, None), ("schnell", "4bit", 256, 256, "model")]

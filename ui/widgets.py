@@ -130,8 +130,10 @@ def image_files_input(what: str, **kwargs) -> gr.File:
     return readable(gr.File(file_count="multiple", file_types=["image"], type="filepath", **kwargs), what)
 
 
-def settings(ctx: TabContext, tool: str, from_image: bool = False) -> Controls:
-    """The settings accordion; the Quantization dropdown sits right after guidance."""
+def settings(ctx: TabContext, tool: str, from_image: bool = False,
+             tool_choice: gr.Radio | None = None) -> Controls:
+    """The settings accordion; the Quantization dropdown sits right after guidance (``tool_choice``: a control that
+    picks the tab's tool, e.g. Generate's schnell/dev, which the estimate follows)."""
     d = ctx.defaults(tool)
     with gr.Accordion("Advanced settings", open=True, elem_classes=["ff-settings"]):
         with gr.Row():
@@ -155,7 +157,7 @@ def settings(ctx: TabContext, tool: str, from_image: bool = False) -> Controls:
                              elem_id=f"{tool}-seed", scale=3)
             randomize = gr.Checkbox(True, label="Randomize seed", elem_id=f"{tool}-randomize", scale=2)
         batch = batch_controls(tool)
-    estimate_panel(ctx, tool, estimate, quant, width, height)
+    estimate_panel(ctx, tool, estimate, quant, width, height, tool_choice)
     loras = lora_picker(tool)
     if match_input is not None:
         match_input.change(lambda on: (gr.update(interactive=not on), gr.update(interactive=not on)),
@@ -165,7 +167,7 @@ def settings(ctx: TabContext, tool: str, from_image: bool = False) -> Controls:
 
 
 def estimate_panel(ctx: TabContext, tool: str, panel: gr.HTML, quant: gr.Dropdown, width: gr.Slider,
-                   height: gr.Slider) -> gr.HTML:
+                   height: gr.Slider, tool_choice: gr.Radio | None = None) -> gr.HTML:
     """Fills ``panel`` (under the Quantization dropdown) with the estimated peak memory, speed and fit of every quant
     choice (ui.estimates): on page load, and again when the quant, width or height change here, or the offload
     option in the System tab."""
@@ -173,10 +175,12 @@ def estimate_panel(ctx: TabContext, tool: str, panel: gr.HTML, quant: gr.Dropdow
 
     from .estimates import render
 
-    def refresh(quant_value, width_value, height_value, offload=None):
-        return render(ctx.runner, tool, quant_value, width_value, height_value, offload)
+    def refresh(quant_value, width_value, height_value, *rest):  # rest: [the chosen tool], [offload]
+        chosen = rest[0] if tool_choice is not None else tool
+        offload = rest[-1] if len(rest) > (tool_choice is not None) else None
+        return render(ctx.runner, chosen, quant_value, width_value, height_value, offload)
 
-    inputs = [quant, width, height]
+    inputs = [quant, width, height, *([tool_choice] if tool_choice is not None else [])]
     events = dict(queue=False, api_visibility="private", show_progress="hidden")
     for control in inputs:
         control.change(refresh, inputs, panel, **events)

@@ -26,7 +26,7 @@ def build(ctx: TabContext) -> None:
                                info="schnell: 4 steps, no guidance. dev: more steps, follows the prompt closer.")
             prompt = gr.Textbox(label="Prompt", lines=3, max_lines=8, elem_id="generate-prompt",
                                 placeholder="Describe the image…")
-            options = settings(ctx, "schnell")
+            options = settings(ctx, "schnell", tool_choice=variant)
             gr.Examples([[p] for p in EXAMPLES], [prompt], label="Example prompts")
         with gr.Column(scale=6, min_width=420):
             panel = result_panel("generate", "Generate")
