@@ -23,6 +23,7 @@ CONTROL_FORMS = ("model", "lora")  # Depth and Canny: their own model, or a cont
 KONTEXT_MAX_IMAGES = 4  # Kontext: the image to edit and up to three reference images
 BATCH_MAX = 8  # images per click in the studio (each with the next seed); the CLI's --count has no cap
 PREVIEW_EVERY = 2  # the studio's live previews: the latents as a picture every this many denoising steps
+PREVIEW_MAX_SIDE = 512  # the studio sends previews at most this large (each is a file the browser fetches)
 
 # The offline `tiny` family: the same tools with small random weights, so sizes and lengths are scaled down.
 TINY_MODEL = "tiny"

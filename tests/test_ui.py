@@ -427,6 +427,16 @@ def test_a_run_yields_previews_of_each_image_then_the_whole_batch(demo, monkeypa
     assert len(loads) == 1  # the model loads once for the batch
 
 
+def test_previews_are_sent_at_most_the_preview_size(demo):
+    """A preview carries 1/8 of the output's detail: the studio sends it no larger than PREVIEW_MAX_SIDE."""
+    from ui.runner import Preview
+
+    fields = dict(prompt="a lighthouse", steps=2, guidance=0.0, quant="none", width=768, height=512, seed=3)
+    previews = [item for item in demo.studio_runner.batch("schnell", fields, 1, None, True) if isinstance(item, Preview)]
+    side = defaults.PREVIEW_MAX_SIDE
+    assert previews and all(p.image.size == (side, side * 512 // 768) for p in previews)
+
+
 def test_without_previews_a_run_yields_only_the_result(demo):
     items = list(job(demo, "generate").fn(*generate_args(count=1, previews=False)))
     assert len(items) == 1 and isinstance(items[0], tuple) and items[0][7] == 41

@@ -230,6 +230,7 @@ class Runner:
         def on_preview(image, step, steps):
             if stop.is_set():
                 raise Cancelled("the job was stopped")
+            image.thumbnail((defaults.PREVIEW_MAX_SIDE, defaults.PREVIEW_MAX_SIDE))  # 1/8 of the output's detail
             updates.put(Preview(image, step, steps, index, count))
 
         def work():
