@@ -356,7 +356,7 @@ def format_plan(result) -> str:
     lines = [f"{result.tool} on {result.model} ({source}), {result.width}x{result.height}, {result.text_tokens} text "
              f"tokens; {memory.type}: {_size(memory.free_bytes)} {memory.what} of {_size(memory.total_bytes)}",
              f"Auto picks {result.auto.quant}: {result.auto.reason}",
-             f"{'quant':<10} {'offload':<11} {'format':<22} {'weights':>10} {'peak':>10} {'speed':>6}  fits"]
+             f"{'quant':<10} {'offload':<11} {'format':<22} {'weights':>10} {'peak':>10} {'time':>6}  fits"]
     on_cpu = memory.type == "cpu"
     for row in result.estimates:
         if on_cpu and row.offload != "none":
@@ -369,7 +369,8 @@ def format_plan(result) -> str:
         lines.append("CPU offload has no effect on the CPU: every offload option is the same as none (--json lists "
                      "them).")
     lines.append("peak: weights on the device in the busiest phase plus its working memory (fits: with 10% slack); "
-                 "speed: step time against full precision, measured on this class of CPU ('?': not measured).")
+                 "time: step time against full precision (2.00x: twice as long), measured on this class of CPU "
+                 "('?': not measured).")
     return "\n".join(lines)
 
 

@@ -23,7 +23,7 @@ def estimate_html(plan, quant: str, offload: str) -> str:
     offloads = ("none",) if memory.type == "cpu" else tuple(OFFLOAD_TITLES)
     head = "<th>Quantization</th><th>Format</th>" + "".join(
         f"<th{' class=ff-current' if o == offload or memory.type == 'cpu' else ''}>{OFFLOAD_TITLES[o]}</th>"
-        for o in offloads) + "<th>Speed</th><th>Fits</th>"
+        for o in offloads) + "<th>Step time</th><th>Fits</th>"
     body = []
     for row in (e for e in plan.estimates if e.offload == "none"):
         label = text.QUANT_LABELS.get(row.quant, row.quant)
@@ -40,9 +40,10 @@ def estimate_html(plan, quant: str, offload: str) -> str:
     chosen = plan.row(quant, offload if memory.type != "cpu" else "none")
     why = f" {text.QUANT_LABELS.get(quant, quant)}: {html.escape(chosen.reason)}." if chosen else ""
     where = "offload has no effect on the CPU" if memory.type == "cpu" else f"offload: {offload} (System tab)"
+    auto = "" if quant == "auto" else f" Auto: {html.escape(plan.auto.reason)}."  # the chosen row's reason has it
     caption = (f"Estimated before loading for {plan.width}×{plan.height}: {_gib(memory.free_bytes)} "
-               f"{html.escape(memory.what)}; {where}. Auto: {html.escape(plan.auto.reason)}. Speed: step time "
-               f"against full precision.{why}")
+               f"{html.escape(memory.what)}; {where}.{auto} Step time: against full precision (2.00× takes twice "
+               f"as long).{why}")
     return (f"<table class='ff-table ff-estimate'><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody>"
             f"</table><div class='ff-muted'>{caption}</div>")
 
