@@ -70,7 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="memory, speed and fidelity of every backend and mode; `bench cache`: "
                                          "cached against quantize-on-load; `bench control`: control LoRAs on "
-                                         "Dev against the full control models; `bench e2e`: the generate path end "
+                                         "Dev against the full control models; `bench lora`: a step with and "
+                                         "without a LoRA on every backend; `bench e2e`: the generate path end "
                                          "to end", add_help=False)
     bench.add_argument("bench_args", nargs=argparse.REMAINDER)  # listed for --help; main() hands them over
 
@@ -98,6 +99,10 @@ def main(argv: list[str] | None = None) -> int:
             from bench.control_lora import main as control_bench
 
             return control_bench(argv[2:])
+        if argv[1:2] == ["lora"]:
+            from bench.lora import main as lora_bench
+
+            return lora_bench(argv[2:])
         if argv[1:2] == ["e2e"]:
             from bench.e2e import main as e2e_bench
 
