@@ -81,8 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="memory, speed and fidelity of every backend and mode; `bench cache`: "
                                          "cached against quantize-on-load; `bench control`: control LoRAs on "
-                                         "Dev against the full control models; `bench e2e`: the generate path end "
-                                         "to end; `bench preview`: what live previews cost a run", add_help=False)
+                                         "Dev against the full control models; `bench lora`: a step with and "
+                                         "without a LoRA on every backend; `bench preview`: what live previews "
+                                         "cost a run; `bench e2e`: the generate path end to end", add_help=False)
     bench.add_argument("bench_args", nargs=argparse.REMAINDER)  # listed for --help; main() hands them over
 
     cache = sub.add_parser("cache", help="list or clear the quantized-weights cache")
@@ -105,26 +106,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# `python app.py bench NAME ...`: the module whose main() runs that benchmark (`bench` alone: bench.run)
+BENCHES = {"cache": "bench.cache_load", "control": "bench.control_lora", "lora": "bench.lora",
+           "preview": "bench.preview", "e2e": "bench.e2e"}
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["bench"]:  # the benchmarks parse their own options (argparse's REMAINDER drops leading ones)
         quiet_libraries()
-        if argv[1:2] == ["cache"]:
-            from bench.cache_load import main as cache_bench
+        if argv[1:2] and argv[1] in BENCHES:
+            import importlib
 
-            return cache_bench(argv[2:])
-        if argv[1:2] == ["control"]:
-            from bench.control_lora import main as control_bench
-
-            return control_bench(argv[2:])
-        if argv[1:2] == ["preview"]:
-            from bench.preview import main as preview_bench
-
-            return preview_bench(argv[2:])
-        if argv[1:2] == ["e2e"]:
-            from bench.e2e import main as e2e_bench
-
-            return e2e_bench(argv[2:])
+            return importlib.import_module(BENCHES[argv[1]]).main(argv[2:])
         from bench.run import main as bench_main
 
         return bench_main(argv[1:])

@@ -53,6 +53,35 @@ def tiny_control_lora(tool, root: Path | None = None, width: int | None = None) 
     return path
 
 
+# The attention and MLP projections of FLUX.1's blocks (diffusers' names), as FLUX.1 LoRAs usually adapt them.
+PROJECTIONS = ("attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0", "attn.add_q_proj", "attn.add_k_proj",
+               "attn.add_v_proj", "attn.to_add_out", "ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj",
+               "ff_context.net.2", "proj_mlp", "proj_out")
+
+
+def projection_lora(transformer, path: Path, rank: int = 16, seed: int = 0, scale: float = 0.02) -> Path:
+    """A diffusers/PEFT-format LoRA of ``rank`` over every attention and MLP projection (PROJECTIONS) of
+    ``transformer``'s blocks, at its own widths (any FLUX.1-shaped transformer, quantized or not), written to
+    ``path``. The weights are random (down: unit gain; up: ``scale``), so the effect is a few percent per layer."""
+    import torch
+
+    if not isinstance(rank, int) or isinstance(rank, bool) or rank < 1:
+        raise ValueError(f"projection_lora: rank={rank!r} must be a whole number >= 1.")
+    gen, state = _generator(seed), {}
+    for name, module in transformer.named_modules():
+        block, _, inner = name.partition(".")
+        if block not in ("transformer_blocks", "single_transformer_blocks"):
+            continue
+        if inner.partition(".")[2] not in PROJECTIONS or not hasattr(module, "in_features"):
+            continue
+        state[f"transformer.{name}.lora_A.weight"] = torch.randn(rank, module.in_features, generator=gen) / module.in_features ** 0.5
+        state[f"transformer.{name}.lora_B.weight"] = torch.randn(module.out_features, rank, generator=gen) * scale
+    if not state:
+        raise ValueError("projection_lora: the transformer has no attention or MLP projections to adapt.")
+    _write(Path(path), state)
+    return Path(path)
+
+
 def _write(path: Path, state: dict) -> None:
     from safetensors.torch import save_file
 

@@ -294,3 +294,69 @@ def test_e2e_step_cache_effect_is_reported_apart(e2e_run):
     assert "step_cache_effect" not in records[1]
     text = markdown(dict(result, records=records, targets=[]))
     assert f"## Step cache ({NOT_QUALITY})" in text and "- 4bit + compile+step-cache: 0.25x" in text
+
+
+# ---- bench lora: a step with and without a LoRA, per backend ------------------------------------------------------
+@pytest.fixture(scope="module")
+def lora_run(tmp_path_factory):
+    from bench.lora import main
+
+    out = tmp_path_factory.mktemp("bench-lora")
+    path = out / "lora-tiny.json"
+    code = main(["--tiny", "--no-isolate", "--device", "cpu", "--rounds", "2", "--steps", "1",
+                 "--cache", str(out / "cache"), "--json", str(path)])
+    assert code == 0
+    return path, json.loads(path.read_text())
+
+
+def test_lora_bench_measures_every_backend_it_offers_with_and_without_the_lora(lora_run):
+    import torch
+
+    from bench.lora import TARGET, options
+    from quantization.registry import check_backend
+
+    _, result = lora_run
+    offered = {(c.backend, c.format) for c in options(None) if check_backend(c, torch.device("cpu")) is None}
+    assert {("quanto", "int8"), ("quanto", "int4"), ("bitsandbytes", "nf4"), ("bitsandbytes", "int8"),
+            ("torchao", "int8_weight_only"), ("torchao", "int8_dynamic"), ("none", "bf16")} <= offered
+    assert not result["failed"] and [(r["backend"], r["format"]) for r in result["rows"]][0] == ("none", "bf16")
+    assert {(r["backend"], r["format"]) for r in result["rows"]} == offered
+    assert {(s["backend"], s["format"]) for s in result["skipped"]} == \
+        {(c.backend, c.format) for c in options(None)} - offered
+    assert all(s["reason"] for s in result["skipped"])
+    for r in result["rows"]:
+        assert r["rank"] == 16 and len(r["round_ratios"]) == 2 == len(r["step_times"]) == len(r["lora_step_times"])
+        rounds = [statistics.median(w) / statistics.median(b) for b, w in zip(r["step_times"], r["lora_step_times"])]
+        assert r["round_ratios"] == rounds and r["ratio"] == statistics.median(rounds)
+        assert r["step_s"] == statistics.median(t for times in r["step_times"] for t in times) > 0
+        assert r["met"] == (r["ratio"] <= TARGET) and r["target_ratio"] == TARGET
+        assert r["wrapped_base_layers"] > 0 and r["lora_change"] > 0 and r["lora_bytes"] > 0
+        # after removal: the same modules, types and bytes, and the output of the model before the LoRA
+        assert r["layers_kept"] and r["weight_bytes_after"] == r["weight_bytes"] and r["output_restored"]
+        assert not r["adapters_left"]
+        if r["bits"] < 16:
+            assert all(kind != "Linear" or weight != "Parameter" for kind, weight in r["types_after"])
+    assert result["load_average_1min"] and result["machine"]["cores"] >= 1
+
+
+def test_lora_bench_writes_json_and_markdown(lora_run):
+    path, result = lora_run
+    text = path.with_suffix(".md").read_text()
+    assert text.startswith("# LoRA step time: tiny on cpu-")
+    assert "| quanto | int4 |" in text and "| bitsandbytes | nf4 |" in text and "target <= 1.15" in text
+    assert "skipped (" in text or not result["skipped"]
+    for row in result["rows"]:
+        assert f"| {row['ratio']:.3f} | {'yes' if row['met'] else 'NO'} |" in text
+
+
+def test_lora_bench_from_the_command_line(tmp_path, capsys):
+    import cli
+
+    path = tmp_path / "lora.json"
+    assert cli.main(["bench", "lora", "--tiny", "--no-isolate", "--device", "cpu", "--only", "quanto:int8",
+                     "--rounds", "1", "--steps", "1", "--cache", str(tmp_path / "cache"), "--json", str(path)]) == 0
+    assert [r["label"] for r in json.loads(path.read_text())["rows"]] == ["full precision", "quanto int8"]
+    assert "| quanto | int8 |" in capsys.readouterr().out
+    assert cli.main(["bench", "lora", "--tiny", "--rank", "0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "error: --rank=0 must be a whole number >= 1."

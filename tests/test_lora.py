@@ -31,8 +31,8 @@ def engine(tiny_root):
     return Engine(ModelManager(device="cpu"))
 
 
-def generate(engine, loras=(), quant="none", tool="dev", prompt="a red cube", **fields):
-    request = GenerationRequest(tool=tool, prompt=prompt, model="tiny", quant=quant, seed=3, steps=2,
+def generate(engine, loras=(), quant="none", tool="dev", prompt="a red cube", steps=2, **fields):
+    request = GenerationRequest(tool=tool, prompt=prompt, model="tiny", quant=quant, seed=3, steps=steps,
                                 loras=[(str(path), strength) for path, strength in loras], **fields)
     return engine.generate(request)
 
@@ -133,6 +133,51 @@ def test_each_quantization_backend_takes_a_lora_and_stays_quantized(tiny_root, l
     assert {name: m for name, m in transformer.named_modules() if backend.is_quantized_layer(m)} == layers
     assert module_bytes(transformer) == weights and loaded.pipe.transformer is transformer
     assert sorted(p.name for p in (tmp_path / "quantized").rglob("*")) == entries  # the cache is not touched
+
+
+# ---- with the run options (offload, compile, step cache) ---------------------------------------------------------
+@pytest.mark.parametrize("offload", ["model", "sequential"])
+def test_a_lora_with_offload_on_the_cpu_says_offload_does_nothing_and_still_applies(fresh_studio, lora_files, offload):
+    plain = pixels(generate(fresh_studio, [(lora_files["diffusers"], 1.0)]))
+    fresh_studio.manager.set_options(offload=offload)
+    base = generate(fresh_studio)
+    with_lora = generate(fresh_studio, [(lora_files["diffusers"], 1.0)])
+    assert "CPU offload has no effect when running on the CPU." in with_lora.notices
+    assert with_lora.report["options"]["offload"] == offload == with_lora.metadata()["options"]["offload"]
+    assert not np.array_equal(pixels(with_lora), pixels(base))
+    assert np.array_equal(pixels(with_lora), plain)  # the same LoRA run as without the option
+    assert np.array_equal(pixels(generate(fresh_studio)), pixels(base))
+
+
+def test_a_lora_with_compile_on_the_cpu_reports_the_refusal_and_still_applies(fresh_studio, lora_files):
+    plain = pixels(generate(fresh_studio, [(lora_files["kohya"], 0.8)]))
+    fresh_studio.manager.set_options(compile=True)
+    base = generate(fresh_studio)
+    with_lora = generate(fresh_studio, [(lora_files["kohya"], 0.8)])
+    assert with_lora.report["compiled"] is False and with_lora.metadata()["compiled"] is False
+    assert any(n.startswith("Compile skipped: torch.compile is offered on NVIDIA GPUs") for n in with_lora.notices)
+    assert any(f["backend"] == "compile" and f["reason"].startswith("torch.compile") for f in with_lora.fallbacks)
+    assert [l["name"] for l in with_lora.report["parameters"]["loras"]] == [lora_files["kohya"].stem]
+    assert not np.array_equal(pixels(with_lora), pixels(base))
+    assert np.array_equal(pixels(with_lora), plain)
+    assert np.array_equal(pixels(generate(fresh_studio)), pixels(base))
+
+
+def test_a_lora_with_the_step_cache_changes_the_output_and_removing_it_restores(fresh_studio, lora_files):
+    steps = 6
+    plain = pixels(generate(fresh_studio, [(lora_files["diffusers"], 1.0)], steps=steps))
+    fresh_studio.manager.set_options(step_cache=1e-9)  # on, but no step is close enough to skip
+    exact = generate(fresh_studio, [(lora_files["diffusers"], 1.0)], steps=steps)
+    assert exact.report["step_cache"]["skipped_steps"] == 0 and np.array_equal(pixels(exact), plain)
+    fresh_studio.manager.set_options(step_cache=1.0)  # every step after the first is a candidate to skip
+    base = generate(fresh_studio, steps=steps)
+    with_lora = generate(fresh_studio, [(lora_files["diffusers"], 1.0)], steps=steps)
+    cache = with_lora.report["step_cache"]
+    assert cache["skipped_steps"] > 0 and cache["full_steps"] + cache["skipped_steps"] == steps
+    assert not np.array_equal(pixels(with_lora), pixels(base))
+    assert np.array_equal(pixels(generate(fresh_studio, steps=steps)), pixels(base))
+    transformer = next(iter(fresh_studio.manager._pipelines.values())).pipe.transformer
+    assert not any("lora" in name for name, _ in transformer.named_modules())
 
 
 # ---- bad input: one line, nothing loaded, the next run works ----------------------------------------------------
