@@ -17,6 +17,8 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
+from quantization.registry import state_dict_as_stored
+
 from .errors import UserError
 
 STRENGTH_MIN, STRENGTH_MAX = -4.0, 4.0
@@ -268,8 +270,10 @@ def _load(pipe, lora: LoraFile, state: dict, alphas, metadata) -> None:
     if any(key.startswith("transformer.") for key in state):
         # The transformer part without load_lora_weights' shape expansion (control LoRAs widen the input layer,
         # which would change the base model; check_fits refuses those) and its reading of the base state dict.
-        pipe.load_lora_into_transformer(state, network_alphas=alphas, transformer=pipe.transformer,
-                                        adapter_name=lora.adapter, metadata=metadata, _pipeline=pipe)
+        # Loading reads the transformer's state dict for its keys only: quantized weights stay as stored.
+        with state_dict_as_stored(pipe.transformer):
+            pipe.load_lora_into_transformer(state, network_alphas=alphas, transformer=pipe.transformer,
+                                            adapter_name=lora.adapter, metadata=metadata, _pipeline=pipe)
     if any(key.startswith("text_encoder.") for key in state):
         pipe.load_lora_into_text_encoder(state, network_alphas=alphas, text_encoder=pipe.text_encoder,
                                          prefix="text_encoder", lora_scale=pipe.lora_scale,
@@ -385,8 +389,9 @@ def _load_control(pipe, control: LoraFile, state: dict, alphas, metadata) -> Non
     lora_state.update(pipe._maybe_expand_lora_state_dict(transformer=transformer, lora_state_dict=embedder))
     rest = {k: v for k, v in state.items() if k not in norm_state}
     rest.update(lora_state)
-    pipe.load_lora_into_transformer(rest, network_alphas=alphas, transformer=transformer,
-                                    adapter_name=control.adapter, metadata=metadata, _pipeline=pipe)
+    with state_dict_as_stored(transformer):  # read for its keys only (see _load)
+        pipe.load_lora_into_transformer(rest, network_alphas=alphas, transformer=transformer,
+                                        adapter_name=control.adapter, metadata=metadata, _pipeline=pipe)
     if norm_state:
         transformer._transformer_norm_layers = pipe._load_norm_into_transformer(
             dict(norm_state), transformer=transformer, discard_original_layers=False)

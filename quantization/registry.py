@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Callable
 
@@ -50,3 +51,13 @@ def check_backend(config: QuantConfig, device: torch.device) -> str | None:
 def count_quantized_layers(module: torch.nn.Module, config: QuantConfig) -> int:
     backend = backend_for(config)
     return sum(1 for layer in module.modules() if backend.is_quantized_layer(layer))
+
+
+@contextlib.contextmanager
+def state_dict_as_stored(module: torch.nn.Module):
+    """Within it, ``module.state_dict()`` gives quantized weights as each backend stores them, never converted (e.g.
+    quanto's int4 unpacked): for callers that read only its keys, such as adapter loading."""
+    with contextlib.ExitStack() as stack:
+        for backend in {id(b): b for b in _REGISTRY.values()}.values():
+            stack.enter_context(backend.state_dict_as_stored(module))
+        yield

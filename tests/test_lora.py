@@ -135,6 +135,27 @@ def test_each_quantization_backend_takes_a_lora_and_stays_quantized(tiny_root, l
     assert sorted(p.name for p in (tmp_path / "quantized").rglob("*")) == entries  # the cache is not touched
 
 
+def test_a_lora_on_quanto_int4_never_unpacks_the_int4_weights(tiny_root, lora_files, monkeypatch, tmp_path):
+    """Loading an adapter reads the transformer's state dict for its keys; quanto's own would unpack every int4
+    weight (minutes for a FLUX transformer on a CPU). The layers get their own state dict back afterwards."""
+    from optimum.quanto.tensor.weights.tinygemm.packed import TinyGemmPackedTensor
+
+    force_chain(monkeypatch, tmp_path, QuantoConfig("int4"))
+    engine = Engine(ModelManager(device="cpu"))
+    base = generate(engine, quant="4bit")
+    (loaded,) = engine.manager._pipelines.values()
+    int4 = [m for m in loaded.pipe.transformer.modules()
+            if type(m._parameters.get("weight")).__name__ == "TinyGemmWeightQBitsTensor"]
+    assert int4  # the tiny transformer has layers in quanto's packed int4 layout
+    unpacks = []
+    original = TinyGemmPackedTensor.unpack
+    monkeypatch.setattr(TinyGemmPackedTensor, "unpack", lambda self: unpacks.append(1) or original(self))
+    result = generate(engine, [(lora_files["diffusers"], 1.0)], quant="4bit")
+    assert not unpacks and np.abs(pixels(result) - pixels(base)).max() > 0
+    assert all("_save_to_state_dict" not in vars(m) for m in int4)
+    assert np.array_equal(pixels(generate(engine, quant="4bit")), pixels(base))
+
+
 # ---- with the run options (offload, compile, step cache) ---------------------------------------------------------
 @pytest.mark.parametrize("offload", ["model", "sequential"])
 def test_a_lora_with_offload_on_the_cpu_says_offload_does_nothing_and_still_applies(fresh_studio, lora_files, offload):

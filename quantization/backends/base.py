@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 from pathlib import Path
 
 import torch
@@ -40,6 +42,11 @@ class Backend:
     def is_quantized_layer(self, layer: torch.nn.Module) -> bool:
         """True for a layer this backend has quantized."""
         return False
+
+    def state_dict_as_stored(self, module: torch.nn.Module) -> contextlib.AbstractContextManager:
+        """Within it, ``module.state_dict()`` may give quantized weights in their stored layout instead of the
+        layout the backend's own state_dict converts them to (for callers that read only the keys)."""
+        return contextlib.nullcontext()
 
     # ---- serialization (the quantized-weights cache) -------------------------------------------------
     can_serialize = False  # a backend that cannot save its layers simply skips the cache

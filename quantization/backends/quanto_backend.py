@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 
 import torch
@@ -54,6 +55,19 @@ class QuantoBackend(Backend):
         from optimum.quanto.nn import QLinear
 
         return isinstance(layer, QLinear)
+
+    @contextlib.contextmanager
+    def state_dict_as_stored(self, module):
+        """Each int4 TinyGemm layer's state dict as in the cache (packed data, scale and shift; see _state) while
+        inside: quanto's own unpacks every int4 weight, minutes for a FLUX transformer on a CPU."""
+        layers = [child for child in module.modules() if _is_tinygemm(child._parameters.get("weight"))]
+        for layer in layers:
+            layer._save_to_state_dict = _packed_save.__get__(layer)  # this instance only
+        try:
+            yield
+        finally:
+            for layer in layers:
+                del layer._save_to_state_dict
 
     can_serialize = True
     library = "optimum-quanto"
@@ -110,6 +124,11 @@ def _state(module: torch.nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, 
                          "stride": list(weight.stride()), "packed_size": list(packed.size()),
                          "packed_stride": list(packed.stride())}
     return state, layouts
+
+
+def _packed_save(layer: torch.nn.Module, destination: dict, prefix: str, keep_vars: bool) -> None:
+    """A TinyGemm int4 layer's own tensors as _state writes them (a QLinear has no children)."""
+    destination.update({prefix + key: value for key, value in _state(layer)[0].items()})
 
 
 def _set_tinygemm(layer: torch.nn.Module, state: dict[str, torch.Tensor], prefix: str, layout: dict,
