@@ -280,6 +280,22 @@ def _load(pipe, lora: LoraFile, state: dict, alphas, metadata) -> None:
                                          adapter_name=lora.adapter, metadata=metadata, _pipeline=pipe)
     if lora.adapter not in {a for names in adapters_on(pipe).values() for a in names}:
         raise ValueError("none of its layers matched")
+    _run_dtype(pipe.transformer, lora.adapter)
+
+
+def _run_dtype(module, adapter: str) -> None:
+    """The adapter's weights in the dtype the module runs in. peft makes them float32 over layers whose own weights
+    are not floating (bitsandbytes int8), and a float32 LoRA beside a bfloat16 run costs a cast on every step."""
+    from collections import Counter
+
+    named = list(module.named_parameters())
+    dtypes = Counter(p.dtype for name, p in named if p.is_floating_point() and ".lora_" not in name)
+    if not dtypes:
+        return
+    dtype = dtypes.most_common(1)[0][0]
+    for name, param in named:
+        if f".{adapter}." in name and ".lora_" in name and param.is_floating_point() and param.dtype != dtype:
+            param.data = param.data.to(dtype)
 
 
 # ---- control LoRAs (Depth and Canny on the Dev transformer) ---------------------------------------------------

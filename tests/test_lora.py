@@ -125,6 +125,8 @@ def test_each_quantization_backend_takes_a_lora_and_stays_quantized(tiny_root, l
     modules = dict(transformer.named_modules())
     wrapped = [name for name in layers if f"{name}.base_layer" in modules]
     assert wrapped  # the adapters sit over the quantized layers, which are the very same modules
+    # in the run's dtype on every backend (peft would leave them float32 over bitsandbytes int8 layers)
+    assert {p.dtype for n, p in transformer.named_parameters() if ".lora_" in n} == {engine.manager.dtype}
     assert all(modules[f"{name}.base_layer"] is layers[name] for name in wrapped)
     assert all(modules.get(name, modules.get(f"{name}.base_layer")) is layer or modules[f"{name}.base_layer"] is layer
                for name, layer in layers.items())
