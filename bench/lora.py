@@ -204,7 +204,8 @@ def measure_lora(config, shape: Shape, device, dtype, root: Path, rank: int = RA
     def step():
         return inputs.forward(transformer, inputs.noise, inputs.sigmas[0])
 
-    base_out = step()  # also the warm-up (bitsandbytes' stored quantization state settles on its first run)
+    step()  # the warm-up: bitsandbytes' 4-bit weights are repacked for the CPU kernel on their first run
+    base_out = step()
     layers, weight_bytes = base_layers(transformer, config), module_bytes(transformer)
     if not layers:
         raise RuntimeError(f"{config.label}: the transformer has no layer to put a LoRA over")
@@ -261,6 +262,7 @@ def measure_lora(config, shape: Shape, device, dtype, root: Path, rank: int = RA
         "weight_bytes": weight_bytes, "weight_bytes_after": module_bytes(transformer),
         "adapters_left": bool(adapters_on(pipe)),
         "output_restored": bool(torch.equal(restored_out, base_out)),
+        "restored_change": rel_error(restored_out, base_out),
         "other_cpu_share": clock.other_share(), "retimed": clock.retimed,
     }
 
@@ -301,7 +303,7 @@ def markdown(result: dict) -> str:
             f"{'quantized' if r['bits'] < 16 else 'Linear'} | {', '.join(r['lora_dtypes'])} | "
             f"{r['lora_change']:.2e} | {kept} "
             f"({r['base_layers']} layers, {r['weight_bytes'] / 1e6:.1f} MB) | "
-            f"{'yes' if r['output_restored'] else 'no'} |")
+            f"{'yes' if r['output_restored'] else 'no (%.1e)' % r.get('restored_change', float('nan'))} |")
     lines += [
         "",
         f"s/step: median seconds per transformer step over {result['rounds']} rounds of {result['steps']} timed steps "

@@ -105,7 +105,7 @@ def load(component: str, root: Path, dtype: torch.dtype):
     if component == "transformer":
         from diffusers import FluxTransformer2DModel
 
-        return FluxTransformer2DModel.from_pretrained(root / component, torch_dtype=dtype).eval()
+        return FluxTransformer2DModel.from_pretrained(root / component, dtype=dtype).eval()
     from transformers import T5EncoderModel
 
     return T5EncoderModel.from_pretrained(root / component, dtype=dtype).eval()

@@ -42,14 +42,17 @@ def module_bytes(module: torch.nn.Module) -> int:
 
 def bytes_by_module(module: torch.nn.Module) -> dict[str, int]:
     """Weight bytes of each submodule's own state (a tensor shared by several is counted at its first)."""
+    from .registry import state_dict_as_stored
+
     out, seen, alive = {}, set(), []  # alive: tensors made on the way stay referenced, so ids stay unique
-    for name, child in module.named_modules():
-        values = own_tensors(child)
-        alive.append(values)
-        total = 0
-        for value in values:
-            if id(value) not in seen:
-                seen.add(id(value))
-                total += tensor_bytes(value)
-        out[name] = total
+    with state_dict_as_stored(module):  # counting never converts (or changes) a quantized layer
+        for name, child in module.named_modules():
+            values = own_tensors(child)
+            alive.append(values)
+            total = 0
+            for value in values:
+                if id(value) not in seen:
+                    seen.add(id(value))
+                    total += tensor_bytes(value)
+            out[name] = total
     return out

@@ -152,3 +152,28 @@ def test_quantized_t5_wo_layers_keep_the_activations_in_floating_point(config):
         output = module.eval()(ids).last_hidden_state.float()
     error = ((output - reference).norm() / reference.norm()).item()
     assert error < (0.05 if config.bits == 8 else 0.25)
+
+
+def test_reading_a_bitsandbytes_4bit_layers_state_never_changes_it():
+    """bitsandbytes packs a 4-bit weight for its CPU kernel on the first run and converts it back, in place, when its
+    state dict is read; the next run then packs it again, with slightly different results. Counting bytes (the
+    studio does before every run) and adapter loading read it as it is: runs stay bit-identical."""
+    from quantization.registry import state_dict_as_stored
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(256, 512), torch.nn.GELU(), torch.nn.Linear(512, 256)).to(torch.bfloat16)
+    config = BitsAndBytesConfig("nf4")
+    model = backend_for(config).quantize(model, config, torch.device("cpu"), torch.bfloat16).eval()
+    x = torch.randn(4, 256, dtype=torch.bfloat16)
+    with torch.no_grad():
+        first = model(x)
+        layer = model[0]
+        if not getattr(layer.weight.quant_state, "packing_format_for_cpu", False):
+            pytest.skip("bitsandbytes does not pack 4-bit weights for this CPU (no AVX512-BF16)")
+        packed = layer.weight.data.clone()
+        module_bytes(model)
+        with state_dict_as_stored(model):
+            keys = set(model.state_dict())
+        assert torch.equal(layer.weight.data, packed) and layer.weight.quant_state.packing_format_for_cpu
+        assert torch.equal(model(x), first)
+        assert {"0.weight", "0.bias", "0.weight.absmax"} <= keys and "_save_to_state_dict" not in vars(layer)

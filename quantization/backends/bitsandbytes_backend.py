@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import torch
@@ -45,6 +46,22 @@ class BitsAndBytesBackend(Backend):
         import bitsandbytes as bnb
 
         return isinstance(layer, (bnb.nn.Linear4bit, bnb.nn.Linear8bitLt))
+
+    @contextlib.contextmanager
+    def state_dict_as_stored(self, module):
+        """Reading a 4-bit layer's state dict converts a weight packed for the CPU kernel back, in place: the next run
+        packs it again (time) with slightly different results. Inside, those layers give their tensors as they are."""
+        import bitsandbytes as bnb
+
+        layers = [m for m in module.modules() if isinstance(m, bnb.nn.Linear4bit)
+                  and getattr(getattr(m.weight, "quant_state", None), "packing_format_for_cpu", False)]
+        for layer in layers:
+            layer._save_to_state_dict = _packed_save.__get__(layer)  # this instance only
+        try:
+            yield
+        finally:
+            for layer in layers:
+                del layer._save_to_state_dict
 
     can_serialize = True
     library = "bitsandbytes"
@@ -127,3 +144,10 @@ def _convert(bnb, linear: torch.nn.Linear, config: BitsAndBytesConfig, dtype: to
     if has_bias:
         new.bias = torch.nn.Parameter(linear.bias.data, requires_grad=False)
     return new.to(device)  # bitsandbytes quantizes on this move
+
+
+def _packed_save(layer: torch.nn.Module, destination: dict, prefix: str, keep_vars: bool) -> None:
+    """A 4-bit layer's weight (packed for the CPU kernel), bias and quantization state, as they are."""
+    torch.nn.Module._save_to_state_dict(layer, destination, prefix, keep_vars)
+    for key, value in layer.weight.quant_state.as_dict(packed=True).items():
+        destination[prefix + "weight." + key] = value if keep_vars else value.detach()
