@@ -32,7 +32,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from .common import REPO, add_options, bench_args, config_for, logger, weights_root, worker_env, write_json
-from .run import options, wait_for_quiet
+from .run import options, runnable
 from .shapes import PRESETS, Shape
 
 log = logger("bench lora")
@@ -101,8 +101,6 @@ def main(argv: list[str] | None = None) -> int:
 def run(shape: Shape, preset: str, device, dtype, cache: Path, configs, rank: int = RANK, rounds: int = 4,
         steps: int = 2, isolate: bool = True, quiet_wait: float = 0) -> dict:
     """Measure every usable option: the result (rows, skipped, failed, machine, load)."""
-    from quantization.registry import check_backend
-
     from .models import weights_dir
     from .report import machine, machine_slug
 
@@ -112,13 +110,7 @@ def run(shape: Shape, preset: str, device, dtype, cache: Path, configs, rank: in
     log(f"building FLUX-shaped components ({preset}) in {cache} ...")
     root = weights_dir(cache, shape)
     rows, skipped, failed = [], [], []
-    for config in configs:
-        reason = check_backend(config, device)
-        if reason:
-            skipped.append({"backend": config.backend, "format": config.format, "reason": reason})
-            continue
-        if device.type == "cpu" and quiet_wait > 0:
-            wait_for_quiet(quiet_wait)
+    for config in runnable(configs, device, skipped, quiet_wait):
         log(f"{config.label} ...")
         job = {"backend": config.backend, "format": config.format, "shape": asdict(shape), "device": str(device),
                "dtype": str(dtype).replace("torch.", ""), "root": str(root), "rank": rank, "rounds": rounds,

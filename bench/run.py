@@ -112,7 +112,6 @@ def options(only: str | None):
 def run(shape, preset: str, device: torch.device, dtype: torch.dtype, cache: Path, configs, isolate: bool = True,
         update_policy: bool = False, quiet_wait: float = 0) -> dict:
     """Measure every usable option; returns the result dict (records, skipped, failed, machine, targets)."""
-    from quantization.registry import check_backend
 
     from .models import build_vae, psnr, weights_dir
     from .report import machine, machine_slug, targets
@@ -124,13 +123,7 @@ def run(shape, preset: str, device: torch.device, dtype: torch.dtype, cache: Pat
     root = weights_dir(cache, shape)
     build_s = time.perf_counter() - build_start
     records, skipped, failed, latents = [], [], [], {}
-    for config in configs:
-        reason = check_backend(config, device)
-        if reason:
-            skipped.append({"backend": config.backend, "format": config.format, "reason": reason})
-            continue
-        if device.type == "cpu" and quiet_wait > 0:
-            wait_for_quiet(quiet_wait)
+    for config in runnable(configs, device, skipped, quiet_wait):
         option_start = time.perf_counter()
         log(f"{config.label} ...")
         found, error = (measure_in_subprocess if isolate else measure_here)(config, shape, device, dtype, root,
@@ -181,6 +174,21 @@ def run(shape, preset: str, device: torch.device, dtype: torch.dtype, cache: Pat
     result["targets"] = targets(records)
     result["total_s"] = time.perf_counter() - start
     return result
+
+
+def runnable(configs, device, skipped: list, quiet_wait: float):
+    """The configs that run on ``device``, each once the CPU is quiet (``quiet_wait`` s at most); the others go into
+    ``skipped`` with the reason."""
+    from quantization.registry import check_backend
+
+    for config in configs:
+        reason = check_backend(config, device)
+        if reason:
+            skipped.append({"backend": config.backend, "format": config.format, "reason": reason})
+            continue
+        if device.type == "cpu" and quiet_wait > 0:
+            wait_for_quiet(quiet_wait)
+        yield config
 
 
 def wait_for_quiet(limit_s: float, sample_s: float = 3.0) -> None:

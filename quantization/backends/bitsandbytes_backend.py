@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 
 import torch
@@ -10,7 +9,7 @@ import torch
 from ..config import BitsAndBytesConfig
 from .base import Backend
 from .common import (assign_state, load_state, missing, quantizable_linears, quantize_embeddings, restore_embeddings,
-                     save_state, set_submodule)
+                     save_state, saving_with, set_submodule)
 
 
 class BitsAndBytesBackend(Backend):
@@ -47,21 +46,14 @@ class BitsAndBytesBackend(Backend):
 
         return isinstance(layer, (bnb.nn.Linear4bit, bnb.nn.Linear8bitLt))
 
-    @contextlib.contextmanager
     def state_dict_as_stored(self, module):
         """Reading a 4-bit layer's state dict converts a weight packed for the CPU kernel back, in place: the next run
         packs it again (time) with slightly different results. Inside, those layers give their tensors as they are."""
         import bitsandbytes as bnb
 
-        layers = [m for m in module.modules() if isinstance(m, bnb.nn.Linear4bit)
-                  and getattr(getattr(m.weight, "quant_state", None), "packing_format_for_cpu", False)]
-        for layer in layers:
-            layer._save_to_state_dict = _packed_save.__get__(layer)  # this instance only
-        try:
-            yield
-        finally:
-            for layer in layers:
-                del layer._save_to_state_dict
+        return saving_with([m for m in module.modules() if isinstance(m, bnb.nn.Linear4bit)
+                            and getattr(getattr(m.weight, "quant_state", None), "packing_format_for_cpu", False)],
+                           _packed_save)
 
     can_serialize = True
     library = "bitsandbytes"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 
 import torch
@@ -175,3 +176,16 @@ def _identity(tensor: torch.Tensor) -> tuple:
         return (id(tensor),)
     return (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape), tuple(tensor.stride()),
             tensor.dtype)
+
+
+@contextlib.contextmanager
+def saving_with(layers: list, save):
+    """Within it, each of ``layers`` writes its state dict with ``save(layer, destination, prefix, keep_vars)``
+    instead of its class's own (these instances only)."""
+    for layer in layers:
+        layer._save_to_state_dict = save.__get__(layer)
+    try:
+        yield
+    finally:
+        for layer in layers:
+            del layer._save_to_state_dict

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 
 import torch
 
 from .base import Backend
 from .common import (MIN_IN_FEATURES, assign_state, load_state, missing, quantizable_linears, quantize_embeddings,
-                     restore_embeddings, save_state)
+                     restore_embeddings, save_state, saving_with)
 
 
 # quanto's own state_dict unpacks its int4 TinyGemm layout (~9M weights/s on a 2-core CPU) and loading packs it
@@ -56,18 +55,10 @@ class QuantoBackend(Backend):
 
         return isinstance(layer, QLinear)
 
-    @contextlib.contextmanager
     def state_dict_as_stored(self, module):
         """Each int4 TinyGemm layer's state dict as in the cache (packed data, scale and shift; see _state) while
         inside: quanto's own unpacks every int4 weight, minutes for a FLUX transformer on a CPU."""
-        layers = [child for child in module.modules() if _is_tinygemm(child._parameters.get("weight"))]
-        for layer in layers:
-            layer._save_to_state_dict = _packed_save.__get__(layer)  # this instance only
-        try:
-            yield
-        finally:
-            for layer in layers:
-                del layer._save_to_state_dict
+        return saving_with([m for m in module.modules() if _is_tinygemm(m._parameters.get("weight"))], _packed_save)
 
     can_serialize = True
     library = "optimum-quanto"
