@@ -463,7 +463,8 @@ def test_stopping_a_job_stops_its_run_and_frees_the_device(demo):
     runner = demo.studio_runner
     items = runner.batch("dev", dict(prompt="a fox", quant="none", steps=40, seed=1), count=2, previews=True)
     first = next(items)
-    assert first.index == 1 and first.step == defaults.PREVIEW_EVERY
+    # the first preview the job gets (an older one waiting behind a newer is dropped, so not always step 2)
+    assert first.index == 1 and first.step % defaults.PREVIEW_EVERY == 0 and first.step < 40
     items.close()  # the page went away: the run stops at its next step
     assert not any(thread.name == "fluxforge-run" for thread in threading.enumerate())
     assert runner.engine.manager.lock.acquire(timeout=0)
