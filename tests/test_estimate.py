@@ -250,10 +250,14 @@ def test_a_tiny_run_peaks_within_15_percent_of_its_estimate(tiny_root):
     190-440 B/pixel; fixed, 280-300). The weights themselves are compared exactly in
     test_headers_give_the_loaded_components_sizes."""
     size = 768
-    proc = subprocess.run([sys.executable, "-c", TINY_RUN, str(size)], cwd=ROOT, capture_output=True, text=True,
-                          timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT), "MALLOC_MMAP_THRESHOLD_": "65536"})
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    measured = json.loads(proc.stdout.strip().splitlines()[-1])
+    runs = []
+    for _ in range(3):  # the median of three fresh processes: one RSS sample can catch another allocation
+        proc = subprocess.run([sys.executable, "-c", TINY_RUN, str(size)], cwd=ROOT, capture_output=True, text=True,
+                              timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT),
+                                                "MALLOC_MMAP_THRESHOLD_": "65536"})
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        runs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    measured = sorted(runs, key=lambda run: run["delta"])[1]
     sizes = model_sizes(get_tool("dev"), "tiny")
     row = estimate(sizes, FORMATS["none"], "none", size * size, get_tool("dev").defaults("tiny").max_sequence_length,
                    DeviceMemory("cpu", 2**40, 2**40, "available RAM"))
