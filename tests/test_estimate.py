@@ -251,13 +251,13 @@ def test_a_tiny_run_peaks_within_15_percent_of_its_estimate(tiny_root):
     test_headers_give_the_loaded_components_sizes."""
     size = 768
     runs = []
-    for _ in range(3):  # the median of three fresh processes: one RSS sample can catch another allocation
+    for _ in range(3):  # the highest of three fresh processes: RSS sampled every 20 ms can miss a peak, never add one
         proc = subprocess.run([sys.executable, "-c", TINY_RUN, str(size)], cwd=ROOT, capture_output=True, text=True,
                               timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT),
                                                 "MALLOC_MMAP_THRESHOLD_": "65536"})
         assert proc.returncode == 0, proc.stderr[-2000:]
         runs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
-    measured = sorted(runs, key=lambda run: run["delta"])[1]
+    measured = max(runs, key=lambda run: run["delta"])
     sizes = model_sizes(get_tool("dev"), "tiny")
     row = estimate(sizes, FORMATS["none"], "none", size * size, get_tool("dev").defaults("tiny").max_sequence_length,
                    DeviceMemory("cpu", 2**40, 2**40, "available RAM"))
