@@ -170,13 +170,13 @@ def _number(value, kind):
 
 
 def generate(args) -> int:
-    from pipelines.device import pick_device
+    from pipelines.memory.device import pick_device
     from pipelines.engine import Engine
     from pipelines.errors import UserError
     from pipelines.loras import parse_lora_arg
     from pipelines.manager import ModelManager
     from pipelines.request import GenerationRequest, batch_seed
-    from pipelines.sources import default_model
+    from pipelines.models.sources import default_model
 
     out = Path(args.out)
     if out.suffix.lower() != ".png":
@@ -286,7 +286,7 @@ def _whole(value: str, flag: str, low: int) -> int:
 
 
 def doctor(args) -> int:
-    from pipelines.device import pick_device, pick_dtype
+    from pipelines.memory.device import pick_device, pick_dtype
     from pipelines.errors import UserError
     from pipelines.paths import quant_caches
     from quantization.doctor import doctor_report, format_doctor
@@ -321,9 +321,9 @@ def plan(args) -> int:
 def _plan(tool, model: str, size: str | None, device_name: str | None):
     import re
 
-    from pipelines.device import device_memory, pick_device, pick_dtype
+    from pipelines.memory.device import device_memory, pick_device, pick_dtype
     from pipelines.errors import UserError
-    from pipelines.estimate import plan_run
+    from pipelines.memory.estimate import plan_run
     from quantization.policy import offered
 
     d = tool.defaults(model)
@@ -344,7 +344,7 @@ def _plan(tool, model: str, size: str | None, device_name: str | None):
 
 
 def format_plan(result) -> str:
-    """A plan (pipelines.estimate.Plan) as a table for the terminal: one row per quant choice and offload option."""
+    """A plan (pipelines.memory.estimate.Plan) as a table for the terminal: one row per quant choice and offload option."""
     memory = result.memory
     source = "known sizes" if result.sizes.source == "known" else "read from its files"
     lines = [f"{result.tool} on {result.model} ({source}), {result.width}x{result.height}, {result.text_tokens} text "

@@ -41,8 +41,8 @@ def worker(form: str) -> dict:
     from pipelines.engine import Engine
     from pipelines.manager import ModelManager
     from pipelines.request import GenerationRequest
-    from pipelines.tiny import ensure_tiny_family
-    from pipelines.tiny_loras import tiny_control_lora
+    from pipelines.models.tiny import ensure_tiny_family
+    from pipelines.loras.tiny import tiny_control_lora
     from pipelines.tools import all_tools
 
     ensure_tiny_family(all_tools())

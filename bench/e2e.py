@@ -132,7 +132,7 @@ def write_model(preset: Preset, folder: Path, device: torch.device) -> None:
     import diffusers
     from diffusers import FlowMatchEulerDiscreteScheduler
 
-    from pipelines.tiny import clip_tokenizer, t5_tokenizer
+    from pipelines.models.tiny import clip_tokenizer, t5_tokenizer
 
     from .models import build_t5, build_transformer, build_vae
 
@@ -509,7 +509,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(bench_args(argv))
-    from pipelines.device import pick_device
+    from pipelines.memory.device import pick_device
 
     from .report import machine, machine_slug
 

@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.worker:
         print(json.dumps(run_job(json.loads(args.worker))))
         return 0
-    from pipelines.device import pick_device, pick_dtype
+    from pipelines.memory.device import pick_device, pick_dtype
 
     rounds = args.rounds if args.rounds is not None else DEFAULT_ROUNDS[args.preset]
     steps = args.steps if args.steps is not None else DEFAULT_STEPS[args.preset]
@@ -184,7 +184,7 @@ def measure_lora(config, shape: Shape, device, dtype, root: Path, rank: int = RA
 
     from pipelines.loras import adapters_on, apply_loras, check_lora
     from pipelines.manager import LoadedPipeline
-    from pipelines.tiny_loras import projection_lora
+    from pipelines.loras.tiny import projection_lora
     from quantization.sizes import module_bytes
 
     from .measure import Clock, load_quantized

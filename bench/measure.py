@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from pipelines.device import PeakMemory, empty_cache, memory_kind
+from pipelines.memory.device import PeakMemory, empty_cache, memory_kind
 from quantization.config import QuantConfig
 from quantization.registry import backend_for, count_quantized_layers
 from quantization.sizes import bytes_by_module

@@ -55,7 +55,7 @@ def quick_preset():
 def model_for(preset: str, cache: Path) -> str:
     """The model the runs use: the tiny family, or the quick-shaped directory (built once)."""
     if preset == "tiny":
-        from pipelines.tiny import ensure_tiny_family
+        from pipelines.models.tiny import ensure_tiny_family
         from pipelines.tools import all_tools
 
         ensure_tiny_family(all_tools())

@@ -52,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(bench_args(argv))
-    from pipelines.device import pick_device, pick_dtype
+    from pipelines.memory.device import pick_device, pick_dtype
 
     try:
         device = pick_device(args.device)

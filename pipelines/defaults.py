@@ -29,3 +29,5 @@ PREVIEW_MAX_SIDE = 512  # the studio sends previews at most this large (each is 
 TINY_MODEL = "tiny"
 TINY_SIZE = 128
 TINY_MAX_SEQUENCE_LENGTH = 32
+
+QUANTIZED_COMPONENTS = ("transformer", "text_encoder_2")  # the big ones; CLIP and the VAE stay in full precision

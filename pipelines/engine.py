@@ -14,16 +14,17 @@ import torch
 from PIL import Image
 
 from . import defaults
-from .device import PeakMemory
 from .errors import Cancelled, UserError
 from .images import save_png
-from .loras import apply_control_lora, apply_loras, check_lora, release_control_lora, text_encoder_adapters
+from .loras import (apply_control_lora, apply_loras, check_lora, control_lora_file, release_control_lora,
+                    text_encoder_adapters)
 from .manager import ModelManager, Progress
+from .memory.device import PeakMemory
+from .memory.placement import Placement
+from .models.sources import resolve_model
+from .preview import PreviewCallback, is_preview_step, packed_preview
 from .report import build_report, fallback_notices, summary
 from .request import GenerationRequest
-from .placement import Placement
-from .preview import PreviewCallback, is_preview_step, packed_preview
-from .sources import control_lora_file, resolve_model
 from .speed import compile_refusal, compile_transformer, step_cache
 from .tools import Prepared, RunContext
 

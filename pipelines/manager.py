@@ -18,12 +18,13 @@ import torch
 from quantization.policy import HEADROOM, RATIO, AutoChoice, candidates, choose_auto
 from quantization.records import Fallback
 
-from .assembly import (QUANTIZED_COMPONENTS, build_pipeline, import_class, load_quantized, probe_quantized, read_index,
-                       weight_bytes, weights_identity)
-from .components import Component, ComponentStore
-from .device import empty_cache, free_memory, pick_device, pick_dtype
-from .options import RunOptions
-from .placement import PHASES, Placement, plan, working_memory
+from .defaults import QUANTIZED_COMPONENTS
+from .memory.device import empty_cache, free_memory, pick_device, pick_dtype
+from .memory.options import RunOptions
+from .memory.placement import PHASES, Placement, plan, working_memory
+from .models.assembly import build_pipeline, import_class, load_quantized, probe_quantized, weight_bytes, weights_identity
+from .models.components import Component, ComponentStore
+from .models.layout import read_index
 from .prompts import PromptCache
 
 log = logging.getLogger(__name__)
@@ -78,7 +79,7 @@ class ModelManager:
 
     # ---- run options and placement ---------------------------------------------------------------------
     def set_options(self, **changes) -> None:
-        """Change run options (pipelines.options.RunOptions fields); None leaves one as it is."""
+        """Change run options (pipelines.memory.options.RunOptions fields); None leaves one as it is."""
         self.options = replace(self.options, **{k: v for k, v in changes.items() if v is not None})
 
     def prepare_for_run(self, pipe, offload: str | None = None, tiled: bool = False) -> list[str]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from .device import memory_kind
+from .memory.device import memory_kind
 
 
 def build_report(request, prepared, loaded, manager, peak_bytes: int, timings: dict, run_fallbacks: list[dict],

@@ -18,7 +18,7 @@ os.environ.pop("FLUXFORGE_DISABLE_BACKENDS", None)
 
 @pytest.fixture(scope="session")
 def tiny_root():
-    from pipelines.tiny import ensure_tiny_family
+    from pipelines.models.tiny import ensure_tiny_family
     from pipelines.tools import all_tools
 
     return ensure_tiny_family(all_tools())

@@ -14,8 +14,8 @@ from pipelines.errors import UserError
 from pipelines.images import read_metadata
 from pipelines.manager import ModelManager
 from pipelines.request import GenerationRequest
-from pipelines.tiny_loras import tiny_control_lora as control_lora_of
-from pipelines.tiny_loras import tiny_lora
+from pipelines.loras.tiny import tiny_control_lora as control_lora_of
+from pipelines.loras.tiny import tiny_lora
 from pipelines.tools import get_tool
 from quantization.config import BitsAndBytesConfig, QuantoConfig, TorchAoConfig
 from tests.conftest import force_chain, make_photo

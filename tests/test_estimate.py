@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.estimate import (DeviceMemory, Estimate, Format, auto_choice, component_bytes, estimate, estimate_all,
+from pipelines.memory.estimate import (DeviceMemory, Estimate, Format, auto_choice, component_bytes, estimate, estimate_all,
                                 formats_for)
-from pipelines.model_sizes import OFFICIAL, ComponentSize, ModelSizes, folder_size, model_sizes, safetensors_header
-from pipelines.placement import working_memory
+from pipelines.memory.sizes import OFFICIAL, ModelSizes, model_sizes
+from pipelines.models.layout import ComponentSize, folder_size, safetensors_header
+from pipelines.memory.placement import working_memory
 from pipelines.tools import all_tools, get_tool
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -269,7 +270,7 @@ def test_a_tiny_run_peaks_within_15_percent_of_its_estimate(tiny_root):
 # ---- in the studio -------------------------------------------------------------------------------------------------
 
 def test_the_tab_table_has_a_peak_per_offload_option_on_a_gpu_and_marks_the_choice():
-    from pipelines.estimate import Plan
+    from pipelines.memory.estimate import Plan
     from ui.estimates import estimate_html
 
     gpu = memory("cuda", 8)

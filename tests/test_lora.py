@@ -14,7 +14,7 @@ from pipelines.images import read_metadata
 from pipelines.loras import check_loras, parse_lora_arg
 from pipelines.manager import ModelManager
 from pipelines.request import GenerationRequest
-from pipelines.tiny_loras import FORMATS, tiny_lora
+from pipelines.loras.tiny import FORMATS, tiny_lora
 from quantization.config import BitsAndBytesConfig, QuantoConfig, TorchAoConfig
 from quantization.registry import backend_for
 from quantization.sizes import module_bytes

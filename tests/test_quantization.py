@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from pipelines.tiny import tiny_transformer
+from pipelines.models.tiny import tiny_transformer
 from quantization.config import FULL_PRECISION, BitsAndBytesConfig, QuantoConfig, TorchAoConfig
 from quantization.load import load_component
 from quantization.registry import backend_for

@@ -6,9 +6,9 @@ import shutil
 import pytest
 import torch
 
-from pipelines import sources
+from pipelines.models import sources
 from pipelines.errors import UserError
-from pipelines.sources import resolve_model
+from pipelines.models.sources import resolve_model
 from pipelines.tools import get_tool
 
 
@@ -86,7 +86,7 @@ def test_default_model_is_official_when_cached(monkeypatch):
 
 def test_tiny_family_is_deterministic_and_safe_for_int8_kernels(tiny_root, tmp_path):
     from quantization.load import fingerprint
-    from pipelines.tiny import ensure_tiny_family
+    from pipelines.models.tiny import ensure_tiny_family
     from pipelines.tools import all_tools
 
     again = ensure_tiny_family(all_tools(), tmp_path / "again")

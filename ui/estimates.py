@@ -17,7 +17,7 @@ def _gib(value: int) -> str:
 
 
 def estimate_html(plan, quant: str, offload: str) -> str:
-    """A plan (pipelines.estimate.Plan) as a table: one row per quant choice, the chosen one marked; a peak column
+    """A plan (pipelines.memory.estimate.Plan) as a table: one row per quant choice, the chosen one marked; a peak column
     per offload option (one on the CPU, where offload has no effect), the current one marked."""
     memory = plan.memory
     offloads = ("none",) if memory.type == "cpu" else tuple(OFFLOAD_TITLES)

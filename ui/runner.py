@@ -143,7 +143,7 @@ class Runner:
 
     @property
     def options(self):
-        """The run options (pipelines.options.RunOptions) every run uses."""
+        """The run options (pipelines.memory.options.RunOptions) every run uses."""
         return self.engine.manager.options
 
     def set_options(self, **options) -> None:
@@ -153,10 +153,10 @@ class Runner:
             raise user_error(str(error)) from None
 
     def plan(self, tool: str, width: int, height: int):
-        """The estimates (pipelines.estimate.Plan) of ``tool`` on its model at ``width`` x ``height`` on this
+        """The estimates (pipelines.memory.estimate.Plan) of ``tool`` on its model at ``width`` x ``height`` on this
         studio's device, with its placement; what the loaded models hold counts as free (they make room)."""
-        from pipelines.device import device_memory
-        from pipelines.estimate import plan_run
+        from pipelines.memory.device import device_memory
+        from pipelines.memory.estimate import plan_run
         from quantization.policy import offered
 
         manager = self.engine.manager

@@ -21,7 +21,7 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 def pick_models(model: str | None) -> tuple[dict[str, str], list[str], bool]:
     """The model per tool: `model` for all, else each tool's default; and the tools that run `tiny`."""
     from pipelines import defaults
-    from pipelines.sources import default_model
+    from pipelines.models.sources import default_model
     from pipelines.tools import all_tools
 
     models = {tool.name: model if model else default_model(tool)[0] for tool in all_tools()}

@@ -59,7 +59,7 @@ class RunContext:
     """What a tool may use while preparing a run: the model manager, the model source and its pipeline."""
 
     manager: Any  # pipelines.manager.ModelManager
-    source: Any  # pipelines.sources.ModelSource
+    source: Any  # pipelines.models.sources.ModelSource
     pipe: Any = None  # the loaded diffusers pipeline (None for a control-map preview)
 
 
@@ -124,7 +124,7 @@ class Tool:
         """Write this tool's tiny model (and auxiliary models) under ``root``."""
         import diffusers
 
-        from ..tiny import tiny_transformer
+        from ..models.tiny import tiny_transformer
 
         folder = root / self.tiny.folder
         transformer = tiny_transformer(self.tiny.seed, in_channels=self.tiny.in_channels, guidance=self.tiny.guidance)

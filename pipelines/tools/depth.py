@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..control_maps import depth_map, load_depth_estimator
-from ..sources import resolve_aux
+from ..models.sources import resolve_aux
 from .base import TinyVariant
 from .control import Control
 
@@ -18,7 +18,7 @@ def build_tiny_estimator(path: Path) -> None:
     from transformers import (DepthAnythingConfig, DepthAnythingForDepthEstimation, Dinov2Config,
                               DPTImageProcessor)
 
-    from ..tiny import seeded
+    from ..models.tiny import seeded
 
     seeded(30)
     backbone = Dinov2Config(image_size=70, patch_size=14, hidden_size=32, num_hidden_layers=4, num_attention_heads=2,

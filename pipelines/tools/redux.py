@@ -10,7 +10,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from ..sources import resolve_aux
+from ..models.sources import resolve_aux
 from .base import Prepared, RunContext, Tool
 from .dev import TOOL as DEV
 
@@ -42,7 +42,7 @@ def build_tiny_prior(path: Path) -> None:
     from diffusers.pipelines.flux.modeling_flux import ReduxImageEncoder
     from transformers import SiglipImageProcessor, SiglipVisionConfig, SiglipVisionModel
 
-    from ..tiny import TEXT_DIM, seeded
+    from ..models.tiny import TEXT_DIM, seeded
 
     seeded(20)
     image_encoder = SiglipVisionModel(

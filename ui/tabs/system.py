@@ -7,8 +7,8 @@ import html
 
 import gradio as gr
 
-from pipelines.options import OFFLOADS
-from pipelines.placement import PLACEMENTS
+from pipelines.memory.options import OFFLOADS
+from pipelines.memory.placement import PLACEMENTS
 from pipelines.paths import quantized_dir
 from quantization import admin
 

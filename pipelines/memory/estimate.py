@@ -1,9 +1,9 @@
 """Will it fit, before loading: the peak memory and relative speed of each quantization choice and offload option.
 
-The estimate is pure: component parameter counts (pipelines.model_sizes), the bytes per parameter of each format and
+The estimate is pure: component parameter counts (pipelines.memory.sizes), the bytes per parameter of each format and
 its measured speed (quantization.policy and measured.json), the image and text sizes, and the device's memory. The
 peak is the weights on the device in the busiest phase of a run (the placement the engine would plan) plus that
-phase's working memory (pipelines.placement.working_memory and the VAE decode); it is the memory a run adds to the
+phase's working memory (pipelines.memory.placement.working_memory and the VAE decode); it is the memory a run adds to the
 process, the allocator's slack (placement.HEADROOM) aside, which `fits` adds before comparing with free memory.
 One-time load work (quantizing on the first load) is not part of it.
 """
@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 from quantization.policy import RATIO, AutoChoice, choose_auto
 
-from .assembly import QUANTIZED_COMPONENTS as QUANTIZED
-from .model_sizes import ModelSizes
+from ..defaults import QUANTIZED_COMPONENTS as QUANTIZED
+from .sizes import ModelSizes
 from .options import OFFLOADS
 from .placement import DECODE_BYTES_PER_PIXEL, HEADROOM, PHASES, TILE_PIXELS, phase_bytes, plan, working_memory
 
@@ -220,7 +220,7 @@ class Plan:
 def plan_run(tool, model: str, width: int, height: int, memory: DeviceMemory, quants: tuple[str, ...],
              dtype_bytes: int = 2, placement: str = "auto", cpu: str | None = None) -> Plan:
     """The estimates of ``tool`` (a pipelines.tools.Tool) on ``model`` at ``width`` x ``height``."""
-    from .model_sizes import model_sizes
+    from .sizes import model_sizes
 
     sizes = model_sizes(tool, model)
     text_tokens = tool.defaults(model).max_sequence_length

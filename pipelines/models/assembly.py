@@ -12,11 +12,11 @@ import torch
 from quantization.errors import QuantizationError
 from quantization.load import ComponentSource, fingerprint, load_component, probe_ahead
 
-from .errors import UserError
-from .model_sizes import folder_size, read_index
-from .paths import quant_caches
+from ..defaults import QUANTIZED_COMPONENTS
+from ..errors import UserError
+from ..paths import quant_caches
+from .layout import folder_size, read_index
 
-QUANTIZED_COMPONENTS = ("transformer", "text_encoder_2")  # the big ones; CLIP and the VAE stay in full precision
 
 
 def import_class(library: str, class_name: str):

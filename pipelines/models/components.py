@@ -19,7 +19,7 @@ class Component:
     quant: Any = None  # quantization's record of how it was loaded (None for tokenizers and schedulers)
     chain: tuple = ()  # the quantization configs left to fall back to
     users: set = field(default_factory=set)  # keys of the pipelines that hold it
-    on_device: bool = True  # False while it waits in CPU memory (pipelines.placement)
+    on_device: bool = True  # False while it waits in CPU memory (pipelines.memory.placement)
 
     @property
     def bytes(self) -> int:

@@ -16,8 +16,8 @@ import os
 import tempfile
 from pathlib import Path
 
-from .tiny import HIDDEN, TINY_VERSION
-from .paths import cache_root
+from ..models.tiny import HIDDEN, TINY_VERSION
+from ..paths import cache_root
 
 RANK = 4
 FORMATS = ("diffusers", "diffusers-te", "kohya", "bfl", "xlabs")
@@ -101,7 +101,7 @@ def _control(seed: int, in_channels: int) -> dict:
     import torch
     from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model
 
-    from .tiny import tiny_transformer
+    from ..models.tiny import tiny_transformer
 
     gen = _generator(100 + seed)
     transformer = tiny_transformer(0, in_channels=in_channels)
@@ -136,7 +136,7 @@ def _diffusers(seed: int, text_encoder: bool = False) -> dict:
     import torch
     from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model
 
-    from .tiny import shared_components, tiny_transformer
+    from ..models.tiny import shared_components, tiny_transformer
 
     gen = _generator(seed)
     transformer = tiny_transformer(0)

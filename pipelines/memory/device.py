@@ -53,7 +53,7 @@ def free_memory(device: torch.device) -> int | None:
 
 
 def device_memory(device: torch.device, held_bytes: int = 0):
-    """(total, free, what free means) for estimates (pipelines.estimate.DeviceMemory): CUDA free memory, Apple MPS
+    """(total, free, what free means) for estimates (pipelines.memory.estimate.DeviceMemory): CUDA free memory, Apple MPS
     Metal's recommended maximum less what is allocated, CPU available RAM; ``held_bytes`` (what the studio's loaded
     models hold, which it unloads to make room) counts as free."""
     from .estimate import DeviceMemory

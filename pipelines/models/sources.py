@@ -8,8 +8,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import defaults, tiny
-from .errors import UserError
+from .. import defaults
+from ..errors import UserError
+from . import tiny
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 # Single-file checkpoints that sit beside the diffusers folders in official repos.
@@ -73,28 +74,15 @@ def check_pipeline_dir(path: Path, tool, name: str | None = None) -> Path:
     return path
 
 
-def control_lora_file(tool_source: ModelSource, tool) -> Path:
-    """The default control LoRA of ``tool`` (Depth, Canny): the tiny family's own, or the official file."""
-    if tool_source.is_tiny:
-        from .tiny_loras import tiny_control_lora
-
-        return tiny_control_lora(tool)
-    repo_id, filename = tool.control_lora
-    from huggingface_hub import hf_hub_download
-
-    return _from_hub(lambda: Path(hf_hub_download(repo_id, filename)), f"control LoRA {repo_id}/{filename}",
-                     "pass a local file with --control-lora", repo_id)
-
-
 def download(repo_id: str) -> Path:
     """Fetch a hub repo's diffusers folders (or find them in the local cache)."""
     from huggingface_hub import snapshot_download
 
-    return _from_hub(lambda: Path(snapshot_download(repo_id, ignore_patterns=HUB_IGNORE)), f"model={repo_id!r}",
+    return from_hub(lambda: Path(snapshot_download(repo_id, ignore_patterns=HUB_IGNORE)), f"model={repo_id!r}",
                      "pass a local directory, or use --model tiny", repo_id)
 
 
-def _from_hub(fetch, what: str, instead: str, repo_id: str) -> Path:
+def from_hub(fetch, what: str, instead: str, repo_id: str) -> Path:
     """``fetch()``, with the hub's failures as one line each: ``what`` failed, do ``instead``."""
     from huggingface_hub.errors import GatedRepoError, LocalEntryNotFoundError, RepositoryNotFoundError
 

@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from .errors import UserError
+from ..errors import UserError
 from .placement import PLACEMENTS
 
 OFFLOADS = ("none", "model", "sequential")
@@ -19,7 +19,7 @@ OFFLOADS = ("none", "model", "sequential")
 @dataclass(frozen=True)
 class RunOptions:
     offload: str = "none"  # none, model (one model on the device at a time), sequential (layer by layer)
-    placement: str = "auto"  # where components live per phase (pipelines.placement); auto plans from free memory
+    placement: str = "auto"  # where components live per phase (pipelines.memory.placement); auto plans from free memory
     vae_tiling: bool = False  # always decode in tiles (auto placement also tiles when a whole decode won't fit)
     vae_slicing: bool = False
     compile: bool = False  # torch.compile of the repeated transformer blocks (NVIDIA GPUs)

@@ -5,31 +5,12 @@ from __future__ import annotations
 
 import functools
 import json
-import struct
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from . import defaults
-from .errors import UserError
-
-MAX_HEADER = 100 * 2**20  # a safetensors header larger than this is not one
-
-
-@dataclass(frozen=True)
-class ComponentSize:
-    """One component: its parameter count, its largest tensor (what sequential offload holds at once), and the
-    bytes it is stored in."""
-
-    name: str
-    params: int
-    largest: int
-    stored_bytes: int
-
-    def __post_init__(self):
-        if not self.name or self.params < 0 or self.stored_bytes < 0 or not 0 <= self.largest <= self.params:
-            raise ValueError(f"ComponentSize: name={self.name!r}, params={self.params}, largest={self.largest}, "
-                             f"stored_bytes={self.stored_bytes} must be a name and counts with largest <= params.")
-
+from .. import defaults
+from ..errors import UserError
+from ..models.layout import ComponentSize, folder_size, read_index
 
 @dataclass(frozen=True)
 class ModelSizes:
@@ -87,48 +68,6 @@ def official_sizes(hub_id: str) -> ModelSizes | None:
     return None if components is None else ModelSizes(hub_id, components, source="known", **OFFICIAL_WIDTHS)
 
 
-# ---- reading a model directory ------------------------------------------------------------------------------------
-DTYPE_BYTES = {"F64": 8, "I64": 8, "U64": 8, "F32": 4, "I32": 4, "U32": 4, "F16": 2, "BF16": 2, "I16": 2, "U16": 2,
-               "F8_E4M3": 1, "F8_E5M2": 1, "I8": 1, "U8": 1, "BOOL": 1}
-
-
-def safetensors_header(path: Path) -> dict:
-    """The tensor table of a .safetensors file (name -> dtype, shape, offsets); no weights are read."""
-    with Path(path).open("rb") as handle:
-        raw = handle.read(8)
-        if len(raw) != 8:
-            raise UserError(f"{path} is not a safetensors file (shorter than its header).")
-        (length,) = struct.unpack("<Q", raw)
-        if length > MAX_HEADER:
-            raise UserError(f"{path} is not a safetensors file (a {length}-byte header).")
-        try:
-            header = json.loads(handle.read(length))
-        except ValueError:
-            raise UserError(f"{path} is not a safetensors file (its header is not JSON).") from None
-    return {name: entry for name, entry in header.items() if name != "__metadata__"}
-
-
-def folder_size(folder: Path, name: str) -> ComponentSize:
-    """A component folder's parameter count, largest tensor and stored bytes, from its safetensors headers."""
-    params = largest = stored = 0
-    for path in sorted(Path(folder).glob("*.safetensors")):
-        for entry in safetensors_header(path).values():
-            numel = 1
-            for dim in entry["shape"]:
-                numel *= dim
-            params += numel
-            largest = max(largest, numel)
-            stored += numel * DTYPE_BYTES.get(entry["dtype"], 2)
-    return ComponentSize(name, params, largest, stored)
-
-
-def read_index(root: Path) -> dict[str, tuple[str, str]]:
-    """component -> (library, class name), from model_index.json."""
-    index = json.loads((root / "model_index.json").read_text())
-    return {name: tuple(entry) for name, entry in index.items()
-            if not name.startswith("_") and isinstance(entry, list) and entry[0] and entry[1]}
-
-
 def _config(folder: Path) -> dict:
     try:
         return json.loads((folder / "config.json").read_text())
@@ -171,7 +110,7 @@ def model_sizes(tool, model: str) -> ModelSizes:
 
 
 def _model_sizes(tool, model: str) -> ModelSizes:
-    from .sources import HUB_ID, check_pipeline_dir, resolve_model
+    from ..models.sources import HUB_ID, check_pipeline_dir, resolve_model
 
     known = official_sizes(model)
     if known is not None:

@@ -14,7 +14,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from .paths import cache_root
+from ..paths import cache_root
 
 TINY_VERSION = "v1"
 HIDDEN = 64  # transformer width: 2 heads x 32

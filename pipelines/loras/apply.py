@@ -1,0 +1,162 @@
+"""LoRAs applied to a loaded pipeline as runtime (peft) adapters over its layers.
+
+Files in the formats people have (diffusers/PEFT, kohya sd-scripts and ai-toolkit, XLabs, BFL) are read through
+diffusers' own converters (FluxLoraLoaderMixin.lora_state_dict) and loaded into the transformer and, where the file
+has them, the CLIP text encoder. The adapters sit over the layers as they are: a quantized layer stays quantized (peft
+wraps bitsandbytes, torchao and quanto layers), nothing is de-quantized, re-loaded or re-quantized, and removing the
+adapters gives back the very same modules.
+"""
+
+from __future__ import annotations
+
+import re
+
+from quantization.registry import state_dict_as_stored
+
+from ..errors import UserError
+from .files import FORMATS_TEXT, LoraFile
+
+ADAPTED = ("transformer", "text_encoder")  # the pipeline components a FLUX.1 LoRA may adapt
+# <module>.<down|up>[.<adapter>].weight, as the converters leave the keys
+_LORA_KEY = re.compile(r"(.+?)\.(lora_A|lora_B|lora_down|lora_up|lora\.down|lora\.up)(?:\.[^.]+)?\.weight$")
+_DOWN = {"lora_A", "lora_down", "lora.down"}
+CONTROL_NORMS = ("norm_q", "norm_k", "norm_added_q", "norm_added_k")  # what control LoRAs also replace
+
+
+def adapters_on(pipe) -> dict[str, tuple]:
+    """Adapters present in each adapted component of ``pipe`` (as the modules themselves record them)."""
+    found = {}
+    for name in ADAPTED:
+        config = getattr(getattr(pipe, name, None), "peft_config", None)
+        if config:
+            found[name] = tuple(sorted(config))
+    return found
+
+
+def apply_loras(loaded, loras: list[LoraFile]) -> None:
+    """Make ``loaded``'s pipeline run with exactly ``loras`` at their strengths.
+
+    The same set as last time only changes strengths. Another set is read and checked in full first (a bad file
+    leaves the model as it was), then the old adapters are removed and the new ones loaded; a failure while loading
+    removes them all, so the next run starts clean. Components shared with other pipelines (CLIP) are compared
+    with what this pipeline left on them, so a change made through another pipeline is seen.
+    """
+    pipe = loaded.pipe
+    if loras and not hasattr(pipe, "load_lora_into_transformer"):
+        raise UserError(f"loras: {type(pipe).__name__} does not take LoRAs; run this tool without them.")
+    wanted = tuple(lora.adapter for lora in loras)
+    present = adapters_on(pipe)
+    if not loras and not present:
+        loaded.lora_state = ((), {})
+        return
+    if loaded.lora_state != (tuple(sorted(wanted)), present):
+        read = [(lora, read_lora(lora, pipe)) for lora in loras]
+        remove_loras(pipe)
+        loaded.lora_state = None
+        for lora, state in read:
+            try:
+                _load(pipe, lora, *state)
+            except Exception as error:
+                remove_loras(pipe)
+                raise UserError(f"lora={lora.name!r} could not be applied to this model ({_short(error)}); it was "
+                                "trained for another FLUX.1 variant, or the file is damaged.") from None
+        loaded.lora_state = (tuple(sorted(wanted)), adapters_on(pipe))
+    if loras:
+        pipe.set_adapters(list(wanted), adapter_weights=[lora.strength for lora in loras])
+
+
+def remove_loras(pipe) -> None:
+    """Remove every adapter: the layers are the original modules again (quantized ones included)."""
+    if adapters_on(pipe):
+        pipe.unload_lora_weights()
+
+
+def text_encoder_adapters(pipe, loras: list[LoraFile]) -> tuple:
+    """(adapter, strength) of the LoRAs that adapt a text encoder: part of the prompt-embedding cache key."""
+    present = set(adapters_on(pipe).get("text_encoder", ()))
+    return tuple((lora.adapter, lora.strength) for lora in loras if lora.adapter in present)
+
+
+def read_lora(lora: LoraFile, pipe) -> tuple:
+    """(state dict, alphas, metadata) in diffusers' naming, checked against ``pipe``'s modules."""
+    try:
+        state, alphas, metadata = pipe.lora_state_dict(lora.path, return_alphas=True, return_lora_metadata=True)
+    except Exception as error:
+        raise UserError(f"lora={lora.name!r} is not a LoRA for FLUX.1 ({_short(error)}); use a FLUX.1 LoRA in "
+                        f"{FORMATS_TEXT}.") from None
+    check_fits(lora, state, pipe)
+    return state, alphas, metadata
+
+
+def check_fits(lora: LoraFile, state: dict, pipe) -> None:
+    """Every key is for a FLUX.1 component, names a layer the transformer has, with the layer's shapes."""
+    foreign = [key for key in state if key.split(".", 1)[0] not in ADAPTED]
+    if foreign or not state:
+        example = f" (keys like {foreign[0]!r})" if foreign else " (no weights)"
+        raise UserError(f"lora={lora.name!r} is not a LoRA for FLUX.1{example}: it is for another model family "
+                        f"(SD 1.5, SDXL, ...); use a FLUX.1 LoRA in {FORMATS_TEXT}.")
+    modules = dict(pipe.transformer.named_modules())
+    embedder = getattr(modules.get("x_embedder"), "in_features", None)
+    for key, tensor in state.items():
+        parts = key.split(".")
+        widens = (len(parts) > 2 and parts[1] == "x_embedder" and parts[2] in _DOWN and embedder is not None
+                  and tensor.shape[-1] != embedder)
+        if (len(parts) > 2 and parts[0] == "transformer" and parts[-2] in CONTROL_NORMS) or widens:
+            raise UserError(f"lora={lora.name!r} is a control LoRA (it widens the transformer's input for a depth or "
+                            "edge map and replaces its norms); give it to the Depth or Canny tool as its control LoRA "
+                            "(--control lora --control-lora FILE), not as --lora.")
+    for key, tensor in state.items():
+        if not key.startswith("transformer."):
+            continue  # text encoder keys are in older naming here; peft checks them as it loads
+        match = _LORA_KEY.match(key[len("transformer."):])
+        if not match:
+            continue
+        name, kind = match.groups()
+        module = modules.get(name)
+        if module is None:
+            raise UserError(f"lora={lora.name!r} adapts {name!r}, which this FLUX.1 transformer does not have; "
+                            "it was made for another model.")
+        in_features, out_features = getattr(module, "in_features", None), getattr(module, "out_features", None)
+        expected = in_features if kind in _DOWN else out_features
+        got = tensor.shape[-1] if kind in _DOWN else tensor.shape[0]
+        if expected is not None and got != expected:
+            raise UserError(f"lora={lora.name!r} does not fit this model: {name} takes {in_features} -> "
+                            f"{out_features} features but the LoRA has {tuple(tensor.shape)} for it; it was made for "
+                            "another FLUX.1 variant or size.")
+
+
+def _load(pipe, lora: LoraFile, state: dict, alphas, metadata) -> None:
+    if any(key.startswith("transformer.") for key in state):
+        # The transformer part without load_lora_weights' shape expansion (control LoRAs widen the input layer,
+        # which would change the base model; check_fits refuses those) and its reading of the base state dict.
+        # Loading reads the transformer's state dict for its keys only: quantized weights stay as stored.
+        with state_dict_as_stored(pipe.transformer):
+            pipe.load_lora_into_transformer(state, network_alphas=alphas, transformer=pipe.transformer,
+                                            adapter_name=lora.adapter, metadata=metadata, _pipeline=pipe)
+    if any(key.startswith("text_encoder.") for key in state):
+        pipe.load_lora_into_text_encoder(state, network_alphas=alphas, text_encoder=pipe.text_encoder,
+                                         prefix="text_encoder", lora_scale=pipe.lora_scale,
+                                         adapter_name=lora.adapter, metadata=metadata, _pipeline=pipe)
+    if lora.adapter not in {a for names in adapters_on(pipe).values() for a in names}:
+        raise ValueError("none of its layers matched")
+    _run_dtype(pipe.transformer, lora.adapter)
+
+
+def _run_dtype(module, adapter: str) -> None:
+    """The adapter's weights in the dtype the module runs in. peft makes them float32 over layers whose own weights
+    are not floating (bitsandbytes int8), and a float32 LoRA beside a bfloat16 run costs a cast on every step."""
+    from collections import Counter
+
+    named = list(module.named_parameters())
+    dtypes = Counter(p.dtype for name, p in named if p.is_floating_point() and ".lora_" not in name)
+    if not dtypes:
+        return
+    dtype = dtypes.most_common(1)[0][0]
+    for name, param in named:
+        if f".{adapter}." in name and ".lora_" in name and param.is_floating_point() and param.dtype != dtype:
+            param.data = param.data.to(dtype)
+
+
+def _short(error: Exception) -> str:
+    text = " ".join(str(error).split())
+    return f"{type(error).__name__}: {text[:160]}" + ("..." if len(text) > 160 else "")

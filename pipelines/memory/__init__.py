@@ -1,0 +1,1 @@
+"""Memory: the device, component sizes, placement per phase, and estimates before loading."""
