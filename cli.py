@@ -17,7 +17,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="app.py", description="FluxForge Studio: FLUX.1 tools in one studio.")
     parser.add_argument("--host", default="127.0.0.1", help="address to serve on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=7860)
-    parser.add_argument("--model", default=None, help="tiny, a hub id or a local diffusers directory")
+    parser.add_argument("--model", action="append", default=[], dest="models", metavar="MODEL|TOOL=MODEL",
+                        help="the model of every tool it fits (tiny, a hub id, a local diffusers directory, or a "
+                             ".safetensors/.gguf transformer file), or TOOL=MODEL for one tool; repeatable "
+                             "(default: FLUXFORGE_MODELS, else each tool's official model)")
     parser.add_argument("--share", action="store_true", help="create a public share link")
     parser.add_argument("--api", action="store_true", help="open the HTTP API")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 or mps (default: best available)")
@@ -86,6 +89,16 @@ def build_parser() -> argparse.ArgumentParser:
                                          "cost a run; `bench e2e`: the generate path end to end", add_help=False)
     bench.add_argument("bench_args", nargs=argparse.REMAINDER)  # listed for --help; main() hands them over
 
+    models = sub.add_parser("models", help="every tool's model: size, downloaded or not, gated or not, where it "
+                                           "lives; `models download` fetches ahead of time")
+    models.add_argument("action", nargs="?", default="list", choices=("list", "download"))
+    models.add_argument("repo", nargs="?", default=None, metavar="ID",
+                        help="download: this hub model (default: the models of --tool, or of every tool with --all)")
+    models.add_argument("--tool", default=None, help="download: this tool's models (" + ", ".join(tool_names()) + ")")
+    models.add_argument("--all", action="store_true", help="download: every tool's models")
+    models.add_argument("--offline", action="store_true", help="list without asking the hub (known sizes)")
+    models.add_argument("--json", action="store_true")
+
     cache = sub.add_parser("cache", help="list or clear the quantized-weights cache")
     cache.add_argument("action", choices=("list", "clear"))
     cache.add_argument("--json", action="store_true", help="list as JSON")
@@ -136,6 +149,8 @@ def main(argv: list[str] | None = None) -> int:
             return doctor(args)
         if args.command == "cache":
             return cache(args)
+        if args.command == "models":
+            return models(args)
         if args.command == "plan":
             return plan(args)
         if args.command == "bench":  # studio options before it would be lost: the benchmarks take their own
@@ -176,7 +191,6 @@ def generate(args) -> int:
     from pipelines.loras import parse_lora_arg
     from pipelines.manager import ModelManager
     from pipelines.request import GenerationRequest, batch_seed
-    from pipelines.models.sources import default_model
 
     out = Path(args.out)
     if out.suffix.lower() != ".png":
@@ -190,12 +204,14 @@ def generate(args) -> int:
     prompts = read_prompts(args.prompts, args.prompt)
     count = _whole(args.count, "--count", 1)
     preview_every = _whole(args.preview_every, "--preview-every", 0)
-    model = args.model
-    if model is None:
+    model, transformer, notices = args.model, args.transformer, []
+    if model is None:  # FLUXFORGE_MODELS, else the official model (the demo model only when it cannot be had)
         on_dev = args.control == "lora" or (args.control is None and args.control_lora)
-        model, notice = default_model(tool.lora_base() if on_dev and hasattr(tool, "lora_base") else tool)
-        if notice:
-            print(f"notice: {notice}", file=sys.stderr)
+        runs = tool.lora_base() if on_dev and hasattr(tool, "lora_base") else tool
+        assignment = studio_models([], [runs])
+        model = assignment.model(runs.name)
+        transformer = transformer or assignment.transformers.get(runs.name)
+        notices += assignment.notices + [demo_notice(assignment.demo)] * bool(assignment.demo)
     loras = [parse_lora_arg(item) for item in args.lora]
 
     def request_for(prompt: str, seed) -> GenerationRequest:
@@ -205,12 +221,14 @@ def generate(args) -> int:
             width=_number(args.width, int), height=_number(args.height, int), steps=_number(args.steps, int),
             guidance=_number(args.guidance, float), seed=seed,
             canny_low=_number(args.canny_low, int), canny_high=_number(args.canny_high, int),
-            transformer=args.transformer, loras=loras, control=args.control, control_lora=args.control_lora,
+            transformer=transformer, loras=loras, control=args.control, control_lora=args.control_lora,
         )
 
     first = request_for(prompts[0], _number(args.seed, int))  # every input is checked before a model loads
     for prompt in prompts[1:]:
         request_for(prompt, first.seed)
+    for notice in notices:  # after the inputs are checked: a refusal stays one line
+        print(f"notice: {notice}", file=sys.stderr)
     try:
         manager = ModelManager(device=pick_device(args.device))
     except ValueError as error:
@@ -218,10 +236,7 @@ def generate(args) -> int:
     manager.set_options(offload=args.offload, vae_tiling=args.vae_tiling, placement=args.placement,
                         compile=args.compile, step_cache=_number(args.step_cache, float))
     engine = Engine(manager, show_progress=True)
-
-    def progress(stage, done, total):
-        if stage != "denoise" and done == 0:
-            print(f"{stage}...", file=sys.stderr)
+    progress = TerminalProgress()
 
     total = len(prompts) * count
     reports, notices = [], []
@@ -249,6 +264,55 @@ def generate(args) -> int:
     for notice in notices:
         print(f"notice: {notice}", file=sys.stderr)
     return 0
+
+
+class TerminalProgress:
+    """A run's progress on stderr: each stage once, and a download as a bar (bytes, speed, time left)."""
+
+    def __init__(self):
+        self.bar = None
+        self.downloaded: set[str] = set()
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        from pipelines.models.hub import downloading
+
+        repo = downloading(stage)
+        if repo is not None:
+            if repo not in self.downloaded:
+                self._download(repo, done, total)
+        elif stage != "denoise" and done == 0:
+            print(f"{stage}...", file=sys.stderr)
+
+    def _download(self, repo: str, done: int, total: int) -> None:
+        from tqdm import tqdm
+
+        if self.bar is None:
+            self.bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1000, desc=f"Downloading {repo}",
+                            file=sys.stderr, mininterval=0.5, dynamic_ncols=True)
+        self.bar.update(done - self.bar.n)
+        if done >= total:
+            self.bar.close()
+            self.bar = None
+            self.downloaded.add(repo)
+
+
+def studio_models(values: list[str], tools=None):
+    """Each tool's model (pipelines.models.catalog.Assignment) from --model values, else FLUXFORGE_MODELS."""
+    from pipelines.models.catalog import MODELS_ENV, assign, env_specs
+    from pipelines.tools import all_tools
+
+    specs, origin = (values, "--model") if values else (env_specs(), MODELS_ENV)
+    return assign(tools or all_tools(), specs, origin)
+
+
+def demo_notice(tools) -> str:
+    """Why ``tools`` run the demo model, and how to get real weights."""
+    from pipelines.models.hub import offline
+
+    why = "HF_HUB_OFFLINE is set" if offline() else "the Hugging Face hub cannot be reached"
+    return (f"{', '.join(tools)}: the official weights are not in the local cache and {why}, so the demo model "
+            "'tiny' runs (random weights, noise-like images). Connect and run again (they download on first use), "
+            "or pass --model with a local directory.")
 
 
 def read_prompts(file: str | None, prompt: str | None) -> list[str]:
@@ -288,6 +352,7 @@ def _whole(value: str, flag: str, low: int) -> int:
 def doctor(args) -> int:
     from pipelines.memory.device import pick_device, pick_dtype
     from pipelines.errors import UserError
+    from pipelines.models import hub
     from pipelines.paths import quant_caches
     from quantization.doctor import doctor_report, format_doctor
 
@@ -301,7 +366,12 @@ def doctor(args) -> int:
         print("probing backends...", file=sys.stderr)
         run_probes(device, pick_dtype(device), quant_caches().probes, fresh=args.reprobe)
     report = doctor_report(device, pick_dtype(device), quant_caches().probes)
-    print(json.dumps(report, indent=2) if args.json else format_doctor(report))
+    token = hub.token_state()
+    report["hub"] = {"endpoint": hub.endpoint(), "offline": hub.offline(), "token": token.present,
+                     "token_from": token.source, "cache": str(hub.cache_dir())}
+    text = format_doctor(report) + (f"\nHugging Face hub {hub.endpoint()}: {token.describe()}; downloads go to "
+                                    f"{hub.cache_dir()}" + (" (HF_HUB_OFFLINE is set)" if hub.offline() else ""))
+    print(json.dumps(report, indent=2) if args.json else text)
     return 0
 
 
@@ -366,6 +436,69 @@ def format_plan(result) -> str:
                  "time: step time against full precision (2.00x: twice as long), measured on this class of CPU "
                  "('?': not measured).")
     return "\n".join(lines)
+
+
+def models(args) -> int:
+    """`models`: every tool's model as the studio would run it; `models download`: fetch ahead of time."""
+    from pipelines.errors import UserError
+    from pipelines.models import catalog, hub
+    from pipelines.tools import all_tools
+
+    if args.action == "list":
+        if args.repo or args.tool or args.all:
+            raise UserError("`models` lists every tool's model; ID, --tool and --all are for `models download`.")
+        tools = all_tools()
+        assignment = studio_models(args.models, tools)
+        rows = catalog.tool_rows(assignment, tools, online=not args.offline and hub.reachable())
+        info = {"models": rows, "hub": hub.endpoint(), "reachable": hub.reachable(), "cache": str(hub.cache_dir()),
+                "token": hub.token_state().describe(), "model_dir": str(catalog.model_dir())}
+        print(json.dumps(info, indent=2) if args.json else format_models(info, assignment))
+        return 0
+    if sum(map(bool, (args.repo, args.tool, args.all))) != 1:
+        raise UserError("models download: name one of ID (a hub model), --tool TOOL or --all.")
+    if args.repo:
+        repos = [args.repo]
+    else:
+        tools = all_tools() if args.all else [get_tool(args.tool)]
+        assignment = studio_models(args.models, all_tools())
+        repos = [m for t in tools for m in (assignment.model(t.name), *t.aux_models)]
+        repos = [m for m in dict.fromkeys(repos) if m != defaults.TINY_MODEL and not Path(m).expanduser().exists()]
+    if not repos:
+        print("nothing to download: these tools run the demo model or local directories")
+        return 0
+    progress = TerminalProgress()
+    for repo in repos:
+        path = hub.download(repo, progress)
+        print(f"{repo}: {path}")
+    return 0
+
+
+def format_models(info: dict, assignment) -> str:
+    """`models` as a table for the terminal."""
+    lines = [f"{'tool':<8} {'model':<40} {'size':>9}  {'downloaded':<26} {'gated':<5} where"]
+    for row in info["models"]:
+        model = row["model"] + (f" + {Path(row['transformer']).name}" if row.get("transformer") else "")
+        if row["kind"] == "auxiliary":
+            model = "  + " + model
+        size = "?" if row["bytes"] is None else _gb(row["bytes"])
+        gated = {True: "yes", False: "no", None: "?"}[row["gated"]]
+        lines.append(f"{row['tool']:<8} {model:<40} {size:>9}  {row['downloaded']:<26} {gated:<5} {row['where']}")
+        if row.get("note"):
+            lines.append(f"         {row['note']}")
+    state = "reachable" if info["reachable"] else "cannot be reached (sizes are the known official ones)"
+    lines.append(f"hub {info['hub']}: {state}; {info['token']}; downloads go to {info['cache']}")
+    lines.append(f"your own models: diffusers directories and transformer files in {info['model_dir']} "
+                 "(FLUXFORGE_MODEL_DIR)")
+    lines += [f"notice: {notice}" for notice in assignment.notices]
+    if assignment.demo:
+        lines.append(f"notice: {demo_notice(assignment.demo)}")
+    return "\n".join(lines)
+
+
+def _gb(count: int) -> str:
+    from pipelines.models.hub import gb
+
+    return gb(count)
 
 
 def cache(args) -> int:

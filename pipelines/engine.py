@@ -21,6 +21,7 @@ from .loras import (apply_control_lora, apply_loras, check_lora, control_lora_fi
 from .manager import ModelManager, Progress
 from .memory.device import PeakMemory
 from .memory.placement import Placement
+from .models import single_file
 from .models.sources import resolve_model
 from .preview import PreviewCallback, is_preview_step, packed_preview
 from .report import build_report, fallback_notices, summary
@@ -128,7 +129,11 @@ class Engine:
         tool, manager = request.spec, self.manager
         notices = list(request.notices)
         on_dev = request.control == "lora"  # Depth/Canny as a control LoRA on the Dev model
-        source = resolve_model(request.model, tool.lora_base() if on_dev else tool)
+        source = resolve_model(request.model, tool.lora_base() if on_dev else tool, progress)
+        transformer_file = None
+        if request.transformer:  # a single-file transformer: it must fit the model it replaces the transformer of
+            transformer_file = single_file.inspect(request.transformer)
+            single_file.check_fits(transformer_file, source.root, tool.name)
         if source.is_tiny:
             notices.append("Running the offline demo model 'tiny' (random weights: images look like noise).")
         control_lora = None
@@ -145,7 +150,7 @@ class Engine:
                 loaded = manager.control_view(loaded)
             if loaded.auto:
                 notices.append(f"Auto chose {loaded.quant}: {loaded.auto.reason}.")
-            run = Run(tool, request, loaded, RunContext(manager, source, loaded.pipe), notices,
+            run = Run(tool, request, loaded, RunContext(manager, source, loaded.pipe, progress), notices,
                       {"load_s": load_s, "quantize_s": quantize_s}, control_lora=control_lora, preview=preview,
                       preview_every=preview_every)
             width, height = tool.output_size(request, request.image)
@@ -159,6 +164,10 @@ class Engine:
                               notices, run.details())
         if control_lora is not None:
             report["parameters"]["control_lora"] = control_lora.to_dict()
+        if transformer_file is not None:
+            report["transformer_file"] = single_file.loaded_as(transformer_file, manager.dtype,
+                                                               report["quantization"]["components"]["transformer"])
+            notices.append(report["transformer_file"]["summary"])
         notices += fallback_notices(report)
         return GenerationResult(image, report, notices, run.prepared.control_image)
 

@@ -10,6 +10,7 @@ QUANT_CACHE_ENV = "FLUXFORGE_QUANT_CACHE"  # "0" turns the quantized-weights cac
 QUANT_DIR_ENV = "FLUXFORGE_QUANT_CACHE_DIR"  # where quantized weights go (default <root>/quantized)
 PROBE_ENV = "FLUXFORGE_PROBE"  # "0" turns the capability probe off
 LORA_DIR_ENV = "FLUXFORGE_LORA_DIR"  # where the studio lists LoRA files (default <root>/loras)
+MODEL_DIR_ENV = "FLUXFORGE_MODEL_DIR"  # where the studio lists your own models (default <root>/models)
 
 
 def cache_root() -> Path:
@@ -25,6 +26,11 @@ def quantized_dir() -> Path:
 def lora_dir() -> Path:
     folder = os.environ.get(LORA_DIR_ENV)
     return Path(folder).expanduser() if folder else cache_root() / "loras"
+
+
+def model_dir() -> Path:
+    folder = os.environ.get(MODEL_DIR_ENV)
+    return Path(folder).expanduser() if folder else cache_root() / "models"
 
 
 def probes_dir() -> Path:

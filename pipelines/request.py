@@ -34,7 +34,7 @@ class GenerationRequest:
     seed: int | None = None
     canny_low: int = defaults.CANNY_LOW
     canny_high: int = defaults.CANNY_HIGH
-    transformer: str | None = None  # a single-file GGUF transformer that replaces the model's own
+    transformer: str | None = None  # a single-file transformer (.safetensors or .gguf) that replaces the model's own
     loras: list = field(default_factory=list)  # (file, strength) pairs; checked into pipelines.loras.LoraFile
     control: str | None = None  # Depth and Canny: "model" (their own model) or "lora" (a control LoRA on Dev)
     control_lora: Any = None  # its file, checked into a LoraFile (default: the tool's official one); implies "lora"
@@ -70,9 +70,9 @@ class GenerationRequest:
         if tool.needs_image and self.image is None:
             raise UserError(f"the {self.tool} tool needs an input image (--image).")
         not_taken(self, tool, all_tools())
-        self.transformer = check_transformer_file(self.transformer)
         self.loras = check_loras(self.loras)
         self._check_control(tool)
+        self.transformer = check_transformer_file(self.transformer, tool.lora_base() if self.control == "lora" else tool)
         self._load_images()
         tool.check_inputs(self)
         d = tool.defaults(self.model)
@@ -179,17 +179,19 @@ def batch_seed(seed: int, index: int) -> int:
     return (seed + index) % (defaults.SEED_MAX + 1)
 
 
-def check_transformer_file(value) -> str | None:
-    """The path of a GGUF transformer file (None when none is given)."""
+def check_transformer_file(value, tool) -> str | None:
+    """The path of a single-file transformer (.safetensors or .gguf) that has ``tool``'s transformer input (None
+    when none is given); its fit to the model's own transformer is checked when the model is known
+    (pipelines.models.single_file.check_fits)."""
+    from .models.single_file import inspect
+
     if value is None or not str(value).strip():
         return None
-    path = Path(str(value).strip()).expanduser()
-    if path.suffix.lower() != ".gguf":
-        raise UserError(f"transformer={str(value)!r} must be a .gguf file (a single-file FLUX.1 transformer, "
-                        "e.g. flux1-dev-Q8_0.gguf).")
-    if not path.is_file():
-        raise UserError(f"transformer={str(value)!r}: no such file.")
-    return str(path)
+    file = inspect(str(value).strip())
+    if not tool.accepts_transformer(file):
+        raise UserError(f"transformer={file.name!r} is {file.describe()}; the {tool.name} tool needs a "
+                        f"{tool.kind().describe()} transformer.")
+    return str(file.path)
 
 
 def _int_in(name: str, value, low: int, high: int, default: int) -> int:

@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 
 
 def is_prequantized(source: ComponentSource) -> bool:
-    return source.file is not None or checkpoint_quantization(source.folder) is not None
+    return source.prequantized_file or checkpoint_quantization(source.folder) is not None
 
 
 def checkpoint_quantization(folder: Path) -> dict | None:
@@ -39,7 +39,7 @@ def load_prequantized(component: str, source: ComponentSource, device: torch.dev
     """Load a checkpoint that is already quantized, as it is; a QuantizationError says what to do when it cannot be."""
     start = time.perf_counter()
     full_bytes = sum(p.numel() for p in skeleton(source.cls, source.folder, dtype).parameters()) * dtype.itemsize
-    if source.file is not None:
+    if source.prequantized_file:
         module, backend, fmt = _load_gguf(component, source, dtype)
     else:
         quant = checkpoint_quantization(source.folder) or {}

@@ -16,7 +16,7 @@ class ComponentSource:
     fingerprint: str
     cls: type
     model: str = ""  # the model as the user named it, for listings
-    file: Path | None = None  # a single-file checkpoint (GGUF) that replaces the folder's weights
+    file: Path | None = None  # a single-file checkpoint (GGUF, or safetensors) that replaces the folder's weights
 
     def __post_init__(self):
         if not self.fingerprint:
@@ -24,8 +24,13 @@ class ComponentSource:
         if not (isinstance(self.cls, type) and issubclass(self.cls, torch.nn.Module)):
             raise ValueError(f"ComponentSource: cls={self.cls!r} is not a torch module class; pass the "
                              "component's model class.")
-        if self.file is not None and Path(self.file).suffix.lower() != ".gguf":
-            raise ValueError(f"ComponentSource: file={self.file} is not a .gguf file; pass a GGUF checkpoint.")
+        if self.file is not None and Path(self.file).suffix.lower() not in (".gguf", ".safetensors"):
+            raise ValueError(f"ComponentSource: file={self.file} is neither a .gguf nor a .safetensors file.")
+
+    @property
+    def prequantized_file(self) -> bool:
+        """A GGUF file: its weights are quantized already (a safetensors file holds plain weights)."""
+        return self.file is not None and Path(self.file).suffix.lower() == ".gguf"
 
 
 @dataclass

@@ -14,6 +14,11 @@ os.environ.setdefault("FLUXFORGE_CACHE_DIR", tempfile.mkdtemp(prefix="fluxforge-
 os.environ.setdefault("FLUXFORGE_OUTPUT_DIR", tempfile.mkdtemp(prefix="fluxforge-test-outputs-"))
 os.environ.setdefault("FLUXFORGE_DEVICE", "cpu")
 os.environ.pop("FLUXFORGE_DISABLE_BACKENDS", None)
+# A private Hugging Face home (cache and token file), and no token or model choices from the environment.
+os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="fluxforge-test-hf-")
+for _name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_HUB_CACHE", "HF_ENDPOINT", "HF_HUB_OFFLINE", "FLUXFORGE_MODELS",
+              "FLUXFORGE_MODEL_DIR", "SPACE_ID"):
+    os.environ.pop(_name, None)
 
 
 @pytest.fixture(scope="session")
@@ -113,3 +118,49 @@ def fail_first_4bit_run(monkeypatch):
 
     monkeypatch.setattr(backend_type, "quantize", poisoned)
     return first, second
+
+
+# ---- a local Hugging Face hub ------------------------------------------------------------------------------------
+# The tiny family under the official repo ids (the Dev family gated, as on the hub), served by tests/hub_server.py.
+OFFICIAL_TINY = {"black-forest-labs/FLUX.1-schnell": "schnell", "black-forest-labs/FLUX.1-dev": "dev",
+                 "black-forest-labs/FLUX.1-Fill-dev": "fill", "black-forest-labs/FLUX.1-Kontext-dev": "kontext",
+                 "black-forest-labs/FLUX.1-Depth-dev": "depth", "black-forest-labs/FLUX.1-Canny-dev": "canny",
+                 "black-forest-labs/FLUX.1-Redux-dev": "redux-prior",
+                 "depth-anything/Depth-Anything-V2-Small-hf": "depth-estimator"}
+BIG_REPO = "fluxforge-test/big-files"  # the tiny Schnell model and a 12 MB file (past one 10 MB download chunk)
+
+
+@pytest.fixture(scope="session")
+def local_hub(tiny_root, tmp_path_factory):
+    import shutil
+
+    from tests.hub_server import Hub, Repo
+
+    big = tmp_path_factory.mktemp("big-repo") / "repo"
+    shutil.copytree(tiny_root / "schnell", big)
+    (big / "big.bin").write_bytes(np.random.default_rng(0).integers(0, 256, 12 << 20, dtype=np.uint8).tobytes())
+    repos = {repo_id: Repo(tiny_root / folder, gated=repo_id.endswith("-dev"))
+             for repo_id, folder in OFFICIAL_TINY.items()}
+    repos[BIG_REPO] = Repo(big)
+    hub = Hub(repos).start()
+    yield hub
+    hub.stop()
+
+
+@pytest.fixture
+def hub_home(local_hub, tmp_path, monkeypatch):
+    """This process and its children use the local hub and a fresh, empty Hugging Face cache; returns the env for
+    child processes."""
+    from huggingface_hub import constants
+
+    from pipelines.models import hub
+
+    home = tmp_path / "hf-home"
+    monkeypatch.setattr(constants, "ENDPOINT", local_hub.url)
+    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", local_hub.url + "/{repo_id}/resolve/{revision}/{filename}")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(home / "hub"))
+    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(home / "token"))
+    hub.forget_reachability()
+    local_hub.log.clear()
+    yield {**os.environ, "HF_ENDPOINT": local_hub.url, "HF_HOME": str(home)}
+    hub.forget_reachability()

@@ -2,11 +2,11 @@
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
 
-from pipelines.models import sources
 from pipelines.errors import UserError
 from pipelines.models.sources import resolve_model
 from pipelines.tools import get_tool
@@ -30,7 +30,8 @@ def test_any_local_flux_directory_works(tiny_root, tmp_path, studio):
 
 
 def test_directory_of_the_wrong_pipeline_names_the_one_needed(tiny_root):
-    with pytest.raises(UserError, match="is a FluxPipeline directory; the fill tool needs a FluxFillPipeline"):
+    with pytest.raises(UserError, match=r"is a FluxPipeline \(64-channel, guidance-distilled\) model; the fill tool "
+                                        r"needs a FluxFillPipeline \(384"):
         resolve_model(str(tiny_root / "dev"), get_tool("fill"))
 
 
@@ -50,38 +51,16 @@ def test_missing_directory():
         resolve_model("./does/not/exist", get_tool("dev"))
 
 
-def _raise(error):
-    def fake(*args, **kwargs):
-        raise error
-
-    return fake
-
-
-def test_gated_model_says_how_to_get_access(monkeypatch):
-    from huggingface_hub.errors import GatedRepoError
-    import huggingface_hub
-
-    import httpx
-
-    response = httpx.Response(401, request=httpx.Request("GET", "https://huggingface.co/api/models/x"))
-    monkeypatch.setattr(huggingface_hub, "snapshot_download", _raise(GatedRepoError("gated", response=response)))
-    with pytest.raises(UserError, match=r"gated: accept its licence .* log in .* --model tiny"):
-        resolve_model("black-forest-labs/FLUX.1-dev", get_tool("dev"))
-
-
 def test_offline_hub_says_what_to_do():
-    with pytest.raises(UserError, match="cannot be reached.*local directory.*--model tiny"):
+    with pytest.raises(UserError, match="not in the local cache and the Hugging Face hub cannot be reached; connect, "
+                                        "or pass a local directory, or use the demo model 'tiny'"):
         resolve_model("black-forest-labs/FLUX.1-schnell", get_tool("schnell"))
 
 
-def test_default_model_is_tiny_with_a_notice_when_no_weights_are_cached():
-    model, notice = sources.default_model(get_tool("dev"))
-    assert model == "tiny" and "offline demo model" in notice
-
-
-def test_default_model_is_official_when_cached(monkeypatch):
-    monkeypatch.setattr(sources, "is_cached", lambda repo: True)
-    assert sources.default_model(get_tool("kontext")) == ("black-forest-labs/FLUX.1-Kontext-dev", None)
+def test_a_directory_of_the_right_class_but_another_transformer_is_refused(tiny_root):
+    with pytest.raises(UserError, match=r"is a FluxPipeline \(64-channel, no guidance embedder\) model; the dev tool "
+                                        r"needs a FluxPipeline \(64-channel, guidance-distilled\) model"):
+        resolve_model(str(tiny_root / "schnell"), get_tool("dev"))
 
 
 def test_tiny_family_is_deterministic_and_safe_for_int8_kernels(tiny_root, tmp_path):
@@ -111,7 +90,7 @@ def test_importing_the_project_does_no_work(tmp_path):
             "import torch; print(torch.cuda.is_initialized())")
     env = {"FLUXFORGE_CACHE_DIR": str(tmp_path / "cache"), "PATH": "/usr/bin:/bin"}
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env,
-                          cwd=str(sources.Path(__file__).resolve().parents[1]))
+                          cwd=str(Path(__file__).resolve().parents[1]))
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "False"
     assert not (tmp_path / "cache").exists()  # no model was built or downloaded

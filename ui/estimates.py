@@ -48,13 +48,14 @@ def estimate_html(plan, quant: str, offload: str) -> str:
             f"</table><div class='ff-muted'>{caption}</div>")
 
 
-def render(runner, tool: str, quant, width, height, offload=None) -> str:
-    """The estimate of ``tool`` for these settings; a one-line note when it cannot be made."""
+def render(runner, tool: str, quant, width, height, offload=None, model=None) -> str:
+    """The estimate of ``tool`` (on the Model choice ``model``) for these settings; a one-line note when it cannot be
+    made."""
     from pipelines.errors import UserError
 
     try:
         offload = offload or runner.options.offload
-        plan = runner.plan(tool, int(width), int(height))
+        plan = runner.plan(tool, int(width), int(height), model)
     except (UserError, ValueError, TypeError) as error:
         return f"<div class='ff-muted'>No estimate: {html.escape(str(error).splitlines()[0])}</div>"
     except Exception as error:  # noqa: BLE001  (an estimate never breaks the tab)

@@ -105,23 +105,81 @@ def batch_count(count) -> int:
 
 
 class Runner:
-    """Shared by every tab of one studio: the engine, the models per tool and the output folder."""
+    """Shared by every tab of one studio: the engine, the model of each tool (pipelines.models.catalog.Assignment)
+    and the output folder."""
 
-    def __init__(self, engine: Engine, models: dict[str, str], output: OutputFolder):
+    def __init__(self, engine: Engine, assignment, output: OutputFolder):
         self.engine = engine
-        self.models = models
+        self.assignment = assignment
+        self.models = assignment.models
         self.output = output
 
-    def request(self, tool: str, **fields) -> GenerationRequest:
-        """A checked request; bad input raises gr.Error with the request's message."""
+    def request(self, tool: str, model: str | None = None, **fields) -> GenerationRequest:
+        """A checked request; bad input raises gr.Error with the request's message. ``model``: the tab's Model choice
+        (None: the studio's model for the tool)."""
         for name, value in fields.items():
             if isinstance(value, Image.Image) and value.width * value.height > MAX_PIXELS:
                 raise user_error(f"{name} is too large ({value.width}x{value.height}); the limit is "
                                  f"{MAX_PIXELS // 2**20} MPixels.", name)
         try:
-            model = self.models[get_tool(tool).lora_base().name] if fields.get("control") == "lora" else \
-                self.models[tool]  # a control LoRA runs on the model of the tool it adapts (Dev)
+            runs = get_tool(tool).lora_base().name if fields.get("control") == "lora" else tool
+            model, transformer = self.model_choice(runs, model)  # a control LoRA runs on the Dev model
+            if transformer and not fields.get("transformer"):
+                fields["transformer"] = transformer
             return GenerationRequest(tool=tool, model=model, **fields)
+        except UserError as error:
+            raise user_error(str(error)) from None
+
+    # ---- models ------------------------------------------------------------------------------------------------
+    def model_for(self, tool: str) -> str:
+        """What the tab's Model dropdown shows first: the studio's model for ``tool`` (or its transformer file)."""
+        return self.assignment.transformers.get(tool) or self.models[tool]
+
+    def model_choices(self, tool: str) -> list:
+        """The models ``tool`` can run now (pipelines.models.catalog.Choice), the studio's first."""
+        from pipelines.models.catalog import choices
+
+        return choices(get_tool(tool), self.model_for(tool))
+
+    def model_choice(self, tool: str, value) -> tuple[str, str | None]:
+        """(model, single-file transformer) of a Model choice; one the tool is not offered is refused."""
+        from pipelines.models.single_file import is_transformer_file
+
+        if value is None or (isinstance(value, str) and not value.strip()):
+            return self.models[tool], self.assignment.transformers.get(tool)
+        if not isinstance(value, str) or value not in {c.value for c in self.model_choices(tool)}:
+            raise UserError(f"model={value!r} is not one of the {tool} tool's models; choose one from its Model list "
+                            "(the official model, the demo model 'tiny', or one in FLUXFORGE_MODEL_DIR).")
+        if is_transformer_file(value):
+            return self.models[tool], value
+        return value, None
+
+    def hub_models(self) -> list[str]:
+        """The hub models the tools run or would run (each tool's model, or its official one while the demo model
+        stands in, and their auxiliary models)."""
+        from pipelines.models.sources import is_path
+        from pipelines.tools import all_tools
+
+        repos = []
+        for tool in all_tools():
+            model = tool.model_id if tool.name in self.assignment.demo else self.models[tool.name]
+            if model != defaults.TINY_MODEL:
+                repos += [model, *tool.aux_models]
+        return [r for r in dict.fromkeys(repos) if r != defaults.TINY_MODEL and not is_path(r)]
+
+    def model_rows(self) -> list[dict]:
+        """Every tool's model (pipelines.models.catalog.tool_rows), from what is known here (the hub is not asked)."""
+        from pipelines.models.catalog import tool_rows
+        from pipelines.tools import all_tools
+
+        return tool_rows(self.assignment, all_tools(), online=False)
+
+    def download(self, repo: str, progress=None) -> None:
+        """Fetch ``repo`` into the local cache (progress in the page); hub failures become one line."""
+        from pipelines.models import hub
+
+        try:
+            hub.download(repo, _progress_adapter(progress, ""))
         except UserError as error:
             raise user_error(str(error)) from None
 
@@ -152,16 +210,18 @@ class Runner:
         except UserError as error:
             raise user_error(str(error)) from None
 
-    def plan(self, tool: str, width: int, height: int):
-        """The estimates (pipelines.memory.estimate.Plan) of ``tool`` on its model at ``width`` x ``height`` on this
-        studio's device, with its placement; what the loaded models hold counts as free (they make room)."""
+    def plan(self, tool: str, width: int, height: int, model: str | None = None):
+        """The estimates (pipelines.memory.estimate.Plan) of ``tool`` on its model (or the Model choice ``model``) at
+        ``width`` x ``height`` on this studio's device, with its placement; what the loaded models hold counts as
+        free (they make room)."""
         from pipelines.memory.device import device_memory
         from pipelines.memory.estimate import plan_run
         from quantization.policy import offered
 
         manager = self.engine.manager
         memory = device_memory(manager.device, manager.loaded_bytes())
-        return plan_run(get_tool(tool), self.models[tool], width, height, memory, offered(manager.device),
+        chosen = self.model_choice(tool, model)[0]
+        return plan_run(get_tool(tool), chosen, width, height, memory, offered(manager.device),
                         manager.dtype.itemsize, manager.options.placement)
 
     def control_map(self, tool: str, image: Image.Image) -> Image.Image:
@@ -264,7 +324,10 @@ class Runner:
 def _progress_adapter(progress, label: str, stop: threading.Event | None = None):
     """Engine progress (stage, done, total) -> gr.Progress: stages as text, denoising per step. Where a stop takes
     effect: a denoising step after ``stop`` is set raises Cancelled (a model being loaded finishes loading)."""
+    from pipelines.models.hub import Meter, downloading
+
     prefix = f"{label}: " if label else ""
+    meter = Meter()
 
     def report(stage: str, done: int, total: int) -> None:
         if stop is not None and stop.is_set() and stage == "denoise":
@@ -272,7 +335,10 @@ def _progress_adapter(progress, label: str, stop: threading.Event | None = None)
         if progress is None:
             return
         desc = prefix + STAGE_TEXT.get(stage, stage)
-        if stage == "denoise":
+        repo = downloading(stage)
+        if repo is not None:  # bytes, speed and time left in the tab's own progress bar
+            progress((done, max(total, 1)), desc=f"{prefix}Downloading {repo}: {meter.text(done, total)}", unit="B")
+        elif stage == "denoise":
             progress((done, total), desc=desc, unit="steps")
         elif stage == "load":
             progress((done, total), desc=desc, unit="components")

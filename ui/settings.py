@@ -16,6 +16,7 @@ DEFAULT_QUEUE_SIZE = 16  # jobs waiting for the device; more are refused with "q
 DEFAULT_MAX_UPLOAD = "25mb"
 HISTORY_LIMIT = 24  # images kept in one browser session's history
 DEVICE_QUEUE = "device"  # concurrency id shared by everything that runs on the device
+DOWNLOAD_QUEUE = "download"  # model downloads, one at a time, beside the device's jobs
 
 
 def on_space() -> bool:

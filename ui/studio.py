@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 from pathlib import Path
 
 import gradio as gr
@@ -18,20 +19,22 @@ TITLE = "FluxForge Studio"
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
-def pick_models(model: str | None) -> tuple[dict[str, str], list[str], bool]:
-    """The model per tool: `model` for all, else each tool's default; and the tools that run `tiny`."""
-    from pipelines import defaults
-    from pipelines.models.sources import default_model
+def pick_models(model: str | list[str] | None = None):
+    """Each tool's model (pipelines.models.catalog.Assignment): from ``model`` (--model values: MODEL for every tool
+    it fits, TOOL=MODEL for one), else FLUXFORGE_MODELS, else each tool's official model, or the demo model where
+    that cannot be had. A UserError when a named model fits no tool, or not the tool it is named for."""
+    from pipelines.models.catalog import MODELS_ENV, assign, env_specs
     from pipelines.tools import all_tools
 
-    models = {tool.name: model if model else default_model(tool)[0] for tool in all_tools()}
-    tiny_tools = [tool for tool, name in models.items() if name == defaults.TINY_MODEL]
-    return models, tiny_tools, bool(model)
+    values = [model] if isinstance(model, str) else list(model or [])
+    specs, origin = (values, "--model") if values else (env_specs(), MODELS_ENV)
+    return assign(all_tools(), specs, origin)
 
 
-def create_demo(manager=None, model: str | None = None, device: str | None = None, api: bool = False,
+def create_demo(manager=None, model: str | list[str] | None = None, device: str | None = None, api: bool = False,
                 output_dir: str | Path | None = None, queue_size: int | None = None) -> gr.Blocks:
-    """The studio's Blocks, not launched. Nothing is loaded here: models load on a tool's first run."""
+    """The studio's Blocks, not launched. Nothing is loaded here: models load (and download) on a tool's first run;
+    the hub is asked once whether it can be reached, where an official model is not in the local cache."""
     gpu = gpu_decorator()  # first, so `spaces` is imported before CUDA is touched on ZeroGPU
     from pipelines.engine import Engine
     from quantization.policy import offered
@@ -55,16 +58,16 @@ def create_demo(manager=None, model: str | None = None, device: str | None = Non
     if queue_size is not None:
         settings.queue_size = queue_size
     manager = manager or ModelManager(device=device)
-    models, tiny_tools, explicit = pick_models(model)
-    runner = Runner(Engine(manager), models, OutputFolder(settings.output_dir, settings.keep))
-    ctx = TabContext(runner=runner, device_type=manager.device.type, api=api, gpu=gpu, models=models,
+    assignment = pick_models(model)
+    runner = Runner(Engine(manager), assignment, OutputFolder(settings.output_dir, settings.keep))
+    ctx = TabContext(runner=runner, device_type=manager.device.type, api=api, gpu=gpu, models=assignment.models,
                      quants=offered(manager.device))
 
     with gr.Blocks(title=TITLE, analytics_enabled=False, delete_cache=(3600, 6 * 3600)) as demo:
         gr.HTML(f"<div id='ff-header'><h1>{TITLE}</h1><span class='ff-sub'>FLUX.1 image tools, quantized to fit "
                 f"your memory · {manager.device.type.upper()} · {str(manager.dtype).replace('torch.', '')}"
                 "</span></div>")
-        banner = text.demo_banner(tiny_tools, explicit)
+        banner = text.demo_banner(assignment)
         if banner:
             gr.HTML(banner, elem_id="ff-demo-banner")
         with gr.Tabs(elem_id="ff-tabs"):
@@ -79,6 +82,7 @@ def create_demo(manager=None, model: str | None = None, device: str | None = Non
     demo.studio_settings = settings
     demo.studio_manager = manager
     demo.studio_runner = runner
+    demo.studio_notices = assignment.notices
     return demo
 
 
@@ -134,6 +138,8 @@ def launch(args) -> int:
     from pipelines.logs import quiet_libraries
 
     quiet_libraries()
-    demo = create_demo(model=args.model, device=args.device, api=args.api)
+    demo = create_demo(model=args.models, device=args.device, api=args.api)
+    for notice in demo.studio_notices:
+        print(f"notice: {notice}", file=sys.stderr)
     serve(demo, host=args.host, port=args.port, share=args.share)
     return 0

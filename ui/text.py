@@ -158,18 +158,28 @@ def notices_html(notices: list[str]) -> str:
     return f"<ul class='ff-notices'>{items}</ul>"
 
 
-def demo_banner(tiny_tools: list[str], explicit: bool = False) -> str:
-    """The banner shown when any tool runs the offline demo model `tiny`."""
-    if not tiny_tools:
+def demo_banner(assignment) -> str:
+    """The banner shown while any tool runs the demo model `tiny`: which tools, why, and how to get real weights."""
+    from pipelines.models.hub import offline
+
+    tiny = [tool for tool, model in assignment.models.items() if model == defaults.TINY_MODEL]
+    if not tiny:
         return ""
-    if explicit:
-        why = "You started the studio with <code>--model tiny</code>, the offline demo model"
-    elif len(tiny_tools) == len(tool_names()):
-        why = "No FLUX.1 weights were found locally, so every tool runs <code>tiny</code>, the offline demo model"
+    names = "every tool" if len(tiny) == len(tool_names()) else ", ".join(tool_title(t) for t in tiny)
+    asked = [t for t in tiny if t not in assignment.demo]
+    if not assignment.demo:
+        why = f"{html.escape(names)} run{'s' if len(tiny) == 1 else ''} <code>tiny</code>, the demo model, as asked"
+        how = "Start without <code>--model tiny</code> for the official models."
     else:
-        names = ", ".join(tool_title(t) for t in tiny_tools)
-        why = (f"No FLUX.1 weights were found locally for {html.escape(names)}, so these run <code>tiny</code>, "
-               "the offline demo model")
-    return (f"<div class='ff-banner' role='status'><b>Offline demo model.</b> {why}: random weights, so images "
-            "look like noise; quantization, fallbacks, memory and metadata are real. Start with "
-            "<code>--model HUB_ID_OR_PATH</code> or download the official weights for real images.</div>")
+        reason = "HF_HUB_OFFLINE is set" if offline() else "the Hugging Face hub cannot be reached"
+        why = (f"{html.escape(names)} run{'s' if len(tiny) == 1 else ''} <code>tiny</code>, the demo model: their "
+               f"official weights are not in the local cache and {reason}")
+        how = ("For real images: connect and restart (each official model downloads on its first run, with "
+               "progress; the Dev family needs its licence accepted on its Hugging Face page and a login: "
+               "<code>hf auth login</code> or <code>HF_TOKEN</code>), run <code>python app.py models download --tool "
+               "TOOL</code> on a connected machine, or choose your own model in a tab's Model list "
+               "(<code>FLUXFORGE_MODEL_DIR</code>).")
+        if asked:
+            why += f" ({html.escape(', '.join(tool_title(t) for t in asked))} as asked)"
+    return (f"<div class='ff-banner' role='status'><b>Demo model.</b> {why}. Its random weights make noise-like "
+            f"images; quantization, fallbacks, memory and metadata are real. {how}</div>")

@@ -130,10 +130,11 @@ def image_files_input(what: str, **kwargs) -> gr.File:
     return readable(gr.File(file_count="multiple", file_types=["image"], type="filepath", **kwargs), what)
 
 
-def settings(ctx: TabContext, tool: str, from_image: bool = False,
-             tool_choice: gr.Radio | None = None) -> Controls:
+def settings(ctx: TabContext, tool: str, from_image: bool = False, tool_choice: gr.Radio | None = None,
+             model: gr.Dropdown | None = None) -> Controls:
     """The settings accordion; the Quantization dropdown sits right after guidance (``tool_choice``: a control that
-    picks the tab's tool, e.g. Generate's schnell/dev, which the estimate follows)."""
+    picks the tab's tool, e.g. Generate's schnell/dev, and ``model``: the tab's Model dropdown; the estimate follows
+    both, and a model change sets steps, guidance and size to that model's defaults)."""
     d = ctx.defaults(tool)
     with gr.Accordion("Advanced settings", open=True, elem_classes=["ff-settings"]):
         with gr.Row():
@@ -157,7 +158,18 @@ def settings(ctx: TabContext, tool: str, from_image: bool = False,
                              elem_id=f"{tool}-seed", scale=3)
             randomize = gr.Checkbox(True, label="Randomize seed", elem_id=f"{tool}-randomize", scale=2)
         batch = batch_controls(tool)
-    estimate_panel(ctx, tool, estimate, quant, width, height, tool_choice)
+    estimate_panel(ctx, tool, estimate, quant, width, height, tool_choice, model)
+    if model is not None:
+        def model_defaults(value, *chosen):
+            name = chosen[0] if chosen else tool
+            try:
+                d = get_tool(name).defaults(ctx.runner.model_choice(name, value)[0])
+            except Exception:  # noqa: BLE001  (a choice of the other tool, while the tab switches): as they are
+                return gr.skip(), gr.skip(), gr.skip(), gr.skip()
+            return d.steps, d.guidance, d.width, d.height
+
+        model.input(model_defaults, [model, *([tool_choice] if tool_choice is not None else [])],
+                    [steps, guidance, width, height], queue=False, api_visibility="private", show_progress="hidden")
     loras = lora_picker(tool)
     if match_input is not None:
         match_input.change(lambda on: (gr.update(interactive=not on), gr.update(interactive=not on)),
@@ -167,20 +179,24 @@ def settings(ctx: TabContext, tool: str, from_image: bool = False,
 
 
 def estimate_panel(ctx: TabContext, tool: str, panel: gr.HTML, quant: gr.Dropdown, width: gr.Slider,
-                   height: gr.Slider, tool_choice: gr.Radio | None = None) -> gr.HTML:
+                   height: gr.Slider, tool_choice: gr.Radio | None = None, model: gr.Dropdown | None = None) -> gr.HTML:
     """Fills ``panel`` (under the Quantization dropdown) with the estimated peak memory, speed and fit of every quant
-    choice (ui.estimates): on page load, and again when the quant, width or height change here, or the offload
-    option in the System tab."""
+    choice (ui.estimates): on page load, and again when the quant, width, height, tool or model change here, or the
+    offload option in the System tab."""
     from gradio.context import Context
 
     from .estimates import render
 
-    def refresh(quant_value, width_value, height_value, *rest):  # rest: [the chosen tool], [offload]
-        chosen = rest[0] if tool_choice is not None else tool
-        offload = rest[-1] if len(rest) > (tool_choice is not None) else None
-        return render(ctx.runner, chosen, quant_value, width_value, height_value, offload)
+    extra = [control for control in (tool_choice, model) if control is not None]
 
-    inputs = [quant, width, height, *([tool_choice] if tool_choice is not None else [])]
+    def refresh(quant_value, width_value, height_value, *rest):  # rest: [the chosen tool], [model], [offload]
+        values = list(rest)
+        chosen = values.pop(0) if tool_choice is not None else tool
+        chosen_model = values.pop(0) if model is not None else None
+        offload = values.pop(0) if values else None
+        return render(ctx.runner, chosen, quant_value, width_value, height_value, offload, chosen_model)
+
+    inputs = [quant, width, height, *extra]
     events = dict(queue=False, api_visibility="private", show_progress="hidden")
     for control in inputs:
         control.change(refresh, inputs, panel, **events)

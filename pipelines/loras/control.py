@@ -7,7 +7,8 @@ from pathlib import Path
 from quantization.registry import state_dict_as_stored
 
 from ..errors import UserError
-from ..models.sources import ModelSource, from_hub
+from ..models.hub import endpoint, from_hub
+from ..models.sources import ModelSource
 from .apply import CONTROL_NORMS, _load, _short, check_fits, read_lora, remove_loras
 from .files import LoraFile
 from .tiny import tiny_control_lora
@@ -20,7 +21,8 @@ def control_lora_file(tool_source: ModelSource, tool) -> Path:
     repo_id, filename = tool.control_lora
     from huggingface_hub import hf_hub_download
 
-    return from_hub(lambda: Path(hf_hub_download(repo_id, filename)), f"control LoRA {repo_id}/{filename}",
+    return from_hub(lambda: Path(hf_hub_download(repo_id, filename, endpoint=endpoint())),
+                    f"control LoRA {repo_id}/{filename}",
                     "pass a local file with --control-lora", repo_id)
 
 

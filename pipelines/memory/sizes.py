@@ -11,6 +11,7 @@ from pathlib import Path
 from .. import defaults
 from ..errors import UserError
 from ..models.layout import ComponentSize, folder_size, read_index
+from ..models.official import OFFICIAL_REPOS
 
 @dataclass(frozen=True)
 class ModelSizes:
@@ -37,29 +38,7 @@ class ModelSizes:
         return next((c for c in self.components if c.name == name), None)
 
 
-# The official FLUX.1 models, counted from their configs (the same numbers as their safetensors headers; all stored
-# in bf16). CLIP, T5 and the VAE are the same in every one; the transformers differ in their input layer (Fill
-# takes 384 channels, Depth and Canny 128) and Schnell has no guidance embedder.
-_CLIP = ComponentSize("text_encoder", 123_060_480, 37_945_344, 246_120_960)
-_T5 = ComponentSize("text_encoder_2", 4_762_310_656, 131_596_288, 9_524_621_312)
-_VAE = ComponentSize("vae", 83_819_683, 2_359_296, 167_639_366)
-
-
-def _flux(transformer_params: int) -> tuple[ComponentSize, ...]:
-    return (ComponentSize("transformer", transformer_params, 56_623_104, 2 * transformer_params), _T5, _CLIP, _VAE)
-
-
-OFFICIAL: dict[str, tuple[ComponentSize, ...]] = {
-    "black-forest-labs/FLUX.1-schnell": _flux(11_891_178_560),
-    "black-forest-labs/FLUX.1-dev": _flux(11_901_408_320),
-    "black-forest-labs/FLUX.1-Kontext-dev": _flux(11_901_408_320),
-    "black-forest-labs/FLUX.1-Fill-dev": _flux(11_902_391_360),
-    "black-forest-labs/FLUX.1-Depth-dev": _flux(11_901_604_928),
-    "black-forest-labs/FLUX.1-Canny-dev": _flux(11_901_604_928),
-    # The Redux prior: SigLIP so400m (its vision tower) and the Redux image embedder, beside FLUX.1-dev.
-    "black-forest-labs/FLUX.1-Redux-dev": (ComponentSize("image_encoder", 428_225_600, 4_958_208, 856_451_200),
-                                           ComponentSize("image_embedder", 64_503_808, 50_331_648, 129_007_616)),
-}
+OFFICIAL: dict[str, tuple[ComponentSize, ...]] = {repo.id: repo.components for repo in OFFICIAL_REPOS.values()}
 OFFICIAL_WIDTHS = {"hidden": 3072, "text_dim": 4096, "vae_width": 128}
 
 

@@ -15,6 +15,7 @@ from quantization.load import ComponentSource, fingerprint, load_component, prob
 from ..defaults import QUANTIZED_COMPONENTS
 from ..errors import UserError
 from ..paths import quant_caches
+from . import single_file
 from .layout import folder_size, read_index
 
 
@@ -66,6 +67,8 @@ def load_quantized(root: Path, name: str, cls: type, identity: str, chain, devic
     """Component ``name`` of ``root`` along ``chain`` through quantization's one load path (probe, store,
     fallback), with the studio's caches: (module, record, configs left to fall back to)."""
     def load() -> torch.nn.Module:
+        if file is not None and Path(file).suffix.lower() == ".safetensors":  # a single-file transformer
+            return single_file.load(single_file.inspect(file), cls, root, dtype)
         return cls.from_pretrained(root, subfolder=name, dtype=dtype)
 
     source = ComponentSource(root / name, identity, cls, str(root), Path(file) if file else None)

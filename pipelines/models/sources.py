@@ -10,11 +10,10 @@ from pathlib import Path
 
 from .. import defaults
 from ..errors import UserError
-from . import tiny
+from . import hub, tiny
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-# Single-file checkpoints that sit beside the diffusers folders in official repos.
-HUB_IGNORE = ["*.gguf", "flux1-*.safetensors", "ae.safetensors", "*.md", "*.png", "*.jpg"]
+INSTEAD = "pass a local directory, or use the demo model 'tiny'"
 
 
 @dataclass(frozen=True)
@@ -30,32 +29,57 @@ class ModelSource:
         return self.kind == "tiny"
 
 
-def resolve_model(model: str, tool) -> ModelSource:
-    """Resolve ``model`` for ``tool`` (a pipelines.tools.Tool) to a local directory, or raise a UserError."""
+@dataclass(frozen=True)
+class ModelKind:
+    """What a model directory holds, as a tool checks it: its pipeline class, and its transformer's input channels and
+    guidance embedder (Schnell has none; Fill takes 384 channels, Depth and Canny 128)."""
+
+    pipeline_class: str
+    in_channels: int | None = None
+    guidance: bool | None = None
+
+    def describe(self) -> str:
+        parts = [f"{self.in_channels}-channel"] if self.in_channels else []
+        if self.guidance is not None:
+            parts.append("guidance-distilled" if self.guidance else "no guidance embedder")
+        return self.pipeline_class + (f" ({', '.join(parts)})" if parts else "")
+
+
+def is_path(model: str) -> bool:
+    """True when ``model`` names a local path rather than a hub id (it exists, or is written like a path)."""
+    return Path(model).expanduser().exists() or (not HUB_ID.match(model) and (model.startswith((".", "~", "/"))
+                                                                              or os.sep in model))
+
+
+def resolve_model(model: str, tool, progress=None) -> ModelSource:
+    """Resolve ``model`` for ``tool`` (a pipelines.tools.Tool) to a local directory, or raise a UserError.
+
+    A hub id is read from the local cache when it is complete there, else downloaded (``progress`` gets
+    ("download", bytes done, bytes to fetch))."""
     if not model or not model.strip():
         raise UserError("model is empty; pass tiny, a Hugging Face hub id or a local diffusers directory.")
     model = model.strip()
     if model == defaults.TINY_MODEL:
         return ModelSource(model, tiny.ensure_tiny_family([tool]) / tool.tiny.folder, "tiny")
-    path = Path(model).expanduser()
-    if path.exists() or (not HUB_ID.match(model) and (model.startswith((".", "~")) or os.sep in model)):
-        return ModelSource(model, check_pipeline_dir(path, tool), "path")
+    if is_path(model):
+        return ModelSource(model, check_pipeline_dir(Path(model).expanduser(), tool, name=model), "path")
     if HUB_ID.match(model):
-        root = download(model)
+        root = hub.download(model, progress)
         check_pipeline_dir(root, tool, name=model)
         return ModelSource(model, root, "hub")
     raise UserError(f"model={model!r} is neither 'tiny', a hub id (org/name) nor an existing directory.")
 
 
-def resolve_aux(tool_source: ModelSource, hub_id: str, tiny_dir: str) -> Path:
+def resolve_aux(tool_source: ModelSource, hub_id: str, tiny_dir: str, progress=None) -> Path:
     """An auxiliary model (Redux prior, depth estimator): tiny's own (built with its tool) when the tool runs tiny."""
     if tool_source.is_tiny:
         return tiny.tiny_root() / tiny_dir
     path = Path(hub_id).expanduser()
-    return path if path.is_dir() else download(hub_id)
+    return path if path.is_dir() else hub.download(hub_id, progress)
 
 
-def check_pipeline_dir(path: Path, tool, name: str | None = None) -> Path:
+def read_kind(path: Path, name: str | None = None) -> ModelKind:
+    """The kind of the diffusers directory ``path``; a UserError when it is not one."""
     name = name or str(path)
     if not path.is_dir():
         raise UserError(f"model={name!r}: no such directory; pass a diffusers FLUX directory, a hub id or 'tiny'.")
@@ -66,52 +90,21 @@ def check_pipeline_dir(path: Path, tool, name: str | None = None) -> Path:
         class_name = json.loads(index.read_text()).get("_class_name", "")
     except (OSError, ValueError, AttributeError) as error:
         raise UserError(f"model={name!r}: model_index.json is unreadable ({error}).") from None
-    wanted = tool.pipeline_class
-    if class_name != wanted:
-        hint = tool.model_id
-        raise UserError(f"model={name!r} is a {class_name or 'non-FLUX'} directory; the {tool.name} tool needs a "
-                        f"{wanted} model such as {hint}.")
-    return path
-
-
-def download(repo_id: str) -> Path:
-    """Fetch a hub repo's diffusers folders (or find them in the local cache)."""
-    from huggingface_hub import snapshot_download
-
-    return from_hub(lambda: Path(snapshot_download(repo_id, ignore_patterns=HUB_IGNORE)), f"model={repo_id!r}",
-                     "pass a local directory, or use --model tiny", repo_id)
-
-
-def from_hub(fetch, what: str, instead: str, repo_id: str) -> Path:
-    """``fetch()``, with the hub's failures as one line each: ``what`` failed, do ``instead``."""
-    from huggingface_hub.errors import GatedRepoError, LocalEntryNotFoundError, RepositoryNotFoundError
-
-    page = f"huggingface.co/{repo_id}"
     try:
-        return fetch()
-    except GatedRepoError:
-        raise UserError(f"{what} is gated: accept its licence on {page}, then log in (`hf auth login` or HF_TOKEN); "
-                        f"or {instead}.") from None
-    except RepositoryNotFoundError:
-        raise UserError(f"{what} was not found on the Hugging Face hub (private repos need a login); check the id, "
-                        f"or {instead}.") from None
-    except (LocalEntryNotFoundError, OSError) as error:
-        raise UserError(f"{what} is not in the local cache and the Hugging Face hub cannot be reached "
-                        f"({type(error).__name__}); connect, or {instead}.") from None
+        config = json.loads((path / "transformer" / "config.json").read_text())
+    except (OSError, ValueError):
+        config = {}
+    config = config if isinstance(config, dict) else {}
+    guidance = config.get("guidance_embeds")
+    return ModelKind(class_name or "non-FLUX", config.get("in_channels"),
+                     bool(guidance) if guidance is not None else None)
 
 
-def is_cached(repo_id: str) -> bool:
-    """True when the hub repo's pipeline index is already in the local cache (no network)."""
-    from huggingface_hub import try_to_load_from_cache
-
-    found = try_to_load_from_cache(repo_id, "model_index.json")
-    return isinstance(found, str)
-
-
-def default_model(tool) -> tuple[str, str | None]:
-    """The model to use when none is named, and a notice when it is the offline demo model."""
-    official = tool.model_id
-    if is_cached(official):
-        return official, None
-    return defaults.TINY_MODEL, (f"FLUX.1 weights ({official}) are not available locally: running the offline demo "
-                                 "model 'tiny' (random weights, noise-like images). Pass --model to use real weights.")
+def check_pipeline_dir(path: Path, tool, name: str | None = None) -> Path:
+    """``path`` when it is a diffusers directory of the kind ``tool`` runs; else a UserError naming what it needs."""
+    name = name or str(path)
+    kind = read_kind(path, name)
+    if not tool.accepts(kind):
+        raise UserError(f"model={name!r} is a {kind.describe()} model; the {tool.name} tool needs a "
+                        f"{tool.kind().describe()} model such as {tool.model_id}.")
+    return path

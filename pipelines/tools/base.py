@@ -61,6 +61,7 @@ class RunContext:
     manager: Any  # pipelines.manager.ModelManager
     source: Any  # pipelines.models.sources.ModelSource
     pipe: Any = None  # the loaded diffusers pipeline (None for a control-map preview)
+    progress: Any = None  # the run's progress callback: auxiliary models it downloads report through it
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -83,6 +84,7 @@ class Tool:
     inputs: frozenset = field(default_factory=frozenset)  # OPTIONAL_INPUTS it takes
     needs_image: bool = False
     max_images: int = 1  # how many images `image` may hold (a list when more than one)
+    aux_models: tuple = ()  # hub ids of auxiliary models it loads beside its model (Redux prior, depth estimator)
 
     def __post_init__(self):
         if not re.fullmatch(r"[a-z][a-z0-9_]*", self.name):
@@ -105,6 +107,25 @@ class Tool:
             return Defaults(self.tiny_steps, self.guidance, defaults.TINY_SIZE, defaults.TINY_SIZE,
                             defaults.TINY_MAX_SEQUENCE_LENGTH)
         return Defaults(self.steps, self.guidance, self.width, self.height, self.max_sequence_length)
+
+    def kind(self):
+        """The model this tool runs (pipelines.models.sources.ModelKind): its pipeline class, and its transformer's
+        input channels and guidance embedder, the same in the official model and the tiny one."""
+        from ..models.sources import ModelKind
+
+        return ModelKind(self.pipeline_class, self.tiny.in_channels, self.tiny.guidance)
+
+    def accepts(self, kind) -> bool:
+        """True when a model of ``kind`` runs this tool (what a model does not say is not held against it)."""
+        wanted = self.kind()
+        return (kind.pipeline_class == wanted.pipeline_class and kind.in_channels in (None, wanted.in_channels)
+                and kind.guidance in (None, wanted.guidance))
+
+    def accepts_transformer(self, file) -> bool:
+        """True when the single-file transformer ``file`` (pipelines.models.single_file.TransformerFile) has this
+        tool's transformer input (its channels and guidance embedder)."""
+        wanted = self.kind()
+        return file.in_channels == wanted.in_channels and file.guidance == wanted.guidance
 
     def check_inputs(self, request) -> None:
         """Rules of this tool beyond the shared ones (called once the request's images are loaded)."""

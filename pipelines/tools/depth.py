@@ -34,7 +34,7 @@ def build_tiny_estimator(path: Path) -> None:
 class Depth(Control):
     def control_map(self, image, request, ctx):
         manager = ctx.manager
-        path = resolve_aux(ctx.source, ESTIMATOR_ID, TINY_ESTIMATOR)
+        path = resolve_aux(ctx.source, ESTIMATOR_ID, TINY_ESTIMATOR, ctx.progress)
         estimator = manager.aux(("depth", str(path)), lambda: load_depth_estimator(path, manager.device))
         return depth_map(image, estimator)
 
@@ -48,4 +48,5 @@ class Depth(Control):
 
 TOOL = Depth(name="depth", title="FLUX.1 Depth", model_id="black-forest-labs/FLUX.1-Depth-dev", steps=28,
              control_lora=("black-forest-labs/FLUX.1-Depth-dev-lora", "flux1-depth-dev-lora.safetensors"),
-             guidance=10.0, tiny_steps=8, order=4, tiny=TinyVariant("depth", seed=14, in_channels=128))
+             guidance=10.0, tiny_steps=8, order=4, tiny=TinyVariant("depth", seed=14, in_channels=128),
+             aux_models=(ESTIMATOR_ID,))

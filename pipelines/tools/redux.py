@@ -24,7 +24,7 @@ def redux_embeddings(ctx: RunContext, image: Image.Image, prompt: str) -> dict:
     from diffusers import FluxPriorReduxPipeline
 
     manager, pipe = ctx.manager, ctx.pipe
-    path = resolve_aux(ctx.source, PRIOR_ID, TINY_PRIOR)
+    path = resolve_aux(ctx.source, PRIOR_ID, TINY_PRIOR, ctx.progress)
     prior = manager.aux(("redux-prior", str(path)),
                         lambda: FluxPriorReduxPipeline.from_pretrained(path, dtype=manager.dtype).to(manager.device))
     prior.text_encoder, prior.tokenizer = pipe.text_encoder, pipe.tokenizer
@@ -58,8 +58,6 @@ def build_tiny_prior(path: Path) -> None:
 
 @dataclass(frozen=True)
 class Redux(Tool):
-    aux_models: tuple = (PRIOR_ID,)  # loaded beside the model, at full precision (their sizes join its estimate)
-
     def uses_text_encoders(self, request) -> bool:
         return True
 
@@ -78,4 +76,4 @@ class Redux(Tool):
 # The Redux prior feeds FLUX.1-dev: same pipeline class, model and tiny model as dev.
 TOOL = Redux(name="redux", title="FLUX.1 Redux", pipeline_class=DEV.pipeline_class, model_id=DEV.model_id, steps=28,
              guidance=2.5, tiny_steps=8, order=6, needs_prompt=False, inputs=frozenset({"image"}), needs_image=True,
-             tiny=DEV.tiny)
+             tiny=DEV.tiny, aux_models=(PRIOR_ID,))

@@ -8,6 +8,7 @@ from pipelines import defaults
 from pipelines.control_maps import canny_map
 
 from ..images import as_image, asset
+from ..models import model_picker
 from ..runner import batch_count, pick_seed, user_error
 from ..settings import DEVICE_QUEUE
 from ..widgets import TabContext, image_input, lora_values, result_panel, settings, size_values, wire
@@ -43,10 +44,15 @@ def build(ctx: TabContext, tool: str) -> None:
                             value="model", label="Model form", elem_id=f"{tool}-form",
                             info="The LoRA form adds a small control LoRA to the Dev model the Generate tab uses: "
                                  "no second 12B model on disk or in memory.")
-            options = settings(ctx, tool, from_image=True)
+            model = model_picker(ctx, tool)
+            options = settings(ctx, tool, from_image=True, model=model)
             gr.Examples([[asset(EXAMPLES[tool]), PROMPTS[tool]]], [photo, prompt], label="Example")
         with gr.Column(scale=6, min_width=420):
             panel = result_panel(tool, "Generate")
+
+    # The control LoRA runs on the studio's Dev model (the Generate tab's): this tab's Model list is for the full model.
+    form.change(lambda choice: gr.update(interactive=choice != "lora"), form, model, queue=False,
+                api_visibility="private", show_progress="hidden")
 
     # ---- the control map beside the photo --------------------------------------------------------------
     def computed_map(image, lo=None, hi=None):
@@ -86,7 +92,7 @@ def build(ctx: TabContext, tool: str) -> None:
 
     # ---- generation ------------------------------------------------------------------------------------
     def fields(image, map_image, choice, prompt, lo, hi, steps, guidance, quant, match, width, height, seed,
-               randomize, loras_picked, loras_uploaded, lora_strength, form="model"):
+               randomize, loras_picked, loras_uploaded, lora_strength, form="model", model=None):
         control_image = None
         if choice == UPLOADED:
             if map_image is None:
@@ -99,18 +105,19 @@ def build(ctx: TabContext, tool: str) -> None:
         extra = {} if lo is None else {"canny_low": int(lo), "canny_high": int(hi)}
         return dict(prompt=prompt or "", quant=quant, image=image, control_image=control_image, width=width,
                     height=height, steps=steps, guidance=guidance, seed=pick_seed(seed, randomize),
-                    loras=lora_values(loras_picked, loras_uploaded, lora_strength), control=form or "model", **extra)
+                    loras=lora_values(loras_picked, loras_uploaded, lora_strength), control=form or "model",
+                    model=model if form != "lora" else None, **extra)
 
     def check(image, map_image, choice, prompt, lo, hi, *rest):
-        *values, count, _previews, form, _history = rest
+        *values, count, _previews, form, model, _history = rest
         batch_count(count)
-        ctx.runner.request(tool, **fields(image, map_image, choice, prompt, lo, hi, *values, form))
+        ctx.runner.request(tool, **fields(image, map_image, choice, prompt, lo, hi, *values, form, model))
 
     def run(image, map_image, choice, prompt, lo, hi, steps, guidance, quant, match, width, height, seed,
             randomize, loras_picked=None, loras_uploaded=None, lora_strength=1.0, count=1, previews=True,
-            form="model", history=None, progress=gr.Progress()):
+            form="model", model=None, history=None, progress=gr.Progress()):
         base = fields(image, map_image, choice, prompt, lo, hi, steps, guidance, quant, match, width, height, seed,
-                      randomize, loras_picked, loras_uploaded, lora_strength, form)
+                      randomize, loras_picked, loras_uploaded, lora_strength, form, model)
 
         def final(outcomes):
             shown = outcomes[-1].result.control_image if choice == FROM_PHOTO else gr.skip()
@@ -120,7 +127,7 @@ def build(ctx: TabContext, tool: str) -> None:
         yield from panel.stream(jobs, history, final)
 
     limits = thresholds if tool == "canny" else [gr.State(None), gr.State(None)]
-    inputs = [photo, control, source, prompt, *limits, *options.inputs(), form, panel.history]
+    inputs = [photo, control, source, prompt, *limits, *options.inputs(), form, model, panel.history]
     wire(ctx, panel.button, check, run, inputs, [*panel.outputs(), options.seed, control], api_name=tool,
          progress_on=panel.progress_on,
          aliases={"control_image": "map_image", "canny_low": "lo", "canny_high": "hi"})

@@ -8,6 +8,7 @@ from pipelines import defaults
 from pipelines.errors import UserError
 
 from ..images import asset, editor_image, readable, editor_mask, expand_values
+from ..models import model_picker
 from ..runner import batch_count, pick_seed, user_error
 from ..widgets import TabContext, image_input, lora_values, result_panel, settings, size_values, wire
 
@@ -20,6 +21,7 @@ def build(ctx: TabContext) -> None:
         with gr.Column(scale=5, min_width=380):
             mode = gr.Radio([("Inpaint: paint what to repaint", INPAINT), ("Outpaint: grow the canvas", OUTPAINT)],
                             value=INPAINT, label="Mode", elem_id="fill-mode")
+            model = model_picker(ctx, "fill")
             editor = gr.ImageEditor(
                 label="Image (paint the area to repaint: white = repaint)", type="pil", image_mode="RGBA",
                 sources=["upload", "clipboard"], transforms=(), height=360, elem_id="fill-editor",
@@ -37,7 +39,7 @@ def build(ctx: TabContext) -> None:
                                 placeholder="What should appear in the painted area…")
             with gr.Accordion("Reference image (optional, Redux-steered fill)", open=False):
                 reference = image_input("reference", label="Reference", height=160, elem_id="fill-reference")
-            options = settings(ctx, "fill", from_image=True)
+            options = settings(ctx, "fill", from_image=True, model=model)
             gr.Examples([[asset("example-room.png"), "a potted plant on the table"]], [editor, prompt],
                         label="Example")
         with gr.Column(scale=6, min_width=420):
@@ -47,7 +49,7 @@ def build(ctx: TabContext) -> None:
                 show_progress="hidden")
 
     def fields(mode, editor, left, top, right, bottom, prompt, reference, steps, guidance, quant, match, width,
-               height, seed, randomize, loras_picked, loras_uploaded, lora_strength):
+               height, seed, randomize, loras_picked, loras_uploaded, lora_strength, model=None):
         image = editor_image(editor)
         if image is None:
             raise user_error("Upload an image to fill first.", "editor")
@@ -70,21 +72,22 @@ def build(ctx: TabContext) -> None:
         width, height = size_values(match, width, height)
         return dict(prompt=prompt or "", quant=quant, image=image, mask=mask, expand=expand, reference=reference,
                     width=width, height=height, steps=steps, guidance=guidance, seed=pick_seed(seed, randomize),
-                    loras=lora_values(loras_picked, loras_uploaded, lora_strength))
+                    loras=lora_values(loras_picked, loras_uploaded, lora_strength), model=model)
 
     def check(*args):
-        batch_count(args[-3])
-        ctx.runner.request("fill", **fields(*args[:-3]))  # all but count, previews and history
+        *values, count, _previews, model, _history = args
+        batch_count(count)
+        ctx.runner.request("fill", **fields(*values, model))
 
     def run(mode, editor, left, top, right, bottom, prompt, reference, steps, guidance, quant, match, width, height,
             seed, randomize, loras_picked=None, loras_uploaded=None, lora_strength=1.0, count=1, previews=True,
-            history=None, progress=gr.Progress()):
+            model=None, history=None, progress=gr.Progress()):
         base = fields(mode, editor, left, top, right, bottom, prompt, reference, steps, guidance, quant, match, width,
-                      height, seed, randomize, loras_picked, loras_uploaded, lora_strength)
+                      height, seed, randomize, loras_picked, loras_uploaded, lora_strength, model)
         jobs = ctx.runner.batch("fill", base, count, progress, previews)
         yield from panel.stream(jobs, history, lambda outcomes: (outcomes[0].request.seed,))
 
-    inputs = [mode, editor, *sides, prompt, reference, *options.inputs(), panel.history]
+    inputs = [mode, editor, *sides, prompt, reference, *options.inputs(), model, panel.history]
     wire(ctx, panel.button, check, run, inputs, [*panel.outputs(), options.seed], api_name="fill",
          progress_on=panel.progress_on,
          aliases={"image": "editor", "mask": "editor", "expand": "right"})

@@ -6,6 +6,7 @@ import gradio as gr
 
 from pipelines.tools import get_tool
 
+from ..models import follow_tool, model_picker
 from ..runner import batch_count, pick_seed, user_error
 from ..widgets import TabContext, lora_values, result_panel, settings, wire
 
@@ -21,46 +22,48 @@ EXAMPLES = [
 def build(ctx: TabContext) -> None:
     with gr.Row(equal_height=False):
         with gr.Column(scale=5, min_width=380):
-            variant = gr.Radio([(get_tool(v).title, v) for v in VARIANTS], value="schnell", label="Model",
+            variant = gr.Radio([(get_tool(v).title, v) for v in VARIANTS], value="schnell", label="Variant",
                                elem_id="generate-variant",
                                info="schnell: 4 steps, no guidance. dev: more steps, follows the prompt closer.")
+            model = model_picker(ctx, "schnell")
             prompt = gr.Textbox(label="Prompt", lines=3, max_lines=8, elem_id="generate-prompt",
                                 placeholder="Describe the image…")
-            options = settings(ctx, "schnell", tool_choice=variant)
+            options = settings(ctx, "schnell", tool_choice=variant, model=model)
             gr.Examples([[p] for p in EXAMPLES], [prompt], label="Example prompts")
         with gr.Column(scale=6, min_width=420):
             panel = result_panel("generate", "Generate")
 
     def switch(tool):
         d = ctx.defaults(tool)
-        return d.steps, d.guidance, d.width, d.height
+        return d.steps, d.guidance, d.width, d.height, follow_tool(ctx.runner, tool)
 
-    variant.change(switch, variant, [options.steps, options.guidance, options.width, options.height],
+    variant.change(switch, variant, [options.steps, options.guidance, options.width, options.height, model],
                    queue=False, api_visibility="private", show_progress="hidden")
 
     def fields(tool, prompt, steps, guidance, quant, width, height, seed, randomize, loras_picked, loras_uploaded,
-               lora_strength):
+               lora_strength, model=None):
         if tool not in VARIANTS:
             raise user_error(f"Choose FLUX.1 schnell or dev (got {tool!r}).", "tool")
         if not (prompt or "").strip():
             raise user_error("Write a prompt first: describe the image you want.", "prompt")
         return dict(prompt=prompt, quant=quant, width=width, height=height, steps=steps, guidance=guidance,
-                    seed=pick_seed(seed, randomize), loras=lora_values(loras_picked, loras_uploaded, lora_strength))
+                    seed=pick_seed(seed, randomize), loras=lora_values(loras_picked, loras_uploaded, lora_strength),
+                    model=model)
 
     def check(tool, prompt, steps, guidance, quant, width, height, seed, randomize,
-              loras_picked, loras_uploaded, lora_strength, count, previews, history):
+              loras_picked, loras_uploaded, lora_strength, count, previews, model, history):
         batch_count(count)
         ctx.runner.request(tool, **fields(tool, prompt, steps, guidance, quant, width, height, seed, randomize,
-                                          loras_picked, loras_uploaded, lora_strength))
+                                          loras_picked, loras_uploaded, lora_strength, model))
 
     def run(tool, prompt, steps, guidance, quant, width, height, seed, randomize,
-            loras_picked=None, loras_uploaded=None, lora_strength=1.0, count=1, previews=True, history=None,
-            progress=gr.Progress()):
+            loras_picked=None, loras_uploaded=None, lora_strength=1.0, count=1, previews=True, model=None,
+            history=None, progress=gr.Progress()):
         base = fields(tool, prompt, steps, guidance, quant, width, height, seed, randomize,
-                      loras_picked, loras_uploaded, lora_strength)
+                      loras_picked, loras_uploaded, lora_strength, model)
         jobs = ctx.runner.batch(tool, base, count, progress, previews)
         yield from panel.stream(jobs, history, lambda outcomes: (outcomes[0].request.seed,))
 
-    inputs = [variant, prompt, *options.inputs(), panel.history]
+    inputs = [variant, prompt, *options.inputs(), model, panel.history]
     wire(ctx, panel.button, check, run, inputs, [*panel.outputs(), options.seed], api_name="generate",
          progress_on=panel.progress_on)

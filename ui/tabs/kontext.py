@@ -9,6 +9,7 @@ import gradio as gr
 from pipelines import defaults
 
 from ..images import asset
+from ..models import model_picker
 from ..runner import Invalid, batch_count, pick_seed, user_error
 from ..widgets import (TabContext, image_files_input, image_input, lora_values, result_panel, settings, size_values,
                        wire)
@@ -20,19 +21,20 @@ def build(ctx: TabContext) -> None:
     with gr.Row(equal_height=False):
         with gr.Column(scale=5, min_width=380):
             image = image_input("image", label="Input image", height=300, elem_id="kontext-image")
+            model = model_picker(ctx, "kontext")
             references = image_files_input(
                 "references", label=f"Reference images (optional, up to {defaults.KONTEXT_MAX_IMAGES - 1})",
                 height=110, elem_id="kontext-references")
             prompt = gr.Textbox(label="Edit instruction", lines=2, max_lines=6, elem_id="kontext-prompt",
                                 placeholder="e.g. make it night time, keep the house unchanged")
-            options = settings(ctx, "kontext", from_image=True)
+            options = settings(ctx, "kontext", from_image=True, model=model)
             gr.Examples([[asset("example-house.png"), "make it a snowy winter night, lights on in the windows"]],
                         [image, prompt], label="Example")
         with gr.Column(scale=6, min_width=420):
             panel = result_panel("kontext", "Edit")
 
     def fields(image, prompt, steps, guidance, quant, match, width, height, seed, randomize,
-               loras_picked, loras_uploaded, lora_strength, references=None):
+               loras_picked, loras_uploaded, lora_strength, references=None, model=None):
         if image is None:
             raise user_error("Kontext edits an image: upload an input image first.", "image")
         if not (prompt or "").strip():
@@ -44,7 +46,7 @@ def build(ctx: TabContext) -> None:
         width, height = size_values(match, width, height)
         return dict(prompt=prompt, quant=quant, image=[image, *references] if references else image, width=width,
                     height=height, steps=steps, guidance=guidance, seed=pick_seed(seed, randomize),
-                    loras=lora_values(loras_picked, loras_uploaded, lora_strength))
+                    loras=lora_values(loras_picked, loras_uploaded, lora_strength), model=model)
 
     def checked_request(*args):
         try:
@@ -55,17 +57,18 @@ def build(ctx: TabContext) -> None:
             raise
 
     def check(*args):
-        batch_count(args[-4])
-        checked_request(*args[:-4], args[-2])  # all but count, previews and history
+        *values, count, _previews, references, model, _history = args
+        batch_count(count)
+        checked_request(*values, references, model)
 
     def run(image, prompt, steps, guidance, quant, match, width, height, seed, randomize,
             loras_picked=None, loras_uploaded=None, lora_strength=1.0, count=1, previews=True, references=None,
-            history=None, progress=gr.Progress()):
+            model=None, history=None, progress=gr.Progress()):
         base = fields(image, prompt, steps, guidance, quant, match, width, height, seed, randomize,
-                      loras_picked, loras_uploaded, lora_strength, references)
+                      loras_picked, loras_uploaded, lora_strength, references, model)
         jobs = ctx.runner.batch("kontext", base, count, progress, previews)
         yield from panel.stream(jobs, history, lambda outcomes: (outcomes[0].request.seed,))
 
-    inputs = [image, prompt, *options.inputs(), references, panel.history]
+    inputs = [image, prompt, *options.inputs(), references, model, panel.history]
     wire(ctx, panel.button, check, run, inputs, [*panel.outputs(), options.seed], api_name="kontext",
          progress_on=panel.progress_on)

@@ -12,6 +12,7 @@ from pipelines.memory.placement import PLACEMENTS
 from pipelines.paths import quantized_dir
 from quantization import admin
 
+from ..models import models_panel
 from ..settings import DEVICE_QUEUE
 from ..widgets import TabContext
 
@@ -108,6 +109,8 @@ def build(ctx: TabContext, tab: gr.Tab) -> None:
             cache_steps = gr.Slider(0.0, 0.3, value=options.step_cache, step=0.01, label="Step cache threshold",
                                     info="0 = off; skips work on steps that barely change", elem_id="system-step-cache")
     options_note = gr.HTML("", elem_id="system-options-note")
+    gr.Markdown("### Models")
+    models, downloads, show_models = models_panel(ctx)
     gr.Markdown("### Quantized-weights cache")
     cached = gr.HTML("", elem_id="system-cache")
     clear = gr.Button("Clear the cache", variant="stop", size="sm", scale=0, min_width=180, elem_id="system-cache-clear")
@@ -126,7 +129,7 @@ def build(ctx: TabContext, tab: gr.Tab) -> None:
         return loaded_html(*runner.loaded_models())
 
     def refresh_all():
-        return (*show_doctor(), show_loaded(), cache_html(admin.entries(quantized_dir())))
+        return (*show_doctor(), show_loaded(), cache_html(admin.entries(quantized_dir())), *show_models())
 
     def clear_cache():
         removed = admin.clear(quantized_dir())
@@ -149,7 +152,7 @@ def build(ctx: TabContext, tab: gr.Tab) -> None:
             note += " CPU offload has no effect here: this studio runs on the CPU."
         return f"<div class='ff-muted'>{html.escape(note)}</div>"
 
-    outputs = [machine, backends, loaded, cached]
+    outputs = [machine, backends, loaded, cached, models, *downloads]
     refresh.click(refresh_all, None, outputs, queue=False, api_visibility="private", show_progress="minimal")
     tab.select(refresh_all, None, outputs, queue=False, api_visibility="private", show_progress="minimal")
     unload.click(unload_all, None, loaded, api_visibility="private", concurrency_id=DEVICE_QUEUE,
