@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -120,6 +121,28 @@ def fail_first_4bit_run(monkeypatch):
     return first, second
 
 
+def write_gguf(module, path: Path) -> Path:
+    """The module's weights as GGUF: Q8_0 where a row is a whole number of 32-value blocks, F32 elsewhere.
+
+    Tensor names are diffusers' own: diffusers converts original (BFL) names only at FLUX.1's real width (3072).
+    """
+    import gguf
+
+    kinds = gguf.GGMLQuantizationType
+    writer = gguf.GGUFWriter(str(path), "flux")
+    for name, tensor in module.state_dict().items():
+        array = tensor.float().numpy()
+        if array.ndim == 2 and array.shape[1] % 32 == 0:
+            writer.add_tensor(name, gguf.quantize(array, kinds.Q8_0), raw_dtype=kinds.Q8_0)
+        else:
+            writer.add_tensor(name, array)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
 # ---- a local Hugging Face hub ------------------------------------------------------------------------------------
 # The tiny family under the official repo ids (the Dev family gated, as on the hub), served by tests/hub_server.py.
 OFFICIAL_TINY = {"black-forest-labs/FLUX.1-schnell": "schnell", "black-forest-labs/FLUX.1-dev": "dev",
@@ -164,3 +187,41 @@ def hub_home(local_hub, tmp_path, monkeypatch):
     local_hub.log.clear()
     yield {**os.environ, "HF_ENDPOINT": local_hub.url, "HF_HOME": str(home)}
     hub.forget_reachability()
+
+
+@pytest.fixture(scope="session")
+def tiny_transformer_files(tiny_root, tmp_path_factory):
+    """Tiny transformers as single files, as people share fine-tunes: the Dev one in bf16, in fp8 (e4m3), in fp8
+    with per-row scales, under ComfyUI's prefix, and as GGUF (Q8_0); and the Fill one in bf16.
+
+    Their tensor names are diffusers' own: diffusers converts BFL's names only at FLUX.1's real width (3072)."""
+    import torch
+    from diffusers import FluxTransformer2DModel
+    from safetensors.torch import save_file
+
+    folder = tmp_path_factory.mktemp("transformer-files")
+
+    def state(tool):
+        module = FluxTransformer2DModel.from_pretrained(tiny_root / tool, subfolder="transformer", dtype=torch.bfloat16)
+        return {name: tensor.contiguous() for name, tensor in module.state_dict().items()}
+
+    dev, fill = state("dev"), state("fill")
+    files = {"bf16": folder / "dev-bf16.safetensors", "fp8": folder / "dev-fp8.safetensors",
+             "fp8_scaled": folder / "dev-fp8-scaled.safetensors", "prefixed": folder / "dev-comfy.safetensors",
+             "fill": folder / "fill-bf16.safetensors", "gguf": folder / "dev-Q8_0.gguf"}
+    save_file(dev, files["bf16"])
+    save_file({k: v.to(torch.float8_e4m3fn) if v.dim() == 2 else v for k, v in dev.items()}, files["fp8"])
+    scaled = {}
+    for name, tensor in dev.items():
+        if tensor.dim() == 2 and name.endswith(".weight"):
+            scale = tensor.float().abs().amax(dim=1).clamp(min=1e-8) / 448.0  # e4m3's largest value
+            scaled[name] = (tensor.float() / scale[:, None]).to(torch.float8_e4m3fn)
+            scaled[name[: -len(".weight")] + ".weight_scale"] = scale
+        else:
+            scaled[name] = tensor
+    save_file(scaled, files["fp8_scaled"])
+    save_file({f"model.diffusion_model.{k}": v for k, v in dev.items()}, files["prefixed"])
+    save_file(fill, files["fill"])
+    module = FluxTransformer2DModel.from_pretrained(tiny_root / "dev", subfolder="transformer", dtype=torch.bfloat16)
+    write_gguf(module, files["gguf"])
+    return files

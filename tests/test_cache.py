@@ -24,7 +24,7 @@ from quantization.registry import check_backend
 from quantization.prequantized import load_prequantized
 from quantization.probe import ProbeResult
 from quantization.registry import backend_for
-from tests.conftest import fail_first_4bit_run
+from tests.conftest import fail_first_4bit_run, write_gguf
 
 CPU = torch.device("cpu")
 BF16 = torch.bfloat16
@@ -367,28 +367,6 @@ def test_cache_list_and_clear_from_the_command_line(quant_cache, tiny_root, monk
 
 
 # ---- pre-quantized checkpoints ---------------------------------------------------------------------------------
-def write_gguf(module: torch.nn.Module, path: Path) -> Path:
-    """The module's weights as GGUF: Q8_0 where a row is a whole number of 32-value blocks, F32 elsewhere.
-
-    Tensor names are diffusers' own: diffusers converts original (BFL) names only at FLUX.1's real width (3072).
-    """
-    import gguf
-
-    kinds = gguf.GGMLQuantizationType
-    writer = gguf.GGUFWriter(str(path), "flux")
-    for name, tensor in module.state_dict().items():
-        array = tensor.float().numpy()
-        if array.ndim == 2 and array.shape[1] % 32 == 0:
-            writer.add_tensor(name, gguf.quantize(array, kinds.Q8_0), raw_dtype=kinds.Q8_0)
-        else:
-            writer.add_tensor(name, array)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return path
-
-
 @pytest.fixture(scope="module")
 def gguf_file(tiny_root, tmp_path_factory):
     from diffusers import FluxTransformer2DModel
