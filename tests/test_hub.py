@@ -178,6 +178,6 @@ def test_learning_that_the_hub_cannot_be_reached_takes_at_most_its_timeout(monke
 def test_a_start_without_the_hub_serves_the_demo_model_and_says_why(hub_home):
     offline = {**hub_home, "HF_ENDPOINT": f"http://127.0.0.1:{closed_port()}"}  # nothing listens there
     seconds, page = first_page(offline)
-    assert "Demo model." in page and "every tool run" in page and "the Hugging Face hub cannot be reached" in page
+    assert "Demo model." in page and "Every tool runs" in page and "the Hugging Face hub cannot be reached" in page
     seconds, page = first_page(hub_home)  # with the hub reachable: the official models, no demo banner
     assert "Demo model." not in page

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import inspect
+import types
 from pathlib import Path
 
 import gradio as gr
 import numpy as np
+
 import pytest
 from PIL import Image
 
 from pipelines import defaults
 from pipelines.tools import get_tool, tool_names
 from pipelines.errors import UserError
+from pipelines.models.catalog import Assignment
 from tests.ui_fixtures import asset, brush_mask
 
 GENERATION_APIS = {"generate", "fill", "kontext", "depth", "canny", "redux"}
@@ -109,7 +112,8 @@ def test_launch_serves_locally_without_share(monkeypatch):
     from ui import studio
 
     seen = {}
-    monkeypatch.setattr(studio, "create_demo", lambda **kw: seen.setdefault("build", kw) and "demo")
+    built = types.SimpleNamespace(studio_notices=[])
+    monkeypatch.setattr(studio, "create_demo", lambda **kw: seen.setdefault("build", kw) and built)
     monkeypatch.setattr(studio, "serve", lambda demo, **kw: seen.setdefault("serve", kw))
     monkeypatch.delenv("SPACE_ID", raising=False)
     studio.launch(build_parser().parse_args([]))
@@ -140,13 +144,18 @@ def test_gpu_wrapper_uses_spaces_on_a_space(monkeypatch):
     assert calls and calls[0]["duration"] > 0
 
 
-def test_demo_banner_names_the_offline_model():
+def test_demo_banner_names_the_tools_on_the_demo_model_and_how_to_get_real_weights():
+    from pipelines.models.catalog import Assignment
     from ui.text import demo_banner
 
-    assert demo_banner([]) == ""
-    assert "offline demo model" in demo_banner(list(tool_names()))
-    assert "--model tiny" in demo_banner(list(tool_names()), explicit=True)
-    assert "Kontext" in demo_banner(["kontext"])
+    official = {name: get_tool(name).model_id for name in tool_names()}
+    assert demo_banner(Assignment(official)) == ""
+    offline = demo_banner(Assignment(dict.fromkeys(tool_names(), "tiny"), demo=tool_names()))
+    assert "Every tool runs" in offline and "the Hugging Face hub cannot be reached" in offline
+    assert "hf auth login" in offline and "models download" in offline and "FLUXFORGE_MODEL_DIR" in offline
+    assert "as asked" in demo_banner(Assignment(dict.fromkeys(tool_names(), "tiny")))
+    one = demo_banner(Assignment({**official, "kontext": "tiny"}, demo=("kontext",)))
+    assert "FLUX.1 Kontext runs" in one and "FLUX.1 [dev]" not in one
 
 
 def test_quant_hint_is_device_specific():
@@ -310,7 +319,7 @@ def test_user_errors_become_readable_gr_errors(tmp_path):
             raise self.error
 
     models = {tool: "tiny" for tool in tool_names()}
-    runner = Runner(Broken(UserError("out of memory: try 4-bit.")), models, OutputFolder(tmp_path, 5))
+    runner = Runner(Broken(UserError("out of memory: try 4-bit.")), Assignment(models), OutputFolder(tmp_path, 5))
     request = runner.request("dev", prompt="cat")
     with pytest.raises(gr.Error, match="out of memory: try 4-bit."):
         runner.run(request)
@@ -383,7 +392,8 @@ def job(demo, api_name: str):
 
 
 def generate_args(count=2, previews=True, seed=41, steps=4):
-    return ["schnell", "a lighthouse", steps, 0.0, "none", 128, 128, seed, False, [], None, 1.0, count, previews, []]
+    return ["schnell", "a lighthouse", steps, 0.0, "none", 128, 128, seed, False, [], None, 1.0, count, previews, None,
+            []]
 
 
 def test_every_tool_tab_has_the_batch_count_and_live_previews(demo):
@@ -448,7 +458,7 @@ def test_every_image_of_a_batch_is_kept_whatever_the_folder_keeps(tmp_path, tiny
     from ui.outputs import OutputFolder
     from ui.runner import Runner
 
-    runner = Runner(Engine(ModelManager(device="cpu")), {tool: "tiny" for tool in tool_names()},
+    runner = Runner(Engine(ModelManager(device="cpu")), Assignment({tool: "tiny" for tool in tool_names()}),
                     OutputFolder(tmp_path, keep=1))
     fields = dict(prompt="a fox", quant="none", steps=1, seed=defaults.SEED_MAX)
     *_, outcomes = runner.batch("dev", fields, count=3, previews=True)

@@ -153,7 +153,7 @@ def sse_events(url: str, name: str, data: list) -> list[tuple[str, object]]:
 
 
 def test_call_route_streams_previews_then_ends_with_the_final_result(api_studio):  # noqa: F811
-    data = ["dev", "a lighthouse", 6, 3.5, "auto", 128, 128, 21, False, [], None, 1.0, 1, True, []]
+    data = ["dev", "a lighthouse", 6, 3.5, "auto", 128, 128, 21, False, [], None, 1.0, 1, True, None, []]
     events = sse_events(api_studio.url, "generate", data)
     kinds = [kind for kind, _ in events]
     assert kinds[-1] == "complete" and "generating" in kinds, kinds
@@ -164,7 +164,7 @@ def test_call_route_streams_previews_then_ends_with_the_final_result(api_studio)
     previews = [name for name in shown if not (api_studio.output_dir / name).exists()]
     assert len(previews) >= 1 and shown.index(previews[0]) < shown.index(Path(saved).name)
     assert final[7] == 21  # every output in the last event (the history state, [6], is not sent), as without previews
-    off = sse_events(api_studio.url, "generate", data[:-2] + [False, []])
+    off = sse_events(api_studio.url, "generate", data[:-3] + [False, None, []])
     assert [kind for kind, _ in off][-1] == "complete" and metadata(off[-1][1][0]["path"])["seed"] == 21
 
 
@@ -236,3 +236,28 @@ def test_a_full_queue_says_so(tmp_path):
         assert any("Queue is full" in m for m in messages)
     finally:
         studio.close()
+
+
+# ---- models ------------------------------------------------------------------------------------------------------
+def test_every_tool_takes_a_model_and_refuses_one_it_is_not_offered(client, tiny_root):
+    info = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+    for name in ("/generate", "/fill", "/kontext", "/depth", "/canny", "/redux"):
+        assert "model" in [p["parameter_name"] for p in info[name]["parameters"]], name
+    result = client.predict(tool="schnell", prompt="a lighthouse", **SETTINGS, model="tiny", api_name="/generate")
+    assert metadata(result[0])["model"] == "tiny"
+    for value in (str(tiny_root / "fill"), "/etc", "someone/anything"):
+        with pytest.raises(Exception, match="is not one of the schnell tool's models; choose one from its Model list"):
+            client.predict(tool="schnell", prompt="a lighthouse", **SETTINGS, model=value, api_name="/generate")
+
+
+def test_an_official_model_downloads_on_first_use_and_a_gated_one_says_how_to_get_it(client, hub_home, local_hub):
+    result = client.predict(tool="schnell", prompt="a lighthouse", **SETTINGS, model="black-forest-labs/FLUX.1-schnell",
+                            api_name="/generate")
+    assert metadata(result[0])["model"] == "black-forest-labs/FLUX.1-schnell"
+    assert local_hub.downloads("black-forest-labs/FLUX.1-schnell")
+    with pytest.raises(Exception) as refused:
+        client.predict(tool="dev", prompt="a lighthouse", **SETTINGS, model="black-forest-labs/FLUX.1-dev",
+                       api_name="/generate")
+    message = str(refused.value)
+    assert "is gated: accept its licence on https://huggingface.co/black-forest-labs/FLUX.1-dev" in message
+    assert "hf auth login" in message and "Traceback" not in message

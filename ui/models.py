@@ -4,6 +4,7 @@ download button for each hub model not downloaded yet."""
 from __future__ import annotations
 
 import html
+import re
 
 import gradio as gr
 
@@ -37,6 +38,11 @@ def follow_tool(runner, tool: str) -> dict:
 
 
 # ---- the System tab ---------------------------------------------------------------------------------------------
+def download_id(repo: str) -> str:
+    """The elem_id of ``repo``'s download button (letters, digits and dashes)."""
+    return "system-download-" + re.sub(r"[^a-z0-9]+", "-", repo.lower()).strip("-")
+
+
 def models_html(rows: list[dict]) -> str:
     """Every tool's model: what it is, its size, whether it is downloaded, gated or not, and where it lives."""
     cells = []
@@ -65,7 +71,7 @@ def models_panel(ctx) -> tuple[gr.HTML, list, callable]:
     with gr.Row():
         for repo in repos:
             button = gr.Button(f"Download {repo}", size="sm", variant="secondary", scale=0, min_width=220,
-                               visible=False, elem_id=f"system-download-{repo.replace('/', '--').lower()}")
+                               visible=False, elem_id=download_id(repo))
             buttons.append(button)
 
     def refresh():

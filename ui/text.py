@@ -165,15 +165,17 @@ def demo_banner(assignment) -> str:
     tiny = [tool for tool, model in assignment.models.items() if model == defaults.TINY_MODEL]
     if not tiny:
         return ""
-    names = "every tool" if len(tiny) == len(tool_names()) else ", ".join(tool_title(t) for t in tiny)
+    every = len(tiny) == len(tool_names())
+    names = "Every tool runs" if every else ", ".join(tool_title(t) for t in tiny) + (" runs" if len(tiny) == 1
+                                                                                      else " run")
     asked = [t for t in tiny if t not in assignment.demo]
     if not assignment.demo:
-        why = f"{html.escape(names)} run{'s' if len(tiny) == 1 else ''} <code>tiny</code>, the demo model, as asked"
+        why = f"{html.escape(names)} <code>tiny</code>, the demo model, as asked"
         how = "Start without <code>--model tiny</code> for the official models."
     else:
         reason = "HF_HUB_OFFLINE is set" if offline() else "the Hugging Face hub cannot be reached"
-        why = (f"{html.escape(names)} run{'s' if len(tiny) == 1 else ''} <code>tiny</code>, the demo model: their "
-               f"official weights are not in the local cache and {reason}")
+        why = (f"{html.escape(names)} <code>tiny</code>, the demo model: the official weights are not in the local "
+               f"cache and {reason}")
         how = ("For real images: connect and restart (each official model downloads on its first run, with "
                "progress; the Dev family needs its licence accepted on its Hugging Face page and a login: "
                "<code>hf auth login</code> or <code>HF_TOKEN</code>), run <code>python app.py models download --tool "
