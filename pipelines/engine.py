@@ -135,7 +135,7 @@ class Engine:
             transformer_file = single_file.inspect(request.transformer)
             single_file.check_fits(transformer_file, source.root, tool.name)
         if source.is_tiny:
-            notices.append("Running the offline demo model 'tiny' (random weights: images look like noise).")
+            notices.append("Running the demo model 'tiny' (random weights: images look like noise).")
         control_lora = None
         if on_dev:
             if source.is_tiny:

@@ -33,7 +33,7 @@ def check_status(page, tab: str) -> str:
 
 
 def test_every_tab_renders_with_the_four_modes(page):
-    assert page.locator("#ff-demo-banner").inner_text().startswith("Offline demo model")
+    assert page.locator("#ff-demo-banner").inner_text().startswith("Demo model.")
     for label, tool in TABS.items():
         open_tab(page, label)
         run = page.locator(f"#{'generate' if label == 'Generate' else tool}-run")

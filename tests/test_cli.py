@@ -36,7 +36,7 @@ def test_generate_writes_png_and_report(tmp_path, image_files, tiny_root):
     assert {"load_s", "quantize_s", "denoise_s", "total_s"} <= set(data["timings"])
     meta = read_metadata(out)
     assert meta["prompt"] == "a cat on a sofa" and meta["quantization"]["resolved"] == "4bit"
-    assert "offline demo model" in proc.stderr  # the tiny model always says what it is
+    assert "Running the demo model 'tiny'" in proc.stderr  # the tiny model always says what it is
 
 
 def test_memory_options_from_the_command_line(tmp_path, tiny_root, capsys):
@@ -94,7 +94,8 @@ def bad_cases(files):
         "not a diffusers dir": (["--tool", "dev", "--prompt", "x", "--model", str(files["photo"].parent)],
                                 "not a diffusers FLUX directory"),
         "offline hub model": (["--tool", "dev", "--prompt", "x", "--model", "someone/flux-finetune"],
-                              "--model tiny"),
+                              "the Hugging Face hub cannot be reached; connect, or pass a local directory, or use the "
+                              "demo model 'tiny'"),
         "steps zero": (["--tool", "dev", "--prompt", "x", "--steps", "0"], "steps=0 is out of range"),
         "steps huge": (["--tool", "dev", "--prompt", "x", "--steps", "100000"], "out of range"),
         "steps not a number": (["--tool", "dev", "--prompt", "x", "--steps", "ten"], "not a whole number"),
@@ -163,11 +164,16 @@ def test_sizes_off_the_step_are_snapped_with_a_notice(tmp_path, capsys, tiny_roo
     assert Image.open(out).size == (96, 96)
 
 
-def test_no_model_and_no_local_weights_uses_the_tiny_demo_with_a_notice(tmp_path, capsys, tiny_root):
+def test_no_model_no_local_weights_and_no_hub_runs_the_demo_model_and_says_why(tmp_path, capsys, tiny_root):
     out = tmp_path / "default.png"
     assert cli.main(["generate", "--tool", "schnell", "--prompt", "x", "--out", str(out), "--quant", "none"]) == 0
-    assert "running the offline demo model 'tiny'" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "schnell: the official weights are not in the local cache and the Hugging Face hub cannot be reached, so " \
+           "the demo model 'tiny' runs" in err
     assert read_metadata(out)["model"] == "tiny"
+    code = cli.main(["generate", "--tool", "schnell", "--prompt", "", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "prompt is empty" in err  # a refusal comes alone, before notices
 
 
 def test_doctor_shows_probe_results_and_can_reprobe(tmp_path):
