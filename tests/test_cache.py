@@ -392,13 +392,13 @@ def test_gguf_transformer_replaces_the_models_own_and_wins_over_the_quant(quant_
 def test_bad_gguf_arguments_are_one_line_errors(tiny_root, tmp_path, capsys):
     from cli import main
 
-    with pytest.raises(UserError, match="must be a .gguf file"):
-        GenerationRequest(tool="dev", prompt="x", model="tiny", transformer=str(tmp_path / "model.safetensors"))
+    with pytest.raises(UserError, match="must be a .safetensors or .gguf file"):
+        GenerationRequest(tool="dev", prompt="x", model="tiny", transformer=str(tmp_path / "model.ckpt"))
     with pytest.raises(UserError, match="no such file"):
         GenerationRequest(tool="dev", prompt="x", model="tiny", transformer=str(tmp_path / "missing.gguf"))
     broken = tmp_path / "broken.gguf"
     broken.write_bytes(b"GGUF" + bytes(100))
-    with pytest.raises(UserError, match="could not be loaded as a GGUF FluxTransformer2DModel"):
+    with pytest.raises(UserError, match="transformer=.broken.gguf. is not a readable GGUF file"):
         generate("none", transformer=str(broken))
     assert main(["generate", "--tool", "dev", "--prompt", "x", "--model", "tiny", "--out", str(tmp_path / "a.png"),
                  "--transformer", str(tmp_path / "missing.gguf")]) == 2

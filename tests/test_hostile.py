@@ -29,13 +29,13 @@ NO_LORAS = dict(loras_picked=[], loras_uploaded=None, lora_strength=1.0)
 LORA_ORDER = list(NO_LORAS)
 ONE = dict(count=1, previews=True)  # images per click, live previews
 GEN = dict(tool="schnell", prompt="a cat", steps=2, guidance=3.5, quant="auto", width=128, height=128, seed=1,
-           randomize=False, **NO_LORAS, **ONE)
+           randomize=False, **NO_LORAS, **ONE, model=None)
 KON = dict(prompt="make it night", steps=2, guidance=3.5, quant="auto", match=True, width=128, height=128, seed=1,
-           randomize=False, **NO_LORAS, **ONE, references=None)
+           randomize=False, **NO_LORAS, **ONE, references=None, model=None)
 GEN_ORDER = ["tool", "prompt", "steps", "guidance", "quant", "width", "height", "seed", "randomize", *LORA_ORDER,
-             *ONE]
+             *ONE, "model"]
 KON_ORDER = ["image", "prompt", "steps", "guidance", "quant", "match", "width", "height", "seed", "randomize",
-             *LORA_ORDER, *ONE, "references"]
+             *LORA_ORDER, *ONE, "references", "model"]
 READABLE = 400  # a message, not a dump
 
 
@@ -403,7 +403,7 @@ def tool_values(files: dict[str, Path], masks: dict[str, Path], as_file) -> dict
     good = as_file(files["good"])
     editor = {"background": good, "layers": [as_file(masks["mask"])], "composite": good}
     size = dict(steps=2, guidance=3.5, quant="auto", match=True, width=128, height=128, seed=1, randomize=False,
-                **NO_LORAS, **ONE)
+                **NO_LORAS, **ONE, model=None)
     return {
         "generate": dict(GEN),
         "fill": dict(mode="inpaint", editor=editor, left=0, top=0, right=64, bottom=0, prompt="a vase",

@@ -147,7 +147,9 @@ class Runner:
 
         if value is None or (isinstance(value, str) and not value.strip()):
             return self.models[tool], self.assignment.transformers.get(tool)
-        if not isinstance(value, str) or value not in {c.value for c in self.model_choices(tool)}:
+        always = {self.model_for(tool), self.models[tool], get_tool(tool).model_id, defaults.TINY_MODEL}
+        if not isinstance(value, str) or (value not in always and value not in {c.value for c in
+                                                                                 self.model_choices(tool)}):
             raise UserError(f"model={value!r} is not one of the {tool} tool's models; choose one from its Model list "
                             "(the official model, the demo model 'tiny', or one in FLUXFORGE_MODEL_DIR).")
         if is_transformer_file(value):
