@@ -337,16 +337,16 @@ def test_out_of_memory_twice_gives_advice_and_the_next_request_works(fresh_studi
         raise RuntimeError("MPS backend out of memory (MPS allocated: 17.00 GB)")
 
     monkeypatch.setattr(FluxTransformer2DModel, "forward", always_oom)
-    with pytest.raises(UserError, match=r"out of memory: try a smaller size, --quant 4bit, or model CPU offload "
-                                        r"\(--offload model"):
+    with pytest.raises(UserError, match=r"out of memory: try a smaller size, --quant 4bit, or CPU offload "
+                                        r"\(--offload block or model"):
         fresh_studio.generate(GenerationRequest(tool="dev", prompt="x", model="tiny", quant="none", seed=1))
     monkeypatch.setattr(FluxTransformer2DModel, "forward", original)
     result = fresh_studio.generate(GenerationRequest(tool="dev", prompt="x", model="tiny", quant="none", seed=1))
     assert_image_is_not_flat(result.image)
 
 
-@pytest.mark.parametrize("device, steps", [("cuda", ("model offload", "sequential offload")),
-                                           ("mps", ("model offload", "sequential offload")),
+@pytest.mark.parametrize("device, steps", [("cuda", ("model offload", "block offload", "sequential offload")),
+                                           ("mps", ("model offload", "block offload", "sequential offload")),
                                            ("cpu", ("freed memory",))])
 def test_oom_recovery_steps_per_device(device, steps):
     from pipelines.engine import oom_recovery_steps

@@ -405,7 +405,8 @@ def test_loras_follow_a_runtime_fallback_to_the_next_backend(tiny_root, lora_fil
     transformer = with_lora.report["quantization"]["components"]["transformer"]
     assert (transformer["backend"], transformer["format"]) == (second.backend, second.format)
     (loaded,) = engine.manager._pipelines.values()
-    assert loaded.lora_state[1]["transformer"] == (check_loras([(lora_files["diffusers"], 1.0)])[0].adapter,)
+    assert loaded.lora_state == ((("lora0", check_loras([(lora_files["diffusers"], 1.0)])[0].sha256),),
+                                 {"transformer": ("lora0",)})
     base = generate(engine, quant="4bit")
     assert not np.array_equal(pixels(with_lora), pixels(base))
     assert np.array_equal(pixels(generate(engine, [(lora_files["diffusers"], 1.0)], quant="4bit")), pixels(with_lora))

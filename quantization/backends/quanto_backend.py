@@ -57,6 +57,13 @@ class QuantoBackend(Backend):
         quantize_embeddings(module, dtype)
         return module.to(device)
 
+    def offload_refusal(self, config, offload):
+        if offload in ("block", "sequential"):
+            return (f"quanto {config.format} weights are tensor subclasses, which {offload} offload cannot move "
+                    "(accelerate and diffusers move each registered tensor on its own); use model offload, or "
+                    "bitsandbytes or torchao")
+        return None
+
     def is_quantized_layer(self, layer):
         from optimum.quanto.nn import QLinear
 
@@ -120,17 +127,18 @@ def _packed_int4_linear() -> type:
     class PackedInt4Linear(QLinear):
         """A quanto qint4 layer whose weight is in torch's TinyGemm layout, which is specific to a device type (the
         CPU's or CUDA's). quanto moves such a weight to another device type by unpacking it and packing it again (a
-        matrix product per layer: minutes for a 12B model on a CPU). This layer moves its packed bytes as they are, so
-        that it can wait in CPU memory (placement, offload) and come back unchanged; it computes only on the device
-        type it was packed for (``packed_for``) and says so anywhere else."""
+        matrix product per layer: minutes for a 12B model on a CPU), and fails to move it within one (cuda:0 to
+        cuda:1). This layer moves its packed bytes as they are, so that it can wait in CPU memory (placement,
+        offload) and come back unchanged; it computes only on the device type it was packed for (``packed_for``) and
+        says so anywhere else."""
 
         packed_for = "cpu"
 
         def _apply(self, fn, recurse=True):
             weight = self._parameters.get("weight")
             probe = fn(torch.zeros((), dtype=torch.bfloat16, device=weight.device))
-            if probe.dtype != torch.bfloat16 or probe.device == weight.device:
-                return super()._apply(fn, recurse)  # a cast, not a move: quanto's own rules
+            if probe.dtype != torch.bfloat16:
+                return super()._apply(fn, recurse)  # a cast, not a move: quanto's own rules (it refuses them)
             device = probe.device
             packed = weight._data
             moved = TinyGemmWeightQBitsTensor(
