@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 import torch
 
-from quantization.policy import HEADROOM, RATIO, AutoChoice, candidates, choose_auto
+from quantization.policy import HEADROOM, RATIO, AutoChoice, candidates, choose_auto, measured_step_ratios, offered
 from quantization.records import Fallback
 from quantization.registry import loaded_offload_refusal, offload_refusal
 
@@ -152,7 +152,8 @@ class ModelManager:
         if quant != "auto":
             return quant, None
         quantizable, other = weight_bytes(root, self.dtype)
-        choice = choose_auto(quantizable, other, self._free_memory(self.device))
+        ratios = measured_step_ratios(self.device) if "fp8" in offered(self.device) else {}
+        choice = choose_auto(quantizable, other, self._free_memory(self.device), ratios, self.device.type)
         return choice.quant, choice
 
     # ---- loading -----------------------------------------------------------------------------------------
