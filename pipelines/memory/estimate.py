@@ -16,7 +16,7 @@ from quantization.policy import RATIO, AutoChoice, choose_auto
 
 from ..defaults import QUANTIZED_COMPONENTS as QUANTIZED
 from .sizes import ModelSizes
-from .options import OFFLOADS
+from .offload import BLOCK_COMPONENTS, OFFLOADS
 from .placement import DECODE_BYTES_PER_PIXEL, HEADROOM, PHASES, TILE_PIXELS, phase_bytes, plan, working_memory
 
 VAE_WIDTH = 128  # the FLUX VAE's first block width, which DECODE_BYTES_PER_PIXEL is for
@@ -105,6 +105,16 @@ def run_peak(sizes: ModelSizes, weights: dict[str, int], pixels: int, text_token
         how = f"placement {layout.name}" + (", the image decoded in tiles" if tiled else "")
     elif offload == "model":  # one model on the device at a time
         resident, tiled, how = always, False, "model CPU offload"
+    elif offload == "block":  # the big ones block by block (one computing, the next copied in); the rest resident
+        held = dict(weights)
+        for name in BLOCK_COMPONENTS:
+            size = sizes.get(name)
+            if name in held and size is not None and size.block:
+                ratio = weights[name] / max(1, size.params)
+                held[name] = round((size.params - size.in_blocks + 2 * size.block) * ratio)
+        resident = frozenset(weights) - frozenset(BLOCK_COMPONENTS)
+        peak = max(phase_bytes(held, resident, phase, work, decode_bytes(sizes, pixels, False)) for phase in PHASES)
+        return peak, "block CPU offload"
     else:  # sequential: one layer at a time; the largest tensor of a phase stands for its layer
         ratio = {name: weights[name] / max(1, sizes.get(name).params) for name in weights}
         largest = {name: round(sizes.get(name).largest * ratio[name]) for name in weights}

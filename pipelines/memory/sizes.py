@@ -40,13 +40,17 @@ class ModelSizes:
 # The official FLUX.1 models, counted from their configs (the same numbers as their safetensors headers; all stored
 # in bf16). CLIP, T5 and the VAE are the same in every one; the transformers differ in their input layer (Fill
 # takes 384 channels, Depth and Canny 128) and Schnell has no guidance embedder.
+# Blocks: T5-XXL's 24 encoder blocks (192,948,224 parameters each, 2,048 more in the first: its position bias), and
+# FLUX.1's 19 double blocks (339,831,296 each) and 38 single blocks (141,591,808 each).
 _CLIP = ComponentSize("text_encoder", 123_060_480, 37_945_344, 246_120_960)
-_T5 = ComponentSize("text_encoder_2", 4_762_310_656, 131_596_288, 9_524_621_312)
+_T5 = ComponentSize("text_encoder_2", 4_762_310_656, 131_596_288, 9_524_621_312, 192_950_272, 4_630_710_272)
 _VAE = ComponentSize("vae", 83_819_683, 2_359_296, 167_639_366)
+_DOUBLE, _BLOCKS = 339_831_296, 11_837_283_328
 
 
 def _flux(transformer_params: int) -> tuple[ComponentSize, ...]:
-    return (ComponentSize("transformer", transformer_params, 56_623_104, 2 * transformer_params), _T5, _CLIP, _VAE)
+    return (ComponentSize("transformer", transformer_params, 56_623_104, 2 * transformer_params, _DOUBLE, _BLOCKS),
+            _T5, _CLIP, _VAE)
 
 
 OFFICIAL: dict[str, tuple[ComponentSize, ...]] = {
