@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import statistics
 import time
 import traceback
@@ -164,7 +165,7 @@ class Engine:
         image = Image.fromarray((images[0] * 255).round().clip(0, 255).astype(np.uint8))
         run.timings["total_s"] = time.perf_counter() - start
         report = build_report(request, run.prepared, loaded, manager, peak.peak_bytes, run.timings, run.fallbacks,
-                              notices, run.details())
+                              notices, run.details(), peak.peak_reserved_bytes)
         if control_lora is not None:
             report["parameters"]["control_lora"] = control_lora.to_dict()
         notices += fallback_notices(report)
@@ -498,11 +499,14 @@ def oom_recovery_steps(device_type: str) -> tuple[str, ...]:
     return ("freed memory",)
 
 
-# Where an error was raised says what caused it: the innermost frame in one of these libraries' files names the
-# cause. Frames that only pass a call through to the code they wrap (compiled code's entry, a hook calling the
-# module's own forward, a LoRA layer calling its base layer) name nothing: an error beneath them is not theirs.
-_CAUSES = (("compile", ("/torch/_dynamo/", "/torch/_inductor/", "torchinductor")),
-           ("step cache", ("/diffusers/hooks/first_block_cache.py",)),
+# Where an error was raised says what caused it. Compile first: an error raised while torch.compile traces or runs
+# its compiled code (whoever's code it came from) is compile's, since the same code runs eagerly without it. Else the
+# innermost frame in one of these libraries' files names the cause. Frames that only pass a call through to the code
+# they wrap (compiled code's entry, a hook calling the module's own forward, a LoRA layer calling its base layer) name
+# nothing: an error beneath them is not theirs.
+_COMPILING = ("/torch/_dynamo/", "/torch/_inductor/", "/torch/_functorch/", "/torch/_subclasses/fake_tensor.py",
+              "torchinductor")
+_CAUSES = (("step cache", ("/diffusers/hooks/first_block_cache.py",)),
            ("offload", ("/accelerate/hooks.py", "/accelerate/utils/modeling.py", "/diffusers/hooks/group_offloading.py")),
            ("loras", ("/peft/",)),
            ("backend", ("/bitsandbytes/", "/optimum/quanto/", "/torchao/", "/quantization/backends/")))
@@ -511,18 +515,24 @@ _PASS_THROUGH_CALLS = ("original_forward(", "_old_forward(", "self.base_layer(",
 
 
 def _raised_in(error: BaseException, skip=()) -> str | None:
-    """The cause (see _CAUSES) named by the innermost known frame of ``error``'s traceback (its causes' included),
-    causes in ``skip`` left out."""
+    """The cause named by where ``error`` was raised (its causes' tracebacks included): compile when a frame of
+    torch.compile's own is in it, else the innermost known frame's library (_CAUSES); causes in ``skip`` left out."""
+    frames = []
     seen = 0
     while error is not None and seen < 4:
-        for frame in reversed(traceback.extract_tb(error.__traceback__)):
-            path = frame.filename.replace("\\", "/")
-            if path.endswith(_PASS_THROUGH_FILES) or any(call in (frame.line or "") for call in _PASS_THROUGH_CALLS):
-                continue
-            for cause, parts in _CAUSES:
-                if cause not in skip and any(part in path for part in parts):
-                    return cause
+        frames += [frame for frame in reversed(traceback.extract_tb(error.__traceback__))
+                   if not frame.filename.replace("\\", "/").endswith(_PASS_THROUGH_FILES)
+                   and not any(call in (frame.line or "") for call in _PASS_THROUGH_CALLS)]
         error, seen = error.__cause__ or error.__context__, seen + 1
+    paths = [frame.filename.replace("\\", "/") for frame in frames]
+    compiled_code = os.environ.get("TORCHINDUCTOR_CACHE_DIR")  # inductor writes the code it runs there
+    compiling = _COMPILING + ((compiled_code,) if compiled_code else ())
+    if "compile" not in skip and any(part in path for path in paths for part in compiling):
+        return "compile"
+    for path in paths:
+        for cause, parts in _CAUSES:
+            if cause not in skip and any(part in path for part in parts):
+                return cause
     return None
 
 

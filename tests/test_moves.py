@@ -210,3 +210,35 @@ def test_the_engine_runs_each_backend_under_each_offload_it_takes(config, tiny_r
     assert not any(hasattr(m, "_hf_hook") or getattr(m, "_diffusers_hook", None) is not None
                    and m._diffusers_hook.get_hook("group_offloading") for m in loaded.pipe.transformer.modules())
     assert np.array_equal(np.asarray(result.image), np.asarray(base.image))
+
+
+@pytest.mark.parametrize("kind", ["nf4", "int8"])
+def test_bitsandbytes_own_layers_from_a_loader_are_adopted_whole_and_then_offload(kind):
+    """A pre-quantized checkpoint read by diffusers' or transformers' loader holds bitsandbytes' own layers (their
+    statistics beside the registered tensors); they are taken over, tensors and all, and then run under offload."""
+    import bitsandbytes as bnb
+    from accelerate import cpu_offload
+
+    from quantization.backends.bitsandbytes_backend import Int8Linear, NF4Linear, adopt_layers
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(128, 256), torch.nn.GELU(), torch.nn.Linear(256, 128)).to(BF16)
+    for index in (0, 2):
+        linear = model[index]
+        if kind == "nf4":
+            layer = bnb.nn.Linear4bit(linear.in_features, linear.out_features, compute_dtype=BF16, quant_type="nf4")
+            layer.weight = bnb.nn.Params4bit(linear.weight.data, requires_grad=False, quant_type="nf4")
+        else:
+            layer = bnb.nn.Linear8bitLt(linear.in_features, linear.out_features, has_fp16_weights=False)
+            layer.weight = bnb.nn.Int8Params(linear.weight.data, requires_grad=False, has_fp16_weights=False)
+        layer.bias = torch.nn.Parameter(linear.bias.data, requires_grad=False)
+        model[index] = layer.to("cpu")
+    model.eval()
+    x = torch.randn(4, 128, dtype=BF16)
+    with torch.no_grad():
+        reference = model(x)
+        assert adopt_layers(model, BF16) == 2
+        assert all(isinstance(model[i], (NF4Linear, Int8Linear)) for i in (0, 2))
+        assert torch.equal(model(x), reference)
+        cpu_offload(model, execution_device=CPU)
+        assert torch.equal(model(x), reference)

@@ -1,52 +1,14 @@
 """Tiled decode is the tile the plan counts on, and it lowers the decode's peak at the sizes the plan tiles; the
 out-of-memory recovery keeps what a run asked for and adds to it; offload set back to none takes the hooks off."""
 
-import weakref
-
 import numpy as np
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_leaves
 
+from bench.common import LiveBytes
 from pipelines.memory.options import RunOptions, tile_vae
 from pipelines.memory.placement import TILE, TILE_PIXELS
 from pipelines.request import GenerationRequest
-
-
-class LiveBytes(TorchDispatchMode):
-    """The peak of the bytes held by tensors that operations create inside it (weights and inputs made outside are
-    not counted): what a block of code needs beyond its inputs, whatever the allocator."""
-
-    def __init__(self):
-        super().__init__()
-        self.live = self.peak = 0
-        self._storages: dict[int, list] = {}
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for tensor in tree_leaves(out):
-            if not isinstance(tensor, torch.Tensor):
-                continue
-            pointer = tensor.untyped_storage().data_ptr()
-            entry = self._storages.get(pointer)
-            if entry is None:
-                if tensor._is_view():
-                    continue  # a view into memory made outside
-                entry = self._storages[pointer] = [0, tensor.untyped_storage().nbytes()]
-                self.live += entry[1]
-                self.peak = max(self.peak, self.live)
-            entry[0] += 1
-            weakref.finalize(tensor, self._release, pointer)
-        return out
-
-    def _release(self, pointer: int) -> None:
-        entry = self._storages.get(pointer)
-        if entry is not None:
-            entry[0] -= 1
-            if entry[0] == 0:
-                self.live -= entry[1]
-                del self._storages[pointer]
 
 
 def flux_like_vae():

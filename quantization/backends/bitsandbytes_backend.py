@@ -213,6 +213,32 @@ def _convert(linear: torch.nn.Linear, config: BitsAndBytesConfig, dtype: torch.d
     return layer
 
 
+def adopt_layers(module: torch.nn.Module, compute_dtype: torch.dtype) -> int:
+    """Replace bitsandbytes' own Linear4bit and Linear8bitLt layers (as diffusers' and transformers' loaders make
+    them) by this module's, over the very same tensors; returns how many were replaced."""
+    import bitsandbytes as bnb
+
+    replaced = 0
+    for name, layer in list(module.named_modules()):
+        if isinstance(layer, bnb.nn.Linear4bit):
+            state = layer.weight.quant_state or layer.quant_state
+            new = NF4Linear.from_quant_state(layer.weight.data, state, None if layer.bias is None else layer.bias.data,
+                                             layer.compute_dtype or compute_dtype)
+        elif isinstance(layer, bnb.nn.Linear8bitLt):
+            scales = layer.weight.SCB if layer.weight.SCB is not None else layer.state.SCB
+            new = Int8Linear(layer.in_features, layer.out_features, layer.bias is not None, layer.state.threshold,
+                             device="meta", dtype=compute_dtype)
+            new.weight = torch.nn.Parameter(layer.weight.data, requires_grad=False)
+            new.SCB = scales
+            if layer.bias is not None:
+                new.bias = torch.nn.Parameter(layer.bias.data, requires_grad=False)
+        else:
+            continue
+        set_submodule(module, name, new)
+        replaced += 1
+    return replaced
+
+
 def load_checkpoint(skeleton: torch.nn.Module, folder, quantization_config: dict, device: torch.device,
                     dtype: torch.dtype) -> torch.nn.Module:
     """A diffusers or transformers folder saved with a bitsandbytes ``quantization_config``, read without their
