@@ -70,14 +70,15 @@ def build_parser() -> argparse.ArgumentParser:
                      help="the control LoRA .safetensors file for --control lora (default: the official "
                           "FLUX.1-Depth-dev-lora / FLUX.1-Canny-dev-lora; tiny's own with --model tiny)")
     gen.add_argument("--device", default=None)
-    gen.add_argument("--offload", default="none", help="none, model (one model on the device at a time) or "
+    gen.add_argument("--offload", default="none", help="none, model (one model on the device at a time), block "
+                                                       "(block by block, the next copied in while one computes) or "
                                                        "sequential (layer by layer: least memory, slowest)")
     gen.add_argument("--vae-tiling", action="store_true", help="decode in tiles (less memory for large images)")
     gen.add_argument("--placement", default="auto", help="auto (from free memory), resident (all on the device), "
                                                           "encoders-off (text encoders leave after encoding) or swap "
                                                           "(the transformer, too, waits on the CPU while encoding)")
     gen.add_argument("--compile", action="store_true", help="torch.compile the transformer's repeated blocks "
-                                                           "(NVIDIA GPUs; the first run compiles)")
+                                                           "(NVIDIA GPUs and CPUs; the first run compiles)")
     gen.add_argument("--step-cache", default=None, metavar="THRESHOLD",
                      help="First-Block Cache: skip the rest of the transformer on steps whose first block barely "
                           "changed (0.08-0.12 typical; off by default)")
@@ -86,7 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
                                          "cached against quantize-on-load; `bench control`: control LoRAs on "
                                          "Dev against the full control models; `bench lora`: a step with and "
                                          "without a LoRA on every backend; `bench preview`: what live previews "
-                                         "cost a run; `bench e2e`: the generate path end to end", add_help=False)
+                                         "cost a run; `bench e2e`: the generate path end to end; `bench "
+                                         "gpu-check`: each memory and speed option checked on a card",
+                             add_help=False)
     bench.add_argument("bench_args", nargs=argparse.REMAINDER)  # listed for --help; main() hands them over
 
     models = sub.add_parser("models", help="every tool's model: size, downloaded or not, gated or not, where it "
@@ -121,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 # `python app.py bench NAME ...`: the module whose main() runs that benchmark (`bench` alone: bench.run)
 BENCHES = {"cache": "bench.cache_load", "control": "bench.control_lora", "lora": "bench.lora",
-           "preview": "bench.preview", "e2e": "bench.e2e"}
+           "preview": "bench.preview", "e2e": "bench.e2e", "gpu-check": "bench.gpu_check"}
 
 
 def main(argv: list[str] | None = None) -> int:

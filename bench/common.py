@@ -81,3 +81,59 @@ def logger(prefix: str):
         print(f"[{prefix}] {message}", file=sys.stderr, flush=True)
 
     return log
+
+
+class LiveBytes:
+    """A context in which the bytes held by tensors that operations create are counted, and their peak kept (weights
+    and inputs made outside are not counted): what a block of code needs beyond its inputs, on any device and
+    whatever the allocator (a CPU has no allocated-memory counter to read)."""
+
+    def __init__(self):
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        meter = self
+
+        class Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                out = func(*args, **(kwargs or {}))
+                meter._count(out)
+                return out
+
+        self._mode = Mode()
+        self.live = self.peak = 0
+        self._storages: dict[int, list] = {}
+
+    def __enter__(self) -> "LiveBytes":
+        self._mode.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._mode.__exit__(*exc)
+
+    def _count(self, out) -> None:
+        import weakref
+
+        import torch
+        from torch.utils._pytree import tree_leaves
+
+        for tensor in tree_leaves(out):
+            if not isinstance(tensor, torch.Tensor):
+                continue
+            pointer = tensor.untyped_storage().data_ptr()
+            entry = self._storages.get(pointer)
+            if entry is None:
+                if tensor._is_view():
+                    continue  # a view into memory made outside
+                entry = self._storages[pointer] = [0, tensor.untyped_storage().nbytes()]
+                self.live += entry[1]
+                self.peak = max(self.peak, self.live)
+            entry[0] += 1
+            weakref.finalize(tensor, self._release, pointer)
+
+    def _release(self, pointer: int) -> None:
+        entry = self._storages.get(pointer)
+        if entry is not None:
+            entry[0] -= 1
+            if entry[0] == 0:
+                self.live -= entry[1]
+                del self._storages[pointer]

@@ -7,22 +7,28 @@ down (--narrow: hidden 128, 1 + 2 blocks, T5 d_model 128 x 2 layers, a small VAE
 embedding tables keep the real vocabulary sizes; the small tokenizers' ids stay inside them.
 
 Then, for each quant mode and each speed option set, it runs `python app.py generate --tool <FLUX.1 [dev]>` in a
-fresh process and reads the run's --report JSON: backend per component, peak memory, the timings, the placement.
+fresh process and reads the run's --report JSON: backend per component, peak memory (allocated and reserved), the
+timings, the placement.
 
-  baseline (no options)  each mode twice, with its own quantized-weights cache (FLUXFORGE_QUANT_CACHE_DIR):
-                         cold (empty: quantize and write) then cached (read it back)
+  none (bf16)            once: nothing is quantized, so a cold and a cached run would be the same run
+  each quantized mode    twice, with its own quantized-weights cache (FLUXFORGE_QUANT_CACHE_DIR): cold (empty:
+                         quantize and write) then cached (read it back); the cache is deleted after the mode's runs,
+                         so the disk holds the model and one mode's quantized weights at a time
   each --options set     once more per mode, with that mode's cache already written
 
-`none` (bf16) always runs first: the denoise ratios are against its cached run in the same invocation. Peak memory
-and denoise time of a mode are those of its cached run (the cold run's are kept beside them). Capability probes
-run as in the studio (FLUXFORGE_PROBE is left alone): their results are kept in the studio cache, so only the
-first run on a machine pays for them, and that run's cold load shows it.
+`none` always runs first: the ratios are against it, in the same invocation. A ratio is a run's denoise time without
+its first step's extra (compiling, warming up) over bf16's: the time of its steps as they run once warm. Peak memory
+and denoise time of a mode are those of its cached run (the cold run's beside them). Capability probes run as in
+the studio (FLUXFORGE_PROBE is left alone): their results are kept in the studio cache, so only the first run on a
+machine pays for them, and that run's cold load shows it.
 
-Budget of the default full run on an H100-class GPU (about 8 minutes): the build once (about 1-2 minutes:
-17B parameters initialised on the GPU, 34 GB written; later runs reuse it), then 6 generate processes (none,
-8bit, 4bit x cold + cached), each loading 34 GB from the page cache, quantizing or reading the quantized
-weights, and 28 steps at 1024x1024 (about 40-60 s each). Each --options set adds 3 processes (one per mode).
---narrow on 2 CPU cores: about 20 s per process.
+--budget SECONDS (default 540: one 10-minute command with room to spare) bounds the whole invocation, the model
+build included: the runs go in order of what they tell (bf16, then each mode cold and cached in --quant's order, then
+the option sets), each started only when its expected time (the longest of its kind so far, or a preset's prior)
+still fits; the others are listed as skipped, with the time they would have needed. A run is stopped at the end of
+the budget (or --timeout). On an H100-class GPU the default plan (none, 8bit, 4bit: five processes, after a build of
+about 1-2 minutes that later invocations reuse) takes about 6-8 minutes and needs about 52 GB of disk (the 34 GB
+model and one 8-bit cache); --narrow on 2 CPU cores: about 20 s per process.
 
 Targets (judged on --full only): 4-bit peak allocated <= 8 GiB; 8-bit <= 13 GiB; NF4 denoise <= 1.0x bf16;
 fastest 8-bit <= 0.6x; fastest combination <= 0.4x; cached 4-bit load <= 0.6x the bf16 load; cold 4-bit start
@@ -58,6 +64,11 @@ STEP_CACHE_DEFAULT = "0.12"
 NOT_QUALITY = "random weights: not a quality measure"
 GIB = 2**30
 FULL_MODEL_BYTES = 33_740_000_000  # the full preset on disk in bf16: 16.9B parameters
+QUANTIZED_SHARE = 0.51  # the largest mode's quantized weights (8-bit) relative to the model, kept while it runs
+BUDGET_S = 540  # one command of at most 10 minutes, with room to spare
+# Seconds a run is expected to take before one of its kind has run (full: an H100-class GPU; narrow: 2 CPU cores).
+PRIORS = {"full": {"build": 150, "none": 60, "cold": 150, "cached": 60, "option": 150},
+          "narrow": {"build": 20, "none": 25, "cold": 30, "cached": 25, "option": 60}}
 
 
 @dataclass(frozen=True)
@@ -217,7 +228,7 @@ def option_flags(items, available: set[str]) -> tuple[list[str], str | None]:
 
 
 def run_generate(model: Path, quant: str, flags: list[str], args, work: Path, name: str, cache_dir: Path,
-                 tool: str, width: int, height: int, steps: int) -> dict:
+                 tool: str, width: int, height: int, steps: int, timeout: float | None = None) -> dict:
     """One `python app.py generate` in a fresh process; what its report said, or how it failed."""
     out, report = work / f"{name}.png", work / f"{name}.json"
     report.unlink(missing_ok=True)
@@ -228,15 +239,16 @@ def run_generate(model: Path, quant: str, flags: list[str], args, work: Path, na
         command += ["--device", args.device]
     run = {"command": command[1:], "report_file": report.name}
     env = worker_env(FLUXFORGE_QUANT_CACHE="1", FLUXFORGE_QUANT_CACHE_DIR=str(cache_dir))  # the cache on, this mode's
+    timeout = timeout or args.timeout
     start = time.perf_counter()
     try:
-        proc = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=args.timeout)
+        proc = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
         code, stderr = proc.returncode, proc.stderr or ""
     except subprocess.TimeoutExpired as error:
         partial = error.stderr or ""
         code = None
         stderr = (partial.decode(errors="replace") if isinstance(partial, bytes) else partial) + \
-            f"\nerror: timed out after {args.timeout:.0f} s"
+            f"\nerror: timed out after {timeout:.0f} s"
     run["wall_s"] = time.perf_counter() - start
     run["exit_code"] = code
     if code != 0 or not report.exists():
@@ -267,67 +279,141 @@ def from_report(report: dict) -> dict:
     }
 
 
-def measure_mode(quant: str, option_sets, args, model: Path, work: Path, tool: str, size) -> list[dict]:
-    """The baseline (cold + cached) and every option set of one quant mode."""
-    cache_dir = work / "quant-cache" / quant
-    shutil.rmtree(cache_dir, ignore_errors=True)
-    cache_dir.mkdir(parents=True)
-    records = []
-    for label, flags, reason in option_sets:
-        record = {"quant": quant, "options": label, "flags": flags, "runs": {}}
-        records.append(record)
-        if reason:
-            record.update(status="skipped", reason=reason)
-            log(f"{quant} [{label}]: skipped ({reason})")
-            continue
-        phases = ("cold", "cached") if not label else ("cached",)
-        for phase in phases:
-            name = f"{quant}-{slug(label) or 'baseline'}-{phase}"
-            log(f"{quant} [{label or 'baseline'}] {phase} ...")
-            run = run_generate(model, quant, flags, args, work, name, cache_dir, tool, *size)
-            record["runs"][phase] = run
-            if not run["ok"]:
-                log(f"  failed (exit code {run['exit_code']}): {run['error']}")
-                break
-            t = run["timings"]
-            log(f"  load {t.get('load_s', 0):.1f} s, denoise {t.get('denoise_s', 0):.1f} s, peak "
-                f"{run['peak_bytes'] / GIB:.2f} GiB")
+def plan_runs(quants: list[str], option_sets: list) -> list[dict]:
+    """Every run of an invocation, in the order they are worth running: bf16 once, each quantized mode cold then
+    cached (in ``quants``' order), then each option set per mode (quantized modes first)."""
+    runs = []
+    for quant in quants:
+        for phase in (("cached",) if quant == "none" else ("cold", "cached")):
+            runs.append({"quant": quant, "options": "", "phase": phase, "kind": "none" if quant == "none" else phase})
+    for text, flags, reason in option_sets:
+        for quant in [q for q in quants if q != "none"] + ["none"]:
+            runs.append({"quant": quant, "options": text, "flags": flags, "reason": reason, "phase": "cached",
+                         "kind": "option"})
+    return runs
+
+
+class Budget:
+    """The seconds an invocation may take, and how long each kind of run is expected to take."""
+
+    def __init__(self, seconds: float, preset: str, start: float):
+        self.seconds, self.start, self.priors, self.seen = seconds, start, PRIORS[preset], {}
+
+    def left(self) -> float:
+        return self.seconds - (time.perf_counter() - self.start)
+
+    def expected(self, kind: str) -> float:
+        return self.seen.get(kind) or self.priors[kind]
+
+    def record(self, kind: str, seconds: float) -> None:
+        self.seen[kind] = max(seconds, self.seen.get(kind, 0.0))
+
+    def refusal(self, kind: str) -> str | None:
+        need = self.expected(kind)
+        if need <= self.left():
+            return None
+        return (f"over the --budget of {self.seconds:.0f} s: about {need:.0f} s needed, "
+                f"{max(0.0, self.left()):.0f} s left")
+
+
+def measure(runs: list[dict], args, model: Path, work: Path, tool: str, size, budget: Budget) -> list[dict]:
+    """Run ``runs`` within ``budget``; one record per (quant, options) with its runs, in plan order. A mode's
+    quantized-weights cache is deleted once its last run is done."""
+    records: dict[tuple, dict] = {}
+    last = {}
+    for index, run in enumerate(runs):
+        last[run["quant"]] = index
+    for index, run in enumerate(runs):
+        quant, label = run["quant"], run["options"]
+        record = records.setdefault((quant, label), {"quant": quant, "options": label, "flags": run.get("flags", []),
+                                                     "runs": {}})
+        cache_dir = work / "quant-cache" / quant
+        if index == next(i for i, r in enumerate(runs) if r["quant"] == quant):
+            shutil.rmtree(cache_dir, ignore_errors=True)
+            cache_dir.mkdir(parents=True)
+        why = run.get("reason") or record.get("reason") or _blocked(record, run) or budget.refusal(run["kind"])
+        if why:
+            record.setdefault("skipped", {})[run["phase"]] = why
+            log(f"{quant} [{label or 'baseline'}] {run['phase']}: skipped ({why})")
+        else:
+            name = f"{quant}-{slug(label) or 'baseline'}-{run['phase']}"
+            log(f"{quant} [{label or 'baseline'}] {run['phase']} ...")
+            timeout = max(1.0, min(args.timeout, budget.left()))
+            result = run_generate(model, quant, run.get("flags", []), args, work, name, cache_dir, tool, *size,
+                                  timeout=timeout)
+            result["phase"] = run["phase"]
+            record["runs"][run["phase"]] = result
+            budget.record(run["kind"], result["wall_s"])
+            if result["ok"]:
+                t = result["timings"]
+                log(f"  load {t.get('load_s', 0):.1f} s, denoise {t.get('denoise_s', 0):.1f} s, peak "
+                    f"{result['peak_bytes'] / GIB:.2f} GiB")
+            else:
+                log(f"  failed (exit code {result['exit_code']}): {result['error']}")
+        if index == last[quant]:
+            shutil.rmtree(cache_dir, ignore_errors=True)  # the disk holds one mode's quantized weights at a time
+    for record in records.values():
         summarize(record)
-    return records
+    return list(records.values())
+
+
+def _blocked(record: dict, run: dict) -> str | None:
+    """Why ``run`` cannot run after what happened to its record's earlier runs."""
+    if run["phase"] == "cached" and "cold" in record.get("skipped", {}):
+        return "its cold run (which writes the quantized weights it reads) was skipped"
+    failed = next((r for r in record["runs"].values() if not r["ok"]), None)
+    return f"its {failed['phase']} run failed" if failed else None
 
 
 def summarize(record: dict) -> None:
     """A record's headline numbers: those of its cached run (the cold run's load beside them)."""
-    runs = record["runs"]
+    runs, skipped = record["runs"], record.get("skipped", {})
     failed = next((run for run in runs.values() if not run["ok"]), None)
     if failed:
         record.update(status="failed", exit_code=failed["exit_code"], error=failed["error"],
                       stderr_tail=failed["stderr_tail"])
         return
+    if "cached" not in runs:
+        record.update(status="skipped", reason=record.get("reason") or next(iter(skipped.values()), "not run"))
+        return
     main_run = runs["cached"]
     timings = main_run["timings"]
     record.update(status="ok", components=main_run["components"], peak_bytes=main_run["peak_bytes"],
                   peak_reserved_bytes=main_run["peak_reserved_bytes"], timings=timings,
-                  denoise_s=timings.get("denoise_s"), placement=main_run["placement"],
-                  load_cached_s=timings.get("load_s"))
+                  denoise_s=timings.get("denoise_s"), steady_denoise_s=steady_denoise(timings),
+                  placement=main_run["placement"], load_cached_s=timings.get("load_s"))
     if "cold" in runs:
         record.update(load_cold_s=runs["cold"]["timings"].get("load_s"),
                       quantize_cold_s=runs["cold"]["timings"].get("quantize_s"),
                       peak_cold_bytes=runs["cold"]["peak_bytes"])
 
 
+def steady_denoise(timings: dict) -> float | None:
+    """Denoise time without the first step's extra over a typical step (compiling, warming up): the steps as they
+    run once warm."""
+    denoise = timings.get("denoise_s")
+    if denoise is None:
+        return None
+    first, step = timings.get("first_step_s"), timings.get("step_s")
+    return denoise - max(0.0, first - step) if first is not None and step is not None else denoise
+
+
 def add_ratios(records: list[dict]) -> None:
-    """Denoise time against bf16 (`none`, no options) from this same invocation; the step cache's own effect."""
+    """Denoise time once warm (steady_denoise: no compiling in it) against bf16's (`none`, no options) from this same
+    invocation; the step cache's own effect."""
+    def warm(record: dict):
+        return record.get("steady_denoise_s", record.get("denoise_s"))
+
     by = {(r["quant"], r["options"]): r for r in records}
     base = by.get(("none", ""))
-    ref = base.get("denoise_s") if base and base["status"] == "ok" else None
+    ref = warm(base) if base and base["status"] == "ok" else None
     for r in records:
-        r["denoise_ratio"] = r["denoise_s"] / ref if ref and r.get("denoise_s") is not None else None
+        r["denoise_ratio"] = warm(r) / ref if ref and warm(r) is not None else None
         if r["status"] == "ok" and "step-cache" in r["options"]:
             parts = [p for p in r["options"].split("+") if not p.startswith("step-cache")]
             without = by.get((r["quant"], "+".join(parts)))
             if without and without["status"] == "ok":
-                r["step_cache_effect"] = r["denoise_s"] / without["denoise_s"]
+                r["step_cache_effect"] = warm(r) / warm(without)
 
 
 def slug(text: str) -> str:
@@ -404,18 +490,19 @@ def markdown(result: dict) -> str:
         f"Date: {result['date']}; total {result['total_s']:.0f} s (model build {result['build_s']:.0f} s); model "
         f"{result['model_bytes'] and _bytes(result['model_bytes'])} in {result['model']}.",
         f"Run: `generate` of FLUX.1 [dev] at {result['width']}x{result['height']}, {result['steps']} steps, seed "
-        f"{SEED}, each in a fresh process. Peak and denoise: the cached run; load cold: empty quantized-weights "
-        "cache (quantize and write), load cached: reading it. Ratios: denoise time / bf16 (none, no options) "
-        "in this run.",
+        f"{SEED}, each in a fresh process, within a budget of {result.get('budget_s') or 0:.0f} s. Peak and denoise: "
+        "the cached run (bf16 runs once); load cold: empty quantized-weights cache (quantize and write), load "
+        "cached: reading it. Warm denoise: without the first step's extra (compiling, warming up); ratios: warm "
+        "denoise / bf16's (none, no options) in this run.",
         "",
         "| quant | options | status | transformer | text_encoder_2 | peak GiB | reserved GiB | cold peak GiB "
-        "| load cold s | load cached s | denoise s | vs bf16 | total s | placement |",
-        "|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| load cold s | load cached s | denoise s | warm denoise s | vs bf16 | total s | placement |",
+        "|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in result["records"]:
         if r["status"] != "ok":
             why = r.get("reason") or f"exit {r.get('exit_code')}: {r.get('error')}"
-            lines.append(f"| {r['quant']} | {r['options']} | {r['status']} ({why}) |||||||||||")
+            lines.append(f"| {r['quant']} | {r['options']} | {r['status']} ({why}) ||||||||||||")
             continue
         comp = r["components"]
         names = [" ".join(filter(None, (comp.get(c, {}).get("backend"), comp.get(c, {}).get("format"))))
@@ -424,7 +511,7 @@ def markdown(result: dict) -> str:
         lines.append(
             f"| {r['quant']} | {r['options']} | ok | {names[0]} | {names[1]} | {_gib(r['peak_bytes'])} "
             f"| {_gib(r.get('peak_reserved_bytes'))} | {_gib(r.get('peak_cold_bytes'))} | {_s(r.get('load_cold_s'))} "
-            f"| {_s(r.get('load_cached_s'))} | {_s(r['denoise_s'])} "
+            f"| {_s(r.get('load_cached_s'))} | {_s(r['denoise_s'])} | {_s(r.get('steady_denoise_s'))} "
             f"| {'-' if r['denoise_ratio'] is None else format(r['denoise_ratio'], '.2f') + 'x'} "
             f"| {_s(r['timings'].get('total_s'))} | {_placement(placement)} |")
     lines += ["", "## Targets", ""]
@@ -443,6 +530,10 @@ def markdown(result: dict) -> str:
                   "Denoise time with the step cache / the same quant and options without it. With random weights "
                   "the skipped steps say nothing about image quality.", ""]
         lines += [f"- {label(r)}: {r['step_cache_effect']:.2f}x" for r in effects]
+    partly = [r for r in result["records"] if r["status"] == "ok" and r.get("skipped")]
+    if partly:
+        lines += ["", "## Runs left out", ""]
+        lines += [f"- {label(r)} {phase}: {why}" for r in partly for phase, why in r["skipped"].items()]
     bad = [r for r in result["records"] if r["status"] == "failed"]
     if bad:
         lines += ["", "## Failed", ""]
@@ -501,7 +592,11 @@ def build_parser() -> argparse.ArgumentParser:
                                                       "cache, bench-e2e/)")
     parser.add_argument("--work", default=None, help="keep each run's PNG, report JSON and quantized-weights cache "
                                                      "here (default: a temporary folder, removed)")
-    parser.add_argument("--timeout", type=float, default=900, help="seconds one generate run may take")
+    parser.add_argument("--timeout", type=float, default=600, help="seconds one generate run may take (and at most "
+                                                                    "what is left of --budget)")
+    parser.add_argument("--budget", type=float, default=BUDGET_S, metavar="SECONDS",
+                        help=f"seconds the whole invocation may take, the model build included (default {BUDGET_S}): "
+                             "runs that would not fit are listed as skipped")
     parser.add_argument("--json", default=None, help="write the result here and the .md and .png beside it "
                                                      "(default bench/results/e2e-<machine>-<preset>.json)")
     return parser
@@ -525,11 +620,12 @@ def main(argv: list[str] | None = None) -> int:
               "runs 1024x1024 x 28 steps: it needs a CUDA GPU. Use --narrow here, or add --force.", file=sys.stderr)
         return 2
     cache = weights_root(args.cache)
-    short = disk_shortage(preset, cache)
+    short = disk_shortage(preset, cache, plan["quants"])
     if short:
         print(f"error: {short}", file=sys.stderr)
         return 2
     start = time.perf_counter()
+    budget = Budget(args.budget, preset.name, start)
     info = machine(device)
     log(f"model directory ({preset.name}) ...")
     build_start = time.perf_counter()
@@ -537,25 +633,23 @@ def main(argv: list[str] | None = None) -> int:
     build_s = time.perf_counter() - build_start
     size = (args.width or preset.width, args.height or preset.height, args.steps or preset.steps)
     available = generate_flags()
-    option_sets = [("", [], None)]
+    option_sets = []
     for text in plan["options"]:
         flags, reason = option_flags(parse_option_set(text), available)
         option_sets.append((text, flags, reason))
     tool = dev_tool_name()
-    records = []
     with tempfile.TemporaryDirectory(prefix="fluxforge-e2e-") as tmp:
         work = Path(args.work) if args.work else Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
-        for quant in plan["quants"]:
-            records += measure_mode(quant, option_sets, args, model, work, tool, size)
+        records = measure(plan_runs(plan["quants"], option_sets), args, model, work, tool, size, budget)
     add_ratios(records)
     judged = preset.name == "full" and size == (preset.width, preset.height, preset.steps)
     result = {"preset": preset.name, "spec": preset.spec(), "model": str(model),
               "model_bytes": sum(f.stat().st_size for f in model.rglob("*") if f.is_file()),
               "width": size[0], "height": size[1], "steps": size[2], "device": str(device),
               "date": datetime.date.today().isoformat(), "machine": info, "slug": machine_slug(info),
-              "build_s": build_s, "records": records, "judged": judged, "targets": targets(records, judged),
-              "total_s": time.perf_counter() - start}
+              "build_s": build_s, "budget_s": args.budget, "records": records, "judged": judged,
+              "targets": targets(records, judged), "total_s": time.perf_counter() - start}
     text = markdown(result)
     print(text)
     path = Path(args.json) if args.json else RESULTS / f"e2e-{result['slug']}-{preset.name}.json"
@@ -563,20 +657,29 @@ def main(argv: list[str] | None = None) -> int:
     path.with_suffix(".md").write_text(text)
     plot(result, path.with_suffix(".png"))
     log(f"wrote {path} and its .md and .png")
-    return 0 if all(r["status"] == "ok" for r in records) else 1
+    return 0 if all(r["status"] in ("ok", "skipped") and not _failed_runs(r) for r in records) else 1
 
 
-def disk_shortage(preset: Preset, cache: Path) -> str | None:
-    """Why the full model cannot be written under ``cache`` (None when it is built already or fits)."""
-    root = Path(cache) / "bench-e2e" / preset.slug()
-    if preset.name != "full" or (root / ".complete").exists():
+def _failed_runs(record: dict) -> bool:
+    return any(not run["ok"] for run in record["runs"].values())
+
+
+def disk_shortage(preset: Preset, cache: Path, quants: list[str] = ("none",)) -> str | None:
+    """Why the full preset does not fit the disk under ``cache``: its model (unless built already) and the largest
+    quantized mode's weights (one mode's are kept at a time). None when it fits."""
+    if preset.name != "full":
         return None
+    root = Path(cache) / "bench-e2e" / preset.slug()
+    model = 0 if (root / ".complete").exists() else FULL_MODEL_BYTES
+    quantized = FULL_MODEL_BYTES * QUANTIZED_SHARE if any(q != "none" for q in quants) else 0
+    need = (model + quantized) * 1.05
     folder = next((p for p in (root, *root.parents) if p.exists()), Path("/"))
     free = shutil.disk_usage(folder).free
-    if free >= FULL_MODEL_BYTES * 1.05:
+    if free >= need:
         return None
-    return (f"--full writes a {FULL_MODEL_BYTES / 1e9:.0f} GB model under {root.parent}; only {free / 1e9:.0f} GB "
-            "are free there (choose another place with --cache).")
+    return (f"--full needs about {need / 1e9:.0f} GB of disk under {root.parent} (the {FULL_MODEL_BYTES / 1e9:.0f} "
+            f"GB model{', built already' if not model else ''}, and one quantized mode's weights at a time); only "
+            f"{free / 1e9:.0f} GB are free there (choose another place with --cache, or fewer --quant modes).")
 
 
 def make_plan(args) -> dict:

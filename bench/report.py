@@ -208,27 +208,36 @@ def measured_tables(records: list[dict]) -> tuple[dict, dict]:
 
 
 def write_measured(records: list[dict], result: dict, path: Path = MEASURED,
-                   cpu: str | None = None) -> tuple[dict, dict]:
-    """Rewrite quantization/measured.json: this run's transformer ratios become the table of ``cpu`` (default: this
-    machine's class of CPU); the other classes' tables are kept."""
+                   cpu: str | None = None, gpu: str | None = None) -> tuple[dict, dict]:
+    """Rewrite quantization/measured.json: this run's transformer ratios become the table of ``gpu`` (a GPU class,
+    for a run on a GPU) or of ``cpu`` (default: this machine's class of CPU); the other classes' tables are kept
+    (and the weight ratios, the same on every device, are rewritten only from a CPU run)."""
     from quantization.policy import cpu_class
 
-    cpu = cpu or cpu_class()
     steps, weights = measured_tables(records)
     info, shape = result["machine"], result["shape"]
     try:
         old = json.loads(Path(path).read_text())
     except (OSError, ValueError):
         old = {}
-    tables = {k: v for k, v in old.get("cpu_step_ratio", {}).items() if isinstance(v, dict)}
-    machines = dict(old.get("cpu_machines", {}))
-    tables[cpu] = _names(steps)
+    data = {"cpu_step_ratio": {k: v for k, v in old.get("cpu_step_ratio", {}).items() if isinstance(v, dict)},
+            "cpu_weight_ratio": old.get("cpu_weight_ratio", {}), "cpu_machines": dict(old.get("cpu_machines", {})),
+            "gpu_step_ratio": {k: v for k, v in old.get("gpu_step_ratio", {}).items() if isinstance(v, dict)},
+            "gpu_machines": dict(old.get("gpu_machines", {}))}
     shares = [r["other_cpu_share"] for r in records if r.get("other_cpu_share") is not None]
     busy = f"; others used {sum(shares) / len(shares):.0%} of the CPU" if shares else ""
-    machines[cpu] = (f"{info['cpu']}, {info['cores']} cores, torch {info['versions']['torch']}, {result['date']}; "
-                     f"{shape['double_blocks']} double + {shape['single_blocks']} single blocks at hidden "
-                     f"{shape['hidden']}, {shape['image_tokens']} image + {shape['text_tokens']} text tokens{busy}")
-    data = {"cpu_step_ratio": tables, "cpu_weight_ratio": _names(weights), "cpu_machines": machines}
+    where = (f"{shape['double_blocks']} double + {shape['single_blocks']} single blocks at hidden {shape['hidden']}, "
+             f"{shape['image_tokens']} image + {shape['text_tokens']} text tokens")
+    if gpu is not None:
+        data["gpu_step_ratio"][gpu] = _names(steps)
+        data["gpu_machines"][gpu] = (f"{info['device_name']}, torch {info['versions']['torch']}, {result['date']}; "
+                                     f"{where}")
+    else:
+        cpu = cpu or cpu_class()
+        data["cpu_step_ratio"][cpu] = _names(steps)
+        data["cpu_weight_ratio"] = _names(weights)
+        data["cpu_machines"][cpu] = (f"{info['cpu']}, {info['cores']} cores, torch {info['versions']['torch']}, "
+                                     f"{result['date']}; {where}{busy}")
     Path(path).write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
     forget_measured()
     return steps, weights

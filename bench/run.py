@@ -81,9 +81,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def check_request(args, shape, device: torch.device) -> str | None:
     """Why this run should not start (None when it may)."""
-    if args.update_policy and (device.type != "cpu" or args.preset == "tiny"):
-        return ("--update-policy writes the CPU table: run it on a CPU with --quick (or --full), "
-                "not with --tiny or on a GPU.")
+    if args.update_policy and (device.type not in ("cpu", "cuda") or args.preset == "tiny"):
+        return ("--update-policy writes the measured table of this class of CPU or NVIDIA GPU: run it with --quick "
+                "(or --full) on a CPU or a CUDA GPU, not with --tiny.")
     if args.preset != "full" or args.force:
         return None
     if device.type != "cuda":
@@ -150,7 +150,15 @@ def run(shape, preset: str, device: torch.device, dtype: torch.dtype, cache: Pat
     result = {"preset": preset, "shape": shape.to_dict(), "device": str(device), "dtype": str(dtype)[6:],
               "date": datetime.date.today().isoformat(), "machine": info, "slug": machine_slug(info),
               "isolated": isolate, "build_s": build_s, "skipped": skipped, "failed": failed}
-    if update_policy:
+    if update_policy and device.type == "cuda":
+        from quantization.policy import candidates, gpu_class
+
+        from .report import write_measured
+
+        write_measured(records, result, gpu=gpu_class(device))
+        chains = {quant: candidates(quant, device.type) for quant in ("8bit", "4bit")}
+        log(f"rewrote quantization/measured.json (GPU class {gpu_class(device)})")
+    elif update_policy:
         from quantization.policy import cpu_order
 
         from .report import write_measured

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import os
 import statistics
 import time
+import traceback
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -16,9 +18,10 @@ from PIL import Image
 from . import defaults
 from .errors import Cancelled, UserError
 from .images import save_png
-from .loras import (apply_control_lora, apply_loras, check_lora, control_lora_file, release_control_lora,
+from .loras import (apply_control_lora, apply_loras, check_lora, control_lora_file, nonfinite, release_control_lora,
                     text_encoder_adapters)
 from .manager import ModelManager, Progress
+from .memory import offload as offloading
 from .memory.device import PeakMemory
 from .memory.placement import Placement
 from .models import single_file
@@ -26,7 +29,7 @@ from .models.sources import resolve_model
 from .preview import PreviewCallback, is_preview_step, packed_preview
 from .report import build_report, fallback_notices, summary
 from .request import GenerationRequest
-from .speed import compile_refusal, compile_transformer, step_cache
+from .speed import compile_refusal, compile_transformer, compiled_graphs, is_compiled, step_cache, uncompile
 from .tools import Prepared, RunContext
 
 log = logging.getLogger(__name__)
@@ -53,7 +56,7 @@ class GenerationResult:
         meta["quantization"] = self.report["quantization"]
         meta["quantization_summary"] = summary(self.report)
         meta["device"], meta["dtype"] = self.report["device"], self.report["dtype"]
-        for name in ("placement", "options", "step_cache", "compiled"):
+        for name in ("placement", "options", "step_cache", "compiled", "offload"):
             meta[name] = self.report[name]
         if "conditioning" in self.report:  # how several input images became one conditioning image
             meta["conditioning"] = self.report["conditioning"]
@@ -84,16 +87,23 @@ class Run:
     placement: Placement | None = None
     prepared: Prepared | None = None
     prompt_cached: bool = False
-    compiled: bool = False
+    compiled: bool = False  # the transformer that made the image ran compiled
+    compile_graphs: int = 0  # graphs torch.compile made during this run (0: it compiled nothing new)
     step_cache: dict | None = None
+    offload: str = "none"  # the offload installed while the image was made
     control_lora: Any = None  # the control LoRA this run applies (the request's, or the tool's default file)
     preview: PreviewCallback | None = None  # called with a preview picture every `preview_every` steps
     preview_every: int = 0
+    without: dict = field(default_factory=dict)  # options this run goes without after they failed: name -> reason
+    offload_kind: str | None = None  # the offload this run installs instead of the option's (out-of-memory recovery)
+    suspect: tuple | None = None  # (cause, error text, fallbacks and notices before) while a retry without it runs
+    cleared: set = field(default_factory=set)  # causes a retry without them showed innocent
 
     def details(self) -> dict:
         """What the report records of how the run used memory and time."""
         placement = dict(self.placement.to_dict(), prompt_from_cache=self.prompt_cached)
-        return {"placement": placement, "compiled": self.compiled, "step_cache": self.step_cache,
+        return {"placement": placement, "compiled": self.compiled, "compile_graphs": self.compile_graphs,
+                "step_cache": self.step_cache, "offload": self.offload,
                 **(self.prepared.details if self.prepared else {})}
 
 
@@ -156,12 +166,11 @@ class Engine:
             width, height = tool.output_size(request, request.image)
             run.placement = manager.place(loaded, width * height, self._text_tokens(request),
                                           tool.condition_pixels(width, height, request))
-            self._speed_options(run)
             images = self._run_with_recovery(run, progress)
         image = Image.fromarray((images[0] * 255).round().clip(0, 255).astype(np.uint8))
         run.timings["total_s"] = time.perf_counter() - start
         report = build_report(request, run.prepared, loaded, manager, peak.peak_bytes, run.timings, run.fallbacks,
-                              notices, run.details())
+                              notices, run.details(), peak.peak_reserved_bytes)
         if control_lora is not None:
             report["parameters"]["control_lora"] = control_lora.to_dict()
         if transformer_file is not None:
@@ -176,21 +185,23 @@ class Engine:
         return request.spec.defaults(request.model).max_sequence_length
 
     def _speed_options(self, run: "Run") -> None:
-        """torch.compile where it is offered (once per loaded pipeline); a refusal is a visible fallback."""
+        """torch.compile where it is offered (once per loaded pipeline; not again on a pipeline it failed on, nor in a
+        run that found it failing); a refusal is a visible fallback."""
+        loaded = run.loaded
         if not self.manager.options.compile:
             return
-        refusal = compile_refusal(self.manager.device)
+        refusal = compile_refusal(self.manager.device) or run.without.get("compile") or loaded.compile_failed
         if refusal:
-            run.notices.append(f"Compile skipped: {refusal}.")
-            run.fallbacks.append({"component": "transformer", "backend": "compile", "format": "regional",
-                                  "reason": refusal})
+            if not any(f["backend"] == "compile" for f in run.fallbacks):
+                run.notices.append(f"Compile skipped: {refusal}.")
+                run.fallbacks.append({"component": "transformer", "backend": "compile", "format": "regional",
+                                      "reason": refusal})
             return
-        if not run.loaded.compiled:
-            compile_transformer(run.loaded.pipe.transformer)
-            run.loaded.compiled = True
-            if run.loaded.base is not None:
-                run.loaded.base.compiled = True
-        run.compiled = True
+        if not is_compiled(loaded.pipe.transformer):
+            compile_transformer(loaded.pipe.transformer)
+        loaded.compiled = True
+        if loaded.base is not None:
+            loaded.base.compiled = True
 
     def _run_with_recovery(self, run: "Run", progress: Progress) -> np.ndarray:
         """Encode, denoise and decode (a control LoRA, when the run has one, only for this run)."""
@@ -198,22 +209,21 @@ class Engine:
             return self._run_steps(run, progress)
         finally:
             if run.control_lora is not None:
+                offloading.remove(run.loaded.pipe)  # hooks hold the modules the control LoRA replaced
                 release_control_lora(run.loaded.pipe)  # the shared Dev transformer as it was
 
     def _run_steps(self, run: "Run", progress: Progress) -> np.ndarray:
-        """Encode, denoise and decode, each with its placement; on failure, retry along the fallback chain, then
-        with freed memory/offload."""
+        """Encode, denoise and decode, each with its placement. A failure is put down to what caused it: running out
+        of memory (memory freed, then offload added: the run's other options kept), compile, the step cache or
+        offload (the run goes on without it, visibly), LoRAs (refused, naming the files; the model left as it was),
+        or the quantization backend (the only cause that moves a component down its fallback chain)."""
         manager, loaded = self.manager, run.loaded
         oom_steps = list(oom_recovery_steps(manager.device.type))
-        run.notices.extend(manager.prepare_for_run(loaded.pipe, tiled=run.placement.tiled_decode))
         while True:
+            graphs = compiled_graphs()
             try:
                 phase = time.perf_counter()
-                if run.control_lora is not None:
-                    apply_control_lora(loaded, run.control_lora, run.request.loras)
-                    run.timings["control_lora_s"] = time.perf_counter() - phase
-                else:
-                    apply_loras(loaded, run.request.loras)
+                self._prepare(run)
                 run.prepared = self._encode(run)
                 run.timings["encode_s"] = time.perf_counter() - phase
                 manager.enter(loaded, run.placement, "denoise")
@@ -222,26 +232,162 @@ class Engine:
                 manager.enter(loaded, run.placement, "decode")
                 images = self._decode(loaded.pipe, latents, run.prepared, run.notices, run.fallbacks)
                 run.timings["decode_s"] = time.perf_counter() - phase
+                run.compiled = is_compiled(loaded.pipe.transformer)
+                run.compile_graphs = compiled_graphs() - graphs
+                run.offload = offloading.installed(loaded.pipe)
+                run.suspect = None  # the retry without it worked: it was the cause
                 return images
             except (UserError, Cancelled, KeyboardInterrupt):
                 raise
             except Exception as error:
                 if _is_oom(error):
-                    manager.free_after_oom(keep=loaded.key)
-                    if not oom_steps:
-                        raise UserError("out of memory: try a smaller size, --quant 4bit, or model CPU offload "
-                                        "(--offload model, or the System tab).") from None
-                    step = oom_steps.pop(0)
-                    run.notices.append(f"Out of memory: retrying with {step}.")
-                    run.fallbacks.append({"component": "pipeline", "backend": "memory", "format": step,
-                                          "reason": "out of memory"})
-                    if step != "freed memory":
-                        run.notices.extend(manager.prepare_for_run(loaded.pipe, offload=step.split()[0]))
+                    self._after_oom(run, oom_steps)
                     continue
-                reason = f"first inference failed: {type(error).__name__}: {error}".strip()
-                if not manager.degrade(loaded, reason):
+                reason = _describe(error)
+                self._clear_suspect(run, reason)
+                cause = self._blame(run, error)
+                if cause in ("compile", "step cache", "offload"):
+                    self._go_without(run, cause, reason)
+                    continue
+                if cause == "loras":
+                    self._refuse_loras(run, error, progress)
+                if not manager.degrade(loaded, f"first inference failed: {reason}"):
                     raise
                 run.notices.append(f"Retrying with less quantization ({reason}).")
+
+    def _prepare(self, run: "Run") -> None:
+        """LoRAs (offload hooks come off first when they change), then offload and VAE options, then compile."""
+        loaded, pipe = run.loaded, run.loaded.pipe
+        loras = [] if run.without.get("loras") else run.request.loras
+        off = lambda: offloading.remove(pipe)  # noqa: E731  (adapters go onto the layers as they are)
+        phase = time.perf_counter()
+        if run.control_lora is not None:
+            apply_control_lora(loaded, run.control_lora, loras, before_change=off)
+            run.timings["control_lora_s"] = time.perf_counter() - phase
+        else:
+            apply_loras(loaded, loras, before_change=off)
+        offload = run.without.get("offload") and "none" or run.offload_kind
+        run.notices.extend(n for n in self.manager.prepare_for_run(loaded, offload=offload,
+                                                                   tiled=run.placement.tiled_decode)
+                           if n not in run.notices)
+        self._speed_options(run)
+
+    def _after_oom(self, run: "Run", steps: list) -> None:
+        """Free memory, then retry with the next offload that this model's backends run under. What the run had
+        asked for (tiled decode, step cache, compile, LoRAs) stays."""
+        manager, loaded = self.manager, run.loaded
+        manager.free_after_oom(keep=loaded.key)
+        while steps:
+            step = steps.pop(0)
+            kind = step.split()[0]
+            if step != "freed memory":
+                refusals = manager.offload_refusals(loaded, kind)
+                if refusals or kind in run.without.get("offload_kinds", ()):
+                    run.notices.append(f"Out of memory: {step} skipped ({refusals[0] if refusals else 'it failed'}).")
+                    continue
+                run.offload_kind = kind
+            run.notices.append(f"Out of memory: retrying with {step}.")
+            run.fallbacks.append({"component": "pipeline", "backend": "memory", "format": step,
+                                  "reason": "out of memory"})
+            return
+        raise UserError("out of memory: try a smaller size, --quant 4bit, or CPU offload (--offload block or "
+                        "model, or the System tab).") from None
+
+    def _clear_suspect(self, run: "Run", reason: str) -> None:
+        """After a retry without a suspected option failed the same way, it was not the cause: it comes back (and
+        the fallback recorded for it goes), and another cause is looked for."""
+        if run.suspect is None:
+            return
+        cause, before, fallbacks, notices = run.suspect
+        run.suspect = None
+        if before != reason:
+            return  # it failed otherwise now: leaving the option out did change something
+        run.cleared.add(cause)
+        run.fallbacks[:], run.notices[:] = fallbacks, notices
+        if cause == "compile":
+            run.loaded.compile_failed = None
+            run.without.pop("compile", None)
+        elif cause == "offload":
+            run.without.pop("offload", None)
+            run.without.pop("offload_kinds", None)
+        else:
+            run.without.pop(cause, None)
+
+    def _go_without(self, run: "Run", cause: str, reason: str) -> None:
+        """Retry the run without ``cause`` (compile, step cache or offload), visibly; the model is not touched."""
+        loaded, kind = run.loaded, None
+        run.suspect = (cause, reason, list(run.fallbacks), list(run.notices))
+        if cause == "compile":
+            uncompile(loaded.pipe.transformer)
+            loaded.compiled = False
+            loaded.compile_failed = f"it failed on this model ({reason})"
+            run.without["compile"] = loaded.compile_failed
+        elif cause == "step cache":
+            run.without["step cache"] = reason
+        else:
+            kind = offloading.installed(loaded.pipe)
+            offloading.remove(loaded.pipe)
+            run.without["offload"] = reason
+            run.without.setdefault("offload_kinds", set()).add(kind)
+            run.offload_kind = None
+        run.notices.append(f"{cause.capitalize()} failed ({reason}): this run goes without it.")
+        what = {"compile": "regional", "step cache": "first block"}.get(cause) or kind
+        run.fallbacks.append({"component": "pipeline" if cause == "offload" else "transformer", "backend": cause,
+                              "format": what, "reason": reason})
+
+    def _blame(self, run: "Run", error: Exception) -> str:
+        """What made the run fail: compile, step cache, offload, loras or backend.
+
+        An error is put down to the library in whose code it was raised (the innermost frame of a known one). Bad
+        output (NaN or flat pixels) names no code: compile, then the step cache are left out in turn (each retry runs
+        without one more of them); then a run without the LoRAs tells whether they or the backend gave it."""
+        active = self._active(run) - run.cleared
+        if isinstance(error, BadOutput):
+            for cause in ("compile", "step cache"):
+                if cause in active:
+                    return cause
+            return "loras" if "loras" in active else "backend"
+        cause = _raised_in(error, skip=run.cleared)
+        if cause is not None and cause in active:
+            return cause
+        return "backend"
+
+    def _active(self, run: "Run") -> set[str]:
+        options, active = self.manager.options, set()
+        if is_compiled(run.loaded.pipe.transformer):
+            active.add("compile")
+        if options.step_cache > 0 and "step cache" not in run.without:
+            active.add("step cache")
+        if offloading.installed(run.loaded.pipe) != "none":
+            active.add("offload")
+        if run.request.loras and "loras" not in run.without:
+            active.add("loras")
+        return active
+
+    def _refuse_loras(self, run: "Run", error: Exception, progress: Progress) -> None:
+        """A run with LoRAs failed: when the same run without them works, the LoRAs are refused in one line naming
+        them (the model stays as it is: no fallback is made); when it fails too, the backend is to blame (return)."""
+        names = ", ".join(repr(lora.name) for lora in run.request.loras)
+        bad = nonfinite(run.request.loras)
+        what = "NaN or infinite pixels" if isinstance(error, BadOutput) else _describe(error)
+        if bad:
+            raise UserError(f"lora={', '.join(repr(lora.name) for lora in bad)} holds NaN or infinite weights; "
+                            "use another file.")
+        run.without["loras"] = what
+        try:
+            self._prepare(run)
+            run.prepared = self._encode(run)
+            self.manager.enter(run.loaded, run.placement, "denoise")
+            latents = self._denoise(run, progress)
+            self.manager.enter(run.loaded, run.placement, "decode")
+            self._decode(run.loaded.pipe, latents, run.prepared, [], [])
+        except (UserError, Cancelled, KeyboardInterrupt):
+            raise
+        except Exception:  # noqa: BLE001  the model fails without the LoRAs too: its backend is to blame
+            del run.without["loras"]
+            return
+        raise UserError(f"lora={names} gives {what} with this model (the same run without it works); lower its "
+                        "strength or use another file.")
 
     def _encode(self, run: "Run") -> Prepared:
         """The tool's pipeline arguments, with the prompt turned into embeddings (cached per prompt and encoders).
@@ -255,7 +401,7 @@ class Engine:
             return prepared
         kwargs = dict(prepared.kwargs)
         encoders = tuple(loaded.components[name].key for name in ("text_encoder", "text_encoder_2"))
-        adapters = text_encoder_adapters(loaded.pipe, run.request.loras)
+        adapters = text_encoder_adapters(loaded.pipe, [] if run.without.get("loras") else run.request.loras)
         if adapters:  # embeddings made with a text-encoder LoRA serve only runs with the same LoRAs and strengths
             encoders += (("loras",) + adapters,)
         key = manager.prompts.key(encoders, kwargs.pop("prompt"), self._text_tokens(run.request))
@@ -286,7 +432,7 @@ class Engine:
             return callback_kwargs
 
         progress("denoise", 0, steps)
-        threshold = self.manager.options.step_cache
+        threshold = 0.0 if "step cache" in run.without else self.manager.options.step_cache
         with step_cache(pipe.transformer, threshold) as counter:
             output = pipe(
                 **prepared.kwargs,
@@ -300,8 +446,9 @@ class Engine:
                 output_type="latent",
             )
         if counter is not None:
-            run.step_cache = {"threshold": threshold, "full_steps": counter["full"],
-                              "skipped_steps": max(0, steps - counter["full"])}
+            full = counter()
+            run.step_cache = {"threshold": threshold, "full_steps": full,
+                              "skipped_steps": None if full is None else max(0, steps - full)}
         times = [b - a for a, b in zip(stamps, stamps[1:])]
         run.timings["denoise_s"] = stamps[-1] - stamps[0] + previewing[0]
         if previewing[0]:
@@ -357,8 +504,50 @@ class Engine:
 def oom_recovery_steps(device_type: str) -> tuple[str, ...]:
     """What to try, in order, after running out of memory (offload needs an accelerator)."""
     if device_type in ("cuda", "mps"):
-        return ("model offload", "sequential offload")
+        return ("model offload", "block offload", "sequential offload")
     return ("freed memory",)
+
+
+# Where an error was raised says what caused it. Compile first: an error raised while torch.compile traces or runs
+# its compiled code (whoever's code it came from) is compile's, since the same code runs eagerly without it. Else the
+# innermost frame in one of these libraries' files names the cause. Frames that only pass a call through to the code
+# they wrap (compiled code's entry, a hook calling the module's own forward, a LoRA layer calling its base layer) name
+# nothing: an error beneath them is not theirs.
+_COMPILING = ("/torch/_dynamo/", "/torch/_inductor/", "/torch/_functorch/", "/torch/_subclasses/fake_tensor.py",
+              "torchinductor")
+_CAUSES = (("step cache", ("/diffusers/hooks/first_block_cache.py",)),
+           ("offload", ("/accelerate/hooks.py", "/accelerate/utils/modeling.py", "/diffusers/hooks/group_offloading.py")),
+           ("loras", ("/peft/",)),
+           ("backend", ("/bitsandbytes/", "/optimum/quanto/", "/torchao/", "/quantization/backends/")))
+_PASS_THROUGH_FILES = ("/torch/_dynamo/eval_frame.py", "/torch/_dynamo/external_utils.py")
+_PASS_THROUGH_CALLS = ("original_forward(", "_old_forward(", "self.base_layer(", "_compiled_call_impl(")
+
+
+def _raised_in(error: BaseException, skip=()) -> str | None:
+    """The cause named by where ``error`` was raised (its causes' tracebacks included): compile when a frame of
+    torch.compile's own is in it, else the innermost known frame's library (_CAUSES); causes in ``skip`` left out."""
+    frames = []
+    seen = 0
+    while error is not None and seen < 4:
+        frames += [frame for frame in reversed(traceback.extract_tb(error.__traceback__))
+                   if not frame.filename.replace("\\", "/").endswith(_PASS_THROUGH_FILES)
+                   and not any(call in (frame.line or "") for call in _PASS_THROUGH_CALLS)]
+        error, seen = error.__cause__ or error.__context__, seen + 1
+    paths = [frame.filename.replace("\\", "/") for frame in frames]
+    compiled_code = os.environ.get("TORCHINDUCTOR_CACHE_DIR")  # inductor writes the code it runs there
+    compiling = _COMPILING + ((compiled_code,) if compiled_code else ())
+    if "compile" not in skip and any(part in path for path in paths for part in compiling):
+        return "compile"
+    for path in paths:
+        for cause, parts in _CAUSES:
+            if cause not in skip and any(part in path for part in parts):
+                return cause
+    return None
+
+
+def _describe(error: Exception) -> str:
+    text = " ".join(str(error).split())
+    return f"{type(error).__name__}: {text[:300]}".strip()
 
 
 def _is_oom(error: Exception) -> bool:

@@ -15,10 +15,13 @@ from typing import Any, Callable
 
 import torch
 
-from quantization.policy import HEADROOM, RATIO, AutoChoice, candidates, choose_auto
+from quantization.policy import HEADROOM, RATIO, AutoChoice, candidates, choose_auto, measured_step_ratios, offered
 from quantization.records import Fallback
+from quantization.registry import loaded_offload_refusal, offload_refusal
 
 from .defaults import QUANTIZED_COMPONENTS
+from .errors import UserError
+from .memory import offload as offloading
 from .memory.device import empty_cache, free_memory, pick_device, pick_dtype
 from .memory.options import RunOptions
 from .memory.placement import PHASES, Placement, plan, working_memory
@@ -50,6 +53,7 @@ class LoadedPipeline:
     compiled: bool = False  # its transformer's repeated blocks are compiled
     lora_state: Any = None  # the LoRA adapters this pipeline last applied (pipelines.loras.apply_loras)
     base: Any = None  # for a control view: the Dev LoadedPipeline whose components it runs on
+    compile_failed: str | None = None  # why compiling its transformer failed (then it is not compiled again)
 
     @property
     def root(self) -> Path:
@@ -82,9 +86,34 @@ class ModelManager:
         """Change run options (pipelines.memory.options.RunOptions fields); None leaves one as it is."""
         self.options = replace(self.options, **{k: v for k, v in changes.items() if v is not None})
 
-    def prepare_for_run(self, pipe, offload: str | None = None, tiled: bool = False) -> list[str]:
-        """Apply the offload and VAE options before a run; returns notices."""
-        return self.options.apply(pipe, self.device, offload, tiled)
+    def prepare_for_run(self, loaded: "LoadedPipeline", offload: str | None = None, tiled: bool = False) -> list[str]:
+        """Apply the offload and VAE options before a run (``offload`` instead of the option's, ``tiled``: decode in
+        tiles whatever the option says); returns notices. An offload that a loaded component's backend cannot run
+        under is refused (UserError) before anything is installed."""
+        wanted = offload or self.options.offload
+        refusals = self.offload_refusals(loaded, wanted)
+        if refusals:
+            raise UserError(f"offload={wanted!r} cannot run this model: {refusals[0]}.")
+        notices = self.options.apply(loaded.pipe, self.device, wanted, tiled)
+        if self.device.type != "cpu":  # offload hooks put and took weights where they wanted: see where they are
+            for component in loaded.components.values():
+                component.on_device = _on(component.module, self.device)
+        return notices
+
+    def offload_refusals(self, loaded: "LoadedPipeline", offload: str) -> list[str]:
+        """Why ``loaded``'s components cannot run under ``offload``, one line each (empty when they can)."""
+        return [f"its {name} ({c.quant.backend} {c.quant.format}) {reason}" for name, c in loaded.components.items()
+                if c.quant and (reason := loaded_offload_refusal(c.quant.backend, c.quant.format, offload))]
+
+    def offload_chain(self, chain: tuple, offload: str | None = None) -> tuple[tuple, list[tuple]]:
+        """``chain`` without the configs whose layers cannot run under ``offload`` (default: the option's), and
+        those left out: [(config, reason)]."""
+        offload = offload or self.options.offload
+        kept, left = [], []
+        for config in chain:
+            reason = offload_refusal(config, offload)
+            (left.append((config, reason)) if reason else kept.append(config))
+        return tuple(kept), left
 
     def place(self, loaded: LoadedPipeline, pixels: int, text_tokens: int, condition_pixels: int = 0) -> Placement:
         """Where each component of ``loaded`` lives in each phase of a run of ``pixels`` output pixels (and
@@ -102,14 +131,15 @@ class ModelManager:
     def enter(self, loaded: LoadedPipeline, placement: Placement, phase: str) -> None:
         """Move ``loaded``'s components for ``phase``: what it needs to the device, what waits to the CPU.
 
-        Quantized modules move as they are (their packed weights), never unpacked. Nothing moves on a CPU device or
-        while accelerate's offload hooks manage the pipeline."""
+        A move takes every tensor a component owns, quantized ones as they are (packed), never unpacked. Nothing
+        moves on a CPU device; components under offload hooks are the hooks' to move."""
         if self.device.type == "cpu" and placement.name == "resident":
             return
         with self.lock:
             wanted = placement.on_device(phase)
             for name, component in loaded.components.items():
-                if name not in PLACED or hasattr(component.module, "_hf_hook") or component.on_device == (name in wanted):
+                if name not in PLACED or not isinstance(component.module, torch.nn.Module) \
+                        or offloading.managed(component.module) or component.on_device == (name in wanted):
                     continue
                 component.module.to(self.device if name in wanted else torch.device("cpu"))
                 component.on_device = name in wanted
@@ -122,7 +152,8 @@ class ModelManager:
         if quant != "auto":
             return quant, None
         quantizable, other = weight_bytes(root, self.dtype)
-        choice = choose_auto(quantizable, other, self._free_memory(self.device))
+        ratios = measured_step_ratios(self.device) if "fp8" in offered(self.device) else {}
+        choice = choose_auto(quantizable, other, self._free_memory(self.device), ratios, self.device.type)
         return choice.quant, choice
 
     # ---- loading -----------------------------------------------------------------------------------------
@@ -130,12 +161,18 @@ class ModelManager:
                  transformer: Path | None = None) -> LoadedPipeline:
         """The pipeline in ``root`` with ``quant`` ('auto', 'none', '8bit', '4bit'), loading what is missing.
 
-        ``transformer``: a single-file GGUF checkpoint that replaces the pipeline's transformer.
+        ``transformer``: a single-file GGUF checkpoint that replaces the pipeline's transformer. A quant choice none
+        of whose backends runs under the offload option is refused (UserError) before anything is loaded; a loaded
+        pipeline whose backends cannot is unloaded and loaded again with ones that can.
         """
         with self.lock:
             resolved, auto = self.resolve_quant(root, quant)
             key = (str(root), resolved) + ((f"transformer={transformer}",) if transformer else ())
+            self._check_offload(resolved, transformer)
             loaded = self._pipelines.get(key)
+            if loaded is not None and self.offload_refusals(loaded, self.options.offload):
+                self._drop_components_refusing(self.options.offload)
+                loaded = None
             if loaded is None:
                 self._drop_other_quants(str(root), resolved)
                 self._make_room(root, resolved)
@@ -145,6 +182,34 @@ class ModelManager:
             loaded.auto = auto
             self._enforce_budget(keep=key)
             return loaded
+
+    def _check_offload(self, quant: str, transformer: Path | None) -> None:
+        """Refuse ``quant`` when the offload option leaves none of its quantized backends on this device."""
+        offload = self.options.offload
+        if quant == "none" or offload == "none":
+            return
+        chain = candidates(quant, self.device.type)
+        kept, left = self.offload_chain(chain, offload)
+        if left and not any(config.bits < 16 for config in kept):
+            config, reason = left[0]
+            raise UserError(f"quant={quant!r} with offload={offload!r}: no {quant} backend on {self.device.type} runs "
+                            f"under {offload} offload ({config.label}: {reason}); choose another offload or "
+                            "quant=none.")
+        if transformer is not None:
+            reason = loaded_offload_refusal("gguf", "", offload)
+            if reason:
+                raise UserError(f"transformer={transformer.name!r} with offload={offload!r}: {reason}.")
+
+    def _drop_components_refusing(self, offload: str) -> None:
+        """Unload every pipeline holding a component whose backend cannot run under ``offload``."""
+        for key in [k for k, p in self._pipelines.items() if self.offload_refusals(p, offload)]:
+            log.info("unloading %s: one of its backends cannot run under %s offload", key, offload)
+            self._unload(key)
+            for component in list(self._components._items.values()):
+                if component.quant and loaded_offload_refusal(component.quant.backend, component.quant.format,
+                                                              offload):
+                    self._components._items.pop(component.key, None)
+        empty_cache(self.device)
 
     def control_view(self, loaded: LoadedPipeline) -> LoadedPipeline:
         """A FluxControlPipeline over ``loaded``'s own components (the Dev transformer, text encoders, VAE): nothing
@@ -156,7 +221,7 @@ class ModelManager:
             names = FluxControlPipeline._get_signature_keys(FluxControlPipeline)[0]
             pipe = FluxControlPipeline(**{name: getattr(loaded.pipe, name) for name in names})
             return LoadedPipeline(loaded.key, pipe, loaded.components, loaded.quant, loaded.auto, 0.0, 0.0,
-                                  loaded.last_used, loaded.compiled, None, loaded)
+                                  loaded.last_used, loaded.compiled, None, loaded, loaded.compile_failed)
 
     def _load_pipeline(self, key, root: Path, quant: str, auto, progress: Progress,
                        transformer: Path | None = None) -> LoadedPipeline:
@@ -202,20 +267,25 @@ class ModelManager:
         cls = import_class(library, cls_name)
         if not issubclass(cls, torch.nn.Module):  # tokenizers, schedulers
             return self._components.add(Component(name, key, cls.from_pretrained(root, subfolder=name)))
-        chain = candidates(quant if quantized else "none", self.device.type)
+        chain, left = self.offload_chain(candidates(quant if quantized else "none", self.device.type))
+        skipped = [Fallback(name, config.backend, config.format, reason) for config, reason in left]
         if quantized and quant != "none":
             progress("quantize", 0, 1)
-        module, record, remaining = load_quantized(root, name, cls, key[0], chain, self.device, self.dtype, file)
+        module, record, remaining = load_quantized(root, name, cls, key[0], chain, self.device, self.dtype, file,
+                                                   fallbacks=skipped)
         return self._components.add(Component(name, key, module, record, remaining))
 
     def degrade(self, loaded: LoadedPipeline, reason: str) -> list:
-        """After a failed run: move each quantized component one step down its chain, rebuilding the pipeline.
+        """After a run failed in a backend's own layers: move each quantized component one step down its chain,
+        rebuilding the pipeline (its offload hooks are taken off first; the next run installs them again).
 
         The next step goes through the same load path as a first load (probe, cache). Returns the fallbacks
         made (empty when everything is already at full precision).
         """
         with self.lock:
             made = []
+            if any(c.chain for c in loaded.components.values() if c.quant and c.quant.backend != "none"):
+                offloading.remove(loaded.pipe)
             for name, component in list(loaded.components.items()):
                 if not component.quant or component.quant.backend == "none" or not component.chain:
                     continue
@@ -232,6 +302,11 @@ class ModelManager:
                 if loaded.base is not None:  # a control view: its Dev pipeline runs on the same components
                     setattr(loaded.base.pipe, name, module)
                 made.append(failed)
+            if made:
+                loaded.compiled = False  # a new transformer: not compiled (nor its LoRAs applied) yet
+                loaded.lora_state = None
+                if loaded.base is not None:
+                    loaded.base.compiled, loaded.base.lora_state = False, None
             return made
 
     # ---- auxiliary models (not quantized) ------------------------------------------------------------
@@ -304,3 +379,12 @@ class ModelManager:
         """What is loaded: one row per component, with its backend, bytes and the pipelines sharing it."""
         with self.lock:
             return self._components.rows()
+
+
+def _on(module, device: torch.device) -> bool:
+    """True when ``module``'s weights are on ``device`` (its first parameter or buffer says where)."""
+    if not isinstance(module, torch.nn.Module):
+        return False
+    first = next(iter(module.parameters()), None)
+    first = first if first is not None else next(iter(module.buffers()), None)
+    return first is not None and first.device.type == device.type

@@ -11,7 +11,7 @@ from .memory.device import memory_kind
 
 
 def build_report(request, prepared, loaded, manager, peak_bytes: int, timings: dict, run_fallbacks: list[dict],
-                 notices: list[str], details: dict) -> dict:
+                 notices: list[str], details: dict, peak_reserved_bytes: int | None = None) -> dict:
     components = {name: c.quant.to_dict() for name, c in loaded.components.items()
                   if c.quant and isinstance(c.module, torch.nn.Module)}
     notices += prequantized_notices(components, request.quant)
@@ -31,7 +31,8 @@ def build_report(request, prepared, loaded, manager, peak_bytes: int, timings: d
             "components": components,
             "fallbacks": [f.to_dict() for f in loaded.fallbacks] + run_fallbacks,
         },
-        "memory": {"peak_bytes": peak_bytes, "kind": memory_kind(manager.device)},
+        "memory": {"peak_bytes": peak_bytes, "peak_reserved_bytes": peak_reserved_bytes,
+                   "kind": memory_kind(manager.device)},
         "options": manager.options.to_dict(),
         **details,
         "timings": {name: round(value, 4) for name, value in timings.items()},

@@ -25,9 +25,10 @@ CANDIDATES: dict[tuple[str, str], tuple[QuantConfig, ...]] = {
     ("cpu", "4bit"): (BitsAndBytesConfig("nf4"), QuantoConfig("int4")),
     # float8 runs only on NVIDIA GPUs of compute capability 8.9+; elsewhere the backend refuses it and the
     # chain falls back to full precision, visibly.
+    # On a CPU, float8 weight-only stores the weights in float8 and computes in bf16.
     ("cuda", "fp8"): (TorchAoConfig("float8_dynamic"), TorchAoConfig("float8_weight_only")),
     ("mps", "fp8"): (TorchAoConfig("float8_dynamic"),),
-    ("cpu", "fp8"): (TorchAoConfig("float8_dynamic"),),
+    ("cpu", "fp8"): (TorchAoConfig("float8_dynamic"), TorchAoConfig("float8_weight_only")),
 }
 
 # Weight bytes relative to bf16: the physical floor of the format plus its scales.
@@ -44,7 +45,8 @@ def all_configs() -> tuple[QuantConfig, ...]:
 
 
 def read_measured(path: Path) -> dict:
-    """A measured table as the policy uses it: {"step": {cpu: Ratios}, "weight": Ratios, "machines": {cpu: text}}.
+    """A measured table as the policy uses it: {"step": {cpu: Ratios}, "weight": Ratios, "machines": {cpu: text},
+    "gpu_step": {gpu: Ratios}, "gpu_machines": {gpu: text}} (GPU classes: gpu_class()).
 
     The file keys each ratio by 'backend format'."""
     raw = json.loads(Path(path).read_text())
@@ -53,7 +55,9 @@ def read_measured(path: Path) -> dict:
         return {tuple(name.split(" ", 1)): value for name, value in table.items()}
 
     return {"step": {cpu: pairs(table) for cpu, table in raw["cpu_step_ratio"].items()},
-            "weight": pairs(raw["cpu_weight_ratio"]), "machines": dict(raw["cpu_machines"])}
+            "weight": pairs(raw["cpu_weight_ratio"]), "machines": dict(raw["cpu_machines"]),
+            "gpu_step": {gpu: pairs(table) for gpu, table in raw.get("gpu_step_ratio", {}).items()},
+            "gpu_machines": dict(raw.get("gpu_machines", {}))}
 
 
 @functools.cache
@@ -104,6 +108,26 @@ def cpu_machines() -> dict[str, str]:
     return _measured()["machines"]
 
 
+def gpu_class(device) -> str:
+    """An NVIDIA GPU's class for the measured table: its compute capability, e.g. 'sm_89' (Ada), 'sm_90' (Hopper)."""
+    import torch
+
+    major, minor = torch.cuda.get_device_capability(device)
+    return f"sm_{major}{minor}"
+
+
+def gpu_step_ratios(gpu: str) -> Ratios:
+    """Measured step-time ratios on GPUs of class ``gpu`` (gpu_class); empty when unmeasured."""
+    return _measured()["gpu_step"].get(gpu, {})
+
+
+def measured_step_ratios(device) -> Ratios:
+    """The measured step-time ratios that hold on ``device`` (a torch.device): its GPU class's, or its CPU class's."""
+    if device.type == "cuda":
+        return gpu_step_ratios(gpu_class(device))
+    return cpu_step_ratios() if device.type == "cpu" else {}
+
+
 def cpu_chain(quant: str, cpu: str | None = None) -> tuple[QuantConfig, ...]:
     """The CPU candidates for ``quant`` on ``cpu`` (default: this CPU's class), from the measured tables."""
     return cpu_order(quant, cpu_step_ratios(cpu), cpu_weight_ratios())
@@ -134,8 +158,11 @@ class AutoChoice:
     reason: str
 
 
-def choose_auto(quantizable_bytes: int, other_bytes: int, free_bytes: int | None) -> AutoChoice:
-    """Full precision when the model fits with headroom, else 8-bit, else 4-bit.
+def choose_auto(quantizable_bytes: int, other_bytes: int, free_bytes: int | None,
+                step_ratios: Ratios | None = None, device_type: str = "cuda") -> AutoChoice:
+    """Full precision when the model fits with headroom, else 8-bit, else 4-bit; fp8 instead of full precision or
+    8-bit where it fits and ``step_ratios`` (measured on this class of device: measured_step_ratios) show its first
+    backend faster than what it replaces (full precision: 1.0; 8-bit: the 8-bit chain's first backend).
 
     ``quantizable_bytes``: transformer + T5 at full precision; ``other_bytes``: CLIP, VAE and the rest.
     """
@@ -145,7 +172,26 @@ def choose_auto(quantizable_bytes: int, other_bytes: int, free_bytes: int | None
     for quant in ("none", "8bit", "4bit"):
         need = (quantizable_bytes * RATIO[quant] + other_bytes) * HEADROOM
         if need <= free_bytes:
-            return AutoChoice(quant, f"needs ~{need / gib:.1f} GiB of {free_bytes / gib:.1f} GiB free")
+            why = f"needs ~{need / gib:.1f} GiB of {free_bytes / gib:.1f} GiB free"
+            faster = _fp8_faster(quant, step_ratios or {}, device_type)
+            return AutoChoice("fp8", f"{why}; {faster}") if faster else AutoChoice(quant, why)
     need = (quantizable_bytes * RATIO["4bit"] + other_bytes) * HEADROOM
     return AutoChoice("4bit", f"even 4-bit needs ~{need / gib:.1f} GiB of {free_bytes / gib:.1f} GiB free: "
                               "consider model CPU offload")
+
+
+def _fp8_faster(quant: str, ratios: Ratios, device_type: str) -> str | None:
+    """Why fp8 beats ``quant`` by the measured ``ratios`` (None when it does not, or is not measured)."""
+    if quant not in ("none", "8bit") or (device_type, "fp8") not in CANDIDATES:
+        return None
+    head = CANDIDATES[(device_type, "fp8")][0]
+    fp8 = ratios.get((head.backend, head.format))
+    if fp8 is None:
+        return None
+    if quant == "none":
+        return f"fp8 ({head.label}) measured {fp8:.2f}x a full-precision step here" if fp8 < 1.0 else None
+    eight = candidates("8bit", device_type)[0]
+    other = ratios.get((eight.backend, eight.format))
+    if other is None or fp8 >= other:
+        return None
+    return f"fp8 ({head.label}) measured {fp8:.2f}x a full-precision step here, 8-bit ({eight.label}) {other:.2f}x"

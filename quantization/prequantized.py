@@ -57,6 +57,10 @@ def load_prequantized(component: str, source: ComponentSource, device: torch.dev
                                          dtype)
             else:
                 module = source.cls.from_pretrained(source.folder.parent, subfolder=source.folder.name, dtype=dtype)
+                if backend == "bitsandbytes":  # its layers as this studio's: every tensor moves with them (offload)
+                    from .backends.bitsandbytes_backend import adopt_layers
+
+                    adopt_layers(module, dtype)
         except QuantizationError:
             raise
         except Exception as error:

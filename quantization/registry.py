@@ -48,6 +48,26 @@ def check_backend(config: QuantConfig, device: torch.device) -> str | None:
     return backend.check(config, device)
 
 
+def offload_refusal(config: QuantConfig, offload: str) -> str | None:
+    """Why ``config``'s layers cannot run under ``offload`` (none, model, block, sequential); None when they can."""
+    return None if offload == "none" else backend_for(config).offload_refusal(config, offload)
+
+
+def loaded_offload_refusal(backend: str, fmt: str, offload: str) -> str | None:
+    """offload_refusal for a component already loaded with ``backend`` ``fmt`` (its record's names): pre-quantized
+    formats this registry has no handler for (GGUF) are refused block and sequential offload."""
+    if offload == "none" or backend == "none":
+        return None
+    handler = next((b for b in _REGISTRY.values() if b.name == backend), None)
+    if handler is None:
+        return None if offload == "model" else (f"{backend} {fmt} weights are not known to survive {offload} "
+                                                "offload; use model offload")
+    from .policy import all_configs
+
+    config = next((c for c in all_configs() if (c.backend, c.format) == (backend, fmt)), None)
+    return handler.offload_refusal(config, offload) if config is not None else None
+
+
 def count_quantized_layers(module: torch.nn.Module, config: QuantConfig) -> int:
     backend = backend_for(config)
     return sum(1 for layer in module.modules() if backend.is_quantized_layer(layer))

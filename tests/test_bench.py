@@ -190,16 +190,69 @@ def e2e_run(tmp_path_factory):
     return code, path, work, json.loads(path.read_text())
 
 
+def test_e2e_plans_bf16_once_then_each_mode_cold_and_cached_then_the_option_sets():
+    from bench.e2e import plan_runs
+
+    runs = plan_runs(["none", "8bit", "4bit"], [("compile", ["--compile"], None)])
+    assert [(r["quant"], r["options"], r["phase"]) for r in runs] == [
+        ("none", "", "cached"), ("8bit", "", "cold"), ("8bit", "", "cached"), ("4bit", "", "cold"),
+        ("4bit", "", "cached"), ("8bit", "compile", "cached"), ("4bit", "compile", "cached"),
+        ("none", "compile", "cached")]
+
+
+def test_e2e_budget_expects_the_longest_run_of_a_kind_and_refuses_what_does_not_fit():
+    import time
+
+    from bench.e2e import PRIORS, Budget
+
+    budget = Budget(100, "narrow", time.perf_counter())
+    assert budget.expected("cold") == PRIORS["narrow"]["cold"] and budget.refusal("cold") is None
+    budget.record("cold", 70.0)
+    budget.record("cold", 40.0)
+    assert budget.expected("cold") == 70.0
+    budget.start -= 50  # 50 s have gone
+    assert "over the --budget of 100 s: about 70 s needed, 50 s left" == budget.refusal("cold")
+    assert budget.refusal("cached") is None
+
+
+def test_e2e_within_a_tiny_budget_lists_every_run_as_skipped(e2e_run, tmp_path):
+    from bench import e2e
+
+    _, path, _, _ = e2e_run
+    out = tmp_path / "budget.json"
+    code = e2e.main(["--narrow", "--device", "cpu", "--quant", "4bit", "--budget", "0.001",
+                     "--cache", str(path.parent / "cache"), "--json", str(out)])
+    result = json.loads(out.read_text())
+    assert code == 0 and result["budget_s"] == 0.001
+    assert [(r["quant"], r["status"]) for r in result["records"]] == [("none", "skipped"), ("4bit", "skipped")]
+    assert all("over the --budget of 0 s" in r["reason"] and not r["runs"] for r in result["records"])
+
+
+def test_e2e_disk_check_counts_the_model_and_one_quantized_mode(tmp_path, monkeypatch):
+    from bench.e2e import FULL_MODEL_BYTES, PRESETS, disk_shortage
+
+    free = {"bytes": int(FULL_MODEL_BYTES * 1.3)}
+    monkeypatch.setattr("bench.e2e.shutil.disk_usage", lambda path: type("U", (), {"free": free["bytes"]})())
+    assert disk_shortage(PRESETS["full"], tmp_path, ["none"]) is None
+    short = disk_shortage(PRESETS["full"], tmp_path, ["none", "8bit", "4bit"])
+    assert short and "one quantized mode's weights at a time" in short and "\n" not in short
+    free["bytes"] = int(FULL_MODEL_BYTES * 1.6)
+    assert disk_shortage(PRESETS["full"], tmp_path, ["none", "8bit", "4bit"]) is None
+    assert disk_shortage(PRESETS["narrow"], tmp_path, ["8bit"]) is None
+
+
 def test_e2e_records_say_what_each_run_reported(e2e_run):
     code, _, work, result = e2e_run
     assert code == 1  # a mode failed
     by = {(r["quant"], r["options"]): r for r in result["records"]}
-    assert list(by) == [("none", ""), ("none", "compile"), ("4bit", ""), ("4bit", "compile"), ("bogus", ""),
-                        ("bogus", "compile")]
+    # in the order the runs tell most: bf16, each mode cold then cached, then the option sets
+    assert list(by) == [("none", ""), ("4bit", ""), ("bogus", ""), ("4bit", "compile"), ("bogus", "compile"),
+                        ("none", "compile")]
     reports = {}
     for quant in ("none", "4bit"):
         record = by[(quant, "")]
-        assert record["status"] == "ok" and set(record["runs"]) == {"cold", "cached"}
+        assert record["status"] == "ok" and set(record["runs"]) == ({"cached"} if quant == "none" else
+                                                                      {"cold", "cached"})
         for phase, run in record["runs"].items():
             report = json.loads((work / run["report_file"]).read_text())
             reports[quant, phase] = report
@@ -211,21 +264,26 @@ def test_e2e_records_say_what_each_run_reported(e2e_run):
             assert run["components"] == {name: {"backend": c["backend"], "format": c["format"],
                                                 "from_cache": c.get("from_cache")}
                                          for name, c in report["quantization"]["components"].items()}
-        cold, cached = reports[quant, "cold"], reports[quant, "cached"]
-        assert record["load_cold_s"] == cold["timings"]["load_s"]
+        cached = reports[quant, "cached"]
+        if quant != "none":
+            cold = reports[quant, "cold"]
+            assert record["load_cold_s"] == cold["timings"]["load_s"]
+            assert record["quantize_cold_s"] == cold["timings"]["quantize_s"]
         assert record["load_cached_s"] == cached["timings"]["load_s"]
-        assert record["quantize_cold_s"] == cold["timings"]["quantize_s"]
         assert record["denoise_s"] == cached["timings"]["denoise_s"] > 0
+        timings = cached["timings"]
+        assert record["steady_denoise_s"] == pytest.approx(
+            timings["denoise_s"] - max(0.0, timings["first_step_s"] - timings["step_s"]))
         assert record["peak_bytes"] == cached["memory"]["peak_bytes"]
         assert record["timings"] == cached["timings"]
     # cold quantized and wrote the quantized weights; cached read them back
     assert not reports["4bit", "cold"]["quantization"]["components"]["transformer"]["from_cache"]
     assert reports["4bit", "cached"]["quantization"]["components"]["transformer"]["from_cache"]
     assert by[("4bit", "")]["components"]["transformer"]["backend"] != "none"
-    # the ratio is against the bf16 run of this same invocation
+    # the ratio is against the bf16 run of this same invocation, both warm (no first-step extra: no compiling in it)
     assert by[("none", "")]["denoise_ratio"] == 1.0
-    assert by[("4bit", "")]["denoise_ratio"] == (reports["4bit", "cached"]["timings"]["denoise_s"]
-                                                 / reports["none", "cached"]["timings"]["denoise_s"])
+    assert by[("4bit", "")]["denoise_ratio"] == pytest.approx(by[("4bit", "")]["steady_denoise_s"]
+                                                              / by[("none", "")]["steady_denoise_s"])
 
 
 def test_e2e_failed_and_skipped_runs_are_recorded(e2e_run):
@@ -234,6 +292,7 @@ def test_e2e_failed_and_skipped_runs_are_recorded(e2e_run):
     failed = by[("bogus", "")]
     assert failed["status"] == "failed" and failed["exit_code"] == 2 and set(failed["runs"]) == {"cold"}
     assert "bogus" in failed["error"] and failed["stderr_tail"]
+    assert failed["skipped"] == {"cached": "its cold run failed"}
     assert failed.get("denoise_ratio") is None
     for quant in ("none", "4bit", "bogus"):
         skipped = by[(quant, "compile")]
@@ -360,3 +419,26 @@ def test_lora_bench_from_the_command_line(tmp_path, capsys):
     assert cli.main(["bench", "lora", "--tiny", "--rank", "0"]) == 2
     err = capsys.readouterr().err.strip()
     assert err == "error: --rank=0 must be a whole number >= 1."
+
+
+# ---- bench gpu-check: each option checked on a card (here: --narrow, on the CPU) -----------------------------------
+@pytest.mark.slow
+def test_gpu_check_narrow_runs_every_check_and_prints_one_table(tmp_path, capsys):
+    from bench.gpu_check import CHECKS, main
+
+    out = tmp_path / "gpu-check.md"
+    code = main(["--narrow", "--no-e2e", "--out", str(out)])
+    text = capsys.readouterr().out
+    assert code == 0, text
+    rows = [line for line in text.splitlines() if line.startswith("| ") and not line.startswith("| check")]
+    assert [row.split(" | ")[0][2:] for row in rows] == [name for name, _ in CHECKS]
+    assert all(" | ok | " in row for row in rows)
+    assert out.read_text().strip() == text.strip()
+
+
+def test_gpu_check_without_a_card_points_to_narrow(capsys):
+    from bench.gpu_check import main
+
+    assert main(["--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "--narrow" in err and len(err.strip().splitlines()) == 1

@@ -337,16 +337,16 @@ def test_out_of_memory_twice_gives_advice_and_the_next_request_works(fresh_studi
         raise RuntimeError("MPS backend out of memory (MPS allocated: 17.00 GB)")
 
     monkeypatch.setattr(FluxTransformer2DModel, "forward", always_oom)
-    with pytest.raises(UserError, match=r"out of memory: try a smaller size, --quant 4bit, or model CPU offload "
-                                        r"\(--offload model"):
+    with pytest.raises(UserError, match=r"out of memory: try a smaller size, --quant 4bit, or CPU offload "
+                                        r"\(--offload block or model"):
         fresh_studio.generate(GenerationRequest(tool="dev", prompt="x", model="tiny", quant="none", seed=1))
     monkeypatch.setattr(FluxTransformer2DModel, "forward", original)
     result = fresh_studio.generate(GenerationRequest(tool="dev", prompt="x", model="tiny", quant="none", seed=1))
     assert_image_is_not_flat(result.image)
 
 
-@pytest.mark.parametrize("device, steps", [("cuda", ("model offload", "sequential offload")),
-                                           ("mps", ("model offload", "sequential offload")),
+@pytest.mark.parametrize("device, steps", [("cuda", ("model offload", "block offload", "sequential offload")),
+                                           ("mps", ("model offload", "block offload", "sequential offload")),
                                            ("cpu", ("freed memory",))])
 def test_oom_recovery_steps_per_device(device, steps):
     from pipelines.engine import oom_recovery_steps
@@ -354,14 +354,41 @@ def test_oom_recovery_steps_per_device(device, steps):
     assert oom_recovery_steps(device) == steps
 
 
-def test_fp8_on_a_cpu_falls_back_to_full_precision_visibly(studio):
+def test_fp8_on_a_cpu_falls_back_visibly_to_float8_weight_only(studio):
+    """float8 matmuls need an NVIDIA GPU of compute capability 8.9+; on a CPU the weights are stored in float8 and
+    computed in bf16 (torchao's float8 weight-only), after a visible fallback."""
     result = studio.generate(GenerationRequest(tool="schnell", prompt="x", model="tiny", quant="fp8", seed=1))
     assert_image_is_not_flat(result.image)
     transformer = result.report["quantization"]["components"]["transformer"]
-    assert transformer["backend"] == "none"
+    assert (transformer["backend"], transformer["format"]) == ("torchao", "float8_weight_only")
     fallbacks = [f for f in result.fallbacks if f["component"] == "transformer"]
     assert fallbacks and fallbacks[0]["format"] == "float8_dynamic" and "compute capability 8.9" in fallbacks[0]["reason"]
     assert any(n.startswith("Fallback: transformer could not use torchao float8_dynamic") for n in result.notices)
+
+
+def test_fp8_weight_only_runs_end_to_end_on_the_cpu_through_the_cache(tiny_root, monkeypatch, tmp_path):
+    """Quantized once, stored, read back: the same image both times, the second from the cache."""
+    from pipelines.engine import Engine
+    from pipelines.manager import ModelManager
+    from quantization.config import TorchAoConfig
+    from tests.conftest import force_chain
+
+    force_chain(monkeypatch, tmp_path, TorchAoConfig("float8_weight_only"))
+
+    def run():
+        engine = Engine(ModelManager(device="cpu"))
+        return engine.generate(GenerationRequest(tool="dev", prompt="a fox", model="tiny", quant="fp8", seed=4,
+                                                 steps=3))
+
+    first, second = run(), run()
+    for result, cached in ((first, False), (second, True)):
+        for name in ("transformer", "text_encoder_2"):
+            component = result.report["quantization"]["components"][name]
+            assert (component["backend"], component["format"], component["from_cache"]) == (
+                "torchao", "float8_weight_only", cached)
+            assert component["bytes_after"] < 0.6 * component["bytes_before"]
+    assert_image_is_not_flat(first.image)
+    assert np.array_equal(np.asarray(first.image), np.asarray(second.image))
 
 
 def test_placement_is_reported_and_recorded(studio):
@@ -454,11 +481,19 @@ def test_step_cache_skips_blocks_at_a_high_threshold_and_changes_nothing_at_zero
     fresh_studio.manager.set_options(step_cache=0.0)
 
 
-def test_compile_is_refused_visibly_off_nvidia_gpus(fresh_studio):
+@pytest.mark.parametrize("device, offered", [("cuda", True), ("cpu", True), ("mps", False)])
+def test_compile_is_offered_on_nvidia_gpus_and_cpus(device, offered):
+    from pipelines.speed import compile_refusal
+
+    assert (compile_refusal(torch.device(device)) is None) == offered
+
+
+def test_compile_without_a_cpp_compiler_is_refused_visibly(fresh_studio, monkeypatch):
+    monkeypatch.setattr("pipelines.speed.shutil.which", lambda name: None)
     fresh_studio.manager.set_options(compile=True)
     result = fresh_studio.generate(GenerationRequest(tool="schnell", prompt="x", model="tiny", quant="none", seed=1))
     assert result.report["compiled"] is False
-    assert any(n.startswith("Compile skipped: torch.compile is offered on NVIDIA GPUs") for n in result.notices)
+    assert any(n.startswith("Compile skipped: torch.compile on a CPU needs a C++ compiler") for n in result.notices)
     assert any(f["backend"] == "compile" for f in result.fallbacks)
     fresh_studio.manager.set_options(compile=False)
 

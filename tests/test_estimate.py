@@ -53,6 +53,8 @@ def memory(kind: str, free_gib: float) -> DeviceMemory:
     # Sequential offload: the largest tensor of a phase at a time; here the decode (VAE's largest + its activations).
     ("cuda", 8, "none", "sequential", 1 / 128 + 0.56640625, True, None),
     ("cuda", 8, "8bit", "sequential", 1 / 128 + 0.56640625, True, None),
+    # Block offload of a model whose blocks are not known: the transformer whole in its phase, CLIP and VAE stay.
+    ("cuda", 8, "none", "block", 12 + 0.125 + 0.0625 + 0.140625, False, None),
 ])
 def test_estimate_table(kind, free, quant, offload, peak_gib, fits, speed):
     row = estimate(MODEL, FORMATS[quant], offload, PIXELS, 0, memory(kind, free))
@@ -69,12 +71,38 @@ def test_estimate_table(kind, free, quant, offload, peak_gib, fits, speed):
 def test_auto_rows_say_what_auto_picks_and_why(free, picks):
     rows = estimate_all(MODEL, FORMATS, PIXELS, 64, memory("cuda", free))
     auto = [r for r in rows if r.quant == "auto"]
-    assert [r.offload for r in auto] == ["none", "model", "sequential"]
+    assert [r.offload for r in auto] == ["none", "model", "block", "sequential"]
     assert {r.resolved for r in auto} == {picks} == {auto_choice(MODEL, memory("cuda", free)).quant}
     assert all(r.reason.startswith(f"Auto picks {picks}: ") for r in auto)
     same = next(r for r in rows if r.quant == picks and r.offload == "none")
     assert (auto[0].peak_bytes, auto[0].fits) == (same.peak_bytes, same.fits)
-    assert len(rows) == 3 * (1 + len(FORMATS))
+    assert len(rows) == 4 * (1 + len(FORMATS))
+
+
+def test_block_offload_holds_flux_1_dev_within_6_gib_at_1024():
+    """Block by block (the one computing and the next copied in), the 12B transformer and T5 fit in a few GiB even
+    at full precision: the target of block offload."""
+    from pipelines.memory.sizes import official_sizes
+
+    sizes = official_sizes("black-forest-labs/FLUX.1-dev")
+    full = Format("none", "full precision", 1.0, 1.0)
+    block = estimate(sizes, full, "block", 1024 * 1024, 512, memory("cuda", 6))
+    whole = estimate(sizes, full, "model", 1024 * 1024, 512, memory("cuda", 6))
+    assert block.peak_bytes * 1.1 <= 6 * G and block.fits and "block CPU offload" in block.reason
+    assert block.peak_bytes < whole.peak_bytes / 5
+
+
+def test_headers_give_the_repeated_blocks(tiny_root):
+    """The tiny dev transformer has 1 double and 2 single blocks; T5 two encoder blocks."""
+    transformer = folder_size(tiny_root / "dev" / "transformer", "transformer")
+    t5 = folder_size(tiny_root / "dev" / "text_encoder_2", "text_encoder_2")
+    from diffusers import FluxTransformer2DModel
+
+    model = FluxTransformer2DModel.from_pretrained(tiny_root / "dev" / "transformer")
+    blocks = [*model.transformer_blocks, *model.single_transformer_blocks]
+    assert transformer.in_blocks == sum(p.numel() for b in blocks for p in b.parameters())
+    assert transformer.block == max(sum(p.numel() for p in b.parameters()) for b in blocks)
+    assert 0 < t5.block < t5.in_blocks < t5.params
 
 
 def test_working_memory_grows_with_image_and_text_tokens_and_width():

@@ -111,6 +111,50 @@ def test_fp8_is_offered_only_where_float8_runs_and_refused_clearly_elsewhere():
     assert "fp8" not in offered(torch.device("cpu"))
     assert offered(torch.device("cpu")) == ("auto", "none", "8bit", "4bit")
     chain = candidates("fp8", "cpu")
-    assert chain[-1] == FULL_PRECISION
+    assert chain == (TorchAoConfig("float8_dynamic"), TorchAoConfig("float8_weight_only"), FULL_PRECISION)
     reason = check_backend(chain[0], torch.device("cpu"))
     assert reason.startswith("float8 needs an NVIDIA GPU of compute capability 8.9 or newer")
+    assert check_backend(chain[1], torch.device("cpu")) is None  # float8 weights, bf16 compute
+
+
+FP8 = ("torchao", "float8_dynamic")
+INT8 = ("bitsandbytes", "int8")
+
+
+@pytest.mark.parametrize(
+    "free_gib, ratios, expected",
+    [
+        (24, {}, "8bit"),                              # this GPU class not measured: fp8 is never picked
+        (24, {FP8: 0.9, INT8: 1.3}, "fp8"),            # fits as 8-bit, and fp8 measured faster than bnb int8
+        (24, {FP8: 1.4, INT8: 1.3}, "8bit"),           # measured slower than 8-bit
+        (24, {FP8: 0.9}, "8bit"),                      # 8-bit not measured beside it: no comparison, no fp8
+        (80, {FP8: 0.7, INT8: 1.3}, "fp8"),            # full precision fits, but fp8 measured faster than bf16
+        (80, {FP8: 1.1, INT8: 1.3}, "none"),           # ... slower than bf16: full precision
+        (16, {FP8: 0.5, INT8: 1.3}, "4bit"),           # only 4-bit fits: fp8 (8-bit memory) does not
+    ],
+)
+def test_auto_picks_fp8_only_where_this_gpu_class_measured_it_faster(free_gib, ratios, expected):
+    choice = choose_auto(int(33.6 * GIB), int(0.4 * GIB), free_gib * GIB, ratios, "cuda")
+    assert choice.quant == expected
+    if expected == "fp8":
+        assert "fp8 (torchao float8_dynamic) measured" in choice.reason
+
+
+def test_auto_never_picks_fp8_on_a_cpu_or_a_mac():
+    ratios = {FP8: 0.1, INT8: 1.3, ("torchao", "int8_dynamic"): 1.2}
+    assert choose_auto(int(33.6 * GIB), int(0.4 * GIB), 24 * GIB, ratios, "cpu").quant == "8bit"
+    assert choose_auto(int(33.6 * GIB), int(0.4 * GIB), 24 * GIB, ratios, "mps").quant == "8bit"
+
+
+def test_the_measured_table_has_a_gpu_part_keyed_by_gpu_class(tmp_path):
+    import json
+
+    from quantization.policy import MEASURED, read_measured
+
+    raw = json.loads(MEASURED.read_text())
+    raw["gpu_step_ratio"] = {"sm_90": {"torchao float8_dynamic": 0.6, "bitsandbytes int8": 1.2}}
+    path = tmp_path / "measured.json"
+    path.write_text(json.dumps(raw))
+    table = read_measured(path)
+    assert table["gpu_step"]["sm_90"] == {FP8: 0.6, INT8: 1.2}
+    assert read_measured(MEASURED)["gpu_step"] == {}  # no GPU measured yet: Auto does not pick fp8 anywhere

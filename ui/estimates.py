@@ -9,7 +9,8 @@ from . import text
 
 log = logging.getLogger(__name__)
 
-OFFLOAD_TITLES = {"none": "Peak", "model": "Peak, model offload", "sequential": "Peak, sequential offload"}
+OFFLOAD_TITLES = {"none": "Peak", "model": "Peak, model offload", "block": "Peak, block offload",
+                  "sequential": "Peak, sequential offload"}
 
 
 def _gib(value: int) -> str:

@@ -17,6 +17,10 @@ from ..errors import UserError
 from .files import FORMATS_TEXT, LoraFile
 
 ADAPTED = ("transformer", "text_encoder")  # the pipeline components a FLUX.1 LoRA may adapt
+# Adapters are named by their place in the request (lora0, lora1, ...), not by file: a compiled transformer guards on
+# adapter names, so new names would compile it again for every file; with these, a switch among files of the same
+# shape runs the graphs already compiled. Which file sits in which place is recorded (LoadedPipeline.lora_state).
+SLOT = "lora{}"
 # <module>.<down|up>[.<adapter>].weight, as the converters leave the keys
 _LORA_KEY = re.compile(r"(.+?)\.(lora_A|lora_B|lora_down|lora_up|lora\.down|lora\.up)(?:\.[^.]+)?\.weight$")
 _DOWN = {"lora_A", "lora_down", "lora.down"}
@@ -33,36 +37,77 @@ def adapters_on(pipe) -> dict[str, tuple]:
     return found
 
 
-def apply_loras(loaded, loras: list[LoraFile]) -> None:
+def slots(loras: list[LoraFile]) -> list[str]:
+    """The adapter names of ``loras``, by their place in the request."""
+    return [SLOT.format(index) for index in range(len(loras))]
+
+
+def apply_loras(loaded, loras: list[LoraFile], before_change=None) -> None:
     """Make ``loaded``'s pipeline run with exactly ``loras`` at their strengths.
 
-    The same set as last time only changes strengths. Another set is read and checked in full first (a bad file
-    leaves the model as it was), then the old adapters are removed and the new ones loaded; a failure while loading
-    removes them all, so the next run starts clean. Components shared with other pipelines (CLIP) are compared
-    with what this pipeline left on them, so a change made through another pipeline is seen.
+    The same files in the same places as last time only change strengths (which changes no compiled graph: the
+    strengths are tensors). Another set is read and checked in full first (a bad file leaves the model as it was),
+    then ``before_change()`` is called (offload hooks come off: adapters are added to the layers as they are), the old
+    adapters are removed and the new ones loaded; a failure while loading removes them all, so the next run starts
+    clean. Components shared with other pipelines (CLIP) are compared with what this pipeline left on them, so a
+    change made through another pipeline is seen.
     """
     pipe = loaded.pipe
     if loras and not hasattr(pipe, "load_lora_into_transformer"):
         raise UserError(f"loras: {type(pipe).__name__} does not take LoRAs; run this tool without them.")
-    wanted = tuple(lora.adapter for lora in loras)
+    names = slots(loras)
+    wanted = tuple(zip(names, (lora.sha256 for lora in loras)))
     present = adapters_on(pipe)
     if not loras and not present:
         loaded.lora_state = ((), {})
         return
-    if loaded.lora_state != (tuple(sorted(wanted)), present):
+    if loaded.lora_state != (wanted, present):
         read = [(lora, read_lora(lora, pipe)) for lora in loras]
+        if before_change is not None:
+            before_change()
         remove_loras(pipe)
         loaded.lora_state = None
-        for lora, state in read:
+        for name, (lora, state) in zip(names, read):
             try:
-                _load(pipe, lora, *state)
+                _load(pipe, lora, *state, adapter=name)
             except Exception as error:
                 remove_loras(pipe)
                 raise UserError(f"lora={lora.name!r} could not be applied to this model ({_short(error)}); it was "
                                 "trained for another FLUX.1 variant, or the file is damaged.") from None
-        loaded.lora_state = (tuple(sorted(wanted)), adapters_on(pipe))
+        loaded.lora_state = (wanted, adapters_on(pipe))
     if loras:
-        pipe.set_adapters(list(wanted), adapter_weights=[lora.strength for lora in loras])
+        set_strengths(pipe, names, [lora.strength for lora in loras])
+
+
+def set_strengths(pipe, names: list[str], strengths: list[float]) -> None:
+    """Activate adapters ``names`` at ``strengths``, each strength held as a tensor: torch.compile guards on a
+    Python number (a new strength would compile again) but not on a tensor's value."""
+    import torch
+    from peft.tuners.lora import LoraLayer
+
+    pipe.set_adapters(names, adapter_weights=strengths)
+    for component in ADAPTED:
+        module = getattr(pipe, component, None)
+        if module is None:
+            continue
+        for layer in module.modules():
+            if isinstance(layer, LoraLayer):
+                for name, value in layer.scaling.items():
+                    if not isinstance(value, torch.Tensor):
+                        layer.scaling[name] = torch.tensor(float(value), dtype=torch.float32)
+
+
+def nonfinite(loras: list[LoraFile]) -> list[LoraFile]:
+    """The files among ``loras`` that hold NaN or infinite weights (read from the files, not the model)."""
+    import torch
+    from safetensors import safe_open
+
+    bad = []
+    for lora in loras:
+        with safe_open(lora.path, framework="pt") as handle:
+            if any(not torch.isfinite(handle.get_tensor(key).float()).all() for key in handle.keys()):
+                bad.append(lora)
+    return bad
 
 
 def remove_loras(pipe) -> None:
@@ -72,9 +117,9 @@ def remove_loras(pipe) -> None:
 
 
 def text_encoder_adapters(pipe, loras: list[LoraFile]) -> tuple:
-    """(adapter, strength) of the LoRAs that adapt a text encoder: part of the prompt-embedding cache key."""
+    """(file sha256, strength) of the LoRAs that adapt a text encoder: part of the prompt-embedding cache key."""
     present = set(adapters_on(pipe).get("text_encoder", ()))
-    return tuple((lora.adapter, lora.strength) for lora in loras if lora.adapter in present)
+    return tuple((lora.sha256, lora.strength) for name, lora in zip(slots(loras), loras) if name in present)
 
 
 def read_lora(lora: LoraFile, pipe) -> tuple:
@@ -125,21 +170,23 @@ def check_fits(lora: LoraFile, state: dict, pipe) -> None:
                             "another FLUX.1 variant or size.")
 
 
-def _load(pipe, lora: LoraFile, state: dict, alphas, metadata) -> None:
+def _load(pipe, lora: LoraFile, state: dict, alphas, metadata, adapter: str) -> None:
+    """Load ``lora``'s checked ``state`` as adapter ``adapter``. Offload hooks are off by now (the caller's
+    before_change): ``_pipeline`` is not passed, so diffusers does not put any back on its own."""
     if any(key.startswith("transformer.") for key in state):
         # The transformer part without load_lora_weights' shape expansion (control LoRAs widen the input layer,
         # which would change the base model; check_fits refuses those) and its reading of the base state dict.
         # Loading reads the transformer's state dict for its keys only: quantized weights stay as stored.
         with state_dict_as_stored(pipe.transformer):
             pipe.load_lora_into_transformer(state, network_alphas=alphas, transformer=pipe.transformer,
-                                            adapter_name=lora.adapter, metadata=metadata, _pipeline=pipe)
+                                            adapter_name=adapter, metadata=metadata)
     if any(key.startswith("text_encoder.") for key in state):
         pipe.load_lora_into_text_encoder(state, network_alphas=alphas, text_encoder=pipe.text_encoder,
                                          prefix="text_encoder", lora_scale=pipe.lora_scale,
-                                         adapter_name=lora.adapter, metadata=metadata, _pipeline=pipe)
-    if lora.adapter not in {a for names in adapters_on(pipe).values() for a in names}:
+                                         adapter_name=adapter, metadata=metadata)
+    if adapter not in {a for names in adapters_on(pipe).values() for a in names}:
         raise ValueError("none of its layers matched")
-    _run_dtype(pipe.transformer, lora.adapter)
+    _run_dtype(pipe.transformer, adapter)
 
 
 def _run_dtype(module, adapter: str) -> None:

@@ -9,7 +9,7 @@ from quantization.registry import state_dict_as_stored
 from ..errors import UserError
 from ..models.hub import endpoint, from_hub
 from ..models.sources import ModelSource
-from .apply import CONTROL_NORMS, _load, _short, check_fits, read_lora, remove_loras
+from .apply import CONTROL_NORMS, _load, _short, check_fits, read_lora, remove_loras, set_strengths, slots
 from .files import LoraFile
 from .tiny import tiny_control_lora
 
@@ -88,15 +88,21 @@ def _plain_linear(layer):
     return plain
 
 
-def apply_control_lora(loaded, control: LoraFile, loras: list[LoraFile]) -> None:
+CONTROL = "control"  # the control LoRA's adapter name (the others are named by their place: apply.slots)
+
+
+def apply_control_lora(loaded, control: LoraFile, loras: list[LoraFile], before_change=None) -> None:
     """Make ``loaded``'s FluxControlPipeline (over a Dev transformer) run with the control LoRA and ``loras``.
 
     The files are read and checked first (a bad one leaves the model as it was). The transformer's input layer is
     widened for this run by diffusers' own helpers, the control LoRA's norms replace the transformer's (their
-    values kept), and `release_control_lora` gives back the very same input layer, norms and shape."""
+    values kept), and `release_control_lora` gives back the very same input layer, norms and shape.
+    ``before_change()`` is called once the files are checked, before the model changes (offload hooks come off)."""
     pipe = loaded.pipe
     control_state = read_control_lora(control, pipe)
     read = [(lora, read_lora(lora, pipe)) for lora in loras]
+    if before_change is not None:
+        before_change()
     release_control_lora(pipe)
     remove_loras(pipe)
     loaded.lora_state = None
@@ -105,8 +111,8 @@ def apply_control_lora(loaded, control: LoraFile, loras: list[LoraFile]) -> None
     try:
         transformer.x_embedder = _plain_linear(transformer._control_saved[0])
         _load_control(pipe, control, *control_state)
-        for lora, state in read:
-            _load(pipe, lora, *state)
+        for name, (lora, state) in zip(slots(loras), read):
+            _load(pipe, lora, *state, adapter=name)
     except UserError:
         release_control_lora(pipe)
         raise
@@ -114,8 +120,7 @@ def apply_control_lora(loaded, control: LoraFile, loras: list[LoraFile]) -> None
         release_control_lora(pipe)
         raise UserError(f"control_lora={control.name!r} could not be applied to this model ({_short(error)}); use "
                         "the FLUX.1-Depth-dev-lora or FLUX.1-Canny-dev-lora file.") from None
-    pipe.set_adapters([control.adapter] + [lora.adapter for lora in loras],
-                      adapter_weights=[control.strength] + [lora.strength for lora in loras])
+    set_strengths(pipe, [CONTROL] + slots(loras), [control.strength] + [lora.strength for lora in loras])
 
 
 def _load_control(pipe, control: LoraFile, state: dict, alphas, metadata) -> None:
@@ -133,7 +138,7 @@ def _load_control(pipe, control: LoraFile, state: dict, alphas, metadata) -> Non
     rest.update(lora_state)
     with state_dict_as_stored(transformer):  # read for its keys only (see _load)
         pipe.load_lora_into_transformer(rest, network_alphas=alphas, transformer=transformer,
-                                        adapter_name=control.adapter, metadata=metadata, _pipeline=pipe)
+                                        adapter_name=CONTROL, metadata=metadata)
     if norm_state:
         transformer._transformer_norm_layers = pipe._load_norm_into_transformer(
             dict(norm_state), transformer=transformer, discard_original_layers=False)

@@ -28,11 +28,6 @@ class LoraFile:
     sha256: str
 
     @property
-    def adapter(self) -> str:
-        """The adapter name in the model: the content, so a renamed copy is the same adapter."""
-        return f"lora_{self.sha256[:16]}"
-
-    @property
     def tag(self) -> str:
         """A1111's prompt form, e.g. <lora:film-grain:0.8>."""
         return f"<lora:{self.name}:{self.strength:g}>"

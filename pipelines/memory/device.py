@@ -89,11 +89,13 @@ def empty_cache(device: torch.device) -> None:
 
 @dataclass
 class PeakMemory:
-    """Peak memory of a block: CUDA max allocated, MPS driver allocated, or sampled process RSS."""
+    """Peak memory of a block: CUDA max allocated (and max reserved: what the caching allocator held, the memory the
+    card really had to have), MPS driver allocated, or sampled process RSS."""
 
     device: torch.device
     interval: float = 0.02
     peak_bytes: int = 0
+    peak_reserved_bytes: int | None = None
 
     def __enter__(self) -> "PeakMemory":
         self._stop = threading.Event()
@@ -122,5 +124,6 @@ class PeakMemory:
         self._thread.join()
         if self.device.type == "cuda":
             self.peak_bytes = int(torch.cuda.max_memory_allocated(self.device))
+            self.peak_reserved_bytes = int(torch.cuda.max_memory_reserved(self.device))
         else:
             self.peak_bytes = max(self.peak_bytes, self._read())

@@ -16,7 +16,7 @@ from quantization.policy import RATIO, AutoChoice, choose_auto
 
 from ..defaults import QUANTIZED_COMPONENTS as QUANTIZED
 from .sizes import ModelSizes
-from .options import OFFLOADS
+from .offload import BLOCK_COMPONENTS, OFFLOADS
 from .placement import DECODE_BYTES_PER_PIXEL, HEADROOM, PHASES, TILE_PIXELS, phase_bytes, plan, working_memory
 
 VAE_WIDTH = 128  # the FLUX VAE's first block width, which DECODE_BYTES_PER_PIXEL is for
@@ -105,6 +105,16 @@ def run_peak(sizes: ModelSizes, weights: dict[str, int], pixels: int, text_token
         how = f"placement {layout.name}" + (", the image decoded in tiles" if tiled else "")
     elif offload == "model":  # one model on the device at a time
         resident, tiled, how = always, False, "model CPU offload"
+    elif offload == "block":  # the big ones block by block (one computing, the next copied in); the rest resident
+        held = dict(weights)
+        for name in BLOCK_COMPONENTS:
+            size = sizes.get(name)
+            if name in held and size is not None and size.block:
+                ratio = weights[name] / max(1, size.params)
+                held[name] = round((size.params - size.in_blocks + 2 * size.block) * ratio)
+        resident = frozenset(weights) - frozenset(BLOCK_COMPONENTS)
+        peak = max(phase_bytes(held, resident, phase, work, decode_bytes(sizes, pixels, False)) for phase in PHASES)
+        return peak, "block CPU offload"
     else:  # sequential: one layer at a time; the largest tensor of a phase stands for its layer
         ratio = {name: weights[name] / max(1, sizes.get(name).params) for name in weights}
         largest = {name: round(sizes.get(name).largest * ratio[name]) for name in weights}
@@ -143,19 +153,21 @@ def estimate(sizes: ModelSizes, fmt: Format, offload: str, pixels: int, text_tok
                     "; ".join(notes))
 
 
-def auto_choice(sizes: ModelSizes, memory: DeviceMemory, dtype_bytes: int = 2) -> AutoChoice:
-    """What Auto picks for this model on this device (quantization.policy.choose_auto)."""
+def auto_choice(sizes: ModelSizes, memory: DeviceMemory, dtype_bytes: int = 2,
+                step_ratios: dict | None = None) -> AutoChoice:
+    """What Auto picks for this model on this device (quantization.policy.choose_auto; ``step_ratios``: the step
+    times measured on this class of device, which can make it pick fp8)."""
     params = sizes.params()
     quantizable = sum(n for name, n in params.items() if name in QUANTIZED) * dtype_bytes
     other = sum(n for name, n in params.items() if name not in QUANTIZED) * dtype_bytes
-    return choose_auto(quantizable, other, memory.free_bytes)
+    return choose_auto(quantizable, other, memory.free_bytes, step_ratios, memory.type)
 
 
 def estimate_all(sizes: ModelSizes, formats: dict[str, Format], pixels: int, text_tokens: int, memory: DeviceMemory,
                  dtype_bytes: int = 2, placement: str = "auto", offloads: tuple = OFFLOADS,
-                 condition_pixels: int = 0) -> tuple[Estimate, ...]:
+                 condition_pixels: int = 0, step_ratios: dict | None = None) -> tuple[Estimate, ...]:
     """Every quant choice (auto first, then ``formats`` in order) with every offload option."""
-    choice = auto_choice(sizes, memory, dtype_bytes)
+    choice = auto_choice(sizes, memory, dtype_bytes, step_ratios if "fp8" in formats else None)
     if choice.quant not in formats:
         raise ValueError(f"estimate_all: Auto picks {choice.quant!r}, which formats does not describe.")
     rows = []
@@ -168,13 +180,16 @@ def estimate_all(sizes: ModelSizes, formats: dict[str, Format], pixels: int, tex
     return tuple(rows)
 
 
-def formats_for(device_type: str, quants: tuple[str, ...], cpu: str | None = None) -> dict[str, Format]:
+def formats_for(device_type: str, quants: tuple[str, ...], cpu: str | None = None,
+                gpu: str | None = None) -> dict[str, Format]:
     """The Format of each quant choice in ``quants`` on ``device_type`` (``cpu``: the CPU class for the measured
-    step ratios; None: this machine's): the first backend of its chain, its measured weight ratio where measured
-    (else the policy's target ratio), and its measured step ratio on a CPU of that class."""
-    from quantization.policy import candidates, cpu_chain, cpu_step_ratios, cpu_weight_ratios
+    step ratios, None: this machine's; ``gpu``: a CUDA device's GPU class): the first backend of its chain, its
+    measured weight ratio where measured (else the policy's target ratio), and its measured step ratio on a device of
+    that class."""
+    from quantization.policy import candidates, cpu_chain, cpu_step_ratios, cpu_weight_ratios, gpu_step_ratios
 
-    measured_weight, measured_step = cpu_weight_ratios(), cpu_step_ratios(cpu) if device_type == "cpu" else {}
+    measured_weight = cpu_weight_ratios()
+    measured_step = cpu_step_ratios(cpu) if device_type == "cpu" else (gpu_step_ratios(gpu) if gpu else {})
     out = {}
     for quant in quants:
         if quant == "auto":
@@ -218,14 +233,22 @@ class Plan:
 
 
 def plan_run(tool, model: str, width: int, height: int, memory: DeviceMemory, quants: tuple[str, ...],
-             dtype_bytes: int = 2, placement: str = "auto", cpu: str | None = None) -> Plan:
-    """The estimates of ``tool`` (a pipelines.tools.Tool) on ``model`` at ``width`` x ``height``."""
+             dtype_bytes: int = 2, placement: str = "auto", cpu: str | None = None, gpu: str | None = None) -> Plan:
+    """The estimates of ``tool`` (a pipelines.tools.Tool) on ``model`` at ``width`` x ``height`` (``gpu``: the GPU
+    class of a CUDA device, default this machine's first GPU's)."""
+    from quantization.policy import cpu_step_ratios, gpu_class, gpu_step_ratios
+
     from .sizes import model_sizes
 
+    if memory.type == "cuda" and gpu is None:
+        import torch
+
+        gpu = gpu_class(torch.device("cuda"))
     sizes = model_sizes(tool, model)
     text_tokens = tool.defaults(model).max_sequence_length
-    formats = formats_for(memory.type, quants, cpu)
+    formats = formats_for(memory.type, quants, cpu, gpu)
+    ratios = gpu_step_ratios(gpu) if gpu else (cpu_step_ratios(cpu) if memory.type == "cpu" else {})
     rows = estimate_all(sizes, formats, width * height, text_tokens, memory, dtype_bytes, placement,
-                        condition_pixels=tool.condition_pixels(width, height))
-    return Plan(tool.name, model, width, height, text_tokens, sizes, memory, auto_choice(sizes, memory, dtype_bytes),
-                rows)
+                        condition_pixels=tool.condition_pixels(width, height), step_ratios=ratios)
+    auto = auto_choice(sizes, memory, dtype_bytes, ratios if "fp8" in formats else None)
+    return Plan(tool.name, model, width, height, text_tokens, sizes, memory, auto, rows)

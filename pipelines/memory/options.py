@@ -11,18 +11,17 @@ from dataclasses import asdict, dataclass
 import torch
 
 from ..errors import UserError
-from .placement import PLACEMENTS
-
-OFFLOADS = ("none", "model", "sequential")
+from .offload import OFFLOADS, install
+from .placement import PLACEMENTS, TILE
 
 
 @dataclass(frozen=True)
 class RunOptions:
-    offload: str = "none"  # none, model (one model on the device at a time), sequential (layer by layer)
+    offload: str = "none"  # none, model (one model at a time), block (block by block), sequential (layer by layer)
     placement: str = "auto"  # where components live per phase (pipelines.memory.placement); auto plans from free memory
     vae_tiling: bool = False  # always decode in tiles (auto placement also tiles when a whole decode won't fit)
     vae_slicing: bool = False
-    compile: bool = False  # torch.compile of the repeated transformer blocks (NVIDIA GPUs)
+    compile: bool = False  # torch.compile of the repeated transformer blocks (NVIDIA GPUs and CPUs)
     step_cache: float = 0.0  # First-Block Cache threshold; 0 = off
 
     def __post_init__(self):
@@ -40,18 +39,28 @@ class RunOptions:
 
     def apply(self, pipe, device: torch.device, offload: str | None = None, tiled: bool = False) -> list[str]:
         """Set the offload and VAE options on ``pipe`` before a run (``offload`` overrides this one's, ``tiled``
-        asks for tiles); returns notices."""
+        asks for tiles on top of ``vae_tiling``); returns notices. Offload hooks already there are kept when they are
+        the ones asked for, replaced when not, and taken off for none."""
         notices = []
         offload = offload or self.offload
         vae = getattr(pipe, "vae", None)
         if vae is not None:
-            vae.enable_tiling() if self.vae_tiling or tiled else vae.disable_tiling()
-            vae.enable_slicing() if self.vae_slicing else vae.disable_slicing()
-        if offload != "none":
-            if device.type == "cpu":
-                notices.append("CPU offload has no effect when running on the CPU.")
-            elif offload == "model":
-                pipe.enable_model_cpu_offload(device=device)
+            if self.vae_tiling or tiled:
+                tile_vae(vae)
             else:
-                pipe.enable_sequential_cpu_offload(device=device)
+                vae.disable_tiling()
+            vae.enable_slicing() if self.vae_slicing else vae.disable_slicing()
+        install(pipe, offload, device)
+        if offload != "none" and device.type == "cpu":
+            notices.append(f"{offload.capitalize()} CPU offload saves no memory on the CPU (the weights are in CPU "
+                           "memory already); its hooks run as they would on a GPU.")
         return notices
+
+
+def tile_vae(vae) -> None:
+    """Decode (and encode) in tiles of TILE x TILE pixels, the tile the placement plan and the estimates count on.
+    diffusers sizes a tile by the VAE's ``sample_size`` (1024 for FLUX's), which would leave every image up to
+    1024 x 1024 untiled."""
+    vae.enable_tiling()
+    vae.tile_sample_min_size = TILE
+    vae.tile_latent_min_size = TILE // 2 ** (len(vae.config.block_out_channels) - 1)

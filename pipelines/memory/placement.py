@@ -19,7 +19,8 @@ HEADROOM = 1.1  # the allocator's slack on top of weights and working memory
 # VAE decoder activations at bf16, whole image. Measured on the tiny family's VAE (widths 1/8 of FLUX's; activations
 # scale with the width) as 280-300 B/pixel of process RSS at 512-1024 px squared (tests/test_estimate.py): 8 x 290.
 DECODE_BYTES_PER_PIXEL = 2320
-TILE_PIXELS = 512 * 512  # what a tiled decode holds at once
+TILE = 512  # the side of a decode tile, in pixels (pipelines.memory.options.tile_vae applies it)
+TILE_PIXELS = TILE * TILE  # what a tiled decode holds at once
 ENCODE_BYTES_PER_TOKEN_WIDTH = 2 * 16  # T5 activations: bf16 x ~16 live tensors of (tokens x width)
 DENOISE_BYTES_PER_TOKEN_WIDTH = 2 * 24  # transformer activations: bf16 x ~24 live tensors of (tokens x width)
 

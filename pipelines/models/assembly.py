@@ -76,4 +76,6 @@ def load_quantized(root: Path, name: str, cls: type, identity: str, chain, devic
         loaded = load_component(name, load, chain, device, dtype, source, quant_caches(), fallbacks)
     except QuantizationError as error:
         raise UserError(str(error)) from None
-    return loaded.module.eval(), loaded.record, loaded.remaining
+    # Inference only: no weight takes gradients (LoRA loading freezes the base layers too, so a compiled transformer
+    # sees the same weights before and after an adapter comes and goes).
+    return loaded.module.eval().requires_grad_(False), loaded.record, loaded.remaining

@@ -33,13 +33,16 @@ class OfficialRepo:
 # CLIP, T5 and the VAE are the same in every FLUX.1 model; the transformers differ in their input layer (Fill takes
 # 384 channels, Depth and Canny 128) and Schnell has no guidance embedder.
 _CLIP = ComponentSize("text_encoder", 123_060_480, 37_945_344, 246_120_960)
-_T5 = ComponentSize("text_encoder_2", 4_762_310_656, 131_596_288, 9_524_621_312)
+# Blocks: T5-XXL's 24 encoder blocks (192,948,224 parameters each, 2,048 more in the first: its position bias), and
+# FLUX.1's 19 double blocks (339,831,296 each) and 38 single blocks (141,591,808 each).
+_T5 = ComponentSize("text_encoder_2", 4_762_310_656, 131_596_288, 9_524_621_312, 192_950_272, 4_630_710_272)
 _VAE = ComponentSize("vae", 83_819_683, 2_359_296, 167_639_366)
+_DOUBLE, _BLOCKS = 339_831_296, 11_837_283_328
 _DEV_LICENCE = "FLUX.1 [dev] Non-Commercial License"
 
 
 def _flux(repo_id: str, transformer_params: int, gated: bool = True, licence: str = _DEV_LICENCE) -> OfficialRepo:
-    transformer = ComponentSize("transformer", transformer_params, 56_623_104, 2 * transformer_params)
+    transformer = ComponentSize("transformer", transformer_params, 56_623_104, 2 * transformer_params, _DOUBLE, _BLOCKS)
     return OfficialRepo(repo_id, (transformer, _T5, _CLIP, _VAE), gated, licence)
 
 

@@ -39,6 +39,12 @@ class Backend:
         away after the probe)."""
         self.prepare()
 
+    def offload_refusal(self, config: QuantConfig, offload: str) -> str | None:
+        """Why layers of ``config`` cannot run under ``offload`` ("model": whole components moved with ``.to()``;
+        "block" and "sequential": diffusers' group offloading and accelerate's per-layer hooks, which move each
+        registered tensor on its own); None when they can."""
+        return None
+
     def is_quantized_layer(self, layer: torch.nn.Module) -> bool:
         """True for a layer this backend has quantized."""
         return False

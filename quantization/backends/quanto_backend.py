@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 
 import torch
@@ -37,7 +38,8 @@ class QuantoBackend(Backend):
         self.prepare()
 
     def quantize(self, module, config, device, dtype):
-        from optimum.quanto import freeze, qint4, qint8, quantize
+        from optimum.quanto import qint4, qint8, quantize
+        from optimum.quanto.nn import QModuleMixin
 
         weights = qint8 if config.weights == "int8" else qint4
         skip = [name for name, child in module.named_modules()
@@ -46,9 +48,21 @@ class QuantoBackend(Backend):
         if not include:
             raise RuntimeError("no Linear layer to quantize")
         quantize(module, weights=weights, include=include, exclude=skip or None)
-        freeze(module)
+        # Each layer is quantized on the device it will run on, one at a time: int4 weights are packed in that
+        # device's own layout there, never packed for the CPU and converted on the way.
+        for layer in [m for m in module.modules() if isinstance(m, QModuleMixin)]:
+            layer.to(device)
+            layer.freeze()
+            keep_packed(layer, device)
         quantize_embeddings(module, dtype)
         return module.to(device)
+
+    def offload_refusal(self, config, offload):
+        if offload in ("block", "sequential"):
+            return (f"quanto {config.format} weights are tensor subclasses, which {offload} offload cannot move "
+                    "(accelerate and diffusers move each registered tensor on its own); use model offload, or "
+                    "bitsandbytes or torchao")
+        return None
 
     def is_quantized_layer(self, layer):
         from optimum.quanto.nn import QLinear
@@ -87,11 +101,65 @@ class QuantoBackend(Backend):
         for name, layout in layouts.items():
             _set_tinygemm(skeleton.get_submodule(name), state, f"{name}.", layout, device)
         restore_embeddings(skeleton, state)
-        return assign_state(skeleton, state, already_set=[f"{name}.weight" for name in layouts]).to(device)
+        module = assign_state(skeleton, state, already_set=[f"{name}.weight" for name in layouts]).to(device)
+        for name in layouts:
+            keep_packed(module.get_submodule(name), device)
+        return module
 
 
 def _is_tinygemm(tensor) -> bool:
     return type(tensor).__name__ == "TinyGemmWeightQBitsTensor"
+
+
+def keep_packed(layer: torch.nn.Module, device: torch.device) -> None:
+    """Make ``layer``, when its weight is in torch's TinyGemm int4 layout (packed for ``device``'s type), a
+    PackedInt4Linear: it moves its packed bytes as they are."""
+    if _is_tinygemm(layer._parameters.get("weight")):
+        layer.__class__ = _packed_int4_linear()
+        layer.packed_for = torch.device(device).type
+
+
+@functools.cache
+def _packed_int4_linear() -> type:
+    from optimum.quanto.nn import QLinear
+    from optimum.quanto.tensor.weights.tinygemm import TinyGemmPackedTensor, TinyGemmWeightQBitsTensor
+
+    class PackedInt4Linear(QLinear):
+        """A quanto qint4 layer whose weight is in torch's TinyGemm layout, which is specific to a device type (the
+        CPU's or CUDA's). quanto moves such a weight to another device type by unpacking it and packing it again (a
+        matrix product per layer: minutes for a 12B model on a CPU), and fails to move it within one (cuda:0 to
+        cuda:1). This layer moves its packed bytes as they are, so that it can wait in CPU memory (placement,
+        offload) and come back unchanged; it computes only on the device type it was packed for (``packed_for``) and
+        says so anywhere else."""
+
+        packed_for = "cpu"
+
+        def _apply(self, fn, recurse=True):
+            weight = self._parameters.get("weight")
+            probe = fn(torch.zeros((), dtype=torch.bfloat16, device=weight.device))
+            if probe.dtype != torch.bfloat16:
+                return super()._apply(fn, recurse)  # a cast, not a move: quanto's own rules (it refuses them)
+            device = probe.device
+            packed = weight._data
+            moved = TinyGemmWeightQBitsTensor(
+                weight.qtype, weight.axis, weight._group_size, weight.size(), weight.stride(),
+                TinyGemmPackedTensor(packed._data.to(device), packed.size(), packed.stride()),
+                weight._scale_shift.to(device))
+            del self._parameters["weight"]
+            try:
+                super()._apply(fn, recurse)  # bias and scales
+            finally:
+                self._parameters["weight"] = weight
+            self._parameters["weight"] = torch.nn.Parameter(moved, requires_grad=weight.requires_grad)
+            return self
+
+        def forward(self, input: torch.Tensor) -> torch.Tensor:
+            if input.device.type != self.packed_for:
+                raise RuntimeError(f"this int4 layer is packed for {self.packed_for} and cannot compute on "
+                                   f"{input.device.type}; move it back to {self.packed_for} first")
+            return super().forward(input)
+
+    return PackedInt4Linear
 
 
 def _state(module: torch.nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, dict]]:

@@ -13,7 +13,7 @@ FLOAT8_CAPABILITY = (8, 9)
 
 
 def float8_refusal(device: torch.device) -> str | None:
-    """Why float8 matmuls cannot run on ``device`` (None when they can)."""
+    """Why float8 matmuls (float8_dynamic) cannot run on ``device`` (None when they can)."""
     if device.type != "cuda":
         return f"float8 needs an NVIDIA GPU of compute capability 8.9 or newer (Ada, Hopper, Blackwell), not {device.type}"
     capability = torch.cuda.get_device_capability(device)
@@ -42,6 +42,8 @@ class TorchAoBackend(Backend):
             return reason
         if device.type == "mps":
             return "torchao kernels do not run on Apple MPS (use quanto on Apple Silicon)"
+        if config.kind == "float8_weight_only" and device.type == "cpu":
+            return None  # float8 weights, dequantized to bf16 for each matmul: no float8 kernel needed
         if config.kind.startswith("float8"):
             return float8_refusal(device)
         return None

@@ -20,6 +20,7 @@ PLACEMENT_LABELS = {"auto": "Auto (from free memory)", "resident": "Everything s
                     "encoders-off": "Text encoders leave after encoding",
                     "swap": "The transformer, too, waits on the CPU while encoding"}
 OFFLOAD_LABELS = {"none": "None (everything on the device)", "model": "Model CPU offload (one model at a time)",
+                  "block": "Block CPU offload (block by block, the next one copied in while one computes)",
                   "sequential": "Sequential CPU offload (layer by layer, lowest memory, slowest)"}
 
 
@@ -93,7 +94,7 @@ def build(ctx: TabContext, tab: gr.Tab) -> None:
     with gr.Row(equal_height=True):
         offload = gr.Radio([(OFFLOAD_LABELS[m], m) for m in OFFLOADS], value=options.offload,
                            label="CPU offload", elem_id="system-offload", scale=3,
-                           info="Lowers GPU memory by keeping weights in RAM until used; no effect on CPU.")
+                           info="Lowers GPU memory by keeping weights in RAM until used; saves nothing on a CPU.")
         with gr.Column(scale=1, min_width=200):
             tiling = gr.Checkbox(options.vae_tiling, label="VAE tiling (large images, less memory)",
                                  elem_id="system-vae-tiling")
@@ -104,7 +105,7 @@ def build(ctx: TabContext, tab: gr.Tab) -> None:
                              label="Placement", elem_id="system-placement", scale=3,
                              info="Where the text encoders and the transformer wait between phases of a run.")
         with gr.Column(scale=1, min_width=200):
-            compiled = gr.Checkbox(options.compile, label="Compile the transformer (NVIDIA GPUs)",
+            compiled = gr.Checkbox(options.compile, label="Compile the transformer (NVIDIA GPUs and CPUs)",
                                    elem_id="system-compile")
             cache_steps = gr.Slider(0.0, 0.3, value=options.step_cache, step=0.01, label="Step cache threshold",
                                     info="0 = off; skips work on steps that barely change", elem_id="system-step-cache")
@@ -149,7 +150,7 @@ def build(ctx: TabContext, tab: gr.Tab) -> None:
                                                          place, "on" if compile_ else "off",
                                                          f"{float(threshold):g}" if threshold else "off")
         if mode != "none" and ctx.device_type == "cpu":
-            note += " CPU offload has no effect here: this studio runs on the CPU."
+            note += " CPU offload saves no memory here: this studio runs on the CPU (its hooks still run)."
         return f"<div class='ff-muted'>{html.escape(note)}</div>"
 
     outputs = [machine, backends, loaded, cached, models, *downloads]
