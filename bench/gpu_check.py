@@ -103,7 +103,9 @@ def _engine(device: torch.device, **options):
 def _generate(engine, quant="none", prompt="a fox", loras=(), steps=4, **fields):
     from pipelines.request import GenerationRequest
 
-    return engine.generate(GenerationRequest(tool="dev", prompt=prompt, model="tiny", quant=quant, seed=1, steps=steps,
+    from .e2e import dev_tool_name
+
+    return engine.generate(GenerationRequest(tool=dev_tool_name(), prompt=prompt, model="tiny", quant=quant, seed=1, steps=steps,
                                              loras=[(str(p), s) for p, s in loras], **fields))
 
 

@@ -45,7 +45,7 @@ def test_memory_options_from_the_command_line(tmp_path, tiny_root, capsys):
     code = cli.main(["generate", "--tool", "dev", "--prompt", "x", "--model", "tiny", "--quant", "none", "--seed", "1",
                      "--offload", "model", "--vae-tiling", "--out", str(out)])
     assert code == 0 and out.exists()
-    assert "CPU offload has no effect when running on the CPU." in capsys.readouterr().err
+    assert "Model CPU offload saves no memory on the CPU" in capsys.readouterr().err
 
 
 def test_forced_fallback_shows_on_the_terminal_and_in_the_report(tmp_path, tiny_root):
@@ -184,7 +184,8 @@ def test_doctor_shows_probe_results_and_can_reprobe(tmp_path):
     assert proc.returncode == 0, proc.stderr
     probes = json.loads(proc.stdout)["probes"]
     assert {(p["backend"], p["format"], p["ok"]) for p in probes} == {("torchao", "int8_dynamic", True),
-                                                                    ("torchao", "int8_weight_only", True)}
+                                                                    ("torchao", "int8_weight_only", True),
+                                                                    ("torchao", "float8_weight_only", True)}
 
 
 def test_bench_takes_its_own_options_after_the_command(capsys):
@@ -238,7 +239,7 @@ def test_plan_json_has_each_choice_and_offload_with_its_bytes(capsys):
     assert data["sizes_from"] == "headers" and set(data["components"]) == {"transformer", "text_encoder_2",
                                                                            "text_encoder", "vae"}
     pairs = {(e["quant"], e["offload"]) for e in data["estimates"]}
-    assert pairs == {(q, o) for q in ("auto", "none", "8bit", "4bit") for o in ("none", "model", "sequential")}
+    assert pairs == {(q, o) for q in ("auto", "none", "8bit", "4bit") for o in ("none", "model", "block", "sequential")}
     for row in data["estimates"]:
         assert isinstance(row["peak_bytes"], int) and row["peak_bytes"] >= 0 and isinstance(row["fits"], bool)
     auto = next(e for e in data["estimates"] if e["quant"] == "auto")
