@@ -114,6 +114,18 @@ def batch_html(seeds: list[int]) -> str:
             "last one's</div>")
 
 
+def stopped_html() -> str:
+    """The status line once the Stop button has stopped a job (a preview shown stays as it was)."""
+    return ("<div class='ff-status ff-muted'><b>Stopped.</b> The run stopped at its next denoising step; no further "
+            "image of the job was started.</div>")
+
+
+def earlier_html(caption: str, path_name: str) -> str:
+    """The line above the status of a result shown again from the history."""
+    return (f"<div class='ff-earlier ff-muted'><b>From the history</b> · {html.escape(caption)} · "
+            f"{html.escape(path_name)}</div>")
+
+
 def preview_html(label: str) -> str:
     """The status line while a run shows its live preview (e.g. 'Preview · image 2/3 · step 4/8')."""
     return (f"<div class='ff-status ff-preview'><b>{html.escape(label)}</b> · <span class='ff-muted'>a quick look at "

@@ -200,6 +200,7 @@ def size_values(match_input: bool | None, width, height) -> tuple:
 @dataclass
 class ResultPanel:
     button: gr.Button
+    stop: gr.Button
     image: gr.Image
     download: gr.DownloadButton
     status: gr.HTML
@@ -231,32 +232,42 @@ class ResultPanel:
 
 
 def result_panel(tool: str, action: str) -> ResultPanel:
-    """The right-hand column: the run button on top (always in view), then the result and its status."""
-    button = gr.Button(action, variant="primary", size="lg", elem_id=f"{tool}-run")
-    warning = gr.HTML("", visible=False, elem_id=f"{tool}-warning")
-    image = gr.Image(label="Result", type="filepath", format="png", interactive=False, height=380,
-                     buttons=["download", "fullscreen"], elem_id=f"{tool}-result", elem_classes=["ff-result"])
-    status = gr.HTML("<div class='ff-status ff-muted'>No image yet: the status of each run (backends per "
-                     "component, peak memory, times) appears here.</div>", elem_id=f"{tool}-status")
-    notices = gr.HTML("", elem_id=f"{tool}-notices")
-    download = gr.DownloadButton("Download PNG (with metadata)", visible=False, size="sm",
-                                 elem_id=f"{tool}-download")
-    gallery = gr.Gallery(label="Session history (newest first)", columns=8, height=130, allow_preview=False,
-                         object_fit="cover", elem_id=f"{tool}-history", interactive=False, format="png")
-    history = gr.State([])
+    """The right-hand column: the run button on top (always in view) with the Stop button beside it, then the result
+    and its status. The Stop button shows while the tab's job waits or runs: the page's own progress indicator (on
+    the notices, `progress_on`) is showing then, and a style rule (ui.theme) shows the button with it; so it hides
+    again whatever ends the job (refused before queuing, finished, failed or stopped)."""
+    with gr.Column(elem_classes=["ff-panel"]):
+        with gr.Row(equal_height=True):
+            button = gr.Button(action, variant="primary", size="lg", elem_id=f"{tool}-run", scale=4)
+            stop = gr.Button("Stop", variant="stop", size="lg", elem_id=f"{tool}-stop", elem_classes=["ff-stop"],
+                             scale=1, min_width=90)
+        warning = gr.HTML("", visible=False, elem_id=f"{tool}-warning")
+        image = gr.Image(label="Result", type="filepath", format="png", interactive=False, height=380,
+                         buttons=["download", "fullscreen"], elem_id=f"{tool}-result", elem_classes=["ff-result"])
+        status = gr.HTML("<div class='ff-status ff-muted'>No image yet: the status of each run (backends per "
+                         "component, peak memory, times) appears here.</div>", elem_id=f"{tool}-status")
+        notices = gr.HTML("", elem_id=f"{tool}-notices", elem_classes=["ff-progress"])
+        download = gr.DownloadButton("Download PNG (with metadata)", visible=False, size="sm",
+                                     elem_id=f"{tool}-download")
+        gallery = gr.Gallery(label="Session history (newest first)", columns=8, height=130, allow_preview=False,
+                             object_fit="cover", elem_id=f"{tool}-history", interactive=False, format="png")
+        history = gr.State([])
 
     def show(history_items, evt: gr.SelectData):
-        from .runner import kept_file
+        """A history thumbnail clicked: its image, its download and its own status line."""
+        from .runner import history_status, kept_file
 
         item = history_items[evt.index]
         if not kept_file(item):  # pruned by a newer run (of any session) since the history was shown
             gr.Warning("That image is no longer kept in the output folder.")
-            return gr.skip(), gr.skip()
-        return item[0], gr.update(value=item[0], visible=True)
+            return gr.skip(), gr.skip(), gr.skip()
+        return item[0], gr.update(value=item[0], visible=True), history_status(item)
 
-    gallery.select(show, history, [image, download], queue=False, api_visibility="private",
+    gallery.select(show, history, [image, download, status], queue=False, api_visibility="private",
                    show_progress="hidden")
-    return ResultPanel(button, image, download, status, warning, notices, gallery, history)
+    panel = ResultPanel(button, stop, image, download, status, warning, notices, gallery, history)
+    button.result_panel = panel  # wire() makes the Stop button cancel the job this button starts
+    return panel
 
 
 def validator(check, inputs: list, names: list[str], aliases: dict[str, str]):
@@ -291,10 +302,16 @@ def wire(ctx: TabContext, button: gr.Button, check, run, inputs: list, outputs: 
     """
     import inspect
 
+    from .runner import stoppable
     from .settings import DEVICE_QUEUE
 
     names = [name for name in inspect.signature(run).parameters if name != "progress"]
     aliases = {"lora": "loras_picked", "loras": "loras_picked", **(aliases or {})}
-    return button.click(ctx.gpu(run), inputs, outputs, api_name=api_name, api_visibility=ctx.visibility,
-                        concurrency_id=DEVICE_QUEUE, concurrency_limit=1, show_progress_on=progress_on,
-                        validator=validator(check, inputs, names, aliases))
+    job = button.click(stoppable(ctx.gpu(run)), inputs, outputs, api_name=api_name, api_visibility=ctx.visibility,
+                       concurrency_id=DEVICE_QUEUE, concurrency_limit=1, show_progress_on=progress_on,
+                       validator=validator(check, inputs, names, aliases))
+    panel = getattr(button, "result_panel", None)
+    if panel is not None:  # this page's job of this tab only, waiting or running
+        panel.stop.click(text.stopped_html, None, panel.status, cancels=[job], queue=False, api_visibility="private",
+                         show_progress="hidden")
+    return job
