@@ -39,6 +39,9 @@ STAGE_TEXT = {"load": "Loading model", "quantize": "Quantizing weights", "denois
 # The stop of the job running in this context (set by `stoppable`): Runner.batch stops at the next denoising step
 # once it is set, and starts no further image.
 JOB_STOP: contextvars.ContextVar[threading.Event | None] = contextvars.ContextVar("fluxforge_job_stop", default=None)
+# While a job is checked before it joins the queue: images are read from their headers only (sizes and modes),
+# so a check holding the queue's join lock stays quick; pixels are decoded, and rules on them applied, in the job.
+HEADERS_ONLY: contextvars.ContextVar[bool] = contextvars.ContextVar("fluxforge_headers_only", default=False)
 CLIENT_POLL_S = 0.5  # how often a job checks that whoever asked for it is still there
 
 
@@ -133,7 +136,7 @@ class Runner:
         try:
             model = self.models[get_tool(tool).lora_base().name] if fields.get("control") == "lora" else \
                 self.models[tool]  # a control LoRA runs on the model of the tool it adapts (Dev)
-            return GenerationRequest(tool=tool, model=model, **fields)
+            return GenerationRequest(tool=tool, model=model, header_only=HEADERS_ONLY.get(), **fields)
         except UserError as error:
             raise user_error(str(error)) from None
 

@@ -275,6 +275,9 @@ def validator(check, inputs: list, names: list[str], aliases: dict[str, str]):
     shown = [i for i, block in enumerate(inputs) if not isinstance(block, gr.State)]
 
     def validate(*args):
+        from .runner import HEADERS_ONLY
+
+        token = HEADERS_ONLY.set(True)  # quick: images by their headers (the queue's join waits on this)
         try:
             check(*args)
         except gr.Error as error:
@@ -287,6 +290,8 @@ def validator(check, inputs: list, names: list[str], aliases: dict[str, str]):
             target = shown[0]
             message = f"Invalid input ({type(error).__name__}): check the values sent."
             return [gr.validate(i != target, message if i == target else "") for i in range(len(args))]
+        finally:
+            HEADERS_ONLY.reset(token)
         return [gr.validate(True, "") for _ in args]
 
     return validate
