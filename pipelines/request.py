@@ -84,8 +84,7 @@ class GenerationRequest:
         for name in ("width", "height"):
             value = getattr(self, name)
             if value is not None:
-                value = _int_in(name, value, defaults.SIZE_MIN, defaults.SIZE_MAX, value)
-                setattr(self, name, snap(value, name, self.notices))
+                setattr(self, name, checked_size(name, value, self.notices))
         if self.seed is None:
             import secrets
 
@@ -189,6 +188,13 @@ def batch_seed(seed: int, index: int) -> int:
     """The seed of image ``index`` (0-based) of a batch whose first image has ``seed``: the next one each time,
     wrapping past SEED_MAX to 0."""
     return (seed + index) % (defaults.SEED_MAX + 1)
+
+
+def checked_size(name: str, value, notices: list[str]) -> int:
+    """A width or height as a run takes it, one rule for the CLI, the studio and the estimates: a whole number in
+    SIZE_MIN..SIZE_MAX (else a UserError naming it), snapped to a multiple of SIZE_STEP with a notice when it is not
+    one (e.g. 1000 -> 992)."""
+    return snap(_int_in(name, value, defaults.SIZE_MIN, defaults.SIZE_MAX, value), name, notices)
 
 
 def check_transformer_file(value) -> str | None:

@@ -42,6 +42,9 @@ JOB_STOP: contextvars.ContextVar[threading.Event | None] = contextvars.ContextVa
 # While a job is checked before it joins the queue: images are read from their headers only (sizes and modes),
 # so a check holding the queue's join lock stays quick; pixels are decoded, and rules on them applied, in the job.
 HEADERS_ONLY: contextvars.ContextVar[bool] = contextvars.ContextVar("fluxforge_headers_only", default=False)
+# While a job joins the queue: the inputs refused on the way ((block id, message) pairs), so that a refusal Gradio
+# raises while reading an input reaches every client as a validation message on that input (ui.studio).
+REFUSALS: contextvars.ContextVar[list | None] = contextvars.ContextVar("fluxforge_refusals", default=None)
 CLIENT_POLL_S = 0.5  # how often a job checks that whoever asked for it is still there
 
 
@@ -280,6 +283,37 @@ class Runner:
             if worker.is_alive():
                 stop.set()
                 worker.join()
+
+
+def checked_input(block, name: str) -> None:
+    """Make input ``block`` of a job (parameter ``name``) refuse bad values in one line naming ``name``, noted for the
+    queue's join (REFUSALS) so every client sees it as a validation message: Gradio's own checks (a slider's range, a
+    dropdown's choices), and, for a checkbox, a value that is not strictly true or false (`flag`)."""
+    if getattr(block, "checked_as", None) is not None:
+        return
+    original = block.preprocess
+    strict = isinstance(block, gr.Checkbox)
+
+    def preprocess(payload):
+        try:
+            return original(flag(payload, name) if strict else payload)
+        except Invalid as error:
+            _note_refusal(block, error.message)
+            raise
+        except Exception as error:  # noqa: BLE001  (Gradio's Error, pydantic's, a decoder's: one line naming the input)
+            text = str(getattr(error, "message", None) or error).strip().strip("'\"").splitlines()
+            message = f"{name}: {text[0] if text else type(error).__name__}"
+            _note_refusal(block, message)
+            raise Invalid(message, name) from None
+
+    block.preprocess = preprocess
+    block.checked_as = name
+
+
+def _note_refusal(block, message: str) -> None:
+    refused = REFUSALS.get()
+    if refused is not None:
+        refused.append((block._id, message))
 
 
 def flag(value, name: str) -> bool:

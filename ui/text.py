@@ -55,11 +55,9 @@ def quant_hint(device_type: str) -> str:
 
 
 def _mib(value: int | None) -> str:
-    if not value:
-        return "n/a"
-    if value >= 2**30:
-        return f"{value / 2**30:.2f} GiB"
-    return f"{value / 2**20:.0f} MiB"
+    from quantization.sizes import size_text
+
+    return size_text(value) if value else "n/a"
 
 
 MEMORY_KINDS = {"cuda": "GPU peak allocated", "mps": "MPS driver peak", "cpu-rss": "process RSS peak"}

@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from quantization.policy import RATIO, AutoChoice, choose_auto
+from quantization.sizes import size_text
 
 from ..defaults import QUANTIZED_COMPONENTS as QUANTIZED
 from .sizes import ModelSizes
@@ -20,7 +21,6 @@ from .options import OFFLOADS
 from .placement import DECODE_BYTES_PER_PIXEL, HEADROOM, PHASES, TILE_PIXELS, phase_bytes, plan, working_memory
 
 VAE_WIDTH = 128  # the FLUX VAE's first block width, which DECODE_BYTES_PER_PIXEL is for
-GIB = 2**30
 
 
 @dataclass(frozen=True)
@@ -137,8 +137,7 @@ def estimate(sizes: ModelSizes, fmt: Format, offload: str, pixels: int, text_tok
     elif memory.type != "cpu":
         notes.append(how)
     verdict = "fits" if fits else "does not fit"
-    notes.append(f"{verdict}: ~{peak * HEADROOM / GIB:.1f} GiB with slack, {memory.free_bytes / GIB:.1f} GiB "
-                 f"{memory.what}")
+    notes.append(f"{verdict}: ~{size_text(peak * HEADROOM)} with slack, {size_text(memory.free_bytes)} {memory.what}")
     return Estimate(quant or fmt.quant, offload, fmt.quant, fmt.label, sum(weights.values()), int(peak), speed, fits,
                     "; ".join(notes))
 

@@ -106,9 +106,10 @@ def plan(sizes: dict[str, int], free_bytes: int | None, work: dict[str, int], pi
     resident, tiled = settle(decode_work), False
     if len(settle(tile_work)) > len(resident) or not fits(resident, decode_work):
         resident, tiled = settle(tile_work), True  # decoding in tiles keeps more on the device
-    gib = 2**30
+    from quantization.sizes import size_text
+
     everything = (sum(sizes.values()) + max(work.values(), default=0) + decode_work) * HEADROOM
-    reason = f"~{everything / gib:.1f} GiB for everything at once, {free_bytes / gib:.1f} GiB free"
+    reason = f"~{size_text(everything)} for everything at once, {size_text(free_bytes)} free"
     if not fits(resident, tile_work):
         reason += "; even one part at a time does not fit: use model CPU offload"
     return Placement(_name(resident, components), resident, tiled, reason + _tiles(tiled))
