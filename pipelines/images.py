@@ -80,7 +80,8 @@ def image_header(value, what: str, shown: str | None = None):
         return value
     with open_image(value, what, shown) as opened:
         width, height = opened.size
-        if opened.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # EXIF orientation: turned a quarter
+        tagged = opened.format != "PNG" or "exif" in opened.info  # a PNG's EXIF after its pixels needs a decode
+        if tagged and opened.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # EXIF orientation: turned a quarter
             width, height = height, width
         return ImageHeader(width, height, opened.mode)
 
@@ -121,7 +122,10 @@ def load_image(value, what: str, mode: str | None = "RGB", shown: str | None = N
         return image
     if image.mode in ("P", "PA", "La", "RGBa") and mode != "RGBA":
         image = image.convert("RGBA")  # a palette's transparency, premultiplied alpha: to plain RGBA first
-    return image.convert(mode)
+    try:
+        return image.convert(mode)
+    except ValueError:  # PIL converts some modes (LAB, HSV) only to RGB
+        return image.convert("RGB").convert(mode)
 
 
 def eight_bit(image: Image.Image) -> Image.Image:
