@@ -95,7 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
                                          "cached against quantize-on-load; `bench control`: control LoRAs on "
                                          "Dev against the full control models; `bench lora`: a step with and "
                                          "without a LoRA on every backend; `bench preview`: what live previews "
-                                         "cost a run; `bench e2e`: the generate path end to end", add_help=False)
+                                         "cost a run; `bench estimate`: the memory estimate against measured runs; "
+                                         "`bench e2e`: the generate path end to end", add_help=False)
     bench.add_argument("bench_args", nargs=argparse.REMAINDER)  # listed for --help; main() hands them over
 
     cache = sub.add_parser("cache", help="list or clear the quantized-weights cache")
@@ -121,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 # `python app.py bench NAME ...`: the module whose main() runs that benchmark (`bench` alone: bench.run)
 BENCHES = {"cache": "bench.cache_load", "control": "bench.control_lora", "lora": "bench.lora",
-           "preview": "bench.preview", "e2e": "bench.e2e"}
+           "preview": "bench.preview", "estimate": "bench.estimate", "e2e": "bench.e2e"}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import pytest
 from gradio_client import Client
 
+from pipelines import defaults
 from pipelines.errors import Cancelled
 from tests.browser_fixtures import BROWSER_MARKS, RUN_TIMEOUT_MS, browser, shot  # noqa: F401
 from tests.ui_fixtures import start_studio
@@ -24,6 +25,7 @@ BATCH = dict(tool="dev", prompt="a lighthouse", steps=STEPS, guidance=3.5, quant
 
 @dataclass
 class Run:
+    tool: str
     seed: int
     began: float
     steps: list = field(default_factory=list)
@@ -40,7 +42,7 @@ class Recorder:
         self.stepping = threading.Event()  # a run has made two denoising steps
 
     def __call__(self, request, progress=None, **options):
-        run = Run(request.seed, time.monotonic())
+        run = Run(request.tool, request.seed, time.monotonic())
         self.runs.append(run)
 
         def watched(stage, done, total):
@@ -124,7 +126,7 @@ def test_a_page_that_goes_away_stops_its_batch(studio):
         lines = stream.iter_lines()
         next(lines)
         assert recorder.stepping.wait(timeout=180), "the batch never started denoising"
-    # the stream is closed: the job notices within a heartbeat and stops at the next step
+    # the stream is closed: Gradio notices at its next heartbeat (ui.studio.HEARTBEAT_S), the job stops at its next step
     wait_until(lambda: recorder.runs and recorder.runs[-1].ended is not None, message=json.dumps(
         [run.__dict__ for run in recorder.runs], default=str))
     (stopped,) = recorder.runs
@@ -167,21 +169,23 @@ def test_the_stop_button_shows_while_its_job_waits_or_runs_and_stops_that_job_on
     page.wait_for_timeout(500)
     assert not page.locator("#generate-stop").is_visible()
 
+    open_tab(page, "Redux")  # a second job, from another tab of the same page, made ready first
+    upload(page, "#redux-image", asset("example-boat.png"))
+    page.wait_for_selector("#redux-image img")
+    set_number(page, "redux-steps", 2)
+    open_tab(page, "Generate")
     recorder.runs.clear()
     recorder.stepping.clear()
     before = outputs(studio)
     page.locator("#generate-prompt textarea").fill("a lighthouse")
-    set_number(page, "schnell-steps", STEPS)
+    set_number(page, "schnell-steps", defaults.STEPS_MAX)
     set_number(page, "schnell-count", 2)
     page.locator("#generate-run").click()
     page.locator("#generate-stop").wait_for(state="visible")
     assert recorder.stepping.wait(timeout=180)
-    open_tab(page, "Redux")  # a second job, from another tab of the same page: it waits for the device
-    upload(page, "#redux-image", asset("example-boat.png"))
-    page.wait_for_selector("#redux-image img")
-    set_number(page, "redux-steps", 2)
+    open_tab(page, "Redux")
     page.locator("#redux-run").click()
-    page.locator("#redux-stop").wait_for(state="visible")  # shown while it waits, too
+    page.locator("#redux-stop").wait_for(state="visible")  # shown while it waits for the device, too
     shot(page, "stop-button-waiting")
     open_tab(page, "Generate")
     page.locator("#generate-stop").click()
@@ -190,9 +194,9 @@ def test_the_stop_button_shows_while_its_job_waits_or_runs_and_stops_that_job_on
     open_tab(page, "Redux")
     page.wait_for_selector("#redux-status .ff-chips", timeout=RUN_TIMEOUT_MS)  # the other job ran to its end
     page.locator("#redux-stop").wait_for(state="hidden")
-    stopped, redux = recorder.runs
-    assert stopped.outcome == "stopped" and max(stopped.steps) < STEPS and redux.outcome == "finished"
-    assert redux.began >= stopped.ended
+    (stopped, redux) = recorder.runs  # the batch's first image, stopped; no second image started
+    assert (stopped.tool, stopped.outcome) == ("schnell", "stopped") and max(stopped.steps) < defaults.STEPS_MAX
+    assert (redux.tool, redux.outcome) == ("redux", "finished") and redux.began >= stopped.ended
     made = outputs(studio) - before
     assert len(made) == 1 and "-redux-" in next(iter(made)).name
     shot(page, "stop-button-stopped")
@@ -211,7 +215,7 @@ def test_closing_the_tab_stops_its_batch(browser, studio):  # noqa: F811
     page.goto(studio.url, wait_until="load")
     page.wait_for_selector("#generate-run")
     page.locator("#generate-prompt textarea").fill("a lighthouse")
-    set_number(page, "schnell-steps", STEPS)
+    set_number(page, "schnell-steps", defaults.STEPS_MAX)
     set_number(page, "schnell-count", 3)
     page.locator("#schnell-previews input").uncheck()
     page.locator("#generate-run").click()
@@ -219,6 +223,6 @@ def test_closing_the_tab_stops_its_batch(browser, studio):  # noqa: F811
     context.close()
     wait_until(lambda: recorder.runs and recorder.runs[-1].ended is not None, message="the run did not stop")
     (stopped,) = recorder.runs
-    assert stopped.outcome == "stopped" and max(stopped.steps) < STEPS, stopped
+    assert stopped.outcome == "stopped" and max(stopped.steps) < defaults.STEPS_MAX, stopped
     time.sleep(2.0)
     assert len(recorder.runs) == 1 and outputs(studio) == before

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from pathlib import Path
 
 import gradio as gr
@@ -15,6 +16,7 @@ from .settings import Settings, on_space
 log = logging.getLogger(__name__)
 
 TITLE = "FluxForge Studio"
+HEARTBEAT_S = 2  # seconds between the heartbeats that tell Gradio a page is still there
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
@@ -168,6 +170,9 @@ def serve(demo: gr.Blocks, host: str | None = "127.0.0.1", port: int | None = 78
     """Launch `demo` with the safe defaults; on a Space the host and port come from the Space."""
     if on_space():
         host = port = None  # GRADIO_SERVER_NAME / GRADIO_SERVER_PORT, set by the Space
+    # Gradio notices a page that went away when its next heartbeat cannot be sent (15 s apart by default); its job
+    # stops then (ui.runner.stoppable), so a closed page stops its job within this many seconds.
+    os.environ.setdefault("GRADIO_HEARTBEAT_INTERVAL", str(HEARTBEAT_S))
     return demo.launch(server_name=host, server_port=port, share=share, **launch_options(demo, host), **kwargs)
 
 
