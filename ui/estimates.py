@@ -45,10 +45,10 @@ def estimate_html(plan, quant: str, offload: str, notes: tuple[str, ...] = ()) -
         f" {label}: {html.escape(chosen.reason)}."  # Auto's reason says "Auto picks ..." itself
     where = "offload has no effect on the CPU" if memory.type == "cpu" else f"offload: {offload} (System tab)"
     auto = "" if quant == "auto" else f" Auto picks {html.escape(plan.auto.quant)}: {html.escape(plan.auto.reason)}."
-    snapped = "".join(f" ({html.escape(note.rstrip('.'))})" for note in notes)
-    caption = (f"Estimated before loading for {plan.width}×{plan.height}{snapped}: {_gib(memory.free_bytes)} "
+    snapped = "".join(f" {html.escape(note[:1].upper() + note[1:].rstrip('.'))}, as a run takes it." for note in notes)
+    caption = (f"Estimated before loading for {plan.width}×{plan.height}: {_gib(memory.free_bytes)} "
                f"{html.escape(memory.what)}; {where}.{auto} Step time: against full precision (2.00× takes twice "
-               f"as long).{why}")
+               f"as long).{why}{snapped}")
     return (f"<table class='ff-table ff-estimate'><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody>"
             f"</table><div class='ff-muted'>{caption}</div>")
 
