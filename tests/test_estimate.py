@@ -242,8 +242,8 @@ def test_a_tiny_run_is_covered_by_its_estimate_with_its_slack(tiny_root, monkeyp
     are under 2 MB), so what is compared is its working memory, which at 384x384 is the VAE decode; the weights are
     compared exactly. Measured / estimated so far (`python app.py bench estimate`, bench/results/*-estimate.md, with
     the spread): a 2-core AMD EPYC with AVX2 (no oneDNN bf16 convolution; the decode's fallback holds 2.55x as much,
-    which the estimate counts) 0.996-1.002; an Intel Xeon (oneDNN) 0.97-1.03; an AMD EPYC with AVX-512 0.82. The
-    highest of two processes is taken: RSS sampled every 20 ms can miss a peak, never add one."""
+    which the estimate counts) 0.994-1.006; with oneDNN, a 2-core Intel Xeon 0.97-1.03 and another 2-core AMD EPYC
+    0.82. The highest of two processes is taken: RSS sampled every 20 ms can miss a peak, never add one."""
     from bench.estimate import measure
     from pipelines.memory import placement
 
