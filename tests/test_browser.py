@@ -320,3 +320,34 @@ def test_a_refused_lora_upload_is_named_as_uploaded_on_the_upload_box(page, tmp_
     assert fits == [True, True, True], fits
     page.locator("#schnell-lora-upload").scroll_into_view_if_needed()
     shot(page, "lora-refused-on-the-upload-box")
+
+
+def test_a_16_bit_depth_map_uploaded_in_the_page_keeps_its_levels(page, web_studio, tmp_path):  # noqa: F811
+    """A ready-made depth map saved as a 16-bit PNG (as depth tools write them) reaches the pipeline with its grey
+    levels, not clipped to black and white."""
+    import numpy as np
+    from PIL import Image
+
+    ramp = np.tile(np.linspace(0, 65535, 128), (96, 1)).round().astype(np.uint16)
+    depth = tmp_path / "depth16.png"
+    Image.fromarray(ramp).save(depth)
+    engine = web_studio.demo.studio_runner.engine
+    seen, original = [], engine.generate
+
+    def record(request, progress=None, **options):
+        seen.append(request)
+        return original(request, progress, **options)
+
+    engine.generate = record
+    try:
+        open_tab(page, "Depth")
+        page.locator("#depth-source").get_by_text("Upload a ready-made map").click()
+        upload(page, "#depth-map", str(depth))
+        page.wait_for_selector("#depth-map img")
+        page.locator("#depth-prompt textarea").fill("a cozy room")
+        page.locator("#depth-run").click()
+        wait_for_run(page, "depth")
+    finally:
+        engine.generate = original
+    levels = np.unique(np.asarray(seen[-1].control_image)[..., 0])
+    assert len(levels) >= 100 and levels.min() <= 2 and levels.max() >= 253, levels

@@ -11,14 +11,14 @@ from dataclasses import dataclass, field
 import pytest
 from gradio_client import Client
 
-from pipelines import defaults
 from pipelines.errors import Cancelled
 from tests.browser_fixtures import BROWSER_MARKS, RUN_TIMEOUT_MS, browser, shot  # noqa: F401
 from tests.ui_fixtures import start_studio
 
 pytestmark = pytest.mark.slow
 
-STEPS = 60  # far more than a stop needs: a run that is not stopped is plain to see
+STEPS = 8
+HOLD_S = 120
 BATCH = dict(tool="dev", prompt="a lighthouse", steps=STEPS, guidance=3.5, quant="none", width=128, height=128, seed=5,
              randomize=False, count=3)
 
@@ -34,22 +34,37 @@ class Run:
 
 
 class Recorder:
-    """Wraps Engine.generate: when each run began and ended, the denoising steps it reached, how it ended."""
+    """Wraps Engine.generate: when each run began and ended, the denoising steps it reached, how it ended.
+
+    Armed (``hold()``), the next run waits after its second step until its job is stopped (ui.runner.JOB_STOP), for at
+    most HOLD_S: however fast the CPU, the run is still denoising when the stop comes, and it must end at the next
+    step."""
 
     def __init__(self, generate):
         self.generate = generate
         self.runs: list[Run] = []
-        self.stepping = threading.Event()  # a run has made two denoising steps
+        self.stepping = threading.Event()  # the armed run has made two denoising steps
+        self.armed = False
+
+    def hold(self) -> None:
+        self.runs.clear()
+        self.stepping.clear()
+        self.armed = True
 
     def __call__(self, request, progress=None, **options):
+        from ui.runner import JOB_STOP
+
         run = Run(request.tool, request.seed, time.monotonic())
         self.runs.append(run)
+        held, self.armed = self.armed, False
 
         def watched(stage, done, total):
             if stage == "denoise" and done:
                 run.steps.append(done)
-                if len(run.steps) >= 2:
+                if held and done == 2:
                     self.stepping.set()
+                    stop = JOB_STOP.get()
+                    assert stop is not None and stop.wait(timeout=HOLD_S), "the job was not stopped"
             if progress is not None:
                 progress(stage, done, total)
 
@@ -89,8 +104,7 @@ def test_a_cancelled_batch_stops_at_its_next_step_and_the_next_job_waits_for_the
     recorder = studio.recorder
     client, bystander = Client(studio.url, verbose=False), Client(studio.url, verbose=False)
     client.predict(**dict(BATCH, steps=1, count=1), previews=False, api_name="/generate")  # loaded and warm
-    recorder.runs.clear()
-    recorder.stepping.clear()
+    recorder.hold()
     before = outputs(studio)
     job = client.submit(**BATCH, previews=previews, api_name="/generate")
     assert recorder.stepping.wait(timeout=180), "the batch never started denoising"
@@ -100,7 +114,7 @@ def test_a_cancelled_batch_stops_at_its_next_step_and_the_next_job_waits_for_the
     result = waiting.result(timeout=300)
     stopped, *others = recorder.runs
     assert stopped.seed == BATCH["seed"] and stopped.outcome == "stopped", recorder.runs
-    assert max(stopped.steps) < STEPS, stopped.steps  # it stopped at a step, long before the end
+    assert max(stopped.steps) == 2, stopped.steps  # no step after the stop (it came while step 2 ended)
     assert [run.seed for run in others] == [99], others  # no further image of the batch started
     assert others[0].began >= stopped.ended  # one job on the device at a time: the next came once it was free
     made = outputs(studio) - before
@@ -116,8 +130,7 @@ def test_a_page_that_goes_away_stops_its_batch(studio):
 
     recorder = studio.recorder
     Client(studio.url, verbose=False).predict(**dict(BATCH, steps=1, count=1), previews=False, api_name="/generate")
-    recorder.runs.clear()
-    recorder.stepping.clear()
+    recorder.hold()
     before = outputs(studio)
     data = [BATCH[k] for k in ("tool", "prompt", "steps", "guidance", "quant", "width", "height", "seed",
                                "randomize")] + [[], None, 1.0, BATCH["count"], False, []]
@@ -130,7 +143,7 @@ def test_a_page_that_goes_away_stops_its_batch(studio):
     wait_until(lambda: recorder.runs and recorder.runs[-1].ended is not None, message=json.dumps(
         [run.__dict__ for run in recorder.runs], default=str))
     (stopped,) = recorder.runs
-    assert stopped.outcome == "stopped" and max(stopped.steps) < STEPS, stopped
+    assert stopped.outcome == "stopped" and max(stopped.steps) == 2, stopped
     time.sleep(2.0)
     assert len(recorder.runs) == 1 and outputs(studio) == before
 
@@ -174,11 +187,10 @@ def test_the_stop_button_shows_while_its_job_waits_or_runs_and_stops_that_job_on
     page.wait_for_selector("#redux-image img")
     set_number(page, "redux-steps", 2)
     open_tab(page, "Generate")
-    recorder.runs.clear()
-    recorder.stepping.clear()
+    recorder.hold()
     before = outputs(studio)
     page.locator("#generate-prompt textarea").fill("a lighthouse")
-    set_number(page, "schnell-steps", defaults.STEPS_MAX)
+    set_number(page, "schnell-steps", STEPS)
     set_number(page, "schnell-count", 2)
     page.locator("#generate-run").click()
     page.locator("#generate-stop").wait_for(state="visible")
@@ -195,7 +207,7 @@ def test_the_stop_button_shows_while_its_job_waits_or_runs_and_stops_that_job_on
     page.wait_for_selector("#redux-status .ff-chips", timeout=RUN_TIMEOUT_MS)  # the other job ran to its end
     page.locator("#redux-stop").wait_for(state="hidden")
     (stopped, redux) = recorder.runs  # the batch's first image, stopped; no second image started
-    assert (stopped.tool, stopped.outcome) == ("schnell", "stopped") and max(stopped.steps) < defaults.STEPS_MAX
+    assert (stopped.tool, stopped.outcome) == ("schnell", "stopped") and max(stopped.steps) == 2
     assert (redux.tool, redux.outcome) == ("redux", "finished") and redux.began >= stopped.ended
     made = outputs(studio) - before
     assert len(made) == 1 and "-redux-" in next(iter(made)).name
@@ -207,15 +219,14 @@ def test_the_stop_button_shows_while_its_job_waits_or_runs_and_stops_that_job_on
 def test_closing_the_tab_stops_its_batch(browser, studio):  # noqa: F811
     recorder = studio.recorder
     Client(studio.url, verbose=False).predict(**dict(BATCH, steps=1, count=1), previews=False, api_name="/generate")
-    recorder.runs.clear()
-    recorder.stepping.clear()
+    recorder.hold()
     before = outputs(studio)
     context = browser.new_context(viewport={"width": 1280, "height": 800})
     page = context.new_page()
     page.goto(studio.url, wait_until="load")
     page.wait_for_selector("#generate-run")
     page.locator("#generate-prompt textarea").fill("a lighthouse")
-    set_number(page, "schnell-steps", defaults.STEPS_MAX)
+    set_number(page, "schnell-steps", STEPS)
     set_number(page, "schnell-count", 3)
     page.locator("#schnell-previews input").uncheck()
     page.locator("#generate-run").click()
@@ -223,6 +234,6 @@ def test_closing_the_tab_stops_its_batch(browser, studio):  # noqa: F811
     context.close()
     wait_until(lambda: recorder.runs and recorder.runs[-1].ended is not None, message="the run did not stop")
     (stopped,) = recorder.runs
-    assert stopped.outcome == "stopped" and max(stopped.steps) < defaults.STEPS_MAX, stopped
+    assert stopped.outcome == "stopped" and max(stopped.steps) == 2, stopped
     time.sleep(2.0)
     assert len(recorder.runs) == 1 and outputs(studio) == before

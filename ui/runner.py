@@ -354,9 +354,13 @@ def stoppable(run):
 
         def work() -> None:
             JOB_STOP.set(stop)
+            items = run(*args, **kwargs)
             try:
-                for item in run(*args, **kwargs):
+                for item in items:
                     hand_over("item", item)
+                    if stop.is_set():
+                        items.close()  # a generator that does not see JOB_STOP (on ZeroGPU) is closed instead
+                        raise Cancelled("the job was stopped")
             except Cancelled:
                 hand_over("stopped")
             except BaseException as error:  # noqa: BLE001  (raised in the job, where Gradio shows it)
