@@ -55,7 +55,9 @@ def estimated(size: int) -> dict:
     from pipelines.memory.sizes import model_sizes
     from pipelines.tools import get_tool
 
-    tool = get_tool("dev")
+    from .e2e import dev_tool_name
+
+    tool = get_tool(dev_tool_name())
     row = estimate(model_sizes(tool, "tiny"), Format("none", "full precision", 1.0, 1.0), "none", size * size,
                    tool.defaults("tiny").max_sequence_length, DeviceMemory("cpu", 2**40, 2**40, "available RAM"))
     return {"weights": row.weight_bytes, "work": row.peak_bytes - row.weight_bytes}
