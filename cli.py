@@ -14,9 +14,12 @@ from pipelines.logs import quiet_libraries
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="app.py", description="FluxForge Studio: FLUX.1 tools in one studio.")
+    parser = argparse.ArgumentParser(
+        prog="app.py", description="FluxForge Studio: FLUX.1 tools in one studio. With no command, app.py starts the "
+                                   "studio in the browser (the options below); a command runs headless.",
+        epilog="Run `python app.py COMMAND --help` for a command's options, e.g. python app.py generate --help.")
     parser.add_argument("--host", default="127.0.0.1", help="address to serve on (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=7860)
+    parser.add_argument("--port", type=int, default=7860, help="port to serve on (default 7860)")
     parser.add_argument("--model", action="append", default=[], dest="models", metavar="MODEL|TOOL=MODEL",
                         help="the model of every tool it fits (tiny, a hub id, a local diffusers directory, or a "
                              ".safetensors/.gguf transformer file), or TOOL=MODEL for one tool; repeatable "
@@ -24,11 +27,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--share", action="store_true", help="create a public share link")
     parser.add_argument("--api", action="store_true", help="open the HTTP API")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 or mps (default: best available)")
-    sub = parser.add_subparsers(dest="command")
+    sub = parser.add_subparsers(dest="command", title="commands", metavar="COMMAND")
+    parser.commands = sub.choices  # main() names the command a stray option belongs to
 
     gen = sub.add_parser("generate", help="run one tool headless and write a PNG")
     gen.add_argument("--tool", required=True, help=", ".join(tool_names()))
-    gen.add_argument("--prompt", default=None)
+    gen.add_argument("--prompt", default=None, help="what the image should show (fill, depth, canny, kontext: "
+                                                    "what to paint, follow or change; redux: optional)")
     gen.add_argument("--prompts", default=None, metavar="FILE",
                      help="one prompt per line (blank lines and lines starting with # are skipped); each makes "
                           "--count images")
@@ -38,25 +43,32 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--preview-every", default="0", metavar="N",
                      help="write a quick preview of the image in progress every N denoising steps, as "
                           "OUT-step<k>.png (default 0: none)")
-    gen.add_argument("--out", required=True, help="output PNG path")
+    gen.add_argument("--out", required=True, metavar="FILE.png", help="output PNG path (its folder must exist)")
     gen.add_argument("--model", default=None, help="tiny | HUB_ID | PATH (default: official weights if "
                                                    "present locally, else tiny)")
     gen.add_argument("--quant", default="auto", help="auto, none, 8bit, 4bit or fp8 (NVIDIA, compute capability 8.9+)")
     gen.add_argument("--image", action="append", metavar="FILE",
                      help="the input image; kontext: repeat to add reference images (the first is edited, "
                           f"up to {defaults.KONTEXT_MAX_IMAGES} in all)")
-    gen.add_argument("--mask")
-    gen.add_argument("--reference")
-    gen.add_argument("--control-image")
-    gen.add_argument("--expand", help="outpaint: pixels to grow L,T,R,B")
-    gen.add_argument("--width")
-    gen.add_argument("--height")
-    gen.add_argument("--steps")
-    gen.add_argument("--guidance")
-    gen.add_argument("--seed")
-    gen.add_argument("--canny-low", default=defaults.CANNY_LOW)
-    gen.add_argument("--canny-high", default=defaults.CANNY_HIGH)
-    gen.add_argument("--report", help="write the JSON report here")
+    gen.add_argument("--mask", metavar="FILE", help="fill: the inpaint mask, the image's size (white repaints, black "
+                                                    "keeps; on a transparent layer, the painted pixels repaint)")
+    gen.add_argument("--reference", metavar="FILE", help="fill: a reference image that steers the fill (Redux)")
+    gen.add_argument("--control-image", metavar="FILE", help="depth, canny: a ready-made depth or edge map instead "
+                                                             "of computing one from --image")
+    gen.add_argument("--expand", metavar="L,T,R,B", help="fill: outpaint, pixels to grow on each side")
+    gen.add_argument("--width", help=f"output width ({defaults.SIZE_MIN}..{defaults.SIZE_MAX}; snapped to a multiple "
+                                     f"of {defaults.SIZE_STEP}, with a notice; default: the tool's, or the input "
+                                     "image's)")
+    gen.add_argument("--height", help="output height (as --width)")
+    gen.add_argument("--steps", help=f"denoising steps ({defaults.STEPS_MIN}..{defaults.STEPS_MAX}; default: the "
+                                     "tool's)")
+    gen.add_argument("--guidance", help="guidance scale (default: the tool's; schnell ignores it)")
+    gen.add_argument("--seed", help=f"0..{defaults.SEED_MAX} (default: a random one, written in the PNG)")
+    gen.add_argument("--canny-low", default=defaults.CANNY_LOW, help=f"canny: the low edge threshold, 0..255 "
+                                                                      f"(default {defaults.CANNY_LOW})")
+    gen.add_argument("--canny-high", default=defaults.CANNY_HIGH, help=f"canny: the high edge threshold, 0..255 "
+                                                                        f"(default {defaults.CANNY_HIGH})")
+    gen.add_argument("--report", metavar="FILE.json", help="write the JSON report here")
     gen.add_argument("--transformer", default=None, metavar="FILE.gguf",
                      help="a single-file GGUF FLUX.1 transformer that replaces the model's own (pre-quantized: "
                           "used as it is, whatever --quant says)")
@@ -69,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--control-lora", default=None, metavar="FILE",
                      help="the control LoRA .safetensors file for --control lora (default: the official "
                           "FLUX.1-Depth-dev-lora / FLUX.1-Canny-dev-lora; tiny's own with --model tiny)")
-    gen.add_argument("--device", default=None)
+    gen.add_argument("--device", default=None, help="cpu, cuda, cuda:1 or mps (default: best available)")
     gen.add_argument("--offload", default="none", help="none, model (one model on the device at a time), block "
                                                        "(block by block, the next copied in while one computes) or "
                                                        "sequential (layer by layer: least memory, slowest)")
@@ -87,9 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
                                          "cached against quantize-on-load; `bench control`: control LoRAs on "
                                          "Dev against the full control models; `bench lora`: a step with and "
                                          "without a LoRA on every backend; `bench preview`: what live previews "
-                                         "cost a run; `bench e2e`: the generate path end to end; `bench "
-                                         "gpu-check`: each memory and speed option checked on a card",
-                             add_help=False)
+                                         "cost a run; `bench estimate`: the memory estimate against measured runs; "
+                                         "`bench e2e`: the generate path end to end; `bench gpu-check`: each memory "
+                                         "and speed option checked on a card", add_help=False)
     bench.add_argument("bench_args", nargs=argparse.REMAINDER)  # listed for --help; main() hands them over
 
     models = sub.add_parser("models", help="every tool's model: size, downloaded or not, gated or not, where it "
@@ -110,21 +122,23 @@ def build_parser() -> argparse.ArgumentParser:
                                        "before loading anything")
     est.add_argument("--tool", required=True, help=", ".join(tool_names()))
     est.add_argument("--model", default=None, help="tiny | HUB_ID | PATH (default: the tool's official model)")
-    est.add_argument("--size", default=None, metavar="WIDTHxHEIGHT", help="output size (default: the tool's)")
-    est.add_argument("--device", default=None)
-    est.add_argument("--json", action="store_true")
+    est.add_argument("--size", default=None, metavar="WIDTHxHEIGHT",
+                     help="output size (default: the tool's); snapped as generate snaps --width and --height")
+    est.add_argument("--device", default=None, help="cpu, cuda, cuda:1 or mps (default: best available)")
+    est.add_argument("--json", action="store_true", help="print the plan as JSON")
 
     doc = sub.add_parser("doctor", help="device, library versions and usable backends")
-    doc.add_argument("--json", action="store_true")
+    doc.add_argument("--json", action="store_true", help="print the report as JSON")
     doc.add_argument("--probe", action="store_true", help="probe every backend now (in child processes)")
     doc.add_argument("--reprobe", action="store_true", help="forget cached probe results and probe again")
-    doc.add_argument("--device", default=None)
+    doc.add_argument("--device", default=None, help="cpu, cuda, cuda:1 or mps (default: best available)")
     return parser
 
 
 # `python app.py bench NAME ...`: the module whose main() runs that benchmark (`bench` alone: bench.run)
 BENCHES = {"cache": "bench.cache_load", "control": "bench.control_lora", "lora": "bench.lora",
-           "preview": "bench.preview", "e2e": "bench.e2e", "gpu-check": "bench.gpu_check"}
+           "preview": "bench.preview", "estimate": "bench.estimate", "e2e": "bench.e2e",
+           "gpu-check": "bench.gpu_check"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -139,6 +153,10 @@ def main(argv: list[str] | None = None) -> int:
 
         return bench_main(argv[1:])
     parser = build_parser()
+    stray = _missing_command(parser, argv)
+    if stray:
+        print(f"error: {stray}", file=sys.stderr)
+        return 2
     args, extra = parser.parse_known_args(argv)
     if extra and args.command != "bench":
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
@@ -171,6 +189,27 @@ def main(argv: list[str] | None = None) -> int:
         if os.environ.get("FLUXFORGE_DEBUG") == "1":
             raise
         return 1
+
+
+def _missing_command(parser: argparse.ArgumentParser, argv: list[str]) -> str | None:
+    """The mistake, when ``argv`` names no command but gives an option of one (``python app.py --tool schnell ...``
+    for ``python app.py generate --tool schnell ...``): argparse would take the option's value for the command."""
+    commands = parser.commands
+    if any(token in commands for token in argv):
+        return None
+    studio = set(parser._option_string_actions)
+    for token in argv:
+        option = token.split("=", 1)[0]
+        if not option.startswith("-") or option in studio:
+            continue
+        owners = [name for name, sub in commands.items() if option in sub._option_string_actions]
+        if not owners:
+            return None  # argparse names an unknown option itself
+        which = " or ".join(f"`{name}`" for name in owners)
+        return (f"{option} is an option of the {which} command, and no command was given: put the command first, "
+                f"e.g. python app.py {owners[0]} {' '.join(argv)} (with no command, app.py starts the studio, which "
+                "takes --host, --port, --model, --device, --share and --api).")
+    return None
 
 
 def _first_line(error: Exception) -> str:
@@ -207,14 +246,14 @@ def generate(args) -> int:
     prompts = read_prompts(args.prompts, args.prompt)
     count = _whole(args.count, "--count", 1)
     preview_every = _whole(args.preview_every, "--preview-every", 0)
-    model, transformer, notices = args.model, args.transformer, []
+    model, transformer, early = args.model, args.transformer, []  # notices wait until every input is checked
     if model is None:  # FLUXFORGE_MODELS, else the official model (the demo model only when it cannot be had)
         on_dev = args.control == "lora" or (args.control is None and args.control_lora)
         runs = tool.lora_base() if on_dev and hasattr(tool, "lora_base") else tool
         assignment = studio_models([], [runs])
         model = assignment.model(runs.name)
         transformer = transformer or assignment.transformers.get(runs.name)
-        notices += assignment.notices + [demo_notice(assignment.demo)] * bool(assignment.demo)
+        early += assignment.notices + [demo_notice(assignment.demo)] * bool(assignment.demo)
     loras = [parse_lora_arg(item) for item in args.lora]
 
     def request_for(prompt: str, seed) -> GenerationRequest:
@@ -230,14 +269,14 @@ def generate(args) -> int:
     first = request_for(prompts[0], _number(args.seed, int))  # every input is checked before a model loads
     for prompt in prompts[1:]:
         request_for(prompt, first.seed)
-    for notice in notices:  # after the inputs are checked: a refusal stays one line
-        print(f"notice: {notice}", file=sys.stderr)
     try:
         manager = ModelManager(device=pick_device(args.device))
     except ValueError as error:
         raise UserError(str(error)) from None
     manager.set_options(offload=args.offload, vae_tiling=args.vae_tiling, placement=args.placement,
                         compile=args.compile, step_cache=_number(args.step_cache, float))
+    for notice in early:
+        print(f"notice: {notice}", file=sys.stderr)
     engine = Engine(manager, show_progress=True)
     progress = TerminalProgress()
 
@@ -386,29 +425,35 @@ def plan(args) -> int:
         tool = get_tool(args.tool)
     except UserError as error:
         raise UserError(f"--{error}") from None
-    result = _plan(tool, args.model or tool.model_id, args.size, args.device)
+    notices: list[str] = []
+    result = _plan(tool, args.model or tool.model_id, args.size, args.device, notices)
     print(json.dumps(result.to_dict(), indent=2) if args.json else format_plan(result))
+    for notice in notices:
+        print(f"notice: {notice}", file=sys.stderr)
     return 0
 
 
-def _plan(tool, model: str, size: str | None, device_name: str | None):
+def _plan(tool, model: str, size: str | None, device_name: str | None, notices: list[str] | None = None):
     import re
 
-    from pipelines.memory.device import device_memory, pick_device, pick_dtype
     from pipelines.errors import UserError
+    from pipelines.memory.device import device_memory, pick_device, pick_dtype
     from pipelines.memory.estimate import plan_run
+    from pipelines.request import checked_size
     from quantization.policy import offered
 
+    notices = [] if notices is None else notices
     d = tool.defaults(model)
     width, height = d.width, d.height
-    if size is not None:
+    if size is not None:  # the rule generate's --width and --height follow: in range, snapped with a notice
         match = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", size)
         if not match:
             raise UserError(f"--size={size!r} must be WIDTHxHEIGHT, e.g. 1024x1024.")
-        width, height = int(match.group(1)), int(match.group(2))
-        low, high, step = defaults.SIZE_MIN, defaults.SIZE_MAX, defaults.SIZE_STEP
-        if not (low <= width <= high and low <= height <= high) or width % step or height % step:
-            raise UserError(f"--size={size!r}: width and height must be multiples of {step} in {low}..{high}.")
+        try:
+            width, height = (checked_size(name, int(value), notices) for name, value in
+                             (("width", match.group(1)), ("height", match.group(2))))
+        except UserError as error:
+            raise UserError(f"--size={size!r}: {error}") from None
     try:
         device = pick_device(device_name)
     except (ValueError, RuntimeError) as error:
@@ -533,12 +578,9 @@ def format_entries(rows: list[dict], folder: Path) -> str:
 
 
 def _size(count: float) -> str:
-    if count < 1024:
-        return f"{count} B"
-    for unit in ("KiB", "MiB", "GiB"):
-        count /= 1024
-        if count < 1024 or unit == "GiB":
-            return f"{count:.1f} {unit}"
+    from quantization.sizes import size_text
+
+    return size_text(count)
 
 
 def serve(args) -> int:

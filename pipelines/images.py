@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 from PIL import Image, ImageOps, PngImagePlugin
 
 from . import defaults
@@ -16,43 +18,157 @@ Image.MAX_IMAGE_PIXELS = MAX_PIXELS
 
 
 UNREADABLE = "this file is not an image we can read"
+HIGH_DEPTH = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")  # 16- and 32-bit single-channel modes
+MASK_ALPHA_THRESHOLD = 16  # in a mask with transparency, faint anti-aliased edges (alpha 16 of 255 or less) keep
 
 
-def load_image(value, what: str, mode: str = "RGB", shown: str | None = None) -> Image.Image:
-    """A PIL image from a path or an image; a UserError names ``what`` when it is unusable.
+def open_image(value, what: str, shown: str | None = None) -> Image.Image:
+    """The image file at ``value`` opened from its header only: its format, mode and size are read, its pixels are
+    not (they are decoded on first use, or by load_image). A UserError names ``what`` when the file is missing,
+    empty, not an image, over MAX_PIXELS, or under 8x8 pixels; a PNG's chunks are checked too (a truncated PNG is
+    refused here), which reads the file but decodes nothing.
 
     Messages name the file by ``shown`` (default: the path as given) and never more: the studio passes the
     uploaded file's own name, so no server path reaches the page.
     """
-    if isinstance(value, Image.Image):
-        image = value
-    else:
-        path = Path(str(value)).expanduser()
-        name = shown if shown is not None else str(value)
-        if not path.is_file():
-            raise UserError(f"{what}={name!r}: no such file.")
-        if path.stat().st_size == 0:
-            raise UserError(f"{what}: {UNREADABLE}: {name} is an empty file (0 bytes).")
-        try:
-            with Image.open(path) as opened:
-                if opened.width * opened.height > MAX_PIXELS:
-                    raise UserError(f"{what}: {name} is too large ({opened.width}x{opened.height}); the limit is "
-                                    f"{MAX_PIXELS // 2**20} MPixels.")
-                opened.load()
-                image = ImageOps.exif_transpose(opened)
-        except UserError:
-            raise
-        except Image.DecompressionBombError:
-            raise UserError(f"{what}: {name} is too large (over {MAX_PIXELS // 2**20} MPixels).") from None
-        except (OSError, SyntaxError, ValueError) as error:
-            reason = "truncated" if "truncated" in str(error).lower() else type(error).__name__
-            raise UserError(f"{what}: {UNREADABLE}: {name} (not a readable raster image: {reason}).") from None
+    path = Path(str(value)).expanduser()
+    name = shown if shown is not None else str(value)
+    if not path.is_file():
+        raise UserError(f"{what}={name!r}: no such file.")
+    if path.stat().st_size == 0:
+        raise UserError(f"{what}: {UNREADABLE}: {name} is an empty file (0 bytes).")
+    try:
+        opened = Image.open(path)
+        width, height = opened.size
+        if width * height > MAX_PIXELS:
+            raise UserError(f"{what}: {name} is too large ({width}x{height}); the limit is "
+                            f"{MAX_PIXELS // 2**20} MPixels.")
+        if opened.format == "PNG":  # chunk lengths and checksums, no decoding
+            opened.verify()
+            opened.close()
+            opened = Image.open(path)
+    except UserError:
+        raise
+    except Image.DecompressionBombError:
+        raise UserError(f"{what}: {name} is too large (over {MAX_PIXELS // 2**20} MPixels).") from None
+    except (OSError, SyntaxError, ValueError) as error:
+        raise UserError(_unreadable(what, name, error)) from None
+    _check_size(opened, what)
+    return opened
+
+
+@dataclass(frozen=True)
+class ImageHeader:
+    """An image as its file's header describes it (EXIF orientation applied): enough for rules on sizes, without
+    its pixels."""
+
+    width: int
+    height: int
+    mode: str
+    info: dict = field(default_factory=dict, compare=False)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.width, self.height
+
+
+def image_header(value, what: str, shown: str | None = None):
+    """``value``'s size and mode without decoding it: an ImageHeader for a file (checked as open_image checks it),
+    the image itself for an image in memory."""
+    if isinstance(value, (Image.Image, ImageHeader)):
+        _check_size(value, what)
+        return value
+    with open_image(value, what, shown) as opened:
+        width, height = opened.size
+        tagged = opened.format != "PNG" or "exif" in opened.info  # a PNG's EXIF after its pixels needs a decode
+        if tagged and opened.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # EXIF orientation: turned a quarter
+            width, height = height, width
+        return ImageHeader(width, height, opened.mode)
+
+
+def _unreadable(what: str, name: str, error: Exception) -> str:
+    text = str(error).lower()
+    reason = "truncated" if "truncated" in text or "broken png" in text else type(error).__name__
+    return f"{what}: {UNREADABLE}: {name} (not a readable raster image: {reason})."
+
+
+def _check_size(image: Image.Image, what: str) -> None:
     if image.width < 8 or image.height < 8:
         raise UserError(f"{what} is {image.width}x{image.height}; images must be at least 8x8 pixels.")
-    if mode == "L" and image.mode in ("RGBA", "LA"):
-        # Masks drawn on a transparent layer: painted pixels are opaque.
-        return image.getchannel("A")
-    return image.convert(mode)
+
+
+def load_image(value, what: str, mode: str | None = "RGB", shown: str | None = None) -> Image.Image:
+    """A decoded PIL image from a path or an image, in ``mode`` (None: its own mode, at 8 bits per channel); a
+    UserError names ``what`` when it is unusable (see open_image). 16- and 32-bit images (a depth map saved as a
+    16-bit PNG, a float TIFF) are scaled to 8 bits (eight_bit), never clipped."""
+    if isinstance(value, Image.Image):
+        image = value
+        try:
+            image.load()  # an image opened but not decoded yet (an upload read lazily)
+        except (OSError, SyntaxError, ValueError) as error:
+            name = shown or image.info.get("source") or Path(getattr(image, "filename", "") or "").name or "the image"
+            raise UserError(_unreadable(what, name, error)) from None
+    else:
+        name = shown if shown is not None else str(value)
+        with open_image(value, what, shown) as opened:
+            try:
+                opened.load()
+                image = ImageOps.exif_transpose(opened)
+            except (OSError, SyntaxError, ValueError) as error:
+                raise UserError(_unreadable(what, name, error)) from None
+    _check_size(image, what)
+    image = eight_bit(image)
+    if mode is None or image.mode == mode:
+        return image
+    if image.mode in ("P", "PA", "La", "RGBa") and mode != "RGBA":
+        image = image.convert("RGBA")  # a palette's transparency, premultiplied alpha: to plain RGBA first
+    try:
+        return image.convert(mode)
+    except ValueError:  # PIL converts some modes (LAB, HSV) only to RGB
+        return image.convert("RGB").convert(mode)
+
+
+def eight_bit(image: Image.Image) -> Image.Image:
+    """``image`` at 8 bits per channel: 16-bit values (I;16, or I within 0..65535) divided by 257, so 65535 is
+    white; floats (F) within 0..1 times 255; 32-bit values of any other range, and floats outside 0..1, stretched
+    from their lowest (black) to their highest (white); I within 0..255 as they are. Other modes are returned as
+    they are (PIL keeps them at 8 bits per channel)."""
+    if image.mode not in HIGH_DEPTH:
+        return image
+    values = np.asarray(image).astype(np.float64)
+    finite = np.isfinite(values)
+    values = np.where(finite, values, 0.0)
+    low, high = (float(values[finite].min()), float(values[finite].max())) if finite.any() else (0.0, 0.0)
+    if image.mode == "F" and low >= 0 and high <= 1:
+        scaled = values * 255
+    elif image.mode.startswith("I;16") or (image.mode == "I" and low >= 0 and 255 < high <= 65535):
+        scaled = values / 257
+    elif image.mode == "I" and low >= 0 and high <= 255:
+        scaled = values
+    else:
+        scaled = (values - low) * (255 / (high - low)) if high > low else np.zeros_like(values)
+    converted = Image.fromarray(np.clip(np.round(scaled), 0, 255).astype(np.uint8), "L")
+    converted.info.update(image.info)
+    return converted
+
+
+def mask_pixels(image: Image.Image) -> Image.Image:
+    """The repaint mask of a mask image: white (255) repaints, black (0) keeps. One rule for the CLI's --mask, a
+    mask layer sent over the API and the Fill tab's brush:
+
+    - a mask with transparency (an alpha channel that is not opaque everywhere, as the brush paints on a
+      transparent layer): its painted pixels repaint (alpha above 16 of 255), whatever their colour;
+    - a mask without transparency (no alpha channel, or one opaque everywhere): white repaints and black keeps
+      (grey 128 or lighter counts as white).
+    """
+    image = eight_bit(image)
+    if image.mode in ("P", "PA", "La", "RGBa"):
+        image = image.convert("RGBA")
+    if "A" in image.getbands():
+        alpha = image.getchannel("A")
+        if alpha.getextrema()[0] < 255:
+            return alpha.point(lambda v: 255 if v > MASK_ALPHA_THRESHOLD else 0)
+    return image.convert("L").point(lambda v: 255 if v >= 128 else 0)
 
 
 def describe_input(value, image: Image.Image) -> dict:
@@ -132,10 +248,6 @@ def side_by_side(images: list[Image.Image], max_area: int, step: int = defaults.
         row.paste(image.convert("RGB").resize((width, height)), (left, 0))
         left += width
     return row
-
-
-def binarize(mask: Image.Image) -> Image.Image:
-    return mask.convert("L").point(lambda v: 255 if v >= 128 else 0)
 
 
 def grow_canvas(image: Image.Image, expand: tuple[int, int, int, int]) -> tuple[Image.Image, Image.Image]:

@@ -39,6 +39,9 @@ class GenerationRequest:
     control: str | None = None  # Depth and Canny: "model" (their own model) or "lora" (a control LoRA on Dev)
     control_lora: Any = None  # its file, checked into a LoraFile (default: the tool's official one); implies "lora"
     notices: list[str] = field(default_factory=list)
+    # Read the images' headers only (sizes and modes), decoding nothing: a quick check of everything but the
+    # rules on pixels (an empty mask), which the request made to run applies.
+    header_only: bool = field(default=False, repr=False)
     inputs: dict = field(default_factory=dict)  # filled on load: input name -> {name, sha256, sha256_of, size}
     images: list = field(default_factory=list, init=False, repr=False)  # filled on load: every image, `image` first
 
@@ -81,8 +84,7 @@ class GenerationRequest:
         for name in ("width", "height"):
             value = getattr(self, name)
             if value is not None:
-                value = _int_in(name, value, defaults.SIZE_MIN, defaults.SIZE_MAX, value)
-                setattr(self, name, snap(value, name, self.notices))
+                setattr(self, name, checked_size(name, value, self.notices))
         if self.seed is None:
             import secrets
 
@@ -135,35 +137,44 @@ class GenerationRequest:
                 raise UserError(str(error).replace("lora", "control_lora", 1)) from None
 
     def _load_images(self) -> None:
-        """Read and check every image now, before any model is loaded."""
-        from .images import binarize, describe_input, image_name, load_image
+        """Read and check every image now, before any model is loaded (their headers only with header_only)."""
+        from .images import describe_input, image_header, image_name, load_image, mask_pixels
 
+        read = image_header if self.header_only else load_image
         self.inputs, self.images = {}, []
         given = self.image if isinstance(self.image, list) else [] if self.image is None else [self.image]
         for index, value in enumerate(given):
-            self.images.append(load_image(value, image_name(index)))
-            self.inputs[image_name(index)] = describe_input(value, self.images[-1])
+            self.images.append(read(value, image_name(index)))
+            if not self.header_only:
+                self.inputs[image_name(index)] = describe_input(value, self.images[-1])
         self.image = self.images[0] if self.images else None
         for name in ("reference", "control_image"):
             value = getattr(self, name)
             if value is not None:
-                setattr(self, name, load_image(value, name))
-                self.inputs[name] = describe_input(value, getattr(self, name))
+                setattr(self, name, read(value, name))
+                if not self.header_only:
+                    self.inputs[name] = describe_input(value, getattr(self, name))
         if self.mask is not None:
-            loaded = load_image(self.mask, "mask", mode="L")
-            self.inputs["mask"] = describe_input(self.mask, loaded)
-            mask = binarize(loaded)
-            if mask.size != self.image.size:
-                raise UserError(f"mask is {mask.width}x{mask.height} but image is {self.image.width}x"
+            if self.image is None:
+                raise UserError("mask is given without an image; give the image to fill (--image) as well.")
+            loaded = image_header(self.mask, "mask") if self.header_only else load_image(self.mask, "mask", mode=None)
+            if loaded.size != self.image.size:
+                raise UserError(f"mask is {loaded.width}x{loaded.height} but image is {self.image.width}x"
                                 f"{self.image.height}; they must be the same size.")
+            if self.header_only:
+                self.mask = loaded
+                return
+            self.inputs["mask"] = describe_input(self.mask, loaded)
+            mask = mask_pixels(loaded)
             if mask.getextrema()[1] == 0:
-                raise UserError("mask is empty: paint the area to fill in white.")
+                raise UserError("mask is empty: nothing in it repaints. Paint the area to fill in white (or, on a "
+                                "transparent layer, in any colour).")
             self.mask = mask
 
     def parameters(self) -> dict:
         """The request as plain values, for reports and PNG metadata: every input image by name, sha256 and
         size under `inputs` (the images themselves left out)."""
-        skip = {"image", "images", "mask", "reference", "control_image", "notices", "inputs"}
+        skip = {"image", "images", "mask", "reference", "control_image", "notices", "inputs", "header_only"}
         values = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in skip}
         values["expand"] = list(self.expand) if self.expand else None
         values["inputs"] = {name: dict(item) for name, item in self.inputs.items()}
@@ -177,6 +188,13 @@ def batch_seed(seed: int, index: int) -> int:
     """The seed of image ``index`` (0-based) of a batch whose first image has ``seed``: the next one each time,
     wrapping past SEED_MAX to 0."""
     return (seed + index) % (defaults.SEED_MAX + 1)
+
+
+def checked_size(name: str, value, notices: list[str]) -> int:
+    """A width or height as a run takes it, one rule for the CLI, the studio and the estimates: a whole number in
+    SIZE_MIN..SIZE_MAX (else a UserError naming it), snapped to a multiple of SIZE_STEP with a notice when it is not
+    one (e.g. 1000 -> 992)."""
+    return snap(_int_in(name, value, defaults.SIZE_MIN, defaults.SIZE_MAX, value), name, notices)
 
 
 def check_transformer_file(value, tool) -> str | None:

@@ -166,17 +166,18 @@ def choose_auto(quantizable_bytes: int, other_bytes: int, free_bytes: int | None
 
     ``quantizable_bytes``: transformer + T5 at full precision; ``other_bytes``: CLIP, VAE and the rest.
     """
-    gib = 2**30
+    from .sizes import size_text
+
     if free_bytes is None:
         return AutoChoice("none", "free memory unknown: full precision")
     for quant in ("none", "8bit", "4bit"):
         need = (quantizable_bytes * RATIO[quant] + other_bytes) * HEADROOM
         if need <= free_bytes:
-            why = f"needs ~{need / gib:.1f} GiB of {free_bytes / gib:.1f} GiB free"
+            why = f"needs ~{size_text(need)} of {size_text(free_bytes)} free"
             faster = _fp8_faster(quant, step_ratios or {}, device_type)
             return AutoChoice("fp8", f"{why}; {faster}") if faster else AutoChoice(quant, why)
     need = (quantizable_bytes * RATIO["4bit"] + other_bytes) * HEADROOM
-    return AutoChoice("4bit", f"even 4-bit needs ~{need / gib:.1f} GiB of {free_bytes / gib:.1f} GiB free: "
+    return AutoChoice("4bit", f"even 4-bit needs ~{size_text(need)} of {size_text(free_bytes)} free: "
                               "consider model CPU offload")
 
 

@@ -189,10 +189,11 @@ def test_a_long_session_keeps_every_result_and_no_dead_history(browser, keep_stu
         page.wait_for_selector("#generate-run")
         page.locator("#generate-prompt textarea").fill("a lighthouse at dusk")
         for index in range(2 * KEEP):
-            before = page.evaluate("document.querySelector('#generate-result img')?.src || ''")
+            before = page.locator("#generate-status").inner_text()
             page.locator("#generate-run").click()
-            page.wait_for_function(  # the new result is shown (the history comes with it)
-                "b => { const i = document.querySelector('#generate-result img'); return i && i.src !== b; }",
+            page.wait_for_function(  # the final result's status (a live preview changes the image before it)
+                "b => { const s = document.querySelector('#generate-status');"
+                " return s && s.querySelector('.ff-chips') && s.innerText !== b; }",
                 arg=before, timeout=RUN_TIMEOUT_MS)
             page.wait_for_timeout(500)
             assert page.locator("#generate-history .thumbnail-item").count() == min(index + 1, KEEP), index
@@ -266,3 +267,87 @@ def test_fill_with_a_reference_records_every_input(page, web_studio):  # noqa: F
     assert inputs["reference"]["sha256"] == hashlib.sha256(boat.read_bytes()).hexdigest()
     assert inputs["image"]["name"] == "editor background" and inputs["mask"]["name"] == "painted mask"
     shot(page, "run-fill-reference")
+
+
+def test_a_history_thumbnail_shows_its_own_image_download_and_status(page, web_studio):  # noqa: F811
+    from pipelines.images import read_metadata
+
+    page.locator("#generate-prompt textarea").fill("a lighthouse at dusk")
+    page.locator("#schnell-randomize input").uncheck()
+    page.locator("#schnell-seed input").fill("321")
+    box = page.locator("#schnell-count input[type=number]")
+    box.fill("2")
+    box.press("Enter")
+    page.locator("#schnell-previews input").uncheck()
+    page.locator("#generate-run").click()
+    page.wait_for_function("() => document.querySelectorAll('#generate-history .thumbnail-item').length >= 2",
+                           timeout=RUN_TIMEOUT_MS)
+    page.wait_for_selector("#generate-status .ff-chips")
+    assert "seed 322" in page.locator("#generate-status").inner_text()  # the newest of the two
+    page.locator("#generate-history .thumbnail-item").nth(1).click()  # the older one: seed 321
+    page.wait_for_function("() => (document.querySelector('#generate-status')?.innerText || '').includes("
+                           "'From the history')")
+    status = page.locator("#generate-status").inner_text()
+    assert "seed 321" in status and "seed 322" not in status and "transformer" in status, status
+    shown = page.locator("#generate-result img").get_attribute("src")
+    name = shown.split("/")[-1].split("?")[0]
+    assert read_metadata(web_studio.output_dir / name)["seed"] == 321 and name in status
+    with page.expect_download() as download:  # the download is that image too
+        page.locator("#generate-download").click()
+    assert download.value.suggested_filename == name
+    shot(page, "history-click-status")
+
+
+def test_a_refused_lora_upload_is_named_as_uploaded_on_the_upload_box(page, tmp_path):
+    long_name = "a-lora-file-with-a-rather-long-name-that-was-downloaded-twice-and-cut-short.safetensors"
+    bad = tmp_path / long_name
+    header = b"[1, 2, 3, 4, 5, 6]"  # valid JSON, but not an object
+    bad.write_bytes(len(header).to_bytes(8, "little") + header)
+    page.locator("#generate-prompt textarea").fill("a lighthouse at dusk")
+    page.get_by_text("LoRAs", exact=True).click()
+    upload(page, "#schnell-lora-upload", str(bad))
+    page.wait_for_timeout(1000)
+    page.locator("#generate-run").click()
+    message = page.locator("#schnell-lora-upload .validation-error")
+    message.wait_for()
+    text = message.inner_text()
+    assert text.startswith(f"lora='{long_name}'") and "not an object" in text, text
+    assert "/tmp/" not in text and page.locator("#schnell-loras .validation-error").count() == 0
+    fits = message.evaluate("e => { const box = e.closest('#schnell-lora-upload').getBoundingClientRect();"
+                            " const r = e.getBoundingClientRect(); return [e.scrollWidth <= e.clientWidth + 1,"
+                            " r.left >= box.left - 1 && r.right <= box.right + 1, r.top >= box.top - 1"
+                            " && r.bottom <= box.bottom + 1]; }")
+    assert fits == [True, True, True], fits
+    page.locator("#schnell-lora-upload").scroll_into_view_if_needed()
+    shot(page, "lora-refused-on-the-upload-box")
+
+
+def test_a_16_bit_depth_map_uploaded_in_the_page_keeps_its_levels(page, web_studio, tmp_path):  # noqa: F811
+    """A ready-made depth map saved as a 16-bit PNG (as depth tools write them) reaches the pipeline with its grey
+    levels, not clipped to black and white."""
+    import numpy as np
+    from PIL import Image
+
+    ramp = np.tile(np.linspace(0, 65535, 128), (96, 1)).round().astype(np.uint16)
+    depth = tmp_path / "depth16.png"
+    Image.fromarray(ramp).save(depth)
+    engine = web_studio.demo.studio_runner.engine
+    seen, original = [], engine.generate
+
+    def record(request, progress=None, **options):
+        seen.append(request)
+        return original(request, progress, **options)
+
+    engine.generate = record
+    try:
+        open_tab(page, "Depth")
+        page.locator("#depth-source").get_by_text("Upload a ready-made map").click()
+        upload(page, "#depth-map", str(depth))
+        page.wait_for_selector("#depth-map img")
+        page.locator("#depth-prompt textarea").fill("a cozy room")
+        page.locator("#depth-run").click()
+        wait_for_run(page, "depth")
+    finally:
+        engine.generate = original
+    levels = np.unique(np.asarray(seen[-1].control_image)[..., 0])
+    assert len(levels) >= 100 and levels.min() <= 2 and levels.max() >= 253, levels

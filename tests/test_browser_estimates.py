@@ -58,3 +58,39 @@ def test_every_tool_tab_shows_its_estimate(page, label):
     assert "Quantization" in text and "Peak" in text and "available RAM" in text
     choose_quant(page, tool, "8-bit")
     page.wait_for_selector(f"#{tool}-estimate tr.ff-chosen[data-quant='8bit']")
+
+
+def test_the_caption_and_the_table_use_one_unit_rule_and_the_runs_size(page):
+    """The tiny model's few MiB read as MiB in the table and in the caption alike (never "~0.0 GiB"); a width off the
+    step is estimated at the size a run snaps it to, and the caption says so; a width past the slider's maximum is
+    the maximum, in the box and in the caption."""
+    import re
+
+    text = wait_for_text(page, "schnell", "128×128")
+    caption = text.splitlines()[-1]
+    assert "Auto picks none: needs ~" in caption and "Auto: Auto" not in caption
+    assert not re.search(r"\b0\.0 GiB", text), text
+    table = page.locator("#schnell-estimate table").inner_text()
+    assert re.search(r"\d+ MiB", table) and re.search(r"needs ~\d+ MiB", caption), (table, caption)
+
+    set_slider(page, "schnell", "width", 1000)
+    text = wait_for_text(page, "schnell", "992×128")
+    assert "Width 1000 snapped to 992 (a multiple of 16), as a run takes it." in text
+    set_slider(page, "schnell", "width", 5000)
+    page.locator("#schnell-width input[type=number]").blur()
+    text = wait_for_text(page, "schnell", "2048×128")
+    assert page.locator("#schnell-width input[type=number]").input_value() == "2048"
+    shot(page, "estimate-units-and-sizes")
+
+
+def test_an_estimate_out_of_range_says_why_in_one_line():
+    from ui.estimates import render
+
+    class Runner:  # never asked: the size is refused first
+        def plan(self, *args):
+            raise AssertionError("planned an out-of-range size")
+
+        options = type("Options", (), {"offload": "none"})()
+
+    note = render(Runner(), "schnell", "auto", 5000, 128)
+    assert note == "<div class='ff-muted'>No estimate: width=5000 is out of range; use 64..2048.</div>"

@@ -248,7 +248,8 @@ def test_plan_json_has_each_choice_and_offload_with_its_bytes(capsys):
 
 @pytest.mark.parametrize("args, message", [
     (["--tool", "dev", "--size", "1000"], "--size='1000' must be WIDTHxHEIGHT"),
-    (["--tool", "dev", "--size", "1000x1000"], "multiples of 16 in 64..2048"),
+    (["--tool", "dev", "--size", "5000x1000"], "--size='5000x1000': width=5000 is out of range; use 64..2048"),
+    (["--tool", "dev", "--size", "1024x32"], "--size='1024x32': height=32 is out of range; use 64..2048"),
     (["--tool", "painter"], "--tool='painter' is unknown"),
     (["--tool", "dev", "--model", "someone/not-cached"], "not known offline and it is not in the local cache"),
     (["--tool", "dev", "--model", "./no/such/dir"], "no such directory"),
@@ -354,3 +355,69 @@ def test_previews_of_a_batch_are_named_after_each_image(tmp_path, tiny_root):
     assert cli.main(["generate", "--tool", "schnell", "--prompt", "x", "--model", "tiny", "--quant", "none",
                      "--steps", "2", "--count", "2", "--preview-every", "2", "--out", str(out)]) == 0
     assert sorted(p.name for p in tmp_path.glob("*.png")) == ["b-1-step2.png", "b-1.png", "b-2-step2.png", "b-2.png"]
+
+
+# ---- messages: one line, one rule, the mistake named -----------------------------------------------------------
+
+def test_bad_input_is_one_line_before_any_notice(tmp_path, image_files, capsys, tiny_root):
+    """Without --model the tool's default model is looked for (here: not found, so the tiny demo, with a notice);
+    bad input is still exactly one line: notices wait until every input is checked."""
+    out = tmp_path / "never.png"
+    code = cli.main(["generate", "--tool", "fill", "--prompt", "x", "--image", str(image_files["photo"]), "--mask",
+                     str(image_files["small_mask"]), "--out", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("error: mask is 64x64 but image is 128x96"), err
+    assert not out.exists()
+
+
+def test_plan_snaps_a_size_as_generate_does(capsys, tiny_root):
+    assert cli.main(["plan", "--tool", "dev", "--model", "tiny", "--size", "1000x1000"]) == 0
+    captured = capsys.readouterr()
+    assert "dev on tiny (read from its files), 992x992" in captured.out
+    assert captured.err.splitlines() == ["notice: width 1000 snapped to 992 (a multiple of 16).",
+                                         "notice: height 1000 snapped to 992 (a multiple of 16)."]
+
+
+def test_generate_and_plan_take_the_same_sizes(tmp_path, capsys, tiny_root):
+    """One rule: what generate snaps, plan snaps the same way; what one refuses, so does the other."""
+    for size, expected in (("1000", "992"), ("70", "64"), ("2048", "2048")):
+        assert cli.main(["plan", "--tool", "dev", "--model", "tiny", "--size", f"{size}x{size}", "--json"]) == 0
+        planned = json.loads(capsys.readouterr().out)
+        assert (planned["width"], planned["height"]) == (int(expected),) * 2
+    for size in ("5000", "0", "48"):
+        code = cli.main(["generate", "--tool", "dev", "--prompt", "x", "--model", "tiny", "--width", size,
+                         "--out", str(tmp_path / "x.png")])
+        generate_error = capsys.readouterr().err.strip()
+        code_plan = cli.main(["plan", "--tool", "dev", "--model", "tiny", "--size", f"{size}x128"])
+        plan_error = capsys.readouterr().err.strip()
+        assert code == 2 and generate_error.startswith("error: width=")
+        assert code_plan == 2 and generate_error.split("error: ")[1] in plan_error, (generate_error, plan_error)
+
+
+@pytest.mark.parametrize("argv, option, command", [
+    (["--tool", "schnell", "--prompt", "a fox", "--out", "fox.png"], "--tool", "`generate` or `plan`"),
+    (["--prompt", "a fox"], "--prompt", "`generate`"),
+    (["--size", "512x512"], "--size", "`plan`"),
+    (["--probe"], "--probe", "`doctor`"),
+])
+def test_forgetting_the_command_names_the_mistake(argv, option, command):
+    proc = run_cli(*argv)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {option} is an option of the {command} command"), lines
+    assert "invalid choice" not in proc.stderr and "python app.py " in lines[0]
+
+
+def test_help_says_no_command_starts_the_studio_and_every_option_has_a_line():
+    import argparse
+
+    parser = cli.build_parser()
+    assert "With no command, app.py starts the studio" in parser.format_help()
+    for name, sub in parser.commands.items():
+        for action in sub._actions:
+            if isinstance(action, argparse._HelpAction) or name == "bench":
+                continue
+            assert action.help and action.help.strip(), (name, action.option_strings or action.dest)
+    for action in parser._actions:
+        if action.option_strings and not isinstance(action, argparse._HelpAction):
+            assert action.help, action.option_strings

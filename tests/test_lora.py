@@ -413,3 +413,135 @@ def test_loras_follow_a_runtime_fallback_to_the_next_backend(tiny_root, lora_fil
     base = generate(engine, quant="4bit")
     assert not np.array_equal(pixels(with_lora), pixels(base))
     assert np.array_equal(pixels(generate(engine, [(lora_files["diffusers"], 1.0)], quant="4bit")), pixels(with_lora))
+
+
+# ---- a file's header checked whole; the file named as the user knows it -----------------------------------------
+def raw_safetensors(path, header, data: bytes = b""):
+    """A file with ``header`` (any JSON value, or text) as its safetensors header."""
+    text = header if isinstance(header, str) else json.dumps(header)
+    encoded = text.encode()
+    path.write_bytes(len(encoded).to_bytes(8, "little") + encoded + data)
+    return path
+
+
+def header_cases(folder) -> dict:
+    bf16 = {"dtype": "BF16", "shape": [4, 64]}
+    return {
+        "a list": (raw_safetensors(folder / "list.safetensors", [1, 2, 3]), "its header is a JSON list, not an object"),
+        "a number": (raw_safetensors(folder / "number.safetensors", 7), "its header is a JSON int, not an object"),
+        "deep nesting": (raw_safetensors(folder / "deep.safetensors", "[" * 100_000 + "]" * 100_000),
+                         "nested too deeply"),
+        "entries not objects": (raw_safetensors(folder / "flat.safetensors", {"a.lora_A.weight": [0, 1]}),
+                                "tensor 'a.lora_A.weight' is described wrongly"),
+        "unknown dtype": (raw_safetensors(folder / "dtype.safetensors", {"a": {"dtype": "Q3", "shape": [2],
+                                                                              "data_offsets": [0, 2]}}, b"\0" * 2),
+                          "tensor 'a' is described wrongly"),
+        "tensors overrun their offsets": (raw_safetensors(folder / "overrun.safetensors", {"a": dict(
+            bf16, data_offsets=[0, 10])}, b"\0" * 10), "needs 512 bytes but its offsets give 10"),
+        "tensors overlap": (raw_safetensors(folder / "overlap.safetensors", {
+            "a": dict(bf16, data_offsets=[0, 512]), "b": dict(bf16, data_offsets=[256, 768])}, b"\0" * 768),
+            "overlap or leave gaps"),
+        "past the end": (raw_safetensors(folder / "short.safetensors", {"a": dict(bf16, data_offsets=[0, 512])},
+                                         b"\0" * 100), "truncated or damaged"),
+        "rank 0": (write_lora(folder / "rank0.safetensors", {
+            "transformer.transformer_blocks.0.attn.to_q.lora_A.weight": torch.zeros(0, 64, dtype=torch.bfloat16),
+            "transformer.transformer_blocks.0.attn.to_q.lora_B.weight": torch.zeros(64, 0, dtype=torch.bfloat16)}),
+            "holds no weights (rank 0: every tensor is empty)"),
+        "no tensors": (raw_safetensors(folder / "empty.safetensors", {"__metadata__": {"format": "pt"}}),
+                       "holds no weights (no tensors)"),
+    }
+
+
+@pytest.fixture(scope="module")
+def bad_headers(tmp_path_factory):
+    return header_cases(tmp_path_factory.mktemp("bad-headers"))
+
+
+HEADERS = ["a list", "a number", "deep nesting", "entries not objects", "unknown dtype", "tensors overrun their offsets",
+           "tensors overlap", "past the end", "rank 0", "no tensors"]
+
+
+@pytest.mark.parametrize("kind", HEADERS)
+def test_a_bad_header_is_one_line_naming_the_file(bad_headers, kind):
+    path, words = bad_headers[kind]
+    with pytest.raises(UserError) as error:
+        check_loras([{"path": str(path), "strength": 1.0, "shown": path.name}])
+    text = one_line(error)
+    assert text.startswith(f"lora={path.name!r}") and words in text and str(path.parent) not in text
+
+
+@pytest.mark.parametrize("kind", HEADERS)
+def test_cli_bad_header_is_one_line_exit_2(tiny_root, bad_headers, tmp_path, capsys, kind):
+    path, words = bad_headers[kind]
+    out = tmp_path / "x.png"
+    code = cli.main(["generate", "--tool", "dev", "--prompt", "x", "--model", "tiny", "--lora", str(path),
+                     "--out", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and not out.exists()
+    assert len(err.splitlines()) == 1 and err.startswith("error: lora=") and words in err, err
+
+
+def test_a_library_error_names_the_file_not_its_path():
+    from pipelines.loras import without_paths
+
+    text = "Error while deserializing header: '/tmp/gradio/3f2a9c/style.safetensors' (C:\\Users\\me\\loras\\b.safetensors)"
+    assert without_paths(text) == "Error while deserializing header: 'style.safetensors' (b.safetensors)"
+
+
+# ---- the studio's LoRA inputs over the API -------------------------------------------------------------------------
+API_SETTINGS = dict(steps=2, guidance=3.5, quant="none", width=128, height=128, seed=11, randomize=False)
+
+
+def refused_on(error, parameter: str) -> str:
+    """The message gradio_client shows for ``parameter`` (one line, no server path)."""
+    lines = [line for line in str(error.value).splitlines() if line.startswith(f"- {parameter}: ")]
+    assert lines, str(error.value)
+    message = lines[0][len(f"- {parameter}: "):]
+    assert "/tmp/" not in message and "/root/" not in message and "gradio" not in message, message
+    return message
+
+
+@pytest.mark.parametrize("kind", ["truncated", "not_safetensors_header"])
+def test_studio_bad_lora_upload_is_named_as_uploaded_on_the_upload_box(lora_studio, bad_files, bad_headers, kind):
+    from gradio_client import Client, handle_file
+    from gradio_client.exceptions import ValidationError
+
+    studio, _folder = lora_studio
+    path, words = bad_files["truncated"] if kind == "truncated" else bad_headers["tensors overrun their offsets"]
+    with pytest.raises(ValidationError) as error:
+        Client(studio.url, verbose=False).predict(tool="dev", prompt="a cube", loras_uploaded=[handle_file(str(path))],
+                                                  **API_SETTINGS, api_name="/generate")
+    message = refused_on(error, "loras_uploaded")
+    assert message.startswith(f"lora={path.name!r}") and words in message
+
+
+def test_a_lora_added_to_the_folder_after_the_start_is_taken_over_the_api(lora_studio, lora_files):
+    import shutil
+
+    from gradio_client import Client
+
+    studio, folder = lora_studio
+    shutil.copy(lora_files["second"], folder / "added-later.safetensors")
+    try:
+        result = Client(studio.url, verbose=False).predict(
+            tool="dev", prompt="a cube", loras_picked=["added-later.safetensors"], **API_SETTINGS, api_name="/generate")
+    finally:
+        (folder / "added-later.safetensors").unlink()
+    assert [lora["name"] for lora in read_metadata(result[0])["loras"]] == ["added-later"]
+
+
+def test_loras_picked_as_one_name_is_one_file_and_anything_else_one_line(lora_studio):
+    from gradio_client import Client
+    from gradio_client.exceptions import ValidationError
+
+    studio, _folder = lora_studio
+    client = Client(studio.url, verbose=False)
+    result = client.predict(tool="dev", prompt="a cube", loras_picked="film-look.safetensors", **API_SETTINGS,
+                            api_name="/generate")
+    assert [lora["name"] for lora in read_metadata(result[0])["loras"]] == ["film-look"]
+    for picked, shown in (("nope.safetensors", "'nope.safetensors'"), (["/etc/passwd"], "'passwd'"),
+                          (["../secret.safetensors"], "'../secret.safetensors'")):
+        with pytest.raises(ValidationError) as error:
+            client.predict(tool="dev", prompt="a cube", loras_picked=picked, **API_SETTINGS, api_name="/generate")
+        message = refused_on(error, "loras_picked")
+        assert shown in message and "is not a LoRA file in the LoRA folder" in message and "/etc" not in message

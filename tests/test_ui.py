@@ -292,19 +292,20 @@ def test_history_is_newest_first_and_bounded(tmp_path, monkeypatch):
     class Fake:
         def __init__(self, name):
             Path(name).write_bytes(b"png")  # the history keeps only files that exist
-            self.path, self.caption = name, name
+            self.path, self.caption, self.status = name, name, f"status of {name}"
 
     history = add_history([], [Fake("a")])
     history = add_history(history, [Fake("b"), Fake("c")])
-    assert [p for p, _ in history] == ["c", "b", "a"]
+    assert [p for p, *_ in history] == ["c", "b", "a"]
+    assert [status for *_, status in history] == ["status of c", "status of b", "status of a"]
     for index in range(HISTORY_LIMIT + 5):
         history = add_history(history, [Fake(str(index))])
     assert len(history) == HISTORY_LIMIT and history[0][0] == str(HISTORY_LIMIT + 4)
     pruned = history[1][0]
     Path(pruned).unlink()  # pruned by the output folder
     history = add_history(history, [Fake("new")])
-    assert len(history) == HISTORY_LIMIT and pruned not in [p for p, _ in history]
-    assert all(Path(p).is_file() for p, _ in history)
+    assert len(history) == HISTORY_LIMIT and pruned not in [p for p, *_ in history]
+    assert all(Path(p).is_file() for p, *_ in history)
 
 
 def test_user_errors_become_readable_gr_errors(tmp_path):
@@ -391,6 +392,16 @@ def job(demo, api_name: str):
     return next(fn for fn in demo.fns.values() if fn.api_name == api_name)
 
 
+def run_job(demo, api_name: str, args: list) -> list:
+    """Every value the job function of ``api_name`` yields (an async generator, as Gradio runs it)."""
+    import asyncio
+
+    async def collect():
+        return [item async for item in job(demo, api_name).fn(*args)]
+
+    return asyncio.run(collect())
+
+
 def generate_args(count=2, previews=True, seed=41, steps=4):
     return ["schnell", "a lighthouse", steps, 0.0, "none", 128, 128, seed, False, [], None, 1.0, count, previews, None,
             []]
@@ -419,7 +430,7 @@ def test_a_run_yields_previews_of_each_image_then_the_whole_batch(demo, monkeypa
     loads, original = [], ModelManager._load_pipeline
     monkeypatch.setattr(ModelManager, "_load_pipeline", lambda self, *a, **k: loads.append(a[0]) or original(
         self, *a, **k))
-    items = list(job(demo, "generate").fn(*generate_args()))
+    items = run_job(demo, "generate", generate_args())
     *previews, final = items
     assert previews and all(isinstance(item, dict) for item in previews)
     labels = []
@@ -431,7 +442,7 @@ def test_a_run_yields_previews_of_each_image_then_the_whole_batch(demo, monkeypa
     assert any("Preview · image 2/2 · step" in label for label in labels)
     image_path, download, status, _warning, _notices, gallery, history, seed = final
     assert len(history) >= 2 and seed == 41
-    seeds = [read_metadata(path)["seed"] for path, _ in history[:2]]
+    seeds = [read_metadata(path)["seed"] for path, *_ in history[:2]]
     assert seeds == [42, 41] and read_metadata(image_path)["seed"] == 42  # the newest is shown
     assert "2 images" in status and "seeds 41, 42" in status
     assert len(loads) == 1  # the model loads once for the batch
@@ -448,7 +459,7 @@ def test_previews_are_sent_at_most_the_preview_size(demo):
 
 
 def test_without_previews_a_run_yields_only_the_result(demo):
-    items = list(job(demo, "generate").fn(*generate_args(count=1, previews=False)))
+    items = run_job(demo, "generate", generate_args(count=1, previews=False))
     assert len(items) == 1 and isinstance(items[0], tuple) and items[0][7] == 41
 
 
@@ -493,7 +504,7 @@ def test_a_failure_in_a_batch_is_one_readable_error(demo, monkeypatch):
 
     monkeypatch.setattr(runner.engine, "generate", broken)
     with pytest.raises(gr.Error, match="out of memory: try 4-bit."):
-        list(job(demo, "generate").fn(*generate_args(count=3)))
+        run_job(demo, "generate", generate_args(count=3))
     assert calls == [41]  # the batch stops at the first failure
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 from gradio_client import Client, handle_file
+from gradio_client.exceptions import ValidationError
 from PIL import Image
 
 from pipelines.errors import UserError
@@ -171,13 +172,14 @@ def test_call_route_streams_previews_then_ends_with_the_final_result(api_studio)
 def test_bad_numbers_are_refused_with_the_reason(client):
     with pytest.raises(Exception, match="prompt is 2500 characters; the limit is 2000"):
         client.predict(tool="dev", prompt="c" * 2500, **SETTINGS, api_name="/generate")
-    # Out-of-range slider values are refused by Gradio itself while checking, with the reason in the reply.
-    with pytest.raises(httpx.HTTPStatusError) as refused:
+    # Out-of-range slider values are refused by Gradio itself while it reads the input: gradio_client shows the
+    # reason (not a bare "400 Bad Request"), on the parameter it is about.
+    with pytest.raises(ValidationError, match=r"- steps: steps: Value 0 is less than minimum value 1"):
         client.predict(tool="dev", prompt="cat", **{**SETTINGS, "steps": 0}, api_name="/generate")
-    assert "less than minimum" in refused.value.response.json()["detail"]
-    with pytest.raises(httpx.HTTPStatusError) as refused:
+    with pytest.raises(ValidationError, match=r"- count: count: Value 99 is greater than maximum value 8"):
         client.predict(tool="dev", prompt="cat", **SETTINGS, count=99, api_name="/generate")
-    assert "greater than maximum" in refused.value.response.json()["detail"]
+    with pytest.raises(ValidationError, match=r"- quant: quant: .*16bit"):
+        client.predict(tool="dev", prompt="cat", **{**SETTINGS, "quant": "16bit"}, api_name="/generate")
 
 
 def test_forced_fallback_is_reported(client, api_studio, monkeypatch):  # noqa: F811
@@ -236,6 +238,41 @@ def test_a_full_queue_says_so(tmp_path):
         assert any("Queue is full" in m for m in messages)
     finally:
         studio.close()
+
+
+def test_booleans_are_read_strictly(api_studio):  # noqa: F811
+    """"false" is false (no previews, the seed as given), "true" true; anything else is refused with its reason."""
+    data = ["dev", "a lighthouse", 6, 3.5, "auto", 128, 128, 23, "false", [], None, 1.0, 1, "false", None, []]
+    events = sse_events(api_studio.url, "generate", data)
+    kinds = [kind for kind, _ in events if kind != "heartbeat"]
+    assert kinds == ["generating", "complete"], kinds  # the result, then the end: no previews streamed
+    first, last = [data for kind, data in events if kind != "heartbeat"]
+    assert first[0]["path"] == last[0]["path"]
+    assert metadata(events[-1][1][0]["path"])["seed"] == 23  # randomize="false": the seed given
+    on = sse_events(api_studio.url, "generate", data[:-3] + ["TRUE", None, []])
+    assert "generating" in [kind for kind, _ in on]
+    response = httpx.post(f"{api_studio.url}gradio_api/call/generate", json={"data": data[:-3] + ["yes", None, []]},
+                          timeout=60)
+    assert response.status_code == 422
+    refused = [item for item in response.json()["detail"] if not item["is_valid"]]
+    assert [(item["parameter_name"], item["message"]) for item in refused] == [
+        ("previews", "previews='yes' is not true or false.")]
+
+
+def test_a_refusal_reaches_gradio_client_with_its_reason_on_every_route(api_studio, tmp_path):  # noqa: F811
+    """What Gradio itself refuses while reading an input (a slider's range, a file that is not an image) comes back
+    as the validator's refusals do: HTTP 422 with the message on its input, which gradio_client shows."""
+    fake = tmp_path / "notes.png"
+    fake.write_text("not an image")
+    client = Client(api_studio.url, verbose=False)
+    with pytest.raises(ValidationError) as refused:
+        client.predict(image=handle_file(str(fake)), prompt="make it night", **IMAGE_SETTINGS, api_name="/kontext")
+    assert "- image: image: this file is not an image we can read: notes.png" in str(refused.value)
+    data = ["dev", "a lighthouse", 0, 3.5, "auto", 128, 128, 1, False, [], None, 1.0, 1, False, None, []]
+    response = httpx.post(f"{api_studio.url}gradio_api/call/generate", json={"data": data}, timeout=60)
+    assert response.status_code == 422 and "Bad Request" not in response.text
+    refused = [(item["parameter_name"], item["message"]) for item in response.json()["detail"] if not item["is_valid"]]
+    assert refused == [("steps", "steps: Value 0 is less than minimum value 1.")]
 
 
 # ---- models ------------------------------------------------------------------------------------------------------

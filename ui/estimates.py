@@ -14,10 +14,12 @@ OFFLOAD_TITLES = {"none": "Peak", "model": "Peak, model offload", "block": "Peak
 
 
 def _gib(value: int) -> str:
-    return f"{value / 2**30:.1f} GiB" if value >= 2**30 else f"{value / 2**20:.0f} MiB"
+    from quantization.sizes import size_text
+
+    return size_text(value)
 
 
-def estimate_html(plan, quant: str, offload: str) -> str:
+def estimate_html(plan, quant: str, offload: str, notes: tuple[str, ...] = ()) -> str:
     """A plan (pipelines.memory.estimate.Plan) as a table: one row per quant choice, the chosen one marked; a peak column
     per offload option (one on the CPU, where offload has no effect), the current one marked."""
     memory = plan.memory
@@ -39,27 +41,34 @@ def estimate_html(plan, quant: str, offload: str) -> str:
                     f"<td>{html.escape(label)}</td><td>{html.escape(row.label)}</td>{peaks}<td>{speed}</td>"
                     f"<td>{fits}</td></tr>")
     chosen = plan.row(quant, offload if memory.type != "cpu" else "none")
-    why = f" {text.QUANT_LABELS.get(quant, quant)}: {html.escape(chosen.reason)}." if chosen else ""
+    label = text.QUANT_LABELS.get(quant, quant)
+    why = "" if not chosen else f" {html.escape(chosen.reason)}." if quant == "auto" else \
+        f" {label}: {html.escape(chosen.reason)}."  # Auto's reason says "Auto picks ..." itself
     where = "offload has no effect on the CPU" if memory.type == "cpu" else f"offload: {offload} (System tab)"
-    auto = "" if quant == "auto" else f" Auto: {html.escape(plan.auto.reason)}."  # the chosen row's reason has it
+    auto = "" if quant == "auto" else f" Auto picks {html.escape(plan.auto.quant)}: {html.escape(plan.auto.reason)}."
+    snapped = "".join(f" {html.escape(note[:1].upper() + note[1:].rstrip('.'))}, as a run takes it." for note in notes)
     caption = (f"Estimated before loading for {plan.width}×{plan.height}: {_gib(memory.free_bytes)} "
                f"{html.escape(memory.what)}; {where}.{auto} Step time: against full precision (2.00× takes twice "
-               f"as long).{why}")
+               f"as long).{why}{snapped}")
     return (f"<table class='ff-table ff-estimate'><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody>"
             f"</table><div class='ff-muted'>{caption}</div>")
 
 
 def render(runner, tool: str, quant, width, height, offload=None, model=None) -> str:
-    """The estimate of ``tool`` (on the Model choice ``model``) for these settings; a one-line note when it cannot be
+    """The estimate of ``tool`` (on the Model choice ``model``) for these settings, at the size a run would take
+    (pipelines.request.checked_size: a size off the step is snapped, with a note); a one-line note when it cannot be
     made."""
     from pipelines.errors import UserError
+    from pipelines.request import checked_size
 
+    notes: list[str] = []
     try:
         offload = offload or runner.options.offload
-        plan = runner.plan(tool, int(width), int(height), model)
+        size = [checked_size(name, value, notes) for name, value in (("width", width), ("height", height))]
+        plan = runner.plan(tool, *size, model)
     except (UserError, ValueError, TypeError) as error:
         return f"<div class='ff-muted'>No estimate: {html.escape(str(error).splitlines()[0])}</div>"
     except Exception as error:  # noqa: BLE001  (an estimate never breaks the tab)
         log.exception("estimate failed (%s)", tool)
         return f"<div class='ff-muted'>No estimate ({html.escape(type(error).__name__)}).</div>"
-    return estimate_html(plan, quant, offload)
+    return estimate_html(plan, quant, offload, tuple(notes))

@@ -6,7 +6,10 @@ anything unexpected a gr.Error with a short line (the traceback stays in the ser
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import contextvars
+import functools
 import logging
 import queue
 import re
@@ -33,6 +36,16 @@ from .settings import HISTORY_LIMIT
 log = logging.getLogger(__name__)
 
 STAGE_TEXT = {"load": "Loading model", "quantize": "Quantizing weights", "denoise": "Denoising"}
+# The stop of the job running in this context (set by `stoppable`): Runner.batch stops at the next denoising step
+# once it is set, and starts no further image.
+JOB_STOP: contextvars.ContextVar[threading.Event | None] = contextvars.ContextVar("fluxforge_job_stop", default=None)
+# While a job is checked before it joins the queue: images are read from their headers only (sizes and modes),
+# so a check holding the queue's join lock stays quick; pixels are decoded, and rules on them applied, in the job.
+HEADERS_ONLY: contextvars.ContextVar[bool] = contextvars.ContextVar("fluxforge_headers_only", default=False)
+# While a job joins the queue: the inputs refused on the way ((block id, message) pairs), so that a refusal Gradio
+# raises while reading an input reaches every client as a validation message on that input (ui.studio).
+REFUSALS: contextvars.ContextVar[list | None] = contextvars.ContextVar("fluxforge_refusals", default=None)
+CLIENT_POLL_S = 0.5  # how often a job checks that whoever asked for it is still there
 
 
 @dataclass
@@ -47,6 +60,11 @@ class Outcome:
     def caption(self) -> str:
         q = self.result.report["quantization"]
         return f"{self.request.tool} · seed {self.request.seed} · {text.QUANT_LABELS.get(q['resolved'], q['resolved'])}"
+
+    @property
+    def status(self) -> str:
+        """The status line of this image's run."""
+        return text.status_html(self.result.report, self.path.name)
 
 
 @dataclass
@@ -126,7 +144,7 @@ class Runner:
             model, transformer = self.model_choice(runs, model)  # a control LoRA runs on the Dev model
             if transformer and not fields.get("transformer"):
                 fields["transformer"] = transformer
-            return GenerationRequest(tool=tool, model=model, **fields)
+            return GenerationRequest(tool=tool, model=model, header_only=HEADERS_ONLY.get(), **fields)
         except UserError as error:
             raise user_error(str(error)) from None
 
@@ -262,32 +280,38 @@ class Runner:
             gr.Warning(text.fallback_summary(result.fallbacks, components) + " Details are in the tab.", duration=15)
         return Outcome(path, result, request)
 
-    def batch(self, tool: str, fields: dict, count=1, progress=None, previews: bool = False) -> Iterator:
+    def batch(self, tool: str, fields: dict, count=1, progress=None, previews: bool = False,
+              stop: threading.Event | None = None) -> Iterator:
         """The job of one click: ``count`` images from the request ``fields``, each with the next seed.
 
         Yields a Preview now and then when ``previews`` is on, and last the list of outcomes (every image of the
         batch stays in the output folder until the batch is returned). Runs one image at a time, on the one
-        engine: the model loads once."""
+        engine: the model loads once. ``stop`` (default: the job's, JOB_STOP): once set, the image being made
+        stops at its next denoising step and no further image starts (Cancelled), previews on or off."""
         count = batch_count(count)
+        previews = flag(previews, "previews")
+        stop = stop or JOB_STOP.get() or threading.Event()
         outcomes: list[Outcome] = []
         first = self.request(tool, **fields)
         for index in range(count):
+            if stop.is_set():
+                raise Cancelled("the job was stopped")
             request = first if index == 0 else self.request(tool, **{**fields, "seed": batch_seed(first.seed, index)})
             label = f"Image {index + 1}/{count}" if count > 1 else ""
             keep = tuple(o.path for o in outcomes)
             if previews:
-                outcome = yield from self._streamed(request, progress, label, keep, index + 1, count)
+                outcome = yield from self._streamed(request, progress, label, keep, index + 1, count, stop)
             else:
-                outcome = self.run(request, progress, label, keep)
+                outcome = self.run(request, progress, label, keep, stop=stop)
             outcomes.append(outcome)
         yield outcomes
 
-    def _streamed(self, request: GenerationRequest, progress, label: str, keep: tuple, index: int, count: int):
+    def _streamed(self, request: GenerationRequest, progress, label: str, keep: tuple, index: int, count: int,
+                  stop: threading.Event):
         """Runner.run in a worker thread, yielding its previews as they come (the newest, when several wait);
         returns the outcome. Closing the generator stops the run at its next denoising step (a model being loaded
         finishes loading) and waits for it, so the device is free when the job's slot in the queue is."""
         updates: queue.Queue = queue.Queue()
-        stop = threading.Event()
 
         def on_preview(image, step, steps):
             if stop.is_set():
@@ -323,6 +347,143 @@ class Runner:
                 worker.join()
 
 
+def checked_input(block, name: str) -> None:
+    """Make input ``block`` of a job (parameter ``name``) refuse bad values in one line naming ``name``, noted for the
+    queue's join (REFUSALS) so every client sees it as a validation message: Gradio's own checks (a slider's range, a
+    dropdown's choices), and, for a checkbox, a value that is not strictly true or false (`flag`)."""
+    if getattr(block, "checked_as", None) is not None:
+        return
+    original = block.preprocess
+    strict = isinstance(block, gr.Checkbox)
+
+    def preprocess(payload):
+        try:
+            return original(flag(payload, name) if strict else payload)
+        except Invalid as error:
+            _note_refusal(block, error.message)
+            raise
+        except Exception as error:  # noqa: BLE001  (Gradio's Error, pydantic's, a decoder's: one line naming the input)
+            text = str(getattr(error, "message", None) or error).strip().strip("'\"").splitlines()
+            message = f"{name}: {text[0] if text else type(error).__name__}"
+            _note_refusal(block, message)
+            raise Invalid(message, name) from None
+
+    block.preprocess = preprocess
+    block.checked_as = name
+
+
+def _note_refusal(block, message: str) -> None:
+    refused = REFUSALS.get()
+    if refused is not None:
+        refused.append((block._id, message))
+
+
+def flag(value, name: str) -> bool:
+    """A checkbox value sent by the page or an API client: true or false (JSON booleans, or the words "true" and
+    "false" in any case); anything else is refused in one line rather than read as true."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    raise user_error(f"{name}={value!r} is not true or false.", name)
+
+
+def stoppable(run):
+    """The job function for the device queue: ``run`` (a generator function, e.g. a tab's run) in a worker thread,
+    handed on as an async generator so that stopping the job reaches it while it works, whether or not it is
+    yielding (live previews off, a batch without previews yields only at its end).
+
+    The job stops (JOB_STOP is set: the run stops at its next denoising step, and no further image starts) when it
+    is cancelled (gradio_client's ``job.cancel()``, the tab's Stop button) or when the client that asked for it has
+    gone (the page was closed); the job ends only once the worker has finished, so the device is free when the
+    queue moves on. When several values wait, the newest is passed on (older previews are stale)."""
+
+    @functools.wraps(run)
+    async def job(*args, **kwargs):
+        loop = asyncio.get_running_loop()
+        stop = threading.Event()
+        waiting: collections.deque = collections.deque()
+        ready, finished = asyncio.Event(), asyncio.Event()
+
+        def hand_over(kind: str, value=None) -> None:
+            def put():
+                waiting.append((kind, value))
+                ready.set()
+            try:
+                loop.call_soon_threadsafe(put)
+            except RuntimeError:  # the event loop is gone (the server stopped)
+                stop.set()
+
+        def work() -> None:
+            JOB_STOP.set(stop)
+            items = run(*args, **kwargs)
+            try:
+                for item in items:
+                    hand_over("item", item)
+                    if stop.is_set():
+                        items.close()  # a generator that does not see JOB_STOP (on ZeroGPU) is closed instead
+                        raise Cancelled("the job was stopped")
+            except Cancelled:
+                hand_over("stopped")
+            except BaseException as error:  # noqa: BLE001  (raised in the job, where Gradio shows it)
+                hand_over("failed", error)
+            else:
+                hand_over("done")
+            finally:
+                try:
+                    loop.call_soon_threadsafe(finished.set)
+                except RuntimeError:
+                    pass
+
+        worker = threading.Thread(target=contextvars.copy_context().run, args=(work,), daemon=True,
+                                  name="fluxforge-job")
+        worker.start()
+        try:
+            while True:
+                if not waiting:
+                    ready.clear()
+                    tick = loop.call_later(CLIENT_POLL_S, ready.set)  # not wait_for: it can swallow a cancel
+                    try:
+                        await ready.wait()
+                    finally:
+                        tick.cancel()
+                    if not waiting:
+                        if _client_gone():
+                            return
+                        continue
+                kind, value = waiting.popleft()
+                if kind == "item":
+                    if waiting and waiting[0][0] == "item":
+                        continue  # a newer value is waiting
+                    yield value
+                elif kind == "failed":
+                    raise value
+                elif kind == "stopped":
+                    raise gr.Error("The job was stopped.", print_exception=False)
+                else:
+                    return
+        finally:
+            stop.set()
+            while not finished.is_set():  # the device is free only once the worker is done
+                try:
+                    await asyncio.shield(finished.wait())
+                except asyncio.CancelledError:
+                    continue
+
+    return job
+
+
+def _client_gone() -> bool:
+    """True when the client of the job running in this context has gone (Gradio marks its event as no longer
+    alive when the page's event stream closes); False when that cannot be told."""
+    from gradio.context import LocalContext
+
+    blocks, event_id = LocalContext.blocks.get(None), LocalContext.event_id.get(None)
+    events = getattr(getattr(blocks, "_queue", None), "event_ids_to_events", None)
+    event = events.get(event_id) if isinstance(events, dict) and event_id else None
+    return event is not None and not getattr(event, "alive", True)
+
+
 def _progress_adapter(progress, label: str, stop: threading.Event | None = None):
     """Engine progress (stage, done, total) -> gr.Progress: stages as text, denoising per step. Where a stop takes
     effect: a denoising step after ``stop`` is set raises Cancelled (a model being loaded finishes loading)."""
@@ -353,19 +514,31 @@ def _progress_adapter(progress, label: str, stop: threading.Event | None = None)
 # ---- history (per browser session, kept in gr.State) -------------------------------------------------
 
 def add_history(history: list | None, outcomes: list[Outcome]) -> list:
-    """Newest first, bounded; items are (path, caption) pairs. Entries whose file the output folder no longer
-    keeps (FLUXFORGE_OUTPUT_KEEP, shared by every session) are dropped."""
-    items = [(str(o.path), o.caption) for o in reversed(outcomes)]
+    """Newest first, bounded; items are (path, caption, status) triples: the status line of that image's own run,
+    shown again when its thumbnail is clicked. Entries whose file the output folder no longer keeps
+    (FLUXFORGE_OUTPUT_KEEP, shared by every session) are dropped."""
+    items = [(str(o.path), o.caption, o.status) for o in reversed(outcomes)]
     kept = [tuple(item) for item in history or [] if kept_file(item)]
     return (items + kept)[:HISTORY_LIMIT]
 
 
 def kept_file(item) -> bool:
-    """True when a history item (path, caption) still points at a file."""
+    """True when a history item (path, caption, ...) still points at a file."""
     try:
         return Path(item[0]).is_file()
     except (TypeError, IndexError, OSError):
         return False
+
+
+def history_status(item) -> str:
+    """The status line for a history item shown again: its own run's, marked as an earlier result."""
+    status = item[2] if len(item) > 2 and item[2] else ""
+    return text.earlier_html(item[1], Path(item[0]).name) + status
+
+
+def gallery_items(history: list) -> list:
+    """The history as the gallery shows it: (image, caption) pairs."""
+    return [(item[0], item[1]) for item in history]
 
 
 def panel_values(outcomes: list[Outcome], history: list | None) -> tuple:
@@ -377,7 +550,7 @@ def panel_values(outcomes: list[Outcome], history: list | None) -> tuple:
     notices = []
     for o in outcomes:
         notices += [n for n in o.result.notices if n not in notices]
-    status = text.status_html(last.result.report, last.path.name)
+    status = last.status
     if len(outcomes) > 1:
         status = text.batch_html([o.request.seed for o in outcomes]) + status
     return (
@@ -386,6 +559,6 @@ def panel_values(outcomes: list[Outcome], history: list | None) -> tuple:
         status,
         gr.update(value=warning, visible=bool(warning)),
         gr.update(value=text.notices_html(notices)),
-        history,
+        gallery_items(history),
         history,
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from .settings import Settings, on_space
 log = logging.getLogger(__name__)
 
 TITLE = "FluxForge Studio"
+HEARTBEAT_S = 2  # seconds between the heartbeats that tell Gradio a page is still there
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
@@ -87,20 +89,62 @@ def create_demo(manager=None, model: str | list[str] | None = None, device: str 
 
 
 def serialize_joins(queue) -> None:
-    """One queue join at a time, so the "queue is full" check is exact.
+    """One queue join at a time, so the "queue is full" check is exact; and every refusal of a join as a validation
+    message on the input it is about.
 
     Gradio checks the queue size, then awaits the validator, then adds the job: joins arriving together
     all pass the check against the same size. Holding a lock over the whole join closes that gap
-    (validators are cheap checks, so joins wait on each other only briefly).
+    (validators are cheap checks that read images from their headers only, so joins wait on each other only
+    briefly). A value Gradio refuses while reading an input (a slider's range, a file that is not an image) comes
+    back as a bare HTTP 400, whose reason gradio_client does not show; it is sent as the validator's refusals are
+    (HTTP 422, the message on its input), which the page and gradio_client both show.
     """
+    from .runner import REFUSALS
+
     push = queue.push
     lock = asyncio.Lock()
 
     async def locked_push(*args, **kwargs):
         async with lock:
-            return await push(*args, **kwargs)
+            refused: list = []
+            token = REFUSALS.set(refused)
+            try:
+                success, data, state = await push(*args, **kwargs)
+            finally:
+                REFUSALS.reset(token)
+        body = kwargs.get("body", args[0] if args else None)
+        if state == "error" and isinstance(data, str) and getattr(body, "fn_index", None) is not None:
+            return False, refusal_on_input(queue, body, data, refused), "validator_error"
+        return success, data, state
 
     queue.push = locked_push
+
+
+def refusal_on_input(queue, body, message: str, refused: list) -> list[dict]:
+    """A refused join as the validator's answer: one entry per input of the job, the message on the input it is
+    about (noted while reading the inputs; else the first input holding a file, for a refused file reference; else
+    the first input)."""
+    fn = queue.blocks.fns.get(body.fn_index)
+    inputs = list(getattr(fn, "inputs", None) or [])
+    if not inputs:
+        return [{"__type__": "validate", "is_valid": False, "message": message.strip().strip("'\"")}]
+    ids = [block._id for block in inputs]
+    target, text = next(((ids.index(block_id), note) for block_id, note in refused if block_id in ids), (None, None))
+    if target is None:
+        data = list(getattr(body, "data", None) or [])
+        files = [i for i, value in enumerate(data[:len(inputs)]) if "'path'" in repr(value) or "'url'" in repr(value)]
+        shown = [i for i, block in enumerate(inputs) if not isinstance(block, gr.State)]
+        target = files[0] if files else (shown[0] if shown else 0)
+        name = getattr(inputs[target], "checked_as", None)
+        first = (message.strip().strip("'\"").splitlines() or ["refused"])[0]
+        text = f"{name}: {first}" if name and not first.startswith(name) else first
+    names = list(getattr(fn, "input_parameter_names", None) or [])
+    if not names:
+        import inspect
+
+        names = [n for n in inspect.signature(fn.fn).parameters if n != "progress"] if fn.fn else []
+    return [{"__type__": "validate", "is_valid": i != target, "message": text if i == target else "",
+             "parameter_name": names[i] if i < len(names) else f"parameter_{i}"} for i in range(len(inputs))]
 
 
 def launch_options(demo: gr.Blocks, host: str | None = "127.0.0.1") -> dict:
@@ -130,6 +174,9 @@ def serve(demo: gr.Blocks, host: str | None = "127.0.0.1", port: int | None = 78
     """Launch `demo` with the safe defaults; on a Space the host and port come from the Space."""
     if on_space():
         host = port = None  # GRADIO_SERVER_NAME / GRADIO_SERVER_PORT, set by the Space
+    # Gradio notices a page that went away when its next heartbeat cannot be sent (15 s apart by default); its job
+    # stops then (ui.runner.stoppable), so a closed page stops its job within this many seconds.
+    os.environ.setdefault("GRADIO_HEARTBEAT_INTERVAL", str(HEARTBEAT_S))
     return demo.launch(server_name=host, server_port=port, share=share, **launch_options(demo, host), **kwargs)
 
 

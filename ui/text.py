@@ -55,11 +55,9 @@ def quant_hint(device_type: str) -> str:
 
 
 def _mib(value: int | None) -> str:
-    if not value:
-        return "n/a"
-    if value >= 2**30:
-        return f"{value / 2**30:.2f} GiB"
-    return f"{value / 2**20:.0f} MiB"
+    from quantization.sizes import size_text
+
+    return size_text(value) if value else "n/a"
 
 
 MEMORY_KINDS = {"cuda": "GPU peak allocated", "mps": "MPS driver peak", "cpu-rss": "process RSS peak"}
@@ -112,6 +110,18 @@ def batch_html(seeds: list[int]) -> str:
     listed = ", ".join(str(seed) for seed in seeds)
     return (f"<div class='ff-batch ff-muted'><b>{len(seeds)} images</b> · seeds {listed} · the status below is the "
             "last one's</div>")
+
+
+def stopped_html() -> str:
+    """The status line once the Stop button has stopped a job (a preview shown stays as it was)."""
+    return ("<div class='ff-status ff-muted'><b>Stopped.</b> The run stopped at its next denoising step; no further "
+            "image of the job was started.</div>")
+
+
+def earlier_html(caption: str, path_name: str) -> str:
+    """The line above the status of a result shown again from the history."""
+    return (f"<div class='ff-earlier ff-muted'><b>From the history</b> · {html.escape(caption)} · "
+            f"{html.escape(path_name)}</div>")
 
 
 def preview_html(label: str) -> str:

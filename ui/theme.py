@@ -41,4 +41,10 @@ CSS = """
 .ff-estimate th.ff-current { text-decoration: underline; }
 .ff-kv ul { margin: 2px 0 0 18px; padding: 0; }
 footer { margin-top: 4px !important; }
+/* A refusal shown on its input wraps within it (a long file name included) and scrolls if it is taller. */
+[data-testid="status-tracker"] .validation-error { overflow-wrap: anywhere; max-height: 100%; overflow-y: auto; }
+/* The Stop button shows while the tab's job waits or runs: while the page's progress indicator (on the notices
+   under the result) is showing. */
+.ff-panel .ff-stop { display: none !important; }
+.ff-panel:has(.ff-progress > [data-testid="status-tracker"]:not(.hide)) .ff-stop { display: inline-flex !important; }
 """

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import gradio as gr
 
@@ -86,32 +87,105 @@ class LoraControls:
         return [self.picked, self.uploaded, self.strength]
 
 
-def lora_choices() -> list[tuple[str, str]]:
-    """(label, path) of the LoRA files in the studio's LoRA folder."""
-    folder = lora_dir()
-    return [(str(path.relative_to(folder)), str(path)) for path in available_loras(folder)]
+def lora_choices(folder: Path | None = None) -> list[str]:
+    """The LoRA files in ``folder`` (default: the studio's LoRA folder), by their names in it (e.g.
+    'styles/film.safetensors')."""
+    folder = Path(folder) if folder else lora_dir()
+    return [path.relative_to(folder).as_posix() for path in available_loras(folder)]
+
+
+@dataclass(frozen=True)
+class PickedLora:
+    """A file chosen in the LoRA picker: its path, and its name in the LoRA folder (how messages name it)."""
+
+    path: str
+    name: str
 
 
 def lora_picker(tool: str) -> LoraControls:
-    """LoRA files from the LoRA folder and uploads, all at one strength."""
+    """LoRA files from the LoRA folder and uploads, all at one strength. The folder is read again when the picker is
+    opened and when a job is checked, so a file added after the start is offered in the page and taken over the API;
+    a name that is not a LoRA file in the folder is refused in one line (picked_lora)."""
+    folder = lora_dir()
     with gr.Accordion("LoRAs", open=False, elem_classes=["ff-loras"]):
-        picked = gr.Dropdown(lora_choices(), value=[], multiselect=True, label="LoRA files",
-                             info=f"FLUX.1 LoRAs found in {lora_dir()} (FLUXFORGE_LORA_DIR)",
+        picked = gr.Dropdown(lora_choices(folder), value=[], multiselect=True, label="LoRA files",
+                             allow_custom_value=True, info="FLUX.1 LoRAs found in the LoRA folder (FLUXFORGE_LORA_DIR)",
                              elem_id=f"{tool}-loras", interactive=True)
         uploaded = gr.File(label="Or upload LoRA files (.safetensors)", file_count="multiple",
-                           file_types=[".safetensors"], type="filepath", height=90, elem_id=f"{tool}-lora-upload")
+                           file_types=[".safetensors"], type="filepath", height=90, elem_id=f"{tool}-lora-upload",
+                           elem_classes=["ff-lora-upload"])
         strength = gr.Slider(STRENGTH_MIN, STRENGTH_MAX, value=1.0, step=0.05, label="LoRA strength",
                              info="applied to every LoRA chosen; 0 turns them off", elem_id=f"{tool}-lora-strength")
-    picked.focus(lambda: gr.update(choices=lora_choices()), None, picked, queue=False, api_visibility="private",
+    picked.focus(lambda: gr.update(choices=lora_choices(folder)), None, picked, queue=False, api_visibility="private",
                  show_progress="hidden")
+    original = picked.preprocess  # the choices listed at build time are not the only ones (see above)
+
+    def preprocess(payload):
+        names = _listed(original(payload))
+        return [name if isinstance(name, PickedLora) else picked_lora(name, folder) for name in names]
+
+    picked.preprocess = preprocess
     return LoraControls(picked, uploaded, strength)
 
 
+def _listed(value) -> list:
+    """A picker's or upload box's value as a list: one name or file given alone (not in a list) is one item."""
+    if value is None or value == "":
+        return []
+    if isinstance(value, (str, dict, PickedLora)) or hasattr(value, "path"):
+        return [value]
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    raise user_error_for("loras_picked", f"loras_picked={value!r} must be a list of LoRA file names.")
+
+
+def user_error_for(field: str, message: str):
+    from .runner import Invalid
+
+    return Invalid(message, field)
+
+
+def picked_lora(name, folder: Path | None = None) -> PickedLora:
+    """The file in the LoRA folder that the picker's value ``name`` names (its name in the folder; its full path is
+    taken too); anything else is refused in one line."""
+    folder = Path(folder) if folder else lora_dir()
+    text = str(name).strip()
+    listed = {path.resolve(): path for path in available_loras(folder)}
+    path = Path(text).expanduser()
+    found = listed.get((path if path.is_absolute() else folder / path).resolve()) if text else None
+    if found is None:
+        shown = Path(text).name if Path(text).is_absolute() else text
+        raise user_error_for("loras_picked", f"loras_picked: {shown!r} is not a LoRA file in the LoRA folder "
+                                             "(FLUXFORGE_LORA_DIR); pick one it lists, or upload the file.")
+    return PickedLora(str(found), found.relative_to(folder).as_posix())
+
+
 def lora_values(picked, uploaded, strength) -> list:
-    """The request's ``loras``: every chosen and uploaded file at the one strength."""
-    files = [*(picked or []), *(uploaded or [])]
-    paths = [getattr(item, "path", None) or getattr(item, "name", None) or item for item in files]
-    return [(str(path), strength) for path in paths]
+    """The request's ``loras``: every chosen and uploaded file at the one strength, each checked here so that a
+    refusal names the file as the user knows it (its name in the LoRA folder, an upload's own name; never the
+    server's path) and shows on the input it came from."""
+    from pipelines.errors import UserError
+    from pipelines.loras import check_lora, check_strength
+
+    items = []
+    for name in _listed(picked):
+        chosen = name if isinstance(name, PickedLora) else picked_lora(name)
+        items.append(("loras_picked", chosen.path, chosen.name))
+    for item in _listed(uploaded):
+        path = getattr(item, "path", None) or getattr(item, "name", None) or (item.get("path") if isinstance(
+            item, dict) else item)
+        items.append(("loras_uploaded", str(path), Path(str(path)).name))
+    if items:
+        try:
+            check_strength(strength, items[0][2])
+        except UserError as error:
+            raise user_error_for("lora_strength", str(error)) from None
+    for field_name, path, shown in items:
+        try:
+            check_lora(path, strength, shown=shown)
+        except UserError as error:
+            raise user_error_for(field_name, str(error)) from None
+    return [{"path": path, "strength": strength, "shown": shown} for _, path, shown in items]
 
 
 def image_input(what: str, **kwargs) -> gr.Image:
@@ -216,6 +290,7 @@ def size_values(match_input: bool | None, width, height) -> tuple:
 @dataclass
 class ResultPanel:
     button: gr.Button
+    stop: gr.Button
     image: gr.Image
     download: gr.DownloadButton
     status: gr.HTML
@@ -247,32 +322,42 @@ class ResultPanel:
 
 
 def result_panel(tool: str, action: str) -> ResultPanel:
-    """The right-hand column: the run button on top (always in view), then the result and its status."""
-    button = gr.Button(action, variant="primary", size="lg", elem_id=f"{tool}-run")
-    warning = gr.HTML("", visible=False, elem_id=f"{tool}-warning")
-    image = gr.Image(label="Result", type="filepath", format="png", interactive=False, height=380,
-                     buttons=["download", "fullscreen"], elem_id=f"{tool}-result", elem_classes=["ff-result"])
-    status = gr.HTML("<div class='ff-status ff-muted'>No image yet: the status of each run (backends per "
-                     "component, peak memory, times) appears here.</div>", elem_id=f"{tool}-status")
-    notices = gr.HTML("", elem_id=f"{tool}-notices")
-    download = gr.DownloadButton("Download PNG (with metadata)", visible=False, size="sm",
-                                 elem_id=f"{tool}-download")
-    gallery = gr.Gallery(label="Session history (newest first)", columns=8, height=130, allow_preview=False,
-                         object_fit="cover", elem_id=f"{tool}-history", interactive=False, format="png")
-    history = gr.State([])
+    """The right-hand column: the run button on top (always in view) with the Stop button beside it, then the result
+    and its status. The Stop button shows while the tab's job waits or runs: the page's own progress indicator (on
+    the notices, `progress_on`) is showing then, and a style rule (ui.theme) shows the button with it; so it hides
+    again whatever ends the job (refused before queuing, finished, failed or stopped)."""
+    with gr.Column(elem_classes=["ff-panel"]):
+        with gr.Row(equal_height=True):
+            button = gr.Button(action, variant="primary", size="lg", elem_id=f"{tool}-run", scale=4)
+            stop = gr.Button("Stop", variant="stop", size="lg", elem_id=f"{tool}-stop", elem_classes=["ff-stop"],
+                             scale=1, min_width=90)
+        warning = gr.HTML("", visible=False, elem_id=f"{tool}-warning")
+        image = gr.Image(label="Result", type="filepath", format="png", interactive=False, height=380,
+                         buttons=["download", "fullscreen"], elem_id=f"{tool}-result", elem_classes=["ff-result"])
+        status = gr.HTML("<div class='ff-status ff-muted'>No image yet: the status of each run (backends per "
+                         "component, peak memory, times) appears here.</div>", elem_id=f"{tool}-status")
+        notices = gr.HTML("", elem_id=f"{tool}-notices", elem_classes=["ff-progress"])
+        download = gr.DownloadButton("Download PNG (with metadata)", visible=False, size="sm",
+                                     elem_id=f"{tool}-download")
+        gallery = gr.Gallery(label="Session history (newest first)", columns=8, height=130, allow_preview=False,
+                             object_fit="cover", elem_id=f"{tool}-history", interactive=False, format="png")
+        history = gr.State([])
 
     def show(history_items, evt: gr.SelectData):
-        from .runner import kept_file
+        """A history thumbnail clicked: its image, its download and its own status line."""
+        from .runner import history_status, kept_file
 
         item = history_items[evt.index]
         if not kept_file(item):  # pruned by a newer run (of any session) since the history was shown
             gr.Warning("That image is no longer kept in the output folder.")
-            return gr.skip(), gr.skip()
-        return item[0], gr.update(value=item[0], visible=True)
+            return gr.skip(), gr.skip(), gr.skip()
+        return item[0], gr.update(value=item[0], visible=True), history_status(item)
 
-    gallery.select(show, history, [image, download], queue=False, api_visibility="private",
+    gallery.select(show, history, [image, download, status], queue=False, api_visibility="private",
                    show_progress="hidden")
-    return ResultPanel(button, image, download, status, warning, notices, gallery, history)
+    panel = ResultPanel(button, stop, image, download, status, warning, notices, gallery, history)
+    button.result_panel = panel  # wire() makes the Stop button cancel the job this button starts
+    return panel
 
 
 def validator(check, inputs: list, names: list[str], aliases: dict[str, str]):
@@ -280,6 +365,9 @@ def validator(check, inputs: list, names: list[str], aliases: dict[str, str]):
     shown = [i for i, block in enumerate(inputs) if not isinstance(block, gr.State)]
 
     def validate(*args):
+        from .runner import HEADERS_ONLY
+
+        token = HEADERS_ONLY.set(True)  # quick: images by their headers (the queue's join waits on this)
         try:
             check(*args)
         except gr.Error as error:
@@ -292,6 +380,8 @@ def validator(check, inputs: list, names: list[str], aliases: dict[str, str]):
             target = shown[0]
             message = f"Invalid input ({type(error).__name__}): check the values sent."
             return [gr.validate(i != target, message if i == target else "") for i in range(len(args))]
+        finally:
+            HEADERS_ONLY.reset(token)
         return [gr.validate(True, "") for _ in args]
 
     return validate
@@ -307,10 +397,19 @@ def wire(ctx: TabContext, button: gr.Button, check, run, inputs: list, outputs: 
     """
     import inspect
 
+    from .runner import checked_input, stoppable
     from .settings import DEVICE_QUEUE
 
     names = [name for name in inspect.signature(run).parameters if name != "progress"]
+    for block, name in zip(inputs, names):
+        if not isinstance(block, gr.State):
+            checked_input(block, name)
     aliases = {"lora": "loras_picked", "loras": "loras_picked", **(aliases or {})}
-    return button.click(ctx.gpu(run), inputs, outputs, api_name=api_name, api_visibility=ctx.visibility,
-                        concurrency_id=DEVICE_QUEUE, concurrency_limit=1, show_progress_on=progress_on,
-                        validator=validator(check, inputs, names, aliases))
+    job = button.click(stoppable(ctx.gpu(run)), inputs, outputs, api_name=api_name, api_visibility=ctx.visibility,
+                       concurrency_id=DEVICE_QUEUE, concurrency_limit=1, show_progress_on=progress_on,
+                       validator=validator(check, inputs, names, aliases))
+    panel = getattr(button, "result_panel", None)
+    if panel is not None:  # this page's job of this tab only, waiting or running
+        panel.stop.click(text.stopped_html, None, panel.status, cancels=[job], queue=False, api_visibility="private",
+                         show_progress="hidden")
+    return job

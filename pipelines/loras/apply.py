@@ -14,7 +14,7 @@ import re
 from quantization.registry import state_dict_as_stored
 
 from ..errors import UserError
-from .files import FORMATS_TEXT, LoraFile
+from .files import FORMATS_TEXT, LoraFile, without_paths
 
 ADAPTED = ("transformer", "text_encoder")  # the pipeline components a FLUX.1 LoRA may adapt
 # Adapters are named by their place in the request (lora0, lora1, ...), not by file: a compiled transformer guards on
@@ -205,5 +205,5 @@ def _run_dtype(module, adapter: str) -> None:
 
 
 def _short(error: Exception) -> str:
-    text = " ".join(str(error).split())
+    text = without_paths(" ".join(str(error).split()))  # the library names the file by its path
     return f"{type(error).__name__}: {text[:160]}" + ("..." if len(text) > 160 else "")

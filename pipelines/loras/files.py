@@ -47,8 +47,9 @@ def parse_lora_arg(text: str) -> tuple[str, float | str]:
 
 
 def check_loras(value) -> list[LoraFile]:
-    """The request's ``loras``: a list of (path, strength) pairs (or "FILE[:STRENGTH]" texts, or LoraFiles),
-    each checked: an existing .safetensors file with a readable header, a finite strength in range, no repeats."""
+    """The request's ``loras``: a list of (path, strength) pairs (or "FILE[:STRENGTH]" texts, LoraFiles, or dicts
+    with ``path``, ``strength`` and ``shown``: how messages name the file, e.g. an upload by its own name), each
+    checked: an existing .safetensors file with a complete header, a finite strength in range, no repeats."""
     if value is None or value == "":
         return []
     single_pair = isinstance(value, tuple) and len(value) == 2 and isinstance(value[0], (str, Path))
@@ -58,39 +59,43 @@ def check_loras(value) -> list[LoraFile]:
         raise UserError(f"loras={value!r} must be a list of (file, strength) pairs.")
     checked = []
     for item in value:
+        shown = None
         if isinstance(item, LoraFile):
             item = (item.path, item.strength)
         elif isinstance(item, dict):
+            shown = item.get("shown")
             item = (item.get("path"), item.get("strength", 1.0))
         elif isinstance(item, (str, Path)):
             item = parse_lora_arg(str(item))
         if not isinstance(item, (list, tuple)) or len(item) != 2:
             raise UserError(f"lora={item!r} must be a (file, strength) pair, e.g. ('style.safetensors', 0.8).")
-        lora = check_lora(*item)
+        lora = check_lora(*item, shown=shown)
         twin = next((c for c in checked if c.sha256 == lora.sha256), None)
         if twin is not None:
-            raise UserError(f"lora={lora.name!r} is listed twice (same file as {twin.name!r}); give it once, with "
-                            "the strength you want.")
+            raise UserError(f"lora={shown or lora.name!r} is listed twice (same file as {twin.name!r}); give it once, "
+                            "with the strength you want.")
         checked.append(lora)
     return checked
 
 
-def check_lora(path, strength=1.0) -> LoraFile:
+def check_lora(path, strength=1.0, shown: str | None = None) -> LoraFile:
+    """One LoRA file, checked (see check_loras); messages name it ``shown`` (default: the path as given)."""
     if path is None or not str(path).strip():
         raise UserError("lora: the file name is empty; give a .safetensors LoRA file.")
-    shown = str(path).strip()
-    file = Path(shown).expanduser()
+    file = Path(str(path).strip()).expanduser()
+    shown = str(shown).strip() if shown else str(path).strip()
     if file.suffix.lower() != SUFFIX:
         raise UserError(f"lora={shown!r} is not a .safetensors file; LoRAs load from .safetensors only "
                         "(convert a .ckpt/.pt/.bin LoRA first).")
     if not file.is_file():
         raise UserError(f"lora={shown!r}: no such file.")
-    number = _strength(strength, file.stem)
+    number = check_strength(strength, Path(shown).stem)
     _check_header(file, shown)
     return LoraFile(str(file), number, file.stem, file_sha256(file))
 
 
-def _strength(value, name: str) -> float:
+def check_strength(value, name: str) -> float:
+    """A LoRA strength: a finite number in STRENGTH_MIN..STRENGTH_MAX (``name``: the LoRA it is for)."""
     try:
         number = float(value) if not isinstance(value, bool) else None
     except (TypeError, ValueError):
@@ -101,23 +106,61 @@ def _strength(value, name: str) -> float:
     return number
 
 
+DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "F8_E8M0": 1, "I16": 2, "U16": 2, "F16": 2,
+               "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
+
+
 def _check_header(file: Path, shown: str) -> None:
-    """A complete safetensors file: a JSON header whose tensors all lie within the file (no weights are read)."""
+    """A complete safetensors file: a JSON object for a header, whose tensors each have a known dtype, a shape and
+    data offsets that match, lie end to end within the file, and hold weights (no weights are read)."""
     size = file.stat().st_size
+    unreadable = (f"lora={shown!r} is not a safetensors file ({{why}}); use a .safetensors LoRA, or download it "
+                  "again if it is damaged.")
     try:
         with file.open("rb") as handle:
             (length,) = struct.unpack("<Q", handle.read(8))
             if length > min(size - 8, 100 * 2**20):
                 raise ValueError("header length")
             header = json.loads(handle.read(length))
-        end = max((entry["data_offsets"][1] for name, entry in header.items() if name != "__metadata__"), default=0)
-        complete = 8 + length + end <= size and end > 0
-    except (OSError, ValueError, KeyError, TypeError, IndexError, struct.error, UnicodeDecodeError):
-        raise UserError(f"lora={shown!r} is not a safetensors file (unreadable header); use a .safetensors LoRA, "
-                        "or download it again if it is damaged.") from None
-    if not complete:
+    except RecursionError:
+        raise UserError(unreadable.format(why="its header is nested too deeply")) from None
+    except (OSError, ValueError, struct.error, UnicodeDecodeError):
+        raise UserError(unreadable.format(why="unreadable header")) from None
+    if not isinstance(header, dict):
+        raise UserError(unreadable.format(why=f"its header is a JSON {type(header).__name__}, not an object"))
+    tensors = {name: entry for name, entry in header.items() if name != "__metadata__"}
+    spans = []
+    for name, entry in tensors.items():
+        try:
+            dtype, shape, (begin, end) = entry["dtype"], entry["shape"], entry["data_offsets"]
+            count = math.prod(shape)
+            valid = (dtype in DTYPE_BYTES and isinstance(shape, list) and all(type(d) is int and d >= 0 for d in shape)
+                     and type(begin) is int and type(end) is int and 0 <= begin <= end)
+        except (TypeError, KeyError, ValueError):
+            valid = False
+        if not valid:
+            raise UserError(unreadable.format(why=f"tensor {str(name)[:80]!r} is described wrongly"))
+        if end - begin != count * DTYPE_BYTES[dtype]:
+            raise UserError(f"lora={shown!r} is damaged: tensor {str(name)[:80]!r} ({dtype} {shape}) needs "
+                            f"{count * DTYPE_BYTES[dtype]} bytes but its offsets give {end - begin}; download it "
+                            "again.")
+        spans.append((begin, end))
+    spans.sort()
+    if any(b != previous_end for (b, _), previous_end in zip(spans, [0] + [e for _, e in spans[:-1]])):
+        raise UserError(f"lora={shown!r} is damaged: its tensors overlap or leave gaps; download it again.")
+    end = spans[-1][1] if spans else 0
+    if 8 + length + end > size:
         raise UserError(f"lora={shown!r} is truncated or damaged ({size} bytes, shorter than its header says); "
                         "download it again.")
+    if end == 0:
+        raise UserError(f"lora={shown!r} holds no weights ({'rank 0: ' if tensors else ''}"
+                        f"{'every tensor is empty' if tensors else 'no tensors'}); it would change nothing. Use a "
+                        "LoRA of rank 1 or more.")
+
+
+def without_paths(text: str) -> str:
+    """``text`` with every file path in it cut to the file's name (library errors name the files they read)."""
+    return re.sub(r"(?:[A-Za-z]:)?(?:[\\/][^\\/\s'\",:;()\[\]]+)+[\\/]([^\\/\s'\",:;()\[\]]+)", r"\1", text)
 
 
 def file_sha256(file: Path) -> str:

@@ -13,14 +13,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from quantization.policy import RATIO, AutoChoice, choose_auto
+from quantization.sizes import size_text
 
 from ..defaults import QUANTIZED_COMPONENTS as QUANTIZED
 from .sizes import ModelSizes
 from .offload import BLOCK_COMPONENTS, OFFLOADS
-from .placement import DECODE_BYTES_PER_PIXEL, HEADROOM, PHASES, TILE_PIXELS, phase_bytes, plan, working_memory
+from .placement import HEADROOM, PHASES, TILE_PIXELS, decode_bytes_per_pixel, phase_bytes, plan, working_memory
 
-VAE_WIDTH = 128  # the FLUX VAE's first block width, which DECODE_BYTES_PER_PIXEL is for
-GIB = 2**30
+VAE_WIDTH = 128  # the FLUX VAE's first block width, which placement.decode_bytes_per_pixel is for
 
 
 @dataclass(frozen=True)
@@ -85,12 +85,12 @@ def component_bytes(sizes: ModelSizes, fmt: Format, dtype_bytes: int) -> dict[st
             for c in sizes.components}
 
 
-def decode_bytes(sizes: ModelSizes, pixels: int, tiled: bool) -> int:
-    """The VAE decode's working memory: the whole image, or one tile; none without a VAE."""
+def decode_bytes(sizes: ModelSizes, pixels: int, tiled: bool, device_type: str = "cuda") -> int:
+    """The VAE decode's working memory on ``device_type``: the whole image, or one tile; none without a VAE."""
     if sizes.get("vae") is None:
         return 0
     held = min(pixels, TILE_PIXELS) if tiled else pixels
-    return held * DECODE_BYTES_PER_PIXEL * sizes.vae_width // VAE_WIDTH
+    return held * decode_bytes_per_pixel(device_type) * sizes.vae_width // VAE_WIDTH
 
 
 def run_peak(sizes: ModelSizes, weights: dict[str, int], pixels: int, text_tokens: int, memory: DeviceMemory,
@@ -119,9 +119,10 @@ def run_peak(sizes: ModelSizes, weights: dict[str, int], pixels: int, text_token
         ratio = {name: weights[name] / max(1, sizes.get(name).params) for name in weights}
         largest = {name: round(sizes.get(name).largest * ratio[name]) for name in weights}
         peak = max(phase_bytes({**largest, **{n: weights[n] for n in always}}, always, phase, work,
-                               decode_bytes(sizes, pixels, False)) for phase in PHASES)
+                               decode_bytes(sizes, pixels, False, memory.type)) for phase in PHASES)
         return peak, "sequential CPU offload"
-    peak = max(phase_bytes(weights, resident, phase, work, decode_bytes(sizes, pixels, tiled)) for phase in PHASES)
+    peak = max(phase_bytes(weights, resident, phase, work, decode_bytes(sizes, pixels, tiled, memory.type))
+               for phase in PHASES)
     return peak, how
 
 
@@ -147,8 +148,7 @@ def estimate(sizes: ModelSizes, fmt: Format, offload: str, pixels: int, text_tok
     elif memory.type != "cpu":
         notes.append(how)
     verdict = "fits" if fits else "does not fit"
-    notes.append(f"{verdict}: ~{peak * HEADROOM / GIB:.1f} GiB with slack, {memory.free_bytes / GIB:.1f} GiB "
-                 f"{memory.what}")
+    notes.append(f"{verdict}: ~{size_text(peak * HEADROOM)} with slack, {size_text(memory.free_bytes)} {memory.what}")
     return Estimate(quant or fmt.quant, offload, fmt.quant, fmt.label, sum(weights.values()), int(peak), speed, fits,
                     "; ".join(notes))
 

@@ -9,6 +9,7 @@ embeddings are cached); else the transformer, too, waits in CPU memory while the
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 PLACEMENTS = ("auto", "resident", "encoders-off", "swap")
@@ -16,9 +17,13 @@ PHASES = {"encode": frozenset({"text_encoder", "text_encoder_2"}), "denoise": fr
           "decode": frozenset({"vae"})}
 KEEP_FIRST = ("transformer", "vae", "text_encoder_2", "text_encoder")  # the costliest to move stays first
 HEADROOM = 1.1  # the allocator's slack on top of weights and working memory
-# VAE decoder activations at bf16, whole image. Measured on the tiny family's VAE (widths 1/8 of FLUX's; activations
-# scale with the width) as 280-300 B/pixel of process RSS at 512-1024 px squared (tests/test_estimate.py): 8 x 290.
+# VAE decoder activations at bf16, whole image, where torch convolves bf16 with oneDNN (GPUs; CPUs with AVX-512 or
+# AMX). Measured on the tiny family's VAE (widths 1/8 of FLUX's; activations scale with the width) as 280-300 B/pixel
+# of process RSS at 512-1024 px squared on an Intel Xeon (an AMD EPYC with AVX-512 measured 236): 8 x 290.
 DECODE_BYTES_PER_PIXEL = 2320
+# The same where torch has no oneDNN bf16 convolution (CPUs with AVX2 only): its fallback holds 2.55x as much (and
+# takes ~30x as long): 738-744 B/pixel on the tiny VAE at 512-1024 px squared on a 2-core AMD EPYC (AVX2): 8 x 744.
+FALLBACK_DECODE_BYTES_PER_PIXEL = 5952
 TILE = 512  # the side of a decode tile, in pixels (pipelines.memory.options.tile_vae applies it)
 TILE_PIXELS = TILE * TILE  # what a tiled decode holds at once
 ENCODE_BYTES_PER_TOKEN_WIDTH = 2 * 16  # T5 activations: bf16 x ~16 live tensors of (tokens x width)
@@ -38,6 +43,26 @@ class Placement:
     def to_dict(self) -> dict:
         return {"name": self.name, "resident": sorted(self.resident), "tiled_decode": self.tiled_decode,
                 "reason": self.reason}
+
+
+def decode_bytes_per_pixel(device_type: str) -> int:
+    """The VAE decode's working memory per output pixel at the FLUX VAE's width on ``device_type``: more on a CPU
+    whose torch has no oneDNN bf16 convolution (it convolves bf16 by a fallback)."""
+    if device_type == "cpu" and not onednn_bf16():
+        return FALLBACK_DECODE_BYTES_PER_PIXEL
+    return DECODE_BYTES_PER_PIXEL
+
+
+@functools.cache
+def onednn_bf16() -> bool:
+    """True when this torch convolves bf16 on the CPU with oneDNN (the CPU has AVX-512 or AMX); True when it cannot
+    tell."""
+    import torch
+
+    try:
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return True
 
 
 def working_memory(pixels: int, text_tokens: int, hidden: int, text_dim: int = 4096,
@@ -80,7 +105,8 @@ def plan(sizes: dict[str, int], free_bytes: int | None, work: dict[str, int], pi
     if force not in PLACEMENTS:
         raise ValueError(f"placement={force!r} is unknown; choose one of {', '.join(PLACEMENTS)}.")
     components = frozenset(sizes)
-    decode_work = pixels * DECODE_BYTES_PER_PIXEL
+    per_pixel = decode_bytes_per_pixel(device_type)
+    decode_work = pixels * per_pixel
 
     def need(resident: frozenset, phase: str, decode: int) -> float:
         return phase_bytes(sizes, resident, phase, work, decode) * HEADROOM
@@ -95,7 +121,7 @@ def plan(sizes: dict[str, int], free_bytes: int | None, work: dict[str, int], pi
                 resident |= {name}
         return resident | (components - set(KEEP_FIRST))
 
-    tile_work = min(decode_work, TILE_PIXELS * DECODE_BYTES_PER_PIXEL)
+    tile_work = min(decode_work, TILE_PIXELS * per_pixel)
     if force != "auto":
         resident = forced_resident(force, components)
         tiled = not fits(resident, decode_work)
@@ -107,9 +133,10 @@ def plan(sizes: dict[str, int], free_bytes: int | None, work: dict[str, int], pi
     resident, tiled = settle(decode_work), False
     if len(settle(tile_work)) > len(resident) or not fits(resident, decode_work):
         resident, tiled = settle(tile_work), True  # decoding in tiles keeps more on the device
-    gib = 2**30
+    from quantization.sizes import size_text
+
     everything = (sum(sizes.values()) + max(work.values(), default=0) + decode_work) * HEADROOM
-    reason = f"~{everything / gib:.1f} GiB for everything at once, {free_bytes / gib:.1f} GiB free"
+    reason = f"~{size_text(everything)} for everything at once, {size_text(free_bytes)} free"
     if not fits(resident, tile_work):
         reason += "; even one part at a time does not fit: use model CPU offload"
     return Placement(_name(resident, components), resident, tiled, reason + _tiles(tiled))
