@@ -544,9 +544,9 @@ def format_models(info: dict, assignment) -> str:
 
 
 def _gb(count: int) -> str:
-    from pipelines.models.hub import gb
+    from quantization.units import size_text
 
-    return gb(count)
+    return size_text(count)
 
 
 def cache(args) -> int:
@@ -578,7 +578,7 @@ def format_entries(rows: list[dict], folder: Path) -> str:
 
 
 def _size(count: float) -> str:
-    from quantization.sizes import size_text
+    from quantization.units import size_text
 
     return size_text(count)
 

@@ -166,7 +166,7 @@ def choose_auto(quantizable_bytes: int, other_bytes: int, free_bytes: int | None
 
     ``quantizable_bytes``: transformer + T5 at full precision; ``other_bytes``: CLIP, VAE and the rest.
     """
-    from .sizes import size_text
+    from .units import size_text
 
     if free_bytes is None:
         return AutoChoice("none", "free memory unknown: full precision")

@@ -66,7 +66,7 @@ def test_a_space_started_bare_downloads_the_official_model_with_progress_in_the_
         page.get_by_text(f"Downloading {SCHNELL}").first.wait_for(timeout=RUN_TIMEOUT_MS)
         shot(page, "download-progress")
         # the first report is at 0 bytes, before any speed is known; bytes, speed and time left follow while it runs
-        expect(page.locator("#generate-notices")).to_contain_text(re.compile(r"of 3\.5 MB · [\d.]+ [kMG]?B/s · \d+ s left"),
+        expect(page.locator("#generate-notices")).to_contain_text(re.compile(r"of 3 MiB · [\d.]+ [KMG]iB/s · \d+ s left"),
                                                                   timeout=RUN_TIMEOUT_MS)
         wait_for_run(page, "generate")
         local_hub.rate = None

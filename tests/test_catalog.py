@@ -94,7 +94,7 @@ def test_a_tool_is_offered_the_models_of_its_kind_in_the_model_folder(tiny_root,
     (folder / "notes.safetensors").write_bytes(b"not a checkpoint")
     monkeypatch.setenv("FLUXFORGE_MODEL_DIR", str(folder))
     dev = {c.value: c.label for c in catalog.choices(get_tool("dev"), "tiny", cached=lambda repo: False)}
-    assert list(dev)[:2] == ["tiny", DEV] and "official · 33.7 GB to download · licence and login needed" in dev[DEV]
+    assert list(dev)[:2] == ["tiny", DEV] and "official · 31.4 GiB to download · licence and login needed" in dev[DEV]
     assert str(folder / "my-dev") in dev and str(folder / "loose" / "finetune.safetensors") in dev
     assert not any("fill" in value for value in dev)  # other kinds are not offered
     fill = {c.value for c in catalog.choices(get_tool("fill"), "tiny", cached=lambda repo: True)}

@@ -14,7 +14,7 @@ OFFLOAD_TITLES = {"none": "Peak", "model": "Peak, model offload", "block": "Peak
 
 
 def _gib(value: int) -> str:
-    from quantization.sizes import size_text
+    from quantization.units import size_text
 
     return size_text(value)
 

@@ -9,6 +9,7 @@ import re
 import gradio as gr
 
 from pipelines.models import catalog, hub
+from quantization.units import size_text
 
 from .settings import DOWNLOAD_QUEUE
 
@@ -50,7 +51,7 @@ def models_html(rows: list[dict]) -> str:
         model = html.escape(row["model"]) + (f" + {html.escape(row['transformer'])}" if row.get("transformer") else "")
         if row["kind"] == "auxiliary":
             model = "+ " + model
-        size = "?" if row["bytes"] is None else hub.gb(row["bytes"])
+        size = "?" if row["bytes"] is None else size_text(row["bytes"])
         gated = {True: "yes (licence and login)", False: "no", None: "?"}[row["gated"]]
         cells.append([html.escape(row["tool"]), model, html.escape(row["kind"]), size, html.escape(row["downloaded"]),
                       gated, f"<code>{html.escape(row['where'])}</code>"])

@@ -55,7 +55,7 @@ def quant_hint(device_type: str) -> str:
 
 
 def _mib(value: int | None) -> str:
-    from quantization.sizes import size_text
+    from quantization.units import size_text
 
     return size_text(value) if value else "n/a"
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from quantization.policy import RATIO, AutoChoice, choose_auto
-from quantization.sizes import size_text
+from quantization.units import size_text
 
 from ..defaults import QUANTIZED_COMPONENTS as QUANTIZED
 from .sizes import ModelSizes

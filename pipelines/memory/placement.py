@@ -133,7 +133,7 @@ def plan(sizes: dict[str, int], free_bytes: int | None, work: dict[str, int], pi
     resident, tiled = settle(decode_work), False
     if len(settle(tile_work)) > len(resident) or not fits(resident, decode_work):
         resident, tiled = settle(tile_work), True  # decoding in tiles keeps more on the device
-    from quantization.sizes import size_text
+    from quantization.units import size_text
 
     everything = (sum(sizes.values()) + max(work.values(), default=0) + decode_work) * HEADROOM
     reason = f"~{size_text(everything)} for everything at once, {size_text(free_bytes)} free"

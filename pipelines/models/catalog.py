@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
+from quantization.units import size_text
+
 from .. import defaults
 from ..errors import UserError
 from ..paths import model_dir
@@ -218,7 +220,7 @@ def choices(tool, current: str | None = None, folder: Path | None = None,
     repo = OFFICIAL_REPOS.get(tool.model_id)
     official = f"{tool.title} (official"
     if repo is not None:
-        state = "downloaded" if cached(repo.id) else f"{hub.gb(repo.stored_bytes)} to download"
+        state = "downloaded" if cached(repo.id) else f"{size_text(repo.stored_bytes)} to download"
         official += f" · {state}" + (" · licence and login needed" if repo.gated and not cached(repo.id) else "")
     official += ")"
     labels = {tool.model_id: official, defaults.TINY_MODEL: "Demo model 'tiny' (random weights: noise-like images)"}

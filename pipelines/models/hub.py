@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from quantization.units import size_text
+
 from ..errors import UserError
 
 # Single-file checkpoints that sit beside the diffusers folders in official repos: never fetched.
@@ -198,18 +200,9 @@ class DownloadPlan:
     def check_disk(self) -> None:
         need = self.fetch_bytes + DISK_MARGIN
         if self.fetch and need > self.free_bytes:
-            raise UserError(f"model={self.repo_id!r} needs {gb(self.fetch_bytes)} to download but {gb(self.free_bytes)} "
+            raise UserError(f"model={self.repo_id!r} needs {size_text(self.fetch_bytes)} to download but {size_text(self.free_bytes)} "
                             f"is free on the disk of {self.folder} (the Hugging Face cache); free some space, or point "
                             "HF_HOME at a larger disk.")
-
-
-def gb(count: float) -> str:
-    """Bytes as people read a download size (GB = 10^9 bytes, MB = 10^6)."""
-    if count >= 1e9:
-        return f"{count / 1e9:.1f} GB"
-    if count >= 1e6:
-        return f"{count / 1e6:.1f} MB"
-    return f"{count / 1e3:.0f} kB" if count >= 1e3 else f"{int(count)} B"
 
 
 def free_disk(folder: Path) -> int:
@@ -333,10 +326,10 @@ class Meter:
         self._samples = [(t, d) for t, d in self._samples if now - t <= self.WINDOW_S] + [(now, done)]
         start_time, start_done = self._samples[0]
         rate = (done - start_done) / (now - start_time) if now > start_time else 0.0
-        line = f"{gb(done)} of {gb(total)}"
+        line = f"{size_text(done)} of {size_text(total)}"
         if rate > 0:
             left = max(0.0, (total - done) / rate)
-            line += f" · {gb(rate)}/s · {_duration(left)} left"
+            line += f" · {size_text(rate)}/s · {_duration(left)} left"
         return line
 
 
