@@ -106,16 +106,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     models = sub.add_parser("models", help="every tool's model: size, downloaded or not, gated or not, where it "
                                            "lives; `models download` fetches ahead of time")
-    models.add_argument("action", nargs="?", default="list", choices=("list", "download"))
+    models.add_argument("action", nargs="?", default="list", choices=("list", "download"),
+                        help="list (the default): every tool's model; download: fetch ahead of time")
     models.add_argument("repo", nargs="?", default=None, metavar="ID",
                         help="download: this hub model (default: the models of --tool, or of every tool with --all)")
     models.add_argument("--tool", default=None, help="download: this tool's models (" + ", ".join(tool_names()) + ")")
     models.add_argument("--all", action="store_true", help="download: every tool's models")
     models.add_argument("--offline", action="store_true", help="list without asking the hub (known sizes)")
-    models.add_argument("--json", action="store_true")
+    models.add_argument("--json", action="store_true", help="list as JSON")
 
     cache = sub.add_parser("cache", help="list or clear the quantized-weights cache")
-    cache.add_argument("action", choices=("list", "clear"))
+    cache.add_argument("action", choices=("list", "clear"),
+                       help="list: the cached weights and their sizes; clear: delete them")
     cache.add_argument("--json", action="store_true", help="list as JSON")
 
     est = sub.add_parser("plan", help="estimated peak memory and speed of each quantization and offload choice, "
@@ -205,7 +207,8 @@ def _missing_command(parser: argparse.ArgumentParser, argv: list[str]) -> str | 
         owners = [name for name, sub in commands.items() if option in sub._option_string_actions]
         if not owners:
             return None  # argparse names an unknown option itself
-        which = " or ".join(f"`{name}`" for name in owners)
+        names = [f"`{name}`" for name in owners]
+        which = " or ".join(names) if len(names) < 3 else ", ".join(names[:-1]) + " or " + names[-1]
         return (f"{option} is an option of the {which} command, and no command was given: put the command first, "
                 f"e.g. python app.py {owners[0]} {' '.join(argv)} (with no command, app.py starts the studio, which "
                 "takes --host, --port, --model, --device, --share and --api).")
