@@ -308,17 +308,30 @@ class ResultPanel:
         """Where a run's progress bar shows: under the result, so the live preview in the image stays in view."""
         return self.notices
 
-    def stream(self, items, history, final=lambda outcomes: ()):
+    def stream(self, items, history, final=lambda outcomes: (), extra: int = 0):
         """What a tab's run function yields for a job (ui.runner.Runner.batch's items): each live preview into the
         result image with its label in the status line, then the panel's values (ui.runner.panel_values) followed
-        by ``final(outcomes)`` (the tab's own outputs after the panel's)."""
+        by ``final(outcomes)`` (the tab's ``extra`` outputs after the panel's).
+
+        Every value is a plain tuple (a preview leaves the other outputs as they are with gr.skip()), never a dict
+        keyed by components: on ZeroGPU each yielded value is pickled out of the GPU worker, and components do not
+        pickle."""
         from .runner import Preview, panel_values
 
         for item in items:
             if isinstance(item, Preview):
-                yield {self.image: item.image, self.status: text.preview_html(item.label)}
+                yield preview_values(item, extra)
             else:
                 yield (*panel_values(item, history), *final(item))
+
+
+
+def preview_values(preview, extra: int = 0) -> tuple:
+    """A live preview (ui.runner.Preview) as a result panel's values (ResultPanel.outputs' order): the image and its
+    label in the status line, every other output skipped, then ``extra`` skipped outputs of the tab's own."""
+    shown = {"image": preview.image, "status": text.preview_html(preview.label)}
+    names = ("image", "download", "status", "warning", "notices", "gallery", "history")
+    return (*(shown.get(name, gr.skip()) for name in names), *(gr.skip() for _ in range(extra)))
 
 
 def result_panel(tool: str, action: str) -> ResultPanel:

@@ -124,7 +124,7 @@ def build(ctx: TabContext, tool: str) -> None:
             return outcomes[0].request.seed, shown
 
         jobs = ctx.runner.batch(tool, base, count, progress, previews)
-        yield from panel.stream(jobs, history, final)
+        yield from panel.stream(jobs, history, final, extra=2)
 
     limits = thresholds if tool == "canny" else [gr.State(None), gr.State(None)]
     inputs = [photo, control, source, prompt, *limits, *options.inputs(), form, model, panel.history]
