@@ -93,3 +93,94 @@ def test_values_cross_spaces_worker_queue():
     queue.put(OkResult(values))
     got = queue.get().value
     assert got[0].getpixel((0, 0)) == (255, 0, 0) and "step 2/4" in got[2] and len(got) == 8
+
+
+# ---- the duration each call asks for ----------------------------------------------------------------------------
+
+MP = 1024 * 1024
+
+
+@pytest.mark.parametrize("steps, pixels, count, condition, quant, factor, seconds, cap", [
+    (4, MP, 1, 0, "none", 1.0, 40, 1),  # a Schnell image: well under ZeroGPU's default 60 s
+    (4, MP, 8, 0, "none", 1.0, 75, 8),
+    (28, MP, 1, 0, "none", 1.0, 55, 1),  # a Dev image
+    (28, MP, 8, 0, "none", 1.0, 210, 8),
+    (28, MP, 8, 0, "4bit", 1.0, 270, 8),  # bitsandbytes dequantizes in every matmul: slower steps
+    (28, MP, 4, MP, "none", 1.0, 245, 4),  # Kontext: the input image's tokens join the sequence
+    (28, 4 * MP, 8, 0, "none", 1.0, 300, 1),  # 2048x2048: the batch is cut to what fits the longest call
+    (50, 4 * MP, 1, 0, "8bit", 1.0, 300, 1),  # even one image runs past it (batch_notice says so)
+    (28, MP, 8, 0, "none", 1.5, 200, 7),  # a Blackwell card counts each second 1.5 times
+    (4, 512 * 512, 1, 0, "none", 1.0, 35, 1),
+])
+def test_duration_and_batch_cap_table(steps, pixels, count, condition, quant, factor, seconds, cap):
+    from ui.gpu import MAX_DURATION_S, MIN_DURATION_S, batch_cap, duration
+
+    assert duration(steps, pixels, count, condition, quant, factor) == seconds
+    assert MIN_DURATION_S <= seconds <= MAX_DURATION_S / factor
+    assert batch_cap(steps, pixels, count, condition, quant, factor) == cap
+
+
+def test_duration_grows_with_every_setting():
+    from ui.gpu import job_seconds
+
+    base = job_seconds(20, MP, 1)
+    assert job_seconds(21, MP, 1) > base and job_seconds(20, 2 * MP, 1) > base
+    assert job_seconds(20, MP, 2) > base and job_seconds(20, MP, 1, MP) > base
+    assert job_seconds(20, MP, 1, quant="8bit") > job_seconds(20, MP, 1, quant="4bit") > base
+    with pytest.raises(ValueError, match="steps=0"):
+        job_seconds(0, MP, 1)
+
+
+def test_batch_notice_says_what_was_cut_or_may_be_stopped():
+    from ui.gpu import batch_notice
+
+    assert batch_notice(4, MP, 8) is None
+    assert "makes 1 of the 8 images" in batch_notice(28, 4 * MP, 8)
+    assert "may be stopped" in batch_notice(50, 4 * MP, 1, quant="8bit")
+
+
+@pytest.mark.parametrize("api_name, tool", [("generate", None), ("fill", "fill"), ("kontext", "kontext"),
+                                            ("depth", "depth"), ("canny", "canny"), ("redux", "redux")])
+def test_each_tabs_run_function_gives_its_duration(demo, api_name, tool):
+    """The duration callable reads each tab's own run arguments (spaces.GPU calls it with them)."""
+    from pipelines.tools import get_tool
+    from ui.gpu import JobDuration, batch_cap, duration
+
+    run = inspect.unwrap(job(demo, api_name).fn)
+    args = job_args(job(demo, api_name), {**tab_values(api_name), "steps": 28, "width": 1024, "height": 1024,
+                                           "count": 8, "model": None})
+    timing = JobDuration(run, tool)
+    condition = get_tool(tool or "schnell").condition_pixels(1024, 1024)
+    assert timing(*args) == duration(28, MP, 8, condition)
+    capped, kwargs, notice = timing.capped(tuple(args), {})
+    count = inspect.signature(run).bind(*capped, **kwargs).arguments["count"]
+    assert count == batch_cap(28, MP, 8, condition) and (notice is None) == (count == 8)
+    big = job_args(job(demo, api_name), {**tab_values(api_name), "steps": 28, "width": 2048, "height": 2048,
+                                         "count": 8, "model": None})
+    capped, kwargs, notice = timing.capped(tuple(big), {})
+    assert inspect.signature(run).bind(*capped, **kwargs).arguments["count"] == 1
+    assert "1 of the 8" in notice or "may be stopped" in notice  # Kontext at 2048x2048: even one image
+
+
+def test_on_a_space_the_gpu_call_asks_for_its_duration_and_runs_the_capped_batch():
+    from ui.gpu import on_zero_gpu
+
+    asked, ran = [], []
+
+    def gpu(duration):
+        def decorate(fn):
+            def call(*args, **kwargs):
+                asked.append(duration(*args, **kwargs))
+                return fn(*args, **kwargs)
+            return call
+        return decorate
+
+    def run(tool, prompt, steps, guidance, quant, width, height, count=1, previews=True, progress=None):
+        ran.append(count)
+        yield count
+
+    wrapped = on_zero_gpu(gpu, run)
+    with pytest.warns(UserWarning, match="makes 1 of the 8 images"):
+        assert list(wrapped("schnell", "boat", 28, 3.5, "none", 2048, 2048, 8)) == [1]
+    assert ran == [1] and asked == [190]  # the duration of what runs: one image (ui.gpu.duration)
+    assert list(wrapped("schnell", "boat", 4, 0.0, "none", 1024, 1024, 8)) == [8] and asked[-1] == 75

@@ -401,11 +401,12 @@ def validator(check, inputs: list, names: list[str], aliases: dict[str, str]):
 
 
 def wire(ctx: TabContext, button: gr.Button, check, run, inputs: list, outputs: list, api_name: str,
-         aliases: dict[str, str] | None = None, progress_on=None):
+         aliases: dict[str, str] | None = None, progress_on=None, tool: str | None = None):
     """The job, validated before it is queued (bad input never waits for the device), on the device queue.
 
     `check` raises ui.runner.Invalid; `aliases` maps request field names (e.g. 'mask') to `run` parameters;
-    `progress_on`: the component(s) that show the progress bar (default: every output). `run` may be a generator
+    `progress_on`: the component(s) that show the progress bar (default: every output); `tool`: the tool `run`
+    runs where it has no ``tool`` argument (for ZeroGPU's duration, ui.gpu). `run` may be a generator
     (each value it yields updates the outputs; the last is the job's result, in the page and the API alike).
     """
     import inspect
@@ -418,7 +419,7 @@ def wire(ctx: TabContext, button: gr.Button, check, run, inputs: list, outputs: 
         if not isinstance(block, gr.State):
             checked_input(block, name)
     aliases = {"lora": "loras_picked", "loras": "loras_picked", **(aliases or {})}
-    job = button.click(stoppable(ctx.gpu(run)), inputs, outputs, api_name=api_name, api_visibility=ctx.visibility,
+    job = button.click(stoppable(ctx.gpu(run, tool=tool)), inputs, outputs, api_name=api_name, api_visibility=ctx.visibility,
                        concurrency_id=DEVICE_QUEUE, concurrency_limit=1, show_progress_on=progress_on,
                        validator=validator(check, inputs, names, aliases))
     panel = getattr(button, "result_panel", None)

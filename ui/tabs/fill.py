@@ -88,6 +88,6 @@ def build(ctx: TabContext) -> None:
         yield from panel.stream(jobs, history, lambda outcomes: (outcomes[0].request.seed,), extra=1)
 
     inputs = [mode, editor, *sides, prompt, reference, *options.inputs(), model, panel.history]
-    wire(ctx, panel.button, check, run, inputs, [*panel.outputs(), options.seed], api_name="fill",
+    wire(ctx, panel.button, check, run, inputs, [*panel.outputs(), options.seed], api_name="fill", tool="fill",
          progress_on=panel.progress_on,
          aliases={"image": "editor", "mask": "editor", "expand": "right"})

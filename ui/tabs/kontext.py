@@ -70,5 +70,5 @@ def build(ctx: TabContext) -> None:
         yield from panel.stream(jobs, history, lambda outcomes: (outcomes[0].request.seed,), extra=1)
 
     inputs = [image, prompt, *options.inputs(), references, model, panel.history]
-    wire(ctx, panel.button, check, run, inputs, [*panel.outputs(), options.seed], api_name="kontext",
+    wire(ctx, panel.button, check, run, inputs, [*panel.outputs(), options.seed], api_name="kontext", tool="kontext",
          progress_on=panel.progress_on)
