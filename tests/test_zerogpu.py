@@ -184,3 +184,54 @@ def test_on_a_space_the_gpu_call_asks_for_its_duration_and_runs_the_capped_batch
         assert list(wrapped("schnell", "boat", 28, 3.5, "none", 2048, 2048, 8)) == [1]
     assert ran == [1] and asked == [190]  # the duration of what runs: one image (ui.gpu.duration)
     assert list(wrapped("schnell", "boat", 4, 0.0, "none", 1024, 1024, 8)) == [8] and asked[-1] == 75
+
+
+# ---- models live in the main process; what a Space offers -------------------------------------------------------
+
+def test_zero_gpu_only_on_a_zero_gpu_space(monkeypatch):
+    from spaces.config import Config
+
+    from ui.gpu import zero_gpu
+
+    monkeypatch.delenv("SPACE_ID", raising=False)
+    monkeypatch.setattr(Config, "zero_gpu", True)
+    assert zero_gpu() is False
+    monkeypatch.setenv("SPACE_ID", "someone/fluxforge")
+    assert zero_gpu() is True
+    monkeypatch.setattr(Config, "zero_gpu", False)
+    assert zero_gpu() is False
+
+
+@pytest.mark.parametrize("env, tools", [(None, ["schnell"]), ("", []), ("schnell, fill", ["schnell", "fill"])])
+def test_preload_tools_table(env, tools):
+    from ui.gpu import preload_tools
+
+    assert preload_tools("schnell", env) == tools
+
+
+def test_a_zero_gpu_studio_offers_auto_and_full_precision_and_says_where_models_live(tmp_path, monkeypatch):
+    import ui.studio
+    from app import create_demo
+
+    monkeypatch.setattr(ui.studio, "zero_gpu", lambda: True)
+    demo = create_demo(model="tiny", output_dir=tmp_path)
+    blocks = {b.elem_id: b for b in demo.blocks.values() if getattr(b, "elem_id", None)}
+    for tool in ("schnell", "fill", "kontext", "depth", "canny", "redux"):
+        assert [value for _label, value in blocks[f"{tool}-quant"].choices] == ["auto", "none"]
+    notes = [b.value for b in demo.blocks.values() if "forked from this process" in str(getattr(b, "value", ""))]
+    assert notes and "unloading acts on this process only" in notes[0]
+
+
+def test_models_load_at_start_in_the_main_process(tmp_path):
+    """What a forked worker inherits: the model loaded by ui.studio.preload before serving."""
+    from app import create_demo
+    from ui.studio import preload
+
+    demo = create_demo(model="tiny", output_dir=tmp_path)
+    runner = demo.studio_runner
+    assert runner.loaded_models()[0] == []
+    lines = preload(runner, ["schnell", "no-such-tool"])
+    rows, total = runner.loaded_models()
+    assert total > 0 and {"transformer", "text_encoder_2", "vae"} <= {row["component"] for row in rows}
+    assert lines[0].startswith("loaded tiny for") and lines[1].startswith("not loaded at start (no-such-tool)")
+    runner.unload_models()

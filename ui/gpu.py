@@ -160,6 +160,39 @@ class JobDuration:
         return bound.args, bound.kwargs, notice
 
 
+# What a ZeroGPU Space offers: a chosen 8-bit or 4-bit would be probed in a child process (which the GPU may not be
+# lent to) and quantized from the full-precision weights inside the GPU call, onto an ephemeral disk; Auto sees the
+# slice's ~70 GB and keeps full precision, which fits. So a Space offers Auto and full precision only.
+ZERO_GPU_QUANTS = ("auto", "none")
+PRELOAD_ENV = "FLUXFORGE_PRELOAD"  # tools whose models a ZeroGPU Space loads at start (comma-separated; "" for none)
+
+
+def zero_gpu() -> bool:
+    """True on a ZeroGPU Space: `spaces` runs each GPU call in a worker process forked from this one."""
+    if not on_space():
+        return False
+    try:
+        from spaces.config import Config
+    except ImportError:
+        return False
+    return bool(Config.zero_gpu)
+
+
+def zero_gpu_quants(quants: tuple) -> tuple:
+    """The quant choices a ZeroGPU Space offers, of ``quants`` (see ZERO_GPU_QUANTS)."""
+    return tuple(q for q in quants if q in ZERO_GPU_QUANTS)
+
+
+def preload_tools(default: str, env: str | None = None) -> list[str]:
+    """The tools whose models load at start on ZeroGPU: FLUXFORGE_PRELOAD's (``env``), else ``default``."""
+    import os
+
+    value = os.environ.get(PRELOAD_ENV) if env is None else env
+    if value is None:
+        return [default]
+    return [name.strip() for name in value.split(",") if name.strip()]
+
+
 def gpu_decorator() -> Callable[..., Callable]:
     """spaces.GPU with a duration from each call's own settings, on a Space where `spaces` is importable;
     otherwise the identity. The decorator takes the job function and the tool it runs (``tool``: for a tab whose

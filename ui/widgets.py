@@ -26,6 +26,7 @@ class TabContext:
     models: dict[str, str] = field(default_factory=dict)
     quants: tuple = defaults.QUANTS  # the quant choices offered on this device
     estimates: list = field(default_factory=list)  # (inputs, output, refresh) of each tab's estimate (System: offload)
+    zero_gpu: bool = False  # on a ZeroGPU Space: runs happen in forked GPU workers (ui.gpu)
 
     @property
     def visibility(self) -> str:

@@ -24,6 +24,14 @@ OFFLOAD_LABELS = {"none": "None (everything on the device)", "model": "Model CPU
                   "sequential": "Sequential CPU offload (layer by layer, lowest memory, slowest)"}
 
 
+ZERO_GPU_NOTE = ("On ZeroGPU each run happens in a GPU worker forked from this process. The models listed here are "
+                 "the ones this process holds (loaded at start): every worker inherits them. A model a run loads in "
+                 "a worker stays in that worker, is not listed here, and may load again in the next one; unloading "
+                 "acts on this process only. Options changed here reach the next new worker; a worker kept from an "
+                 "earlier run keeps the options it started with. Quantization offered here: Auto (full precision "
+                 "fits the GPU slice) and full precision.")
+
+
 def _mib(value: int) -> str:
     return f"{value / 2**20:,.1f} MiB"
 
@@ -85,6 +93,8 @@ def build(ctx: TabContext, tab: gr.Tab) -> None:
     runner = ctx.runner
     options = runner.options
     gr.Markdown("### Loaded models")
+    if ctx.zero_gpu:
+        gr.HTML(f"<div class='ff-note' id='system-zero-gpu'>{html.escape(ZERO_GPU_NOTE)}</div>")
     loaded = gr.HTML(loaded_html([], 0), elem_id="system-loaded")
     with gr.Row():
         refresh = gr.Button("Refresh", size="sm", scale=0, min_width=120, elem_id="system-refresh")
