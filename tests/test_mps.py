@@ -151,3 +151,14 @@ def test_mps_recovery_frees_memory_then_decodes_in_tiles(tiny_root, monkeypatch)
     assert [n for n in result.notices if n.startswith("Out of memory")] == [
         "Out of memory: retrying with freed memory.", "Out of memory: retrying with tiled decode."]
     assert result.report["placement"]["tiled_decode"] is True and result.report["offload"] == "none"
+
+
+@pytest.mark.parametrize("offload, device, says", [
+    ("model", "mps", "saves no memory on Apple MPS"), ("block", "mps", "share one pool"),
+    ("model", "cpu", "saves no memory on the CPU"), ("model", "cuda", None), ("none", "mps", None),
+])
+def test_offload_notice_table(offload, device, says):
+    from pipelines.memory.options import offload_notice
+
+    notice = offload_notice(offload, device)
+    assert notice is None if says is None else says in notice

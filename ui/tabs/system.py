@@ -104,7 +104,7 @@ def build(ctx: TabContext, tab: gr.Tab) -> None:
     with gr.Row(equal_height=True):
         offload = gr.Radio([(OFFLOAD_LABELS[m], m) for m in OFFLOADS], value=options.offload,
                            label="CPU offload", elem_id="system-offload", scale=3,
-                           info="Lowers GPU memory by keeping weights in RAM until used; saves nothing on a CPU.")
+                           info="Lowers GPU memory by keeping weights in RAM until used; saves nothing on a CPU or a Mac.")
         with gr.Column(scale=1, min_width=200):
             tiling = gr.Checkbox(options.vae_tiling, label="VAE tiling (large images, less memory)",
                                  elem_id="system-vae-tiling")
@@ -161,6 +161,8 @@ def build(ctx: TabContext, tab: gr.Tab) -> None:
                                                          f"{float(threshold):g}" if threshold else "off")
         if mode != "none" and ctx.device_type == "cpu":
             note += " CPU offload saves no memory here: this studio runs on the CPU (its hooks still run)."
+        elif mode != "none" and ctx.device_type == "mps":
+            note += " CPU offload saves no memory on a Mac: the CPU and the GPU share one pool of memory."
         return f"<div class='ff-muted'>{html.escape(note)}</div>"
 
     outputs = [machine, backends, loaded, cached, models, *downloads]
