@@ -326,7 +326,6 @@ class ResultPanel:
                 yield (*panel_values(item, history), *final(item))
 
 
-
 def preview_values(preview, extra: int = 0) -> tuple:
     """A live preview (ui.runner.Preview) as a result panel's values (ResultPanel.outputs' order): the image and its
     label in the status line, every other output skipped, then ``extra`` skipped outputs of the tab's own."""
@@ -420,9 +419,9 @@ def wire(ctx: TabContext, button: gr.Button, check, run, inputs: list, outputs: 
         if not isinstance(block, gr.State):
             checked_input(block, name)
     aliases = {"lora": "loras_picked", "loras": "loras_picked", **(aliases or {})}
-    job = button.click(stoppable(ctx.gpu(run, tool=tool)), inputs, outputs, api_name=api_name, api_visibility=ctx.visibility,
-                       concurrency_id=DEVICE_QUEUE, concurrency_limit=1, show_progress_on=progress_on,
-                       validator=validator(check, inputs, names, aliases))
+    job = button.click(stoppable(ctx.gpu(run, tool=tool)), inputs, outputs, api_name=api_name,
+                       api_visibility=ctx.visibility, concurrency_id=DEVICE_QUEUE, concurrency_limit=1,
+                       show_progress_on=progress_on, validator=validator(check, inputs, names, aliases))
     panel = getattr(button, "result_panel", None)
     if panel is not None:  # this page's job of this tab only, waiting or running
         panel.stop.click(text.stopped_html, None, panel.status, cancels=[job], queue=False, api_visibility="private",

@@ -104,7 +104,8 @@ def build(ctx: TabContext, tab: gr.Tab) -> None:
     with gr.Row(equal_height=True):
         offload = gr.Radio([(OFFLOAD_LABELS[m], m) for m in OFFLOADS], value=options.offload,
                            label="CPU offload", elem_id="system-offload", scale=3,
-                           info="Lowers GPU memory by keeping weights in RAM until used; saves nothing on a CPU or a Mac.")
+                           info="Lowers GPU memory by keeping weights in RAM until used; saves nothing on a CPU or "
+                                "a Mac.")
         with gr.Column(scale=1, min_width=200):
             tiling = gr.Checkbox(options.vae_tiling, label="VAE tiling (large images, less memory)",
                                  elem_id="system-vae-tiling")
