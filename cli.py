@@ -101,7 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
                                          "without a LoRA on every backend; `bench preview`: what live previews "
                                          "cost a run; `bench estimate`: the memory estimate against measured runs; "
                                          "`bench e2e`: the generate path end to end; `bench gpu-check`: each memory "
-                                         "and speed option checked on a card", add_help=False)
+                                         "and speed option checked on a card; `bench mps-check`: what the studio "
+                                         "assumes about Apple MPS, measured on a Mac", add_help=False)
     bench.add_argument("bench_args", nargs=argparse.REMAINDER)  # listed for --help; main() hands them over
 
     models = sub.add_parser("models", help="every tool's model: size, downloaded or not, gated or not, where it "
@@ -140,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
 # `python app.py bench NAME ...`: the module whose main() runs that benchmark (`bench` alone: bench.run)
 BENCHES = {"cache": "bench.cache_load", "control": "bench.control_lora", "lora": "bench.lora",
            "preview": "bench.preview", "estimate": "bench.estimate", "e2e": "bench.e2e",
-           "gpu-check": "bench.gpu_check"}
+           "gpu-check": "bench.gpu_check", "mps-check": "bench.mps_check"}
 
 
 def main(argv: list[str] | None = None) -> int:

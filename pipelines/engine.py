@@ -164,6 +164,9 @@ class Engine:
                       {"load_s": load_s, "quantize_s": quantize_s}, control_lora=control_lora, preview=preview,
                       preview_every=preview_every)
             width, height = tool.output_size(request, request.image)
+            if manager.device.type == "mps":
+                check_mps_attention(loaded.pipe.transformer, width, height, self._text_tokens(request),
+                                    tool.condition_pixels(width, height, request))
             run.placement = manager.place(loaded, width * height, self._text_tokens(request),
                                           tool.condition_pixels(width, height, request))
             images = self._run_with_recovery(run, progress)
@@ -280,7 +283,11 @@ class Engine:
         while steps:
             step = steps.pop(0)
             kind = step.split()[0]
-            if step != "freed memory":
+            if step == "tiled decode":
+                if run.placement.tiled_decode:
+                    continue
+                run.placement = replace(run.placement, tiled_decode=True)
+            elif step != "freed memory":
                 refusals = manager.offload_refusals(loaded, kind)
                 if refusals or kind in run.without.get("offload_kinds", ()):
                     run.notices.append(f"Out of memory: {step} skipped ({refusals[0] if refusals else 'it failed'}).")
@@ -290,8 +297,7 @@ class Engine:
             run.fallbacks.append({"component": "pipeline", "backend": "memory", "format": step,
                                   "reason": "out of memory"})
             return
-        raise UserError("out of memory: try a smaller size, --quant 4bit, or CPU offload (--offload block or "
-                        "model, or the System tab).") from None
+        raise UserError(oom_advice(manager.device.type)) from None
 
     def _clear_suspect(self, run: "Run", reason: str) -> None:
         """After a retry without a suspected option failed the same way, it was not the cause: it comes back (and
@@ -501,11 +507,35 @@ class Engine:
         return pipe.image_processor.postprocess(image.float(), output_type="np")
 
 
+def check_mps_attention(transformer, width: int, height: int, text_tokens: int, condition_pixels: int = 0) -> None:
+    """Refuse, before it runs, a size whose attention Apple MPS cannot hold in one call (it would abort the
+    process: pipelines.memory.attention)."""
+    from .memory.attention import mps_attention_refusal
+
+    refusal = mps_attention_refusal(width, height, text_tokens, transformer.config.num_attention_heads,
+                                    condition_pixels)
+    if refusal:
+        raise UserError(refusal + ".")
+
+
 def oom_recovery_steps(device_type: str) -> tuple[str, ...]:
-    """What to try, in order, after running out of memory (offload needs an accelerator)."""
-    if device_type in ("cuda", "mps"):
+    """What to try, in order, after running out of memory: offload on a GPU with memory of its own; on Apple MPS
+    (one pool with the CPU: offload frees nothing there) freed memory, then decoding in tiles; on a CPU freed memory.
+    When they are used up the run is refused with what to change (oom_advice)."""
+    if device_type == "cuda":
         return ("model offload", "block offload", "sequential offload")
+    if device_type == "mps":
+        return ("freed memory", "tiled decode")
     return ("freed memory",)
+
+
+def oom_advice(device_type: str) -> str:
+    """The refusal once every recovery step failed: what the user can change on this kind of device."""
+    if device_type == "mps":
+        return ("out of memory: Apple's unified memory is one pool, so CPU offload frees nothing there; try a "
+                "smaller size or more quantization (--quant 4bit), or close other apps.")
+    return ("out of memory: try a smaller size, --quant 4bit, or CPU offload (--offload block or model, or the "
+            "System tab).")
 
 
 # Where an error was raised says what caused it. Compile first: an error raised while torch.compile traces or runs

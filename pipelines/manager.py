@@ -24,7 +24,7 @@ from .errors import UserError
 from .memory import offload as offloading
 from .memory.device import empty_cache, free_memory, pick_device, pick_dtype
 from .memory.options import RunOptions
-from .memory.placement import PHASES, Placement, plan, working_memory
+from .memory.placement import ONE_POOL, PHASES, Placement, plan, working_memory
 from .models.assembly import build_pipeline, import_class, load_quantized, probe_quantized, weight_bytes, weights_identity
 from .models.components import Component, ComponentStore
 from .models.layout import read_index
@@ -249,7 +249,7 @@ class ModelManager:
     def _encoders_wait_on_cpu(self, root: Path, quant: str) -> bool:
         """True when the whole pipeline will not stay on the accelerator: its text encoders then go to the CPU as
         soon as they are loaded (placement brings them back to encode)."""
-        if self.device.type == "cpu" or self.options.offload != "none" or self.options.placement == "resident":
+        if self.device.type in ONE_POOL or self.options.offload != "none" or self.options.placement == "resident":
             return False
         if self.options.placement != "auto":
             return True

@@ -13,13 +13,16 @@ QUANTS = ("auto", "none", "8bit", "4bit", "fp8")
 MEASURED = Path(__file__).with_name("measured.json")  # written by `bench --update-policy`
 
 # Candidates per (device type, quant) in order of preference; full precision always ends the chain.
-# MPS: quanto (never float8). CUDA: bitsandbytes. CPU: this order where measurements tie or are missing;
-# cpu_chain reorders it from the measured table of this class of CPU.
+# CUDA: bitsandbytes. CPU: this order where measurements tie or are missing; cpu_chain reorders it from the
+# measured table of this class of CPU.
+# MPS: quanto int4, then bitsandbytes NF4 (4-bit quantize, dequantize and matmul run on MPS since bitsandbytes
+# 0.50), then quanto int8 before full precision: on a 16-32 GB Mac a 4-bit chain that fails must not end at the
+# 34 GB of a bf16 FLUX.1; never float8 (quanto's qfloat8 dequantizes on MPS, Metal has no float8).
 CANDIDATES: dict[tuple[str, str], tuple[QuantConfig, ...]] = {
     ("cuda", "8bit"): (BitsAndBytesConfig("int8"), TorchAoConfig("int8_weight_only"), QuantoConfig("int8")),
     ("cuda", "4bit"): (BitsAndBytesConfig("nf4"), QuantoConfig("int4")),
     ("mps", "8bit"): (QuantoConfig("int8"),),
-    ("mps", "4bit"): (QuantoConfig("int4"),),
+    ("mps", "4bit"): (QuantoConfig("int4"), BitsAndBytesConfig("nf4"), QuantoConfig("int8")),
     ("cpu", "8bit"): (TorchAoConfig("int8_dynamic"), QuantoConfig("int8"), BitsAndBytesConfig("int8"),
                       TorchAoConfig("int8_weight_only")),
     ("cpu", "4bit"): (BitsAndBytesConfig("nf4"), QuantoConfig("int4")),
@@ -177,8 +180,9 @@ def choose_auto(quantizable_bytes: int, other_bytes: int, free_bytes: int | None
             faster = _fp8_faster(quant, step_ratios or {}, device_type)
             return AutoChoice("fp8", f"{why}; {faster}") if faster else AutoChoice(quant, why)
     need = (quantizable_bytes * RATIO["4bit"] + other_bytes) * HEADROOM
-    return AutoChoice("4bit", f"even 4-bit needs ~{size_text(need)} of {size_text(free_bytes)} free: "
-                              "consider model CPU offload")
+    # On a Mac the CPU and the GPU share one pool of memory: offloading to the CPU frees nothing there.
+    advice = "use a smaller image or close other apps" if device_type == "mps" else "consider model CPU offload"
+    return AutoChoice("4bit", f"even 4-bit needs ~{size_text(need)} of {size_text(free_bytes)} free: {advice}")
 
 
 def _fp8_faster(quant: str, ratios: Ratios, device_type: str) -> str | None:

@@ -45,12 +45,13 @@ def load_prequantized(component: str, source: ComponentSource, device: torch.dev
         quant = checkpoint_quantization(source.folder) or {}
         backend = str(quant.get("quant_method", "unknown"))
         fmt = _checkpoint_format(quant)
-        if backend == "bitsandbytes" and device.type == "mps":
-            raise QuantizationError(f"{component}: {source.folder} is a bitsandbytes checkpoint, which does not run on "
-                                    "Apple MPS; use a full-precision model with --quant 4bit (quanto) instead.")
+        if backend == "bitsandbytes" and device.type == "mps" and fmt not in ("nf4", "fp4"):
+            raise QuantizationError(f"{component}: {source.folder} is a bitsandbytes {fmt} checkpoint; bitsandbytes "
+                                    "runs only 4-bit on Apple MPS: use a full-precision model with --quant "
+                                    "4bit or 8bit instead.")
         try:
-            if backend == "bitsandbytes" and device.type == "cpu" and hasattr(source.cls, "load_config"):
-                # diffusers' bitsandbytes loader refuses to run without a GPU: read the layers directly
+            if backend == "bitsandbytes" and device.type in ("cpu", "mps") and hasattr(source.cls, "load_config"):
+                # diffusers' bitsandbytes loader refuses to run without CUDA: read the layers directly
                 from .backends.bitsandbytes_backend import load_checkpoint
 
                 module = load_checkpoint(skeleton(source.cls, source.folder, dtype), source.folder, quant, device,

@@ -442,3 +442,34 @@ def test_gpu_check_without_a_card_points_to_narrow(capsys):
     assert main(["--device", "cpu"]) == 2
     err = capsys.readouterr().err
     assert "--narrow" in err and len(err.strip().splitlines()) == 1
+
+
+# ---- bench mps-check: what the studio assumes about Apple MPS (here: --narrow, on the CPU) ------------------------
+def test_mps_check_narrow_measures_every_mps_backend_and_prints_one_table(tmp_path, capsys):
+    from bench.mps_check import main, mps_configs
+
+    out = tmp_path / "mps-check.md"
+    code = main(["--narrow", "--no-runs", "--out", str(out)])
+    text = capsys.readouterr().out
+    assert code == 0, text
+    rows = [line for line in text.splitlines() if line.startswith("| ") and not line.startswith("| check")]
+    names = [row.split(" | ")[0][2:] for row in rows]
+    assert names == ["memory model", *[c.label for c in mps_configs()], "attention limit"]
+    assert [c.label for c in mps_configs()] == ["quanto int4", "bitsandbytes nf4", "quanto int8"]
+    assert all(" | ok | " in row for row in rows)
+    assert all("int4 unpacked 0 times" in row for row in rows if "quantized on cpu" in row)
+    assert out.read_text().strip() == text.strip()
+
+
+def test_mps_check_without_a_mac_points_to_narrow(capsys):
+    from bench.mps_check import main
+
+    assert main([]) == 2
+    err = capsys.readouterr().err
+    assert "--narrow" in err and len(err.strip().splitlines()) == 1
+
+
+def test_mps_check_is_a_bench_of_the_cli():
+    from cli import BENCHES
+
+    assert BENCHES["mps-check"] == "bench.mps_check"

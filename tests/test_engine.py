@@ -346,7 +346,7 @@ def test_out_of_memory_twice_gives_advice_and_the_next_request_works(fresh_studi
 
 
 @pytest.mark.parametrize("device, steps", [("cuda", ("model offload", "block offload", "sequential offload")),
-                                           ("mps", ("model offload", "block offload", "sequential offload")),
+                                           ("mps", ("freed memory", "tiled decode")),  # offload frees nothing
                                            ("cpu", ("freed memory",))])
 def test_oom_recovery_steps_per_device(device, steps):
     from pipelines.engine import oom_recovery_steps

@@ -51,7 +51,11 @@ def memory(kind: str, free_gib: float) -> DeviceMemory:
     ("cuda", 24, "none", "none", 16.1875 + 0.56640625, True, 1.0),
     # 16 GiB: the transformer cannot stay beside T5, so it waits while encoding (swap): the denoise phase is the peak.
     ("cuda", 16, "none", "none", 12 + 0.125 + 0.0625 + 0.140625, True, 1.0),
-    ("mps", 16, "none", "none", 12 + 0.125 + 0.0625 + 0.140625, True, 1.0),
+    # Apple MPS: one pool with the CPU, so nothing moves (parking on the CPU frees nothing) and offload changes nothing.
+    ("mps", 16, "none", "none", 16.1875 + 0.56640625, False, 1.0),
+    ("mps", 24, "none", "none", 16.1875 + 0.56640625, True, 1.0),
+    ("mps", 16, "8bit", "none", 8.1875 + 0.56640625, True, 0.35),
+    ("mps", 16, "none", "model", 16.1875 + 0.56640625, False, 1.0),
     # 8 GiB: nothing can stay on the device (each phase brings its own); even the denoise phase alone does not fit.
     ("cuda", 8, "none", "none", 12 + 0.140625, False, 1.0),
     # Model offload: one model at a time, the transformer's phase the largest; slower by an unmeasured amount.
@@ -72,6 +76,8 @@ def test_estimate_table(kind, free, quant, offload, peak_gib, fits, speed):
     assert ("does not fit" if not fits else "fits:") in row.reason and "\n" not in row.reason
     if kind == "cpu" and offload != "none":
         assert "no effect on the CPU" in row.reason
+    if kind == "mps" and offload != "none":
+        assert "frees nothing in Apple's unified memory" in row.reason
 
 
 @pytest.mark.parametrize("free, picks", [(24, "none"), (16, "8bit"), (8, "4bit"), (2, "4bit")])

@@ -31,6 +31,9 @@ def test_first_candidate_follows_the_device_policy(quant, device, first):
 def test_every_chain_ends_in_full_precision_and_matches_the_bit_width(quant, device):
     chain = candidates(quant, device)
     assert chain[-1] == FULL_PRECISION
+    if (quant, device) == ("4bit", "mps"):  # 8-bit before full precision: see the MPS chain below
+        assert [c.bits for c in chain[:-1]] == [4, 4, 8]
+        return
     assert all(config.bits == int(quant[0]) for config in chain[:-1])
 
 
@@ -45,9 +48,32 @@ def test_cpu_first_choice_is_the_fastest_measured_option_within_the_weight_ratio
     assert eligible[(first.backend, first.format)] == min(eligible.values())  # ties are equally fast
 
 
-def test_mps_never_uses_bitsandbytes_torchao_or_float8():
+@pytest.mark.parametrize("quant, chain", [
+    # a failed 4-bit must not end at the 34 GB of bf16 on a 16-32 GB Mac: 8-bit comes before full precision
+    ("4bit", (QuantoConfig("int4"), BitsAndBytesConfig("nf4"), QuantoConfig("int8"), FULL_PRECISION)),
+    ("8bit", (QuantoConfig("int8"), FULL_PRECISION)),  # bitsandbytes runs only 4-bit on MPS
+    ("none", (FULL_PRECISION,)),
+])
+def test_mps_chain(quant, chain):
+    assert candidates(quant, "mps") == chain
+
+
+def test_mps_never_uses_torchao_or_float8_weights():
     for quant in ("8bit", "4bit"):
-        assert {c.backend for c in candidates(quant, "mps")} == {"quanto", "none"}
+        chain = candidates(quant, "mps")
+        assert {c.backend for c in chain} <= {"quanto", "bitsandbytes", "none"}
+        assert not any("float8" in c.format for c in chain)
+
+
+@pytest.mark.parametrize("free_gib, expected", [
+    (128, "none"), (64, "none"),  # bf16 whenever it fits (4-bit weight-only is slower on M1/M2)
+    (36, "8bit"), (24, "8bit"), (20, "4bit"),  # quantized only to fit
+    (8, "4bit"),  # even 4-bit is short: the advice is not CPU offload, which frees nothing on a Mac
+])
+def test_mps_auto_keeps_bf16_whenever_it_fits(free_gib, expected):
+    choice = choose_auto(int(33.6 * GIB), int(0.4 * GIB), free_gib * GIB, None, "mps")
+    assert choice.quant == expected
+    assert "offload" not in choice.reason
 
 
 @pytest.mark.parametrize("quant", ["auto", "2bit", ""])

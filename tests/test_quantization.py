@@ -116,12 +116,28 @@ def test_missing_library_is_reported_with_the_install_fix(monkeypatch):
     assert check_backend(TorchAoConfig("int8_dynamic"), CPU) == "torchao is not installed (pip install torchao)"
 
 
-def test_mps_refuses_bitsandbytes_and_torchao():
+def test_mps_takes_bitsandbytes_4bit_and_refuses_its_8bit_and_torchao():
     from quantization.registry import check_backend
 
     mps = torch.device("mps")
-    assert "MPS" in check_backend(BitsAndBytesConfig("nf4"), mps)
+    assert check_backend(BitsAndBytesConfig("nf4"), mps) is None  # bitsandbytes 0.50 runs 4-bit on MPS
+    assert "only 4-bit" in check_backend(BitsAndBytesConfig("int8"), mps)
     assert "MPS" in check_backend(TorchAoConfig("int8_dynamic"), mps)
+
+
+@pytest.mark.parametrize("device, config, version, refused", [
+    ("mps", BitsAndBytesConfig("nf4"), "0.50.2", None),
+    ("mps", BitsAndBytesConfig("nf4"), "0.49.0", "no Apple MPS kernels"),
+    ("mps", BitsAndBytesConfig("int8"), "0.50.2", "only 4-bit"),
+    ("cpu", BitsAndBytesConfig("int8"), "0.50.2", None),
+    ("cpu", BitsAndBytesConfig("nf4"), "0.44.1", "no CPU kernels"),
+    ("cuda", BitsAndBytesConfig("int8"), "0.40.0", None),
+])
+def test_bitsandbytes_device_refusal_table(device, config, version, refused):
+    from quantization.backends.bitsandbytes_backend import device_refusal
+
+    reason = device_refusal(config, torch.device(device), version)
+    assert reason is None if refused is None else refused in reason
 
 
 @pytest.mark.parametrize("config", [c for c, _, _ in CONFIGS], ids=lambda c: c.label)

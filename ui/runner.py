@@ -15,6 +15,7 @@ import queue
 import re
 import secrets
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -218,6 +219,18 @@ class Runner:
 
     def unload_models(self) -> int:
         return self.engine.manager.unload()
+
+    def preload(self, tool: str, quant: str = "none") -> str:
+        """Load ``tool``'s model now (at start on ZeroGPU, in the main process, so every forked GPU worker inherits
+        it rather than loading it inside its GPU time); one line saying what was loaded."""
+        from pipelines.models.sources import resolve_model
+
+        spec = get_tool(tool)
+        model = self.models[tool]
+        source = resolve_model(model, spec)
+        started = time.perf_counter()
+        self.engine.manager.pipeline(source.root, quant)
+        return f"loaded {model} for {spec.title} at start ({time.perf_counter() - started:.0f} s)"
 
     @property
     def options(self):

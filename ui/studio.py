@@ -11,7 +11,7 @@ from pathlib import Path
 import gradio as gr
 from PIL import Image
 
-from .gpu import gpu_decorator
+from .gpu import gpu_decorator, preload_tools, zero_gpu, zero_gpu_quants
 from .settings import Settings, on_space
 
 log = logging.getLogger(__name__)
@@ -62,8 +62,11 @@ def create_demo(manager=None, model: str | list[str] | None = None, device: str 
     manager = manager or ModelManager(device=device)
     assignment = pick_models(model)
     runner = Runner(Engine(manager), assignment, OutputFolder(settings.output_dir, settings.keep))
+    quants = offered(manager.device)
+    if zero_gpu():  # what fits a GPU call's time there (ui.gpu.ZERO_GPU_QUANTS)
+        quants = zero_gpu_quants(quants)
     ctx = TabContext(runner=runner, device_type=manager.device.type, api=api, gpu=gpu, models=assignment.models,
-                     quants=offered(manager.device))
+                     quants=quants, zero_gpu=zero_gpu())
 
     with gr.Blocks(title=TITLE, analytics_enabled=False, delete_cache=(3600, 6 * 3600)) as demo:
         gr.HTML(f"<div id='ff-header'><h1>{TITLE}</h1><span class='ff-sub'>FLUX.1 image tools, quantized to fit "
@@ -188,5 +191,25 @@ def launch(args) -> int:
     demo = create_demo(model=args.models, device=args.device, api=args.api)
     for notice in demo.studio_notices:
         print(f"notice: {notice}", file=sys.stderr)
+    if zero_gpu():
+        for line in preload(demo.studio_runner):
+            print(f"notice: {line}", file=sys.stderr)
     serve(demo, host=args.host, port=args.port, share=args.share)
     return 0
+
+
+def preload(runner, tools: list[str] | None = None) -> list[str]:
+    """ZeroGPU's convention: load models in the main process at start (their `.to("cuda")` is deferred by `spaces`)
+    so that every forked GPU worker inherits them, instead of loading ~34 GB inside its GPU time. ``tools``: default
+    FLUXFORGE_PRELOAD's, else the Generate tab's first tool. One line per tool; a model that cannot be loaded is
+    said so and left to load on its tool's first run."""
+    from .tabs.generate import VARIANTS
+
+    lines = []
+    for tool in preload_tools(VARIANTS[0]) if tools is None else tools:
+        try:
+            lines.append(runner.preload(tool))
+        except Exception as error:  # noqa: BLE001  (start-up goes on: the model loads on its tool's first run)
+            first = (str(error).splitlines() or [type(error).__name__])[0]
+            lines.append(f"not loaded at start ({tool}): {first}; it loads on its first run")
+    return lines

@@ -48,8 +48,9 @@ def quant_hint(device_type: str) -> str:
         return (f"On this GPU: 8-bit ({q8.label}) ~{eight}% of weight VRAM, a bit slower · 4-bit ({q4.label}) "
                 f"~{four}%, small quality cost · Auto: highest precision that fits.")
     if device_type == "mps":
-        return (f"On Apple Silicon: 8-bit ({q8.label}) ~{eight}% of weight memory · 4-bit ({q4.label}) ~{four}% · "
-                "both slower per step than bf16 · Auto: highest precision that fits.")
+        return (f"On Apple Silicon: 8-bit ({q8.label}) ~{eight}% of weight memory · 4-bit ({q4.label}, then "
+                f"bitsandbytes nf4, then 8-bit) ~{four}% · both slower per step than bf16 · Auto: bf16 whenever it "
+                "fits, quantized only to fit.")
     return (f"On this CPU: 8-bit ({q8.label}) ~{eight}% of weight RAM{_cpu_speed(q8)} · 4-bit ({q4.label}) "
             f"~{four}%{_cpu_speed(q4)} · Auto: full precision while it fits.")
 

@@ -26,6 +26,7 @@ class TabContext:
     models: dict[str, str] = field(default_factory=dict)
     quants: tuple = defaults.QUANTS  # the quant choices offered on this device
     estimates: list = field(default_factory=list)  # (inputs, output, refresh) of each tab's estimate (System: offload)
+    zero_gpu: bool = False  # on a ZeroGPU Space: runs happen in forked GPU workers (ui.gpu)
 
     @property
     def visibility(self) -> str:
@@ -308,17 +309,29 @@ class ResultPanel:
         """Where a run's progress bar shows: under the result, so the live preview in the image stays in view."""
         return self.notices
 
-    def stream(self, items, history, final=lambda outcomes: ()):
+    def stream(self, items, history, final=lambda outcomes: (), extra: int = 0):
         """What a tab's run function yields for a job (ui.runner.Runner.batch's items): each live preview into the
         result image with its label in the status line, then the panel's values (ui.runner.panel_values) followed
-        by ``final(outcomes)`` (the tab's own outputs after the panel's)."""
+        by ``final(outcomes)`` (the tab's ``extra`` outputs after the panel's).
+
+        Every value is a plain tuple (a preview leaves the other outputs as they are with gr.skip()), never a dict
+        keyed by components: on ZeroGPU each yielded value is pickled out of the GPU worker, and components do not
+        pickle."""
         from .runner import Preview, panel_values
 
         for item in items:
             if isinstance(item, Preview):
-                yield {self.image: item.image, self.status: text.preview_html(item.label)}
+                yield preview_values(item, extra)
             else:
                 yield (*panel_values(item, history), *final(item))
+
+
+def preview_values(preview, extra: int = 0) -> tuple:
+    """A live preview (ui.runner.Preview) as a result panel's values (ResultPanel.outputs' order): the image and its
+    label in the status line, every other output skipped, then ``extra`` skipped outputs of the tab's own."""
+    shown = {"image": preview.image, "status": text.preview_html(preview.label)}
+    names = ("image", "download", "status", "warning", "notices", "gallery", "history")
+    return (*(shown.get(name, gr.skip()) for name in names), *(gr.skip() for _ in range(extra)))
 
 
 def result_panel(tool: str, action: str) -> ResultPanel:
@@ -388,11 +401,12 @@ def validator(check, inputs: list, names: list[str], aliases: dict[str, str]):
 
 
 def wire(ctx: TabContext, button: gr.Button, check, run, inputs: list, outputs: list, api_name: str,
-         aliases: dict[str, str] | None = None, progress_on=None):
+         aliases: dict[str, str] | None = None, progress_on=None, tool: str | None = None):
     """The job, validated before it is queued (bad input never waits for the device), on the device queue.
 
     `check` raises ui.runner.Invalid; `aliases` maps request field names (e.g. 'mask') to `run` parameters;
-    `progress_on`: the component(s) that show the progress bar (default: every output). `run` may be a generator
+    `progress_on`: the component(s) that show the progress bar (default: every output); `tool`: the tool `run`
+    runs where it has no ``tool`` argument (for ZeroGPU's duration, ui.gpu). `run` may be a generator
     (each value it yields updates the outputs; the last is the job's result, in the page and the API alike).
     """
     import inspect
@@ -405,9 +419,9 @@ def wire(ctx: TabContext, button: gr.Button, check, run, inputs: list, outputs: 
         if not isinstance(block, gr.State):
             checked_input(block, name)
     aliases = {"lora": "loras_picked", "loras": "loras_picked", **(aliases or {})}
-    job = button.click(stoppable(ctx.gpu(run)), inputs, outputs, api_name=api_name, api_visibility=ctx.visibility,
-                       concurrency_id=DEVICE_QUEUE, concurrency_limit=1, show_progress_on=progress_on,
-                       validator=validator(check, inputs, names, aliases))
+    job = button.click(stoppable(ctx.gpu(run, tool=tool)), inputs, outputs, api_name=api_name,
+                       api_visibility=ctx.visibility, concurrency_id=DEVICE_QUEUE, concurrency_limit=1,
+                       show_progress_on=progress_on, validator=validator(check, inputs, names, aliases))
     panel = getattr(button, "result_panel", None)
     if panel is not None:  # this page's job of this tab only, waiting or running
         panel.stop.click(text.stopped_html, None, panel.status, cancels=[job], queue=False, api_visibility="private",

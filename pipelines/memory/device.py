@@ -43,18 +43,37 @@ def pick_dtype(device: torch.device) -> torch.dtype:
 
 
 def free_memory(device: torch.device) -> int | None:
-    """Bytes free for weights on ``device`` (system RAM for CPU and Apple's unified memory)."""
+    """Bytes free for weights on ``device``: CUDA free memory, Apple MPS's one pool (mps_memory), CPU available RAM.
+    Auto, placement and the estimate all read this one figure per device."""
     if device.type == "cuda":
         free, _total = torch.cuda.mem_get_info(device)
         return int(free)
+    if device.type == "mps":
+        return mps_memory()[1]
     import psutil
 
     return int(psutil.virtual_memory().available)
 
 
+def unified_free(recommended_bytes: int, allocated_bytes: int, available_bytes: int) -> int:
+    """What Apple Silicon's one memory pool has left for the studio's tensors: Metal's recommended maximum for this
+    process less what the Metal driver already holds for it, and never more than the RAM the system still has
+    available (the CPU and the GPU share it: another app's memory is gone for both)."""
+    return max(0, min(recommended_bytes - allocated_bytes, available_bytes))
+
+
+def mps_memory() -> tuple[int, int]:
+    """(total, free) of Apple MPS's one pool: Metal's recommended maximum, and unified_free."""
+    import psutil
+
+    total = int(torch.mps.recommended_max_memory())
+    free = unified_free(total, int(torch.mps.driver_allocated_memory()), int(psutil.virtual_memory().available))
+    return total, free
+
+
 def device_memory(device: torch.device, held_bytes: int = 0):
-    """(total, free, what free means) for estimates (pipelines.memory.estimate.DeviceMemory): CUDA free memory, Apple MPS
-    Metal's recommended maximum less what is allocated, CPU available RAM; ``held_bytes`` (what the studio's loaded
+    """(total, free, what free means) for estimates (pipelines.memory.estimate.DeviceMemory): the same free memory as
+    free_memory (CUDA free memory, Apple MPS's one pool, CPU available RAM); ``held_bytes`` (what the studio's loaded
     models hold, which it unloads to make room) counts as free."""
     from .estimate import DeviceMemory
 
@@ -62,9 +81,8 @@ def device_memory(device: torch.device, held_bytes: int = 0):
         free, total = torch.cuda.mem_get_info(device)
         what = "free GPU memory"
     elif device.type == "mps":
-        total = int(torch.mps.recommended_max_memory())
-        free = max(0, total - int(torch.mps.driver_allocated_memory()))
-        what = "of Metal's recommended maximum free"
+        total, free = mps_memory()
+        what = "of Metal's recommended maximum free (one pool for the CPU and the GPU)"
     else:
         import psutil
 

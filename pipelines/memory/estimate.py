@@ -18,7 +18,9 @@ from quantization.units import size_text
 from ..defaults import QUANTIZED_COMPONENTS as QUANTIZED
 from .sizes import ModelSizes
 from .offload import BLOCK_COMPONENTS, OFFLOADS
-from .placement import HEADROOM, PHASES, TILE_PIXELS, decode_bytes_per_pixel, phase_bytes, plan, working_memory
+from .attention import HEAD_DIM, MPS_SCORE_LIMIT, attention_scores
+from .placement import (HEADROOM, ONE_POOL, PHASES, TILE_PIXELS, decode_bytes_per_pixel, phase_bytes, plan,
+                        working_memory)
 
 VAE_WIDTH = 128  # the FLUX VAE's first block width, which placement.decode_bytes_per_pixel is for
 
@@ -99,7 +101,7 @@ def run_peak(sizes: ModelSizes, weights: dict[str, int], pixels: int, text_token
     work = working_memory(pixels, text_tokens, sizes.hidden, sizes.text_dim, condition_pixels)
     placed = frozenset().union(*PHASES.values())
     always = frozenset(weights) - placed  # auxiliary models (the Redux prior) stay where they are
-    if memory.type == "cpu" or offload == "none":
+    if memory.type in ONE_POOL or offload == "none":  # offload moves weights within the one pool: nothing freed
         layout = plan(weights, memory.free_bytes, work, pixels, memory.type, placement)
         resident, tiled = layout.resident, layout.tiled_decode
         how = f"placement {layout.name}" + (", the image decoded in tiles" if tiled else "")
@@ -140,8 +142,14 @@ def estimate(sizes: ModelSizes, fmt: Format, offload: str, pixels: int, text_tok
     fits = peak * HEADROOM <= memory.free_bytes
     speed = fmt.speed
     notes = [why] if why else []
-    if offload != "none" and memory.type == "cpu":
-        notes.append("offload has no effect on the CPU")
+    scores = attention_scores(pixels, text_tokens, sizes.hidden // HEAD_DIM, condition_pixels)
+    if memory.type == "mps" and scores > MPS_SCORE_LIMIT:
+        fits = False
+        notes.append(f"{scores / 1e9:.1f}e9 attention scores, past the 2^32 Apple MPS holds in one call: a smaller "
+                     "size is needed whatever the memory")
+    if offload != "none" and memory.type in ONE_POOL:
+        notes.append("offload has no effect on the CPU" if memory.type == "cpu" else
+                     "offload frees nothing in Apple's unified memory (one pool for the CPU and the GPU)")
     elif offload != "none":
         speed = None  # weights cross to the device on every run: slower, by how much is not measured
         notes.append(f"{how}: slower (not measured)")

@@ -51,10 +51,21 @@ class RunOptions:
                 vae.disable_tiling()
             vae.enable_slicing() if self.vae_slicing else vae.disable_slicing()
         install(pipe, offload, device)
-        if offload != "none" and device.type == "cpu":
-            notices.append(f"{offload.capitalize()} CPU offload saves no memory on the CPU (the weights are in CPU "
-                           "memory already); its hooks run as they would on a GPU.")
-        return notices
+        notice = offload_notice(offload, device.type)
+        return notices + ([notice] if notice else [])
+
+
+def offload_notice(offload: str, device_type: str) -> str | None:
+    """What a run under ``offload`` is told on ``device_type`` where offload saves no memory (None elsewhere)."""
+    if offload == "none":
+        return None
+    if device_type == "cpu":
+        return (f"{offload.capitalize()} CPU offload saves no memory on the CPU (the weights are in CPU memory "
+                "already); its hooks run as they would on a GPU.")
+    if device_type == "mps":
+        return (f"{offload.capitalize()} CPU offload saves no memory on Apple MPS (the CPU and the GPU share one pool "
+                "of memory) and slows the run; set it back to none.")
+    return None
 
 
 def tile_vae(vae) -> None:

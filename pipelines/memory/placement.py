@@ -30,6 +30,11 @@ ENCODE_BYTES_PER_TOKEN_WIDTH = 2 * 16  # T5 activations: bf16 x ~16 live tensors
 DENOISE_BYTES_PER_TOKEN_WIDTH = 2 * 24  # transformer activations: bf16 x ~24 live tensors of (tokens x width)
 
 
+# Devices whose memory is one pool with the CPU's: nothing moves there (moving to the CPU would free nothing).
+ONE_POOL = {"cpu": "on the CPU nothing moves",
+            "mps": "Apple's unified memory is one pool: moving a part to the CPU frees nothing, so nothing moves"}
+
+
 @dataclass(frozen=True)
 class Placement:
     name: str  # resident, encoders-off or swap
@@ -100,7 +105,8 @@ def plan(sizes: dict[str, int], free_bytes: int | None, work: dict[str, int], pi
 
     ``free_bytes``: device memory free for this pipeline (None: unknown); ``work``: working memory per phase
     (activations) besides the decode, which ``pixels`` sets; ``device_type``: on the CPU nothing moves (the
-    device is the CPU memory), but a decode that would not fit still runs in tiles.
+    device is the CPU memory), nor on Apple MPS (one pool for the CPU and the GPU: a component parked "on the CPU"
+    frees nothing, and holds two copies while it moves); a decode that would not fit still runs in tiles.
     """
     if force not in PLACEMENTS:
         raise ValueError(f"placement={force!r} is unknown; choose one of {', '.join(PLACEMENTS)}.")
@@ -126,9 +132,11 @@ def plan(sizes: dict[str, int], free_bytes: int | None, work: dict[str, int], pi
         resident = forced_resident(force, components)
         tiled = not fits(resident, decode_work)
         return Placement(_name(resident, components), resident, tiled, f"{force}, as asked" + _tiles(tiled))
-    if device_type == "cpu" or free_bytes is None:
+    if device_type in ONE_POOL or free_bytes is None:
         tiled = free_bytes is not None and not fits(components, decode_work)
-        why = "free memory unknown" if free_bytes is None else "on the CPU nothing moves"
+        why = "free memory unknown" if free_bytes is None else ONE_POOL[device_type]
+        if device_type == "mps" and free_bytes is not None and not fits(components, tile_work):
+            why += "; it does not fit even with a tiled decode: use a smaller size or more quantization"
         return Placement("resident", components, tiled, why + _tiles(tiled))
     resident, tiled = settle(decode_work), False
     if len(settle(tile_work)) > len(resident) or not fits(resident, decode_work):

@@ -135,6 +135,26 @@ class NF4Linear(torch.nn.Linear):
 LAYERS = (Int8Linear, NF4Linear)
 
 
+def device_refusal(config, device, version: str | None = None) -> str | None:
+    """Why bitsandbytes cannot run ``config`` on ``device`` with bitsandbytes ``version`` (default: the installed
+    one), or None: its CPU kernels came with 0.45, its Apple MPS ones (4-bit only) with 0.50."""
+    from packaging.version import Version
+
+    if device.type not in ("cpu", "mps"):
+        return None
+    if version is None:
+        import bitsandbytes
+
+        version = bitsandbytes.__version__
+    if device.type == "cpu" and Version(version) < Version("0.45"):
+        return f"bitsandbytes {version} has no CPU kernels (pip install 'bitsandbytes>=0.45')"
+    if device.type == "mps" and Version(version) < Version("0.50"):
+        return f"bitsandbytes {version} has no Apple MPS kernels (pip install 'bitsandbytes>=0.50', macOS 14+)"
+    if device.type == "mps" and config.bits != 4:
+        return f"bitsandbytes runs only 4-bit (nf4) on Apple MPS, not {config.format}"
+    return None
+
+
 class BitsAndBytesBackend(Backend):
     name = "bitsandbytes"
     import_name = "bitsandbytes"
@@ -143,15 +163,7 @@ class BitsAndBytesBackend(Backend):
         reason = missing("bitsandbytes", "bitsandbytes")
         if reason:
             return reason
-        if device.type == "mps":
-            return "bitsandbytes has no Apple MPS support (use quanto on Apple Silicon)"
-        if device.type == "cpu":
-            import bitsandbytes
-            from packaging.version import Version
-
-            if Version(bitsandbytes.__version__) < Version("0.45"):
-                return f"bitsandbytes {bitsandbytes.__version__} has no CPU kernels (pip install 'bitsandbytes>=0.45')"
-        return None
+        return device_refusal(config, device)
 
     def quantize(self, module, config, device, dtype):
         layers = quantizable_linears(module)

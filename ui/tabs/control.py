@@ -124,11 +124,11 @@ def build(ctx: TabContext, tool: str) -> None:
             return outcomes[0].request.seed, shown
 
         jobs = ctx.runner.batch(tool, base, count, progress, previews)
-        yield from panel.stream(jobs, history, final)
+        yield from panel.stream(jobs, history, final, extra=2)
 
     limits = thresholds if tool == "canny" else [gr.State(None), gr.State(None)]
     inputs = [photo, control, source, prompt, *limits, *options.inputs(), form, model, panel.history]
-    wire(ctx, panel.button, check, run, inputs, [*panel.outputs(), options.seed, control], api_name=tool,
+    wire(ctx, panel.button, check, run, inputs, [*panel.outputs(), options.seed, control], api_name=tool, tool=tool,
          progress_on=panel.progress_on,
          aliases={"control_image": "map_image", "canny_low": "lo", "canny_high": "hi"})
 

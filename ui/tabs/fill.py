@@ -85,9 +85,9 @@ def build(ctx: TabContext) -> None:
         base = fields(mode, editor, left, top, right, bottom, prompt, reference, steps, guidance, quant, match, width,
                       height, seed, randomize, loras_picked, loras_uploaded, lora_strength, model)
         jobs = ctx.runner.batch("fill", base, count, progress, previews)
-        yield from panel.stream(jobs, history, lambda outcomes: (outcomes[0].request.seed,))
+        yield from panel.stream(jobs, history, lambda outcomes: (outcomes[0].request.seed,), extra=1)
 
     inputs = [mode, editor, *sides, prompt, reference, *options.inputs(), model, panel.history]
-    wire(ctx, panel.button, check, run, inputs, [*panel.outputs(), options.seed], api_name="fill",
+    wire(ctx, panel.button, check, run, inputs, [*panel.outputs(), options.seed], api_name="fill", tool="fill",
          progress_on=panel.progress_on,
          aliases={"image": "editor", "mask": "editor", "expand": "right"})

@@ -62,7 +62,7 @@ def build(ctx: TabContext) -> None:
         base = fields(tool, prompt, steps, guidance, quant, width, height, seed, randomize,
                       loras_picked, loras_uploaded, lora_strength, model)
         jobs = ctx.runner.batch(tool, base, count, progress, previews)
-        yield from panel.stream(jobs, history, lambda outcomes: (outcomes[0].request.seed,))
+        yield from panel.stream(jobs, history, lambda outcomes: (outcomes[0].request.seed,), extra=1)
 
     inputs = [variant, prompt, *options.inputs(), model, panel.history]
     wire(ctx, panel.button, check, run, inputs, [*panel.outputs(), options.seed], api_name="generate",

@@ -67,8 +67,8 @@ def build(ctx: TabContext) -> None:
         base = fields(image, prompt, steps, guidance, quant, match, width, height, seed, randomize,
                       loras_picked, loras_uploaded, lora_strength, references, model)
         jobs = ctx.runner.batch("kontext", base, count, progress, previews)
-        yield from panel.stream(jobs, history, lambda outcomes: (outcomes[0].request.seed,))
+        yield from panel.stream(jobs, history, lambda outcomes: (outcomes[0].request.seed,), extra=1)
 
     inputs = [image, prompt, *options.inputs(), references, model, panel.history]
-    wire(ctx, panel.button, check, run, inputs, [*panel.outputs(), options.seed], api_name="kontext",
+    wire(ctx, panel.button, check, run, inputs, [*panel.outputs(), options.seed], api_name="kontext", tool="kontext",
          progress_on=panel.progress_on)

@@ -24,6 +24,14 @@ OFFLOAD_LABELS = {"none": "None (everything on the device)", "model": "Model CPU
                   "sequential": "Sequential CPU offload (layer by layer, lowest memory, slowest)"}
 
 
+ZERO_GPU_NOTE = ("On ZeroGPU each run happens in a GPU worker forked from this process. The models listed here are "
+                 "the ones this process holds (loaded at start): every worker inherits them. A model a run loads in "
+                 "a worker stays in that worker, is not listed here, and may load again in the next one; unloading "
+                 "acts on this process only. Options changed here reach the next new worker; a worker kept from an "
+                 "earlier run keeps the options it started with. Quantization offered here: Auto (full precision "
+                 "fits the GPU slice) and full precision.")
+
+
 def _mib(value: int) -> str:
     return f"{value / 2**20:,.1f} MiB"
 
@@ -85,6 +93,8 @@ def build(ctx: TabContext, tab: gr.Tab) -> None:
     runner = ctx.runner
     options = runner.options
     gr.Markdown("### Loaded models")
+    if ctx.zero_gpu:
+        gr.HTML(f"<div class='ff-note' id='system-zero-gpu'>{html.escape(ZERO_GPU_NOTE)}</div>")
     loaded = gr.HTML(loaded_html([], 0), elem_id="system-loaded")
     with gr.Row():
         refresh = gr.Button("Refresh", size="sm", scale=0, min_width=120, elem_id="system-refresh")
@@ -94,7 +104,8 @@ def build(ctx: TabContext, tab: gr.Tab) -> None:
     with gr.Row(equal_height=True):
         offload = gr.Radio([(OFFLOAD_LABELS[m], m) for m in OFFLOADS], value=options.offload,
                            label="CPU offload", elem_id="system-offload", scale=3,
-                           info="Lowers GPU memory by keeping weights in RAM until used; saves nothing on a CPU.")
+                           info="Lowers GPU memory by keeping weights in RAM until used; saves nothing on a CPU or "
+                                "a Mac.")
         with gr.Column(scale=1, min_width=200):
             tiling = gr.Checkbox(options.vae_tiling, label="VAE tiling (large images, less memory)",
                                  elem_id="system-vae-tiling")
@@ -151,6 +162,8 @@ def build(ctx: TabContext, tab: gr.Tab) -> None:
                                                          f"{float(threshold):g}" if threshold else "off")
         if mode != "none" and ctx.device_type == "cpu":
             note += " CPU offload saves no memory here: this studio runs on the CPU (its hooks still run)."
+        elif mode != "none" and ctx.device_type == "mps":
+            note += " CPU offload saves no memory on a Mac: the CPU and the GPU share one pool of memory."
         return f"<div class='ff-muted'>{html.escape(note)}</div>"
 
     outputs = [machine, backends, loaded, cached, models, *downloads]
