@@ -18,8 +18,8 @@ from PIL import Image
 from . import defaults
 from .errors import Cancelled, UserError
 from .images import save_png
-from .loras import (apply_control_lora, apply_loras, check_lora, control_lora_file, nonfinite, release_control_lora,
-                    text_encoder_adapters)
+from .loras import (apply_control_lora, apply_loras, check_lora, control_lora_file, file_hashes, nonfinite,
+                    release_control_lora, text_encoder_adapters)
 from .manager import ModelManager, Progress
 from .memory import offload as offloading
 from .memory.device import PeakMemory
@@ -58,8 +58,9 @@ class GenerationResult:
         meta["device"], meta["dtype"] = self.report["device"], self.report["dtype"]
         for name in ("placement", "options", "step_cache", "compiled", "offload"):
             meta[name] = self.report[name]
-        if "conditioning" in self.report:  # how several input images became one conditioning image
-            meta["conditioning"] = self.report["conditioning"]
+        for name in ("conditioning", "scheduler", "model_hash"):  # conditioning: how several images became one
+            if name in self.report:
+                meta[name] = self.report[name]
         return meta
 
     def save(self, path: str | Path) -> Path:
@@ -173,7 +174,9 @@ class Engine:
                               notices, run.details(), peak.peak_reserved_bytes)
         if control_lora is not None:
             report["parameters"]["control_lora"] = control_lora.to_dict()
+        report["scheduler"] = type(loaded.pipe.scheduler).__name__
         if transformer_file is not None:
+            report["model_hash"] = file_hashes(transformer_file.path)[0][:10]  # A1111's short hash of the file
             report["transformer_file"] = single_file.loaded_as(transformer_file, manager.dtype,
                                                                report["quantization"]["components"]["transformer"])
             notices.append(report["transformer_file"]["summary"])
