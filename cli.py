@@ -127,6 +127,11 @@ def build_parser() -> argparse.ArgumentParser:
     est.add_argument("--device", default=None, help="cpu, cuda, cuda:1 or mps (default: best available)")
     est.add_argument("--json", action="store_true", help="print the plan as JSON")
 
+    info = sub.add_parser("info", help="the generation parameters in a PNG (ours, A1111's, Forge's, ComfyUI's or "
+                                       "InvokeAI's), and what a tool here takes back from them")
+    info.add_argument("file", metavar="FILE.png", help="the image to read")
+    info.add_argument("--json", action="store_true", help="print them as JSON")
+
     doc = sub.add_parser("doctor", help="device, library versions and usable backends")
     doc.add_argument("--json", action="store_true", help="print the report as JSON")
     doc.add_argument("--probe", action="store_true", help="probe every backend now (in child processes)")
@@ -168,6 +173,8 @@ def main(argv: list[str] | None = None) -> int:
             return generate(args)
         if args.command == "doctor":
             return doctor(args)
+        if args.command == "info":
+            return png_info(args)
         if args.command == "cache":
             return cache(args)
         if args.command == "models":
@@ -389,6 +396,14 @@ def _whole(value: str, flag: str, low: int) -> int:
     if number < low:
         raise UserError(f"{flag}={number} must be {low} or more.")
     return number
+
+
+def png_info(args) -> int:
+    from pipelines.pnginfo import read_png_info
+
+    info = read_png_info(args.file)
+    print(json.dumps(info.to_dict(), indent=2, ensure_ascii=False) if args.json else "\n".join(info.lines()))
+    return 0
 
 
 def doctor(args) -> int:
