@@ -260,7 +260,9 @@ def _match_loras(info: PngInfo, folder: Path | None) -> None:
         info.restore.pop("loras", None)
         return
     from .loras import available_loras, file_hashes
+    from .paths import lora_dir
 
+    folder = Path(folder) if folder else lora_dir()
     files = available_loras(folder)
     by_alias = {infotext.lora_alias(p.stem): p for p in files}
     found = []
@@ -272,6 +274,6 @@ def _match_loras(info: PngInfo, folder: Path | None) -> None:
         if path is None:
             info.not_restored.append(f"LoRA {lora['name']}: not in the LoRA folder")
             continue
-        found.append({"name": path.stem, "file": path.name, "strength": lora["strength"]})
+        found.append({"name": path.stem, "file": path.relative_to(folder).as_posix(), "strength": lora["strength"]})
     info.restore["loras"] = found
 

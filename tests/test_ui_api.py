@@ -48,7 +48,7 @@ def check_result(result, tool: str, seed: int = 11, size=(128, 128)) -> dict:
 
 def test_only_the_tools_are_public(client):
     endpoints = set(client.view_api(print_info=False, return_format="dict")["named_endpoints"])
-    assert endpoints == {"/generate", "/fill", "/kontext", "/depth", "/canny", "/redux"}
+    assert endpoints == {"/generate", "/fill", "/kontext", "/depth", "/canny", "/redux", "/png_info"}
 
 
 @pytest.mark.parametrize("variant", ["schnell", "dev"])
@@ -298,3 +298,17 @@ def test_an_official_model_downloads_on_first_use_and_a_gated_one_says_how_to_ge
     message = str(refused.value)
     assert "is gated: accept its licence on https://huggingface.co/black-forest-labs/FLUX.1-dev" in message
     assert "hf auth login" in message and "Traceback" not in message
+
+
+def test_png_info_reads_our_png_and_refuses_a_file_that_is_not_an_image(client, tmp_path):
+    made = client.predict(tool="dev", prompt="a red fox, snow", **dict(SETTINGS, seed=23), api_name="/generate")
+    info = client.predict(handle_file(made[0]), api_name="/png_info")
+    assert info["source"] == "FluxForge Studio" and info["not_restored"] == []
+    assert {k: info["restore"][k] for k in ("tool", "prompt", "seed", "steps", "guidance", "width", "height")} == {
+        "tool": "dev", "prompt": "a red fox, snow", "seed": 23, "steps": 2, "guidance": 3.5, "width": 128,
+        "height": 128}
+    fake = tmp_path / "notes.png"
+    fake.write_text("not an image")
+    with pytest.raises(Exception) as error:
+        client.predict(handle_file(str(fake)), api_name="/png_info")
+    assert "notes.png" in str(error.value) and str(tmp_path) not in str(error.value)

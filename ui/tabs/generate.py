@@ -8,9 +8,11 @@ from pipelines.tools import get_tool
 
 from ..models import follow_tool, model_picker
 from ..runner import batch_count, pick_seed, user_error
+from ..links import Target
 from ..widgets import TabContext, lora_values, result_panel, settings, wire
 
 TITLE = "Generate"
+TAB = __name__.rpartition(".")[2]  # its id in the studio's tabs
 VARIANTS = ("schnell", "dev")
 EXAMPLES = [
     "a lighthouse on a cliff at dusk, warm light in the windows, long exposure sea",
@@ -37,7 +39,7 @@ def build(ctx: TabContext) -> None:
         d = ctx.defaults(tool)
         return d.steps, d.guidance, d.width, d.height, follow_tool(ctx.runner, tool)
 
-    variant.change(switch, variant, [options.steps, options.guidance, options.width, options.height, model],
+    variant.input(switch, variant, [options.steps, options.guidance, options.width, options.height, model],
                    queue=False, api_visibility="private", show_progress="hidden")
 
     def fields(tool, prompt, steps, guidance, quant, width, height, seed, randomize, loras_picked, loras_uploaded,
@@ -67,3 +69,5 @@ def build(ctx: TabContext) -> None:
     inputs = [variant, prompt, *options.inputs(), model, panel.history]
     wire(ctx, panel.button, check, run, inputs, [*panel.outputs(), options.seed], api_name="generate",
          progress_on=panel.progress_on)
+    ctx.targets.append(Target(TAB, TITLE, VARIANTS, prompt, options, panel, tool_choice=variant,
+                              model=model))
