@@ -48,8 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                    "present locally, else tiny)")
     gen.add_argument("--quant", default="auto", help="auto, none, 8bit, 4bit or fp8 (NVIDIA, compute capability 8.9+)")
     gen.add_argument("--image", action="append", metavar="FILE",
-                     help="the input image; kontext: repeat to add reference images (the first is edited, "
-                          f"up to {defaults.KONTEXT_MAX_IMAGES} in all)")
+                     help="the input image; schnell, dev: image to image (see --strength); kontext: repeat to add "
+                          f"reference images (the first is edited, up to {defaults.KONTEXT_MAX_IMAGES} in all)")
     gen.add_argument("--mask", metavar="FILE", help="fill: the inpaint mask, the image's size (white repaints, black "
                                                     "keeps; on a transparent layer, the painted pixels repaint)")
     gen.add_argument("--reference", metavar="FILE", help="fill: a reference image that steers the fill (Redux)")
@@ -63,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--steps", help=f"denoising steps ({defaults.STEPS_MIN}..{defaults.STEPS_MAX}; default: the "
                                      "tool's)")
     gen.add_argument("--guidance", help="guidance scale (default: the tool's; schnell ignores it)")
+    gen.add_argument("--strength", default=None, help=f"with --image on a text-to-image tool: image to image, how much "
+                                                      f"of the image is repainted, 0.01..1 (default {defaults.STRENGTH})")
     gen.add_argument("--seed", help=f"0..{defaults.SEED_MAX} (default: a random one, written in the PNG)")
     gen.add_argument("--canny-low", default=defaults.CANNY_LOW, help=f"canny: the low edge threshold, 0..255 "
                                                                       f"(default {defaults.CANNY_LOW})")
@@ -268,7 +270,7 @@ def generate(args) -> int:
             tool=args.tool, prompt=prompt, model=model, quant=args.quant, image=args.image, mask=args.mask,
             reference=args.reference, control_image=args.control_image, expand=args.expand,
             width=_number(args.width, int), height=_number(args.height, int), steps=_number(args.steps, int),
-            guidance=_number(args.guidance, float), seed=seed,
+            guidance=_number(args.guidance, float), seed=seed, strength=_number(args.strength, float),
             canny_low=_number(args.canny_low, int), canny_high=_number(args.canny_high, int),
             transformer=transformer, loras=loras, control=args.control, control_lora=args.control_lora,
         )

@@ -417,8 +417,9 @@ class Engine:
         return replace(prepared, kwargs=kwargs)
 
     def _denoise(self, run: "Run", progress: Progress) -> torch.Tensor:
-        request, pipe, prepared = run.request, run.loaded.pipe, run.prepared
-        steps = request.steps
+        request, prepared = run.request, run.prepared
+        pipe = prepared.pipe or run.loaded.pipe  # image to image: a pipeline on the same components
+        steps = prepared.steps_run or request.steps
         pipe.set_progress_bar_config(disable=not self.show_progress, desc=request.tool)
         stamps = [time.perf_counter()]
         previewing = [0.0]  # seconds spent on previews (left out of the step times)
@@ -441,7 +442,7 @@ class Engine:
                 **prepared.kwargs,
                 height=prepared.height,
                 width=prepared.width,
-                num_inference_steps=steps,
+                num_inference_steps=request.steps,
                 guidance_scale=request.guidance,
                 generator=torch.Generator("cpu").manual_seed(request.seed),
                 max_sequence_length=self._text_tokens(request),
@@ -466,7 +467,7 @@ class Engine:
         it never fails or changes the run (only Cancelled, the caller's way to stop it, goes through)."""
         try:
             image = packed_preview(pipe, latents, run.prepared.width, run.prepared.height)
-            run.preview(image, step, run.request.steps)
+            run.preview(image, step, run.prepared.steps_run or run.request.steps)
         except Cancelled:
             raise
         except Exception as error:  # noqa: BLE001

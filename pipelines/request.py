@@ -34,6 +34,7 @@ class GenerationRequest:
     seed: int | None = None
     canny_low: int = defaults.CANNY_LOW
     canny_high: int = defaults.CANNY_HIGH
+    strength: float | None = None  # image to image: how much of the input image is repainted (0..1]
     transformer: str | None = None  # a single-file transformer (.safetensors or .gguf) that replaces the model's own
     loras: list = field(default_factory=list)  # (file, strength) pairs; checked into pipelines.loras.LoraFile
     control: str | None = None  # Depth and Canny: "model" (their own model) or "lora" (a control LoRA on Dev)
@@ -92,8 +93,22 @@ class GenerationRequest:
         self.seed = _int_in("seed", self.seed, 0, defaults.SEED_MAX, 0)
         self.canny_low = _int_in("canny_low", self.canny_low, 0, 255, defaults.CANNY_LOW)
         self.canny_high = _int_in("canny_high", self.canny_high, 0, 255, defaults.CANNY_HIGH)
+        self._check_strength(tool)
         if self.canny_low > self.canny_high:
             raise UserError(f"canny_low={self.canny_low} is above canny_high={self.canny_high}; swap them.")
+
+    def _check_strength(self, tool) -> None:
+        """Image to image: a strength in (0, 1] with an input image (default STRENGTH); none without one."""
+        from .tools import all_tools
+
+        if self.strength is not None and not (tool.takes_strength and self.image is not None):
+            takers = " and ".join(t.name for t in all_tools() if t.takes_strength)
+            raise UserError(f"strength={self.strength!r} is for image to image: give an input image (--image) to the "
+                            f"{takers} tool." if tool.takes_strength else
+                            f"strength is only used by image to image (the {takers} tools with an image), not "
+                            f"{tool.name}.")
+        if tool.takes_strength and self.image is not None:
+            self.strength = _float_in("strength", self.strength, 0.01, 1.0, defaults.STRENGTH)
 
     def _check_image_count(self, tool, takers) -> None:
         """`image` as a list: at most the tool's max_images; an empty list is no image, one item that image."""
