@@ -57,3 +57,29 @@ def test_a_result_is_sent_to_kontext_and_to_fill(page):
         open_tab(page, "Generate")
         page.locator(f"#generate-send-{name}").click()
         page.locator(f"#{name}-image img").wait_for(state="visible")
+
+
+def test_a_result_sent_to_image_to_image_is_refined_from_it(page, web_studio):  # noqa: F811
+    import json
+
+    page.locator("#generate-prompt textarea").fill("a small boat")
+    page.locator("#generate-run").click()
+    wait_for_run(page, "generate")
+    first = page.locator("#generate-result img").first.get_attribute("src")
+    page.locator("#generate-send-generate").click()
+    page.locator("#generate-image img").wait_for(state="visible")  # its accordion opened with the image in it
+    page.locator("#generate-strength input[type=number]").fill("0.5")
+    page.locator("#generate-strength input[type=number]").press("Enter")
+    page.locator("#generate-run").click()
+    page.wait_for_function(f"(() => {{ const i = document.querySelector('#generate-result img'); "
+                           f"return i && i.src !== {json.dumps(first)}; }})()", timeout=90_000)
+    wait_for_run(page, "generate")
+    source = page.locator("#generate-result img").first.get_attribute("src")
+    response = page.request.get(source)
+    import io
+
+    with Image.open(io.BytesIO(response.body())) as result:
+        meta = json.loads(result.text["fluxforge"])
+        text = result.text["parameters"]
+    assert meta["strength"] == 0.5 and "image" in meta["inputs"] and "Denoising strength: 0.5" in text
+    shot(page, "image-to-image")

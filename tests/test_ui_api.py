@@ -312,3 +312,10 @@ def test_png_info_reads_our_png_and_refuses_a_file_that_is_not_an_image(client, 
     with pytest.raises(Exception) as error:
         client.predict(handle_file(str(fake)), api_name="/png_info")
     assert "notes.png" in str(error.value) and str(tmp_path) not in str(error.value)
+
+
+def test_generate_image_to_image_over_the_api(client):
+    result = client.predict(tool="schnell", prompt="a boat", **SETTINGS, image=handle_file(asset("example-boat.png")),
+                            strength=0.5, api_name="/generate")
+    meta = check_result(result, "schnell")
+    assert meta["strength"] == 0.5 and meta["inputs"]["image"]["name"] == "example-boat.png"

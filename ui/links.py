@@ -25,6 +25,7 @@ class Target:
     editor: bool = False  # the input is an ImageEditor (its background gets the image)
     tool_choice: gr.Radio | None = None  # the control that picks among ``tools``
     model: gr.Dropdown | None = None  # with tool_choice: the Model dropdown, which follows the tool chosen
+    holder: gr.Accordion | None = None  # an accordion the input image sits in (opened when an image is sent)
 
 
 def target_for(targets: list[Target], tool: str) -> Target | None:
@@ -51,12 +52,14 @@ def wire_send_to(targets: list[Target], tabs: gr.Tabs) -> None:
                                    elem_id=f"{source.tab}-send-{receiver.tab}", elem_classes=["ff-send"])
 
                 def send(path, receiver=receiver):
+                    opened = [gr.Accordion(open=True)] if receiver.holder is not None else []
                     if not path:
                         gr.Warning("No result to send yet: make an image first.")
-                        return gr.skip(), gr.skip()
-                    return image_value(receiver, path), gr.Tabs(selected=receiver.tab)
+                        return gr.skip(), gr.skip(), *[gr.skip()] * len(opened)
+                    return image_value(receiver, path), gr.Tabs(selected=receiver.tab), *opened
 
-                button.click(send, source.panel.image, [receiver.image, tabs], queue=False,
+                holder = [receiver.holder] if receiver.holder is not None else []
+                button.click(send, source.panel.image, [receiver.image, tabs, *holder], queue=False,
                              api_visibility="private", show_progress="hidden")
 
 
