@@ -63,6 +63,12 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--steps", help=f"denoising steps ({defaults.STEPS_MIN}..{defaults.STEPS_MAX}; default: the "
                                      "tool's)")
     gen.add_argument("--guidance", help="guidance scale (default: the tool's; schnell ignores it)")
+    gen.add_argument("--hires-scale", default=None, metavar="X",
+                     help="hires fix (text to image): generate at the size, upscale X times (Lanczos), then refine "
+                          "by image to image at the larger size")
+    gen.add_argument("--hires-strength", default=None, help=f"hires fix: the refining pass's strength, 0.01..1 "
+                                                            f"(default {defaults.HIRES_STRENGTH})")
+    gen.add_argument("--hires-steps", default=None, help="hires fix: the refining pass's steps (default: --steps)")
     gen.add_argument("--strength", default=None, help=f"with --image on a text-to-image tool: image to image, how much "
                                                       f"of the image is repainted, 0.01..1 (default {defaults.STRENGTH})")
     gen.add_argument("--seed", help=f"0..{defaults.SEED_MAX} (default: a random one, written in the PNG)")
@@ -145,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
 # `python app.py bench NAME ...`: the module whose main() runs that benchmark (`bench` alone: bench.run)
 BENCHES = {"cache": "bench.cache_load", "control": "bench.control_lora", "lora": "bench.lora",
            "preview": "bench.preview", "estimate": "bench.estimate", "e2e": "bench.e2e",
-           "gpu-check": "bench.gpu_check"}
+           "gpu-check": "bench.gpu_check", "hires": "bench.hires"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -271,6 +277,8 @@ def generate(args) -> int:
             reference=args.reference, control_image=args.control_image, expand=args.expand,
             width=_number(args.width, int), height=_number(args.height, int), steps=_number(args.steps, int),
             guidance=_number(args.guidance, float), seed=seed, strength=_number(args.strength, float),
+            hires_scale=_number(args.hires_scale, float), hires_strength=_number(args.hires_strength, float),
+            hires_steps=_number(args.hires_steps, int),
             canny_low=_number(args.canny_low, int), canny_high=_number(args.canny_high, int),
             transformer=transformer, loras=loras, control=args.control, control_lora=args.control_lora,
         )

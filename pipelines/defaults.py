@@ -20,6 +20,7 @@ EXPAND_MAX = 1024
 CANNY_LOW = 100
 CANNY_HIGH = 200
 STRENGTH = 0.6  # image-to-image: how much of the input image is repainted (1: all of it), when not given
+HIRES_STRENGTH = 0.35  # hires fix: the second pass's strength, when not given
 CONTROL_FORMS = ("model", "lora")  # Depth and Canny: their own model, or a control LoRA on Dev
 KONTEXT_MAX_IMAGES = 4  # Kontext: the image to edit and up to three reference images
 BATCH_MAX = 8  # images per click in the studio (each with the next seed); the CLI's --count has no cap

@@ -58,7 +58,7 @@ class GenerationResult:
         meta["device"], meta["dtype"] = self.report["device"], self.report["dtype"]
         for name in ("placement", "options", "step_cache", "compiled", "offload"):
             meta[name] = self.report[name]
-        for name in ("conditioning", "scheduler", "model_hash"):  # conditioning: how several images became one
+        for name in ("conditioning", "scheduler", "model_hash", "hires"):  # conditioning: how several images became one
             if name in self.report:
                 meta[name] = self.report[name]
         return meta
@@ -122,7 +122,40 @@ class Engine:
         size every ``preview_every`` denoising steps (pipelines.preview); it never changes the result."""
         progress = progress or (lambda stage, done, total: None)
         with self.manager.lock:
+            if request.hires_scale:
+                return self._hires(request, progress, preview, preview_every if preview is not None else 0)
             return self._generate(request, progress, preview, preview_every if preview is not None else 0)
+
+    def _hires(self, request: GenerationRequest, progress: Progress, preview: PreviewCallback | None,
+               preview_every: int) -> GenerationResult:
+        """Hires fix (pipelines.hires): the request at its size, upscaled, then refined by image to image at the
+        larger size with the same prompt, seed, LoRAs and quantization."""
+        from . import hires
+
+        plain = {name: getattr(request, name) for name in ("tool", "prompt", "model", "quant", "guidance", "seed",
+                                                             "transformer", "loras")}
+        first = self._generate(GenerationRequest(**plain, width=request.width, height=request.height,
+                                                 steps=request.steps), progress, preview, preview_every)
+        size = hires.target_size(first.image.width, first.image.height, request.hires_scale)
+        larger, upscale_s = hires.upscale(first.image, size)
+        second = self._generate(GenerationRequest(**plain, width=size[0], height=size[1], image=larger,
+                                                  strength=request.hires_strength,
+                                                  steps=request.hires_steps or request.steps),
+                                progress, preview, preview_every)
+        report = second.report
+        report["hires"] = hires.record(first, second, request.hires_scale, upscale_s)
+        parameters = report["parameters"]
+        parameters.update(hires_scale=request.hires_scale, hires_strength=request.hires_strength,
+                          hires_steps=request.hires_steps, steps=request.steps, hires=report["hires"], inputs={})
+        report["timings"] = {name: round(first.report["timings"].get(name, 0) + value + (
+            upscale_s if name == "total_s" else 0), 4) for name, value in second.report["timings"].items()}
+        report["memory"] = max(first.report["memory"], second.report["memory"],
+                               key=lambda m: m.get("peak_bytes") or 0)
+        notices = first.notices + [n for n in second.notices if n not in first.notices]
+        notices.append(f"Hires fix: {first.image.width}x{first.image.height} upscaled ({hires.UPSCALER}) to "
+                       f"{size[0]}x{size[1]}, refined at strength {request.hires_strength:g} in "
+                       f"{report['image_to_image']['steps_run']} steps.")
+        return GenerationResult(second.image, report, notices)
 
     def control_map(self, tool_name: str, model: str, image: Image.Image, **fields) -> Image.Image:
         """The control map ``tool_name`` would compute from ``image`` (e.g. to preview it before a run)."""
