@@ -72,7 +72,8 @@ def markdown(result: dict) -> str:
     lines = [f"# Hires fix against a plain run at the target size ({result['machine']})", "",
              f"{result['date']}; load average before {result['load_before']}, after {result['load_after']}; torch "
              f"{torch.__version__}, {torch.get_num_threads()} threads; medians of alternated runs after warm-up.", "",
-             "| preset | target | steps | plain s | hires s | time ratio | plain peak MiB | hires peak MiB | memory ratio |",
+             "| preset | target | steps | plain s | hires s | time ratio | plain peak MiB | hires peak MiB "
+             "| memory ratio |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in result["presets"]:
         lines.append(f"| {r['preset']} | {r['target']}x{r['target']} (from {int(r['target'] / r['scale'])}) | "
