@@ -100,6 +100,9 @@ def _ours(chunks: dict, name: str) -> PngInfo | None:
     info.restore["loras"] = fields["loras"]
     if meta.get("inputs"):
         info.not_restored.append("input images (" + ", ".join(meta["inputs"]) + "): give them again")
+    if meta.get("hires"):
+        info.not_restored.append(f"hires fix (x{meta['hires']['scale']:g}): the size restored is the final one; "
+                                 "set the hires fix again to make it the same way")
     return info
 
 
