@@ -48,8 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                    "present locally, else tiny)")
     gen.add_argument("--quant", default="auto", help="auto, none, 8bit, 4bit or fp8 (NVIDIA, compute capability 8.9+)")
     gen.add_argument("--image", action="append", metavar="FILE",
-                     help="the input image; kontext: repeat to add reference images (the first is edited, "
-                          f"up to {defaults.KONTEXT_MAX_IMAGES} in all)")
+                     help="the input image; schnell, dev: image to image (see --strength); kontext: repeat to add "
+                          f"reference images (the first is edited, up to {defaults.KONTEXT_MAX_IMAGES} in all)")
     gen.add_argument("--mask", metavar="FILE", help="fill: the inpaint mask, the image's size (white repaints, black "
                                                     "keeps; on a transparent layer, the painted pixels repaint)")
     gen.add_argument("--reference", metavar="FILE", help="fill: a reference image that steers the fill (Redux)")
@@ -63,6 +63,14 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--steps", help=f"denoising steps ({defaults.STEPS_MIN}..{defaults.STEPS_MAX}; default: the "
                                      "tool's)")
     gen.add_argument("--guidance", help="guidance scale (default: the tool's; schnell ignores it)")
+    gen.add_argument("--hires-scale", default=None, metavar="X",
+                     help="hires fix (text to image): generate at the size, upscale X times (Lanczos), then refine "
+                          "by image to image at the larger size")
+    gen.add_argument("--hires-strength", default=None, help=f"hires fix: the refining pass's strength, 0.01..1 "
+                                                            f"(default {defaults.HIRES_STRENGTH})")
+    gen.add_argument("--hires-steps", default=None, help="hires fix: the refining pass's steps (default: --steps)")
+    gen.add_argument("--strength", default=None, help=f"with --image on a text-to-image tool: image to image, how much "
+                                                      f"of the image is repainted, 0.01..1 (default {defaults.STRENGTH})")
     gen.add_argument("--seed", help=f"0..{defaults.SEED_MAX} (default: a random one, written in the PNG)")
     gen.add_argument("--canny-low", default=defaults.CANNY_LOW, help=f"canny: the low edge threshold, 0..255 "
                                                                       f"(default {defaults.CANNY_LOW})")
@@ -130,6 +138,11 @@ def build_parser() -> argparse.ArgumentParser:
     est.add_argument("--device", default=None, help="cpu, cuda, cuda:1 or mps (default: best available)")
     est.add_argument("--json", action="store_true", help="print the plan as JSON")
 
+    info = sub.add_parser("info", help="the generation parameters in a PNG (ours, A1111's, Forge's, ComfyUI's or "
+                                       "InvokeAI's), and what a tool here takes back from them")
+    info.add_argument("file", metavar="FILE.png", help="the image to read")
+    info.add_argument("--json", action="store_true", help="print them as JSON")
+
     doc = sub.add_parser("doctor", help="device, library versions and usable backends")
     doc.add_argument("--json", action="store_true", help="print the report as JSON")
     doc.add_argument("--probe", action="store_true", help="probe every backend now (in child processes)")
@@ -141,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
 # `python app.py bench NAME ...`: the module whose main() runs that benchmark (`bench` alone: bench.run)
 BENCHES = {"cache": "bench.cache_load", "control": "bench.control_lora", "lora": "bench.lora",
            "preview": "bench.preview", "estimate": "bench.estimate", "e2e": "bench.e2e",
-           "gpu-check": "bench.gpu_check", "mps-check": "bench.mps_check"}
+           "gpu-check": "bench.gpu_check", "mps-check": "bench.mps_check", "hires": "bench.hires"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -171,6 +184,8 @@ def main(argv: list[str] | None = None) -> int:
             return generate(args)
         if args.command == "doctor":
             return doctor(args)
+        if args.command == "info":
+            return png_info(args)
         if args.command == "cache":
             return cache(args)
         if args.command == "models":
@@ -265,7 +280,9 @@ def generate(args) -> int:
             tool=args.tool, prompt=prompt, model=model, quant=args.quant, image=args.image, mask=args.mask,
             reference=args.reference, control_image=args.control_image, expand=args.expand,
             width=_number(args.width, int), height=_number(args.height, int), steps=_number(args.steps, int),
-            guidance=_number(args.guidance, float), seed=seed,
+            guidance=_number(args.guidance, float), seed=seed, strength=_number(args.strength, float),
+            hires_scale=_number(args.hires_scale, float), hires_strength=_number(args.hires_strength, float),
+            hires_steps=_number(args.hires_steps, int),
             canny_low=_number(args.canny_low, int), canny_high=_number(args.canny_high, int),
             transformer=transformer, loras=loras, control=args.control, control_lora=args.control_lora,
         )
@@ -393,6 +410,14 @@ def _whole(value: str, flag: str, low: int) -> int:
     if number < low:
         raise UserError(f"{flag}={number} must be {low} or more.")
     return number
+
+
+def png_info(args) -> int:
+    from pipelines.pnginfo import read_png_info
+
+    info = read_png_info(args.file)
+    print(json.dumps(info.to_dict(), indent=2, ensure_ascii=False) if args.json else "\n".join(info.lines()))
+    return 0
 
 
 def doctor(args) -> int:

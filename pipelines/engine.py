@@ -18,8 +18,8 @@ from PIL import Image
 from . import defaults
 from .errors import Cancelled, UserError
 from .images import save_png
-from .loras import (apply_control_lora, apply_loras, check_lora, control_lora_file, nonfinite, release_control_lora,
-                    text_encoder_adapters)
+from .loras import (apply_control_lora, apply_loras, check_lora, control_lora_file, file_hashes, nonfinite,
+                    release_control_lora, text_encoder_adapters)
 from .manager import ModelManager, Progress
 from .memory import offload as offloading
 from .memory.device import PeakMemory
@@ -58,8 +58,9 @@ class GenerationResult:
         meta["device"], meta["dtype"] = self.report["device"], self.report["dtype"]
         for name in ("placement", "options", "step_cache", "compiled", "offload"):
             meta[name] = self.report[name]
-        if "conditioning" in self.report:  # how several input images became one conditioning image
-            meta["conditioning"] = self.report["conditioning"]
+        for name in ("conditioning", "scheduler", "model_hash", "hires"):  # conditioning: how several images became one
+            if name in self.report:
+                meta[name] = self.report[name]
         return meta
 
     def save(self, path: str | Path) -> Path:
@@ -121,7 +122,40 @@ class Engine:
         size every ``preview_every`` denoising steps (pipelines.preview); it never changes the result."""
         progress = progress or (lambda stage, done, total: None)
         with self.manager.lock:
+            if request.hires_scale:
+                return self._hires(request, progress, preview, preview_every if preview is not None else 0)
             return self._generate(request, progress, preview, preview_every if preview is not None else 0)
+
+    def _hires(self, request: GenerationRequest, progress: Progress, preview: PreviewCallback | None,
+               preview_every: int) -> GenerationResult:
+        """Hires fix (pipelines.hires): the request at its size, upscaled, then refined by image to image at the
+        larger size with the same prompt, seed, LoRAs and quantization."""
+        from . import hires
+
+        plain = {name: getattr(request, name) for name in ("tool", "prompt", "model", "quant", "guidance", "seed",
+                                                             "transformer", "loras")}
+        first = self._generate(GenerationRequest(**plain, width=request.width, height=request.height,
+                                                 steps=request.steps), progress, preview, preview_every)
+        size = hires.target_size(first.image.width, first.image.height, request.hires_scale)
+        larger, upscale_s = hires.upscale(first.image, size)
+        second = self._generate(GenerationRequest(**plain, width=size[0], height=size[1], image=larger,
+                                                  strength=request.hires_strength,
+                                                  steps=request.hires_steps or request.steps),
+                                progress, preview, preview_every)
+        report = second.report
+        report["hires"] = hires.record(first, second, request.hires_scale, upscale_s)
+        parameters = report["parameters"]
+        parameters.update(hires_scale=request.hires_scale, hires_strength=request.hires_strength,
+                          hires_steps=request.hires_steps, steps=request.steps, hires=report["hires"], inputs={})
+        report["timings"] = {name: round(first.report["timings"].get(name, 0) + value + (
+            upscale_s if name == "total_s" else 0), 4) for name, value in second.report["timings"].items()}
+        report["memory"] = max(first.report["memory"], second.report["memory"],
+                               key=lambda m: m.get("peak_bytes") or 0)
+        notices = first.notices + [n for n in second.notices if n not in first.notices]
+        notices.append(f"Hires fix: {first.image.width}x{first.image.height} upscaled ({hires.UPSCALER}) to "
+                       f"{size[0]}x{size[1]}, refined at strength {request.hires_strength:g} in "
+                       f"{report['image_to_image']['steps_run']} steps.")
+        return GenerationResult(second.image, report, notices)
 
     def control_map(self, tool_name: str, model: str, image: Image.Image, **fields) -> Image.Image:
         """The control map ``tool_name`` would compute from ``image`` (e.g. to preview it before a run)."""
@@ -176,7 +210,9 @@ class Engine:
                               notices, run.details(), peak.peak_reserved_bytes)
         if control_lora is not None:
             report["parameters"]["control_lora"] = control_lora.to_dict()
+        report["scheduler"] = type(loaded.pipe.scheduler).__name__
         if transformer_file is not None:
+            report["model_hash"] = file_hashes(transformer_file.path)[0][:10]  # A1111's short hash of the file
             report["transformer_file"] = single_file.loaded_as(transformer_file, manager.dtype,
                                                                report["quantization"]["components"]["transformer"])
             notices.append(report["transformer_file"]["summary"])
@@ -420,8 +456,9 @@ class Engine:
         return replace(prepared, kwargs=kwargs)
 
     def _denoise(self, run: "Run", progress: Progress) -> torch.Tensor:
-        request, pipe, prepared = run.request, run.loaded.pipe, run.prepared
-        steps = request.steps
+        request, prepared = run.request, run.prepared
+        pipe = prepared.pipe or run.loaded.pipe  # image to image: a pipeline on the same components
+        steps = prepared.steps_run or request.steps
         pipe.set_progress_bar_config(disable=not self.show_progress, desc=request.tool)
         stamps = [time.perf_counter()]
         previewing = [0.0]  # seconds spent on previews (left out of the step times)
@@ -444,7 +481,7 @@ class Engine:
                 **prepared.kwargs,
                 height=prepared.height,
                 width=prepared.width,
-                num_inference_steps=steps,
+                num_inference_steps=request.steps,
                 guidance_scale=request.guidance,
                 generator=torch.Generator("cpu").manual_seed(request.seed),
                 max_sequence_length=self._text_tokens(request),
@@ -469,7 +506,7 @@ class Engine:
         it never fails or changes the run (only Cancelled, the caller's way to stop it, goes through)."""
         try:
             image = packed_preview(pipe, latents, run.prepared.width, run.prepared.height)
-            run.preview(image, step, run.request.steps)
+            run.preview(image, step, run.prepared.steps_run or run.request.steps)
         except Cancelled:
             raise
         except Exception as error:  # noqa: BLE001

@@ -261,21 +261,11 @@ def grow_canvas(image: Image.Image, expand: tuple[int, int, int, int]) -> tuple[
 
 
 def png_metadata(parameters: dict) -> PngImagePlugin.PngInfo:
-    """Text chunks: a readable 'parameters' line (as other FLUX tools write) and the full JSON."""
+    """Text chunks: the `parameters` text in A1111/Forge form (pipelines.infotext) and the full JSON."""
+    from .infotext import write
+
     info = PngImagePlugin.PngInfo()
-    loras = parameters.get("loras") or []
-    prompt = " ".join([parameters.get("prompt", "")] + [f"<lora:{l['name']}:{l['strength']:g}>" for l in loras])
-    hashes = ", ".join(f"{l['name']}: {l['sha256'][:12]}" for l in loras)
-    readable = (f"{prompt}\nSteps: {parameters.get('steps')}, Guidance: "
-                f"{parameters.get('guidance')}, Seed: {parameters.get('seed')}, Size: {parameters.get('width')}x"
-                f"{parameters.get('height')}, Model: {parameters.get('model')}, Tool: {parameters.get('tool')}, "
-                f"Quantization: {parameters.get('quantization_summary', '')}"
-                + (f', Lora hashes: "{hashes}"' if hashes else ""))
-    inputs = parameters.get("inputs") or {}
-    if inputs:
-        readable += ", Inputs: " + "; ".join(f"{role} {item['name']} sha256:{item['sha256'][:16]}"
-                                              for role, item in inputs.items())
-    info.add_text("parameters", readable)
+    info.add_text("parameters", write(parameters))
     info.add_text("fluxforge", json.dumps(parameters, sort_keys=True))
     return info
 

@@ -34,6 +34,10 @@ class GenerationRequest:
     seed: int | None = None
     canny_low: int = defaults.CANNY_LOW
     canny_high: int = defaults.CANNY_HIGH
+    strength: float | None = None  # image to image: how much of the input image is repainted (0..1]
+    hires_scale: float | None = None  # hires fix: the second pass's size over the first's (pipelines.hires)
+    hires_strength: float | None = None  # hires fix: the second pass's strength (default HIRES_STRENGTH)
+    hires_steps: int | None = None  # hires fix: the second pass's steps (default: steps)
     transformer: str | None = None  # a single-file transformer (.safetensors or .gguf) that replaces the model's own
     loras: list = field(default_factory=list)  # (file, strength) pairs; checked into pipelines.loras.LoraFile
     control: str | None = None  # Depth and Canny: "model" (their own model) or "lora" (a control LoRA on Dev)
@@ -92,8 +96,43 @@ class GenerationRequest:
         self.seed = _int_in("seed", self.seed, 0, defaults.SEED_MAX, 0)
         self.canny_low = _int_in("canny_low", self.canny_low, 0, 255, defaults.CANNY_LOW)
         self.canny_high = _int_in("canny_high", self.canny_high, 0, 255, defaults.CANNY_HIGH)
+        self._check_strength(tool)
         if self.canny_low > self.canny_high:
             raise UserError(f"canny_low={self.canny_low} is above canny_high={self.canny_high}; swap them.")
+
+    def _check_strength(self, tool) -> None:
+        """Image to image: a strength in (0, 1] with an input image (default STRENGTH); none without one."""
+        from .tools import all_tools
+
+        if self.strength is not None and not (tool.takes_strength and self.image is not None):
+            takers = " and ".join(t.name for t in all_tools() if t.takes_strength)
+            raise UserError(f"strength={self.strength!r} is for image to image: give an input image (--image) to the "
+                            f"{takers} tool." if tool.takes_strength else
+                            f"strength is only used by image to image (the {takers} tools with an image), not "
+                            f"{tool.name}.")
+        if tool.takes_strength and self.image is not None:
+            self.strength = _float_in("strength", self.strength, 0.01, 1.0, defaults.STRENGTH)
+        self._check_hires(tool)
+
+    def _check_hires(self, tool) -> None:
+        """Hires fix: a text-to-image run (no input image) with a scale over 1; its strength and steps checked."""
+        from .hires import SCALE_MAX, SCALE_MIN, target_size
+        from .tools import all_tools
+
+        if self.hires_scale is None:
+            if self.hires_strength is not None or self.hires_steps is not None:
+                raise UserError("hires_strength and hires_steps are for the hires fix: give hires_scale too.")
+            return
+        if not tool.takes_strength or self.image is not None:
+            takers = " and ".join(t.name for t in all_tools() if t.takes_strength)
+            raise UserError(f"hires_scale is for text to image (the {takers} tools without an input image), not "
+                            + (f"{tool.name}." if not tool.takes_strength else "image to image."))
+        self.hires_scale = _float_in("hires_scale", self.hires_scale, SCALE_MIN + 0.01, SCALE_MAX, 2.0)
+        self.hires_strength = _float_in("hires_strength", self.hires_strength, 0.01, 1.0, defaults.HIRES_STRENGTH)
+        if self.hires_steps is not None:
+            self.hires_steps = _int_in("hires_steps", self.hires_steps, defaults.STEPS_MIN, defaults.STEPS_MAX, 1)
+        d = tool.defaults(self.model)
+        target_size(self.width or d.width, self.height or d.height, self.hires_scale)
 
     def _check_image_count(self, tool, takers) -> None:
         """`image` as a list: at most the tool's max_images; an empty list is no image, one item that image."""

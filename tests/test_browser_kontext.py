@@ -60,7 +60,7 @@ def test_an_input_image_and_a_reference_are_joined_and_both_named(page, ball):
         "image": ("example-house.png", sha256(asset("example-house.png"))),
         "image_2": ("red-ball.png", sha256(ball))}
     assert meta["conditioning"]["method"] == "concatenated"
-    assert f"image_2 red-ball.png sha256:{sha256(ball)[:16]}" in text
+    assert f"image_2 red-ball.png sha256 {sha256(ball)[:16]}" in text
 
 
 def test_a_reference_that_is_not_an_image_gets_one_readable_line(page, tmp_path):

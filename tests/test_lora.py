@@ -11,7 +11,7 @@ import cli
 from pipelines.engine import Engine
 from pipelines.errors import UserError
 from pipelines.images import read_metadata
-from pipelines.loras import check_loras, parse_lora_arg
+from pipelines.loras import check_lora, check_loras, parse_lora_arg
 from pipelines.manager import ModelManager
 from pipelines.request import GenerationRequest
 from pipelines.loras.tiny import FORMATS, tiny_lora
@@ -304,9 +304,10 @@ def test_cli_lora_writes_the_metadata(tiny_root, lora_files, tmp_path, capsys):
                      "--out", str(out), "--report", str(report)])
     assert code == 0, capsys.readouterr().err
     sha = __import__("hashlib").sha256(lora_files["kohya"].read_bytes()).hexdigest()
-    expected = [{"name": lora_files["kohya"].stem, "sha256": sha, "strength": 0.75},
+    autov3 = {fmt: check_lora(lora_files[fmt]).autov3 for fmt in ("kohya", "xlabs")}
+    expected = [{"name": lora_files["kohya"].stem, "sha256": sha, "autov3": autov3["kohya"], "strength": 0.75},
                 {"name": lora_files["xlabs"].stem, "sha256": __import__("hashlib").sha256(
-                    lora_files["xlabs"].read_bytes()).hexdigest(), "strength": 1.0}]
+                    lora_files["xlabs"].read_bytes()).hexdigest(), "autov3": autov3["xlabs"], "strength": 1.0}]
     assert read_metadata(out)["loras"] == expected
     assert json.loads(report.read_text())["parameters"]["loras"] == expected
     from PIL import Image
@@ -314,7 +315,7 @@ def test_cli_lora_writes_the_metadata(tiny_root, lora_files, tmp_path, capsys):
     with Image.open(out) as image:
         text = image.text["parameters"]
     assert text.startswith(f"a cube <lora:{lora_files['kohya'].stem}:0.75> <lora:{lora_files['xlabs'].stem}:1>")
-    assert f'Lora hashes: "{lora_files["kohya"].stem}: {sha[:12]}' in text
+    assert f'Lora hashes: "{lora_files["kohya"].stem}: {autov3["kohya"][:12]}' in text  # A1111's AutoV3
 
 
 def test_cli_bad_lora_is_one_line_exit_2(tiny_root, tmp_path, capsys):

@@ -93,7 +93,7 @@ def test_api_flag_opens_the_endpoints(tmp_path):
 
     demo = create_demo(model="tiny", api=True, output_dir=tmp_path)
     public = {fn.api_name for fn in demo.fns.values() if fn.api_visibility == "public"}
-    assert public == GENERATION_APIS
+    assert public == GENERATION_APIS | {"png_info"}  # the tools, and reading a PNG's parameters
     assert demo.api_open is True
 
 
@@ -404,7 +404,7 @@ def run_job(demo, api_name: str, args: list) -> list:
 
 def generate_args(count=2, previews=True, seed=41, steps=4):
     return ["schnell", "a lighthouse", steps, 0.0, "none", 128, 128, seed, False, [], None, 1.0, count, previews, None,
-            []]
+            None, 0.6, []]  # ..., model, image, strength, history
 
 
 def test_every_tool_tab_has_the_batch_count_and_live_previews(demo):

@@ -48,7 +48,7 @@ def check_result(result, tool: str, seed: int = 11, size=(128, 128)) -> dict:
 
 def test_only_the_tools_are_public(client):
     endpoints = set(client.view_api(print_info=False, return_format="dict")["named_endpoints"])
-    assert endpoints == {"/generate", "/fill", "/kontext", "/depth", "/canny", "/redux"}
+    assert endpoints == {"/generate", "/fill", "/kontext", "/depth", "/canny", "/redux", "/png_info"}
 
 
 @pytest.mark.parametrize("variant", ["schnell", "dev"])
@@ -154,7 +154,7 @@ def sse_events(url: str, name: str, data: list) -> list[tuple[str, object]]:
 
 
 def test_call_route_streams_previews_then_ends_with_the_final_result(api_studio):  # noqa: F811
-    data = ["dev", "a lighthouse", 6, 3.5, "auto", 128, 128, 21, False, [], None, 1.0, 1, True, None, []]
+    data = ["dev", "a lighthouse", 6, 3.5, "auto", 128, 128, 21, False, [], None, 1.0, 1, True, None, None, 0.6, []]
     events = sse_events(api_studio.url, "generate", data)
     kinds = [kind for kind, _ in events]
     assert kinds[-1] == "complete" and "generating" in kinds, kinds
@@ -165,7 +165,7 @@ def test_call_route_streams_previews_then_ends_with_the_final_result(api_studio)
     previews = [name for name in shown if not (api_studio.output_dir / name).exists()]
     assert len(previews) >= 1 and shown.index(previews[0]) < shown.index(Path(saved).name)
     assert final[7] == 21  # every output in the last event (the history state, [6], is not sent), as without previews
-    off = sse_events(api_studio.url, "generate", data[:-3] + [False, None, []])
+    off = sse_events(api_studio.url, "generate", data[:-5] + [False, None, None, 0.6, []])
     assert [kind for kind, _ in off][-1] == "complete" and metadata(off[-1][1][0]["path"])["seed"] == 21
 
 
@@ -242,16 +242,18 @@ def test_a_full_queue_says_so(tmp_path):
 
 def test_booleans_are_read_strictly(api_studio):  # noqa: F811
     """"false" is false (no previews, the seed as given), "true" true; anything else is refused with its reason."""
-    data = ["dev", "a lighthouse", 6, 3.5, "auto", 128, 128, 23, "false", [], None, 1.0, 1, "false", None, []]
+    data = ["dev", "a lighthouse", 6, 3.5, "auto", 128, 128, 23, "false", [], None, 1.0, 1, "false", None, None, 0.6,
+            []]
     events = sse_events(api_studio.url, "generate", data)
     kinds = [kind for kind, _ in events if kind != "heartbeat"]
     assert kinds == ["generating", "complete"], kinds  # the result, then the end: no previews streamed
     first, last = [data for kind, data in events if kind != "heartbeat"]
     assert first[0]["path"] == last[0]["path"]
     assert metadata(events[-1][1][0]["path"])["seed"] == 23  # randomize="false": the seed given
-    on = sse_events(api_studio.url, "generate", data[:-3] + ["TRUE", None, []])
+    on = sse_events(api_studio.url, "generate", data[:-5] + ["TRUE", None, None, 0.6, []])
     assert "generating" in [kind for kind, _ in on]
-    response = httpx.post(f"{api_studio.url}gradio_api/call/generate", json={"data": data[:-3] + ["yes", None, []]},
+    response = httpx.post(f"{api_studio.url}gradio_api/call/generate",
+                          json={"data": data[:-5] + ["yes", None, None, 0.6, []]},
                           timeout=60)
     assert response.status_code == 422
     refused = [item for item in response.json()["detail"] if not item["is_valid"]]
@@ -268,7 +270,7 @@ def test_a_refusal_reaches_gradio_client_with_its_reason_on_every_route(api_stud
     with pytest.raises(ValidationError) as refused:
         client.predict(image=handle_file(str(fake)), prompt="make it night", **IMAGE_SETTINGS, api_name="/kontext")
     assert "- image: image: this file is not an image we can read: notes.png" in str(refused.value)
-    data = ["dev", "a lighthouse", 0, 3.5, "auto", 128, 128, 1, False, [], None, 1.0, 1, False, None, []]
+    data = ["dev", "a lighthouse", 0, 3.5, "auto", 128, 128, 1, False, [], None, 1.0, 1, False, None, None, 0.6, []]
     response = httpx.post(f"{api_studio.url}gradio_api/call/generate", json={"data": data}, timeout=60)
     assert response.status_code == 422 and "Bad Request" not in response.text
     refused = [(item["parameter_name"], item["message"]) for item in response.json()["detail"] if not item["is_valid"]]
@@ -298,3 +300,24 @@ def test_an_official_model_downloads_on_first_use_and_a_gated_one_says_how_to_ge
     message = str(refused.value)
     assert "is gated: accept its licence on https://huggingface.co/black-forest-labs/FLUX.1-dev" in message
     assert "hf auth login" in message and "Traceback" not in message
+
+
+def test_png_info_reads_our_png_and_refuses_a_file_that_is_not_an_image(client, tmp_path):
+    made = client.predict(tool="dev", prompt="a red fox, snow", **dict(SETTINGS, seed=23), api_name="/generate")
+    info = client.predict(handle_file(made[0]), api_name="/png_info")
+    assert info["source"] == "FluxForge Studio" and info["not_restored"] == []
+    assert {k: info["restore"][k] for k in ("tool", "prompt", "seed", "steps", "guidance", "width", "height")} == {
+        "tool": "dev", "prompt": "a red fox, snow", "seed": 23, "steps": 2, "guidance": 3.5, "width": 128,
+        "height": 128}
+    fake = tmp_path / "notes.png"
+    fake.write_text("not an image")
+    with pytest.raises(Exception) as error:
+        client.predict(handle_file(str(fake)), api_name="/png_info")
+    assert "notes.png" in str(error.value) and str(tmp_path) not in str(error.value)
+
+
+def test_generate_image_to_image_over_the_api(client):
+    result = client.predict(tool="schnell", prompt="a boat", **SETTINGS, image=handle_file(asset("example-boat.png")),
+                            strength=0.5, api_name="/generate")
+    meta = check_result(result, "schnell")
+    assert meta["strength"] == 0.5 and meta["inputs"]["image"]["name"] == "example-boat.png"

@@ -45,7 +45,8 @@ def create_demo(manager=None, model: str | list[str] | None = None, device: str 
     from . import text
     from .outputs import OutputFolder
     from .runner import Runner
-    from .tabs import TOOL_TABS, system
+    from .links import wire_send_to
+    from .tabs import TOOL_TABS, pnginfo, system
     from .widgets import TabContext
 
     # Gradio decodes uploads itself: PIL raises past twice MAX_IMAGE_PIXELS, so images over the engine's
@@ -75,13 +76,16 @@ def create_demo(manager=None, model: str | list[str] | None = None, device: str 
         banner = text.demo_banner(assignment)
         if banner:
             gr.HTML(banner, elem_id="ff-demo-banner")
-        with gr.Tabs(elem_id="ff-tabs"):
+        with gr.Tabs(elem_id="ff-tabs") as tabs:
             for tab in TOOL_TABS:
                 name = tab.__name__.rpartition(".")[2]
                 with gr.Tab(tab.TITLE, id=name, elem_id=f"tab-{name}"):
                     tab.build(ctx)
+            with gr.Tab(pnginfo.TITLE, id="pnginfo", elem_id="tab-pnginfo"):
+                pnginfo.build(ctx, tabs)
             with gr.Tab("System", id="system", elem_id="tab-system") as system_tab:
                 system.build(ctx, system_tab)
+        wire_send_to(ctx.targets, tabs)
     demo.queue(max_size=settings.queue_size, api_open=api, default_concurrency_limit=1)
     serialize_joins(demo._queue)
     demo.studio_settings = settings

@@ -27,6 +27,7 @@ class TabContext:
     quants: tuple = defaults.QUANTS  # the quant choices offered on this device
     estimates: list = field(default_factory=list)  # (inputs, output, refresh) of each tab's estimate (System: offload)
     zero_gpu: bool = False  # on a ZeroGPU Space: runs happen in forked GPU workers (ui.gpu)
+    targets: list = field(default_factory=list)  # ui.links.Target of each tool tab: Send to, PNG info's restore
 
     @property
     def visibility(self) -> str:
@@ -299,6 +300,7 @@ class ResultPanel:
     notices: gr.HTML
     gallery: gr.Gallery
     history: gr.State
+    send_row: gr.Row | None = None  # "Send to" buttons (ui.links.wire_send_to)
 
     def outputs(self) -> list:
         """In the order ui.runner.panel_values returns them."""
@@ -352,6 +354,7 @@ def result_panel(tool: str, action: str) -> ResultPanel:
         notices = gr.HTML("", elem_id=f"{tool}-notices", elem_classes=["ff-progress"])
         download = gr.DownloadButton("Download PNG (with metadata)", visible=False, size="sm",
                                      elem_id=f"{tool}-download")
+        send_row = gr.Row(elem_id=f"{tool}-send", elem_classes=["ff-send-row"])
         gallery = gr.Gallery(label="Session history (newest first)", columns=8, height=130, allow_preview=False,
                              object_fit="cover", elem_id=f"{tool}-history", interactive=False, format="png")
         history = gr.State([])
@@ -368,7 +371,7 @@ def result_panel(tool: str, action: str) -> ResultPanel:
 
     gallery.select(show, history, [image, download, status], queue=False, api_visibility="private",
                    show_progress="hidden")
-    panel = ResultPanel(button, stop, image, download, status, warning, notices, gallery, history)
+    panel = ResultPanel(button, stop, image, download, status, warning, notices, gallery, history, send_row)
     button.result_panel = panel  # wire() makes the Stop button cancel the job this button starts
     return panel
 

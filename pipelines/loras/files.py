@@ -15,17 +15,20 @@ from ..errors import UserError
 STRENGTH_MIN, STRENGTH_MAX = -4.0, 4.0
 SUFFIX = ".safetensors"
 FORMATS_TEXT = "diffusers/PEFT, kohya, XLabs or BFL format"
-_HASHES: dict[tuple, str] = {}
+_HASHES: dict[tuple, tuple[str, str]] = {}
 
 
 @dataclass(frozen=True)
 class LoraFile:
-    """One LoRA of a request: its file, strength, and what identifies it (file name and sha256)."""
+    """One LoRA of a request: its file, strength, and what identifies it: its file name, the sha256 of the whole
+    file, and its AutoV3 hash (the sha256 of the tensor data after the safetensors header, as A1111 and Civitai
+    hash LoRAs; they show its first 12 hex digits)."""
 
     path: str
     strength: float
     name: str
     sha256: str
+    autov3: str = ""
 
     @property
     def tag(self) -> str:
@@ -33,7 +36,7 @@ class LoraFile:
         return f"<lora:{self.name}:{self.strength:g}>"
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "sha256": self.sha256, "strength": self.strength}
+        return {"name": self.name, "sha256": self.sha256, "autov3": self.autov3, "strength": self.strength}
 
 
 def parse_lora_arg(text: str) -> tuple[str, float | str]:
@@ -91,7 +94,7 @@ def check_lora(path, strength=1.0, shown: str | None = None) -> LoraFile:
         raise UserError(f"lora={shown!r}: no such file.")
     number = check_strength(strength, Path(shown).stem)
     _check_header(file, shown)
-    return LoraFile(str(file), number, file.stem, file_sha256(file))
+    return LoraFile(str(file), number, file.stem, *file_hashes(file))
 
 
 def check_strength(value, name: str) -> float:
@@ -163,15 +166,27 @@ def without_paths(text: str) -> str:
     return re.sub(r"(?:[A-Za-z]:)?(?:[\\/][^\\/\s'\",:;()\[\]]+)+[\\/]([^\\/\s'\",:;()\[\]]+)", r"\1", text)
 
 
-def file_sha256(file: Path) -> str:
+def file_hashes(file: Path) -> tuple[str, str]:
+    """(sha256 of the whole file, AutoV3: sha256 of what follows the safetensors header), in one read; remembered
+    per file, size and modification time."""
     stat = file.stat()
     key = (str(file.resolve()), stat.st_size, stat.st_mtime_ns)
     if key not in _HASHES:
-        digest = hashlib.sha256()
+        whole, data = hashlib.sha256(), hashlib.sha256()
         with file.open("rb") as handle:
+            head = handle.read(8)
+            whole.update(head)
+            skip = struct.unpack("<Q", head)[0] if len(head) == 8 else 0
+            while skip > 0:  # the JSON header: in the whole file's hash only
+                block = handle.read(min(skip, 2**20))
+                if not block:
+                    break
+                whole.update(block)
+                skip -= len(block)
             for block in iter(lambda: handle.read(2**20), b""):
-                digest.update(block)
-        _HASHES[key] = digest.hexdigest()
+                whole.update(block)
+                data.update(block)
+        _HASHES[key] = (whole.hexdigest(), data.hexdigest())
     return _HASHES[key]
 
 

@@ -52,6 +52,8 @@ class Prepared:
     height: int
     control_image: Image.Image | None = None  # the control map used, to show beside the result
     details: dict = field(default_factory=dict)  # what the report adds about how the inputs were used
+    pipe: Any = None  # a pipeline sharing the loaded one's components that runs instead (image-to-image)
+    steps_run: int | None = None  # denoising steps it runs, when not all of the request's (image-to-image)
 
 
 @dataclass
@@ -85,6 +87,7 @@ class Tool:
     needs_image: bool = False
     max_images: int = 1  # how many images `image` may hold (a list when more than one)
     aux_models: tuple = ()  # hub ids of auxiliary models it loads beside its model (Redux prior, depth estimator)
+    takes_strength: bool = False  # an input image is repainted at a strength (image-to-image)
 
     def __post_init__(self):
         if not re.fullmatch(r"[a-z][a-z0-9_]*", self.name):

@@ -11,6 +11,7 @@ from ..images import as_image, asset
 from ..models import model_picker
 from ..runner import batch_count, pick_seed, user_error
 from ..settings import DEVICE_QUEUE
+from ..links import Target
 from ..widgets import TabContext, image_input, lora_values, result_panel, settings, size_values, wire
 
 FROM_PHOTO, UPLOADED = "photo", "upload"
@@ -131,4 +132,5 @@ def build(ctx: TabContext, tool: str) -> None:
     wire(ctx, panel.button, check, run, inputs, [*panel.outputs(), options.seed, control], api_name=tool, tool=tool,
          progress_on=panel.progress_on,
          aliases={"control_image": "map_image", "canny_low": "lo", "canny_high": "hi"})
+    ctx.targets.append(Target(tool, tool.capitalize(), (tool,), prompt, options, panel, image=photo))
 

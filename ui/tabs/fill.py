@@ -10,10 +10,12 @@ from pipelines.errors import UserError
 from ..images import asset, editor_image, readable, editor_mask, expand_values
 from ..models import model_picker
 from ..runner import batch_count, pick_seed, user_error
+from ..links import Target
 from ..widgets import TabContext, image_input, lora_values, result_panel, settings, size_values, wire
 
 TITLE = "Fill"
 INPAINT, OUTPAINT = "inpaint", "outpaint"
+TAB = __name__.rpartition(".")[2]  # its id in the studio's tabs
 
 
 def build(ctx: TabContext) -> None:
@@ -91,3 +93,4 @@ def build(ctx: TabContext) -> None:
     wire(ctx, panel.button, check, run, inputs, [*panel.outputs(), options.seed], api_name="fill", tool="fill",
          progress_on=panel.progress_on,
          aliases={"image": "editor", "mask": "editor", "expand": "right"})
+    ctx.targets.append(Target(TAB, TITLE, ("fill",), prompt, options, panel, image=editor, editor=True))

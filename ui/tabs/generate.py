@@ -1,16 +1,19 @@
-"""Generate: text to image with FLUX.1 [schnell] or [dev]."""
+"""Generate: text to image with FLUX.1 [schnell] or [dev], or image to image with an input image."""
 
 from __future__ import annotations
 
 import gradio as gr
 
+from pipelines import defaults
 from pipelines.tools import get_tool
 
 from ..models import follow_tool, model_picker
 from ..runner import batch_count, pick_seed, user_error
-from ..widgets import TabContext, lora_values, result_panel, settings, wire
+from ..links import Target
+from ..widgets import TabContext, image_input, lora_values, result_panel, settings, wire
 
 TITLE = "Generate"
+TAB = __name__.rpartition(".")[2]  # its id in the studio's tabs
 VARIANTS = ("schnell", "dev")
 EXAMPLES = [
     "a lighthouse on a cliff at dusk, warm light in the windows, long exposure sea",
@@ -28,6 +31,11 @@ def build(ctx: TabContext) -> None:
             model = model_picker(ctx, "schnell")
             prompt = gr.Textbox(label="Prompt", lines=3, max_lines=8, elem_id="generate-prompt",
                                 placeholder="Describe the image…")
+            with gr.Accordion("Image to image (optional)", open=False, elem_id="generate-i2i") as i2i:
+                image = image_input("image", label="Input image", height=200, elem_id="generate-image")
+                strength = gr.Slider(0.01, 1.0, value=defaults.STRENGTH, step=0.01, label="Strength",
+                                     info="how much of the input image is repainted (1: all of it)",
+                                     elem_id="generate-strength")
             options = settings(ctx, "schnell", tool_choice=variant, model=model)
             gr.Examples([[p] for p in EXAMPLES], [prompt], label="Example prompts")
         with gr.Column(scale=6, min_width=420):
@@ -37,33 +45,35 @@ def build(ctx: TabContext) -> None:
         d = ctx.defaults(tool)
         return d.steps, d.guidance, d.width, d.height, follow_tool(ctx.runner, tool)
 
-    variant.change(switch, variant, [options.steps, options.guidance, options.width, options.height, model],
+    variant.input(switch, variant, [options.steps, options.guidance, options.width, options.height, model],
                    queue=False, api_visibility="private", show_progress="hidden")
 
     def fields(tool, prompt, steps, guidance, quant, width, height, seed, randomize, loras_picked, loras_uploaded,
-               lora_strength, model=None):
+               lora_strength, model=None, image=None, strength=None):
         if tool not in VARIANTS:
             raise user_error(f"Choose FLUX.1 schnell or dev (got {tool!r}).", "tool")
         if not (prompt or "").strip():
             raise user_error("Write a prompt first: describe the image you want.", "prompt")
         return dict(prompt=prompt, quant=quant, width=width, height=height, steps=steps, guidance=guidance,
                     seed=pick_seed(seed, randomize), loras=lora_values(loras_picked, loras_uploaded, lora_strength),
-                    model=model)
+                    model=model, image=image or None, strength=strength if image else None)
 
     def check(tool, prompt, steps, guidance, quant, width, height, seed, randomize,
-              loras_picked, loras_uploaded, lora_strength, count, previews, model, history):
+              loras_picked, loras_uploaded, lora_strength, count, previews, model, image, strength, history):
         batch_count(count)
         ctx.runner.request(tool, **fields(tool, prompt, steps, guidance, quant, width, height, seed, randomize,
-                                          loras_picked, loras_uploaded, lora_strength, model))
+                                          loras_picked, loras_uploaded, lora_strength, model, image, strength))
 
     def run(tool, prompt, steps, guidance, quant, width, height, seed, randomize,
             loras_picked=None, loras_uploaded=None, lora_strength=1.0, count=1, previews=True, model=None,
-            history=None, progress=gr.Progress()):
+            image=None, strength=defaults.STRENGTH, history=None, progress=gr.Progress()):
         base = fields(tool, prompt, steps, guidance, quant, width, height, seed, randomize,
-                      loras_picked, loras_uploaded, lora_strength, model)
+                      loras_picked, loras_uploaded, lora_strength, model, image, strength)
         jobs = ctx.runner.batch(tool, base, count, progress, previews)
         yield from panel.stream(jobs, history, lambda outcomes: (outcomes[0].request.seed,), extra=1)
 
-    inputs = [variant, prompt, *options.inputs(), model, panel.history]
+    inputs = [variant, prompt, *options.inputs(), model, image, strength, panel.history]
     wire(ctx, panel.button, check, run, inputs, [*panel.outputs(), options.seed], api_name="generate",
          progress_on=panel.progress_on)
+    ctx.targets.append(Target(TAB, "image-to-image", VARIANTS, prompt, options, panel, image=image,
+                              tool_choice=variant, model=model, holder=i2i))

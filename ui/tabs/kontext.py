@@ -11,10 +11,12 @@ from pipelines import defaults
 from ..images import asset
 from ..models import model_picker
 from ..runner import Invalid, batch_count, pick_seed, user_error
+from ..links import Target
 from ..widgets import (TabContext, image_files_input, image_input, lora_values, result_panel, settings, size_values,
                        wire)
 
 TITLE = "Kontext"
+TAB = __name__.rpartition(".")[2]  # its id in the studio's tabs
 
 
 def build(ctx: TabContext) -> None:
@@ -72,3 +74,4 @@ def build(ctx: TabContext) -> None:
     inputs = [image, prompt, *options.inputs(), references, model, panel.history]
     wire(ctx, panel.button, check, run, inputs, [*panel.outputs(), options.seed], api_name="kontext", tool="kontext",
          progress_on=panel.progress_on)
+    ctx.targets.append(Target(TAB, TITLE, ("kontext",), prompt, options, panel, image=image))

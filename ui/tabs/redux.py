@@ -7,9 +7,11 @@ import gradio as gr
 from ..images import asset
 from ..models import model_picker
 from ..runner import batch_count, pick_seed, user_error
+from ..links import Target
 from ..widgets import TabContext, image_input, lora_values, result_panel, settings, size_values, wire
 
 TITLE = "Redux"
+TAB = __name__.rpartition(".")[2]  # its id in the studio's tabs
 
 
 def build(ctx: TabContext) -> None:
@@ -49,3 +51,4 @@ def build(ctx: TabContext) -> None:
     inputs = [image, prompt, *options.inputs(), model, panel.history]
     wire(ctx, panel.button, check, run, inputs, [*panel.outputs(), options.seed], api_name="redux", tool="redux",
          progress_on=panel.progress_on)
+    ctx.targets.append(Target(TAB, TITLE, ("redux",), prompt, options, panel, image=image))
