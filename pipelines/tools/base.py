@@ -85,6 +85,7 @@ class Tool:
     needs_image: bool = False
     max_images: int = 1  # how many images `image` may hold (a list when more than one)
     aux_models: tuple = ()  # hub ids of auxiliary models it loads beside its model (Redux prior, depth estimator)
+    variants: tuple = ()  # hub ids of the other official models it runs (klein 9B beside 4B)
     view_class: str | None = None  # the diffusers pipeline it runs over its model's components (None: the model's)
 
     def __post_init__(self):

@@ -58,6 +58,6 @@ class Klein(Tool):
 
 
 TOOL = Klein(name="klein", title="FLUX.2 [klein]", pipeline_class="Flux2KleinPipeline",
-             model_id="black-forest-labs/FLUX.2-klein-4B", steps=4, guidance=1.0, tiny_steps=4, order=7,
+             model_id="black-forest-labs/FLUX.2-klein-4B", variants=("black-forest-labs/FLUX.2-klein-9B",), steps=4, guidance=1.0, tiny_steps=4, order=7,
              inputs=frozenset({"image"}), max_images=defaults.KLEIN_MAX_IMAGES,
              tiny=TinyVariant("klein", seed=30, in_channels=128, guidance=False))

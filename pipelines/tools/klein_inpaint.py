@@ -41,6 +41,7 @@ class KleinInpaint(Klein):
 
 TOOL = KleinInpaint(name="klein_inpaint", title="FLUX.2 [klein] Inpaint", pipeline_class="Flux2KleinPipeline",
                     view_class="Flux2KleinInpaintPipeline", model_id="black-forest-labs/FLUX.2-klein-base-4B",
+                    variants=("black-forest-labs/FLUX.2-klein-base-9B",),
                     steps=50, guidance=4.0, tiny_steps=4, order=8, distilled=False,
                     inputs=frozenset({"image", "mask", "reference"}), needs_image=True,
                     tiny=TinyVariant("klein-base", seed=31, in_channels=128, guidance=False))
