@@ -1,4 +1,4 @@
-"""Generate: text to image with FLUX.1 [schnell] or [dev]."""
+"""Generate: text to image with FLUX.1 [schnell] or [dev], or FLUX.2 [klein]."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from ..runner import batch_count, pick_seed, user_error
 from ..widgets import TabContext, lora_values, result_panel, settings, wire
 
 TITLE = "Generate"
-VARIANTS = ("schnell", "dev")
+VARIANTS = ("schnell", "dev", "klein")
 EXAMPLES = [
     "a lighthouse on a cliff at dusk, warm light in the windows, long exposure sea",
     "studio photo of a ceramic teapot shaped like a snail, soft shadows",
@@ -24,7 +24,8 @@ def build(ctx: TabContext) -> None:
         with gr.Column(scale=5, min_width=380):
             variant = gr.Radio([(get_tool(v).title, v) for v in VARIANTS], value="schnell", label="Variant",
                                elem_id="generate-variant",
-                               info="schnell: 4 steps, no guidance. dev: more steps, follows the prompt closer.")
+                               info="schnell: 4 steps, no guidance. dev: more steps, follows the prompt closer. "
+                                    "klein: FLUX.2, 4 steps, a Qwen3 text encoder (4B by default; 9B in Model).")
             model = model_picker(ctx, "schnell")
             prompt = gr.Textbox(label="Prompt", lines=3, max_lines=8, elem_id="generate-prompt",
                                 placeholder="Describe the image…")
@@ -43,7 +44,7 @@ def build(ctx: TabContext) -> None:
     def fields(tool, prompt, steps, guidance, quant, width, height, seed, randomize, loras_picked, loras_uploaded,
                lora_strength, model=None):
         if tool not in VARIANTS:
-            raise user_error(f"Choose FLUX.1 schnell or dev (got {tool!r}).", "tool")
+            raise user_error(f"Choose a variant: schnell, dev or klein (got {tool!r}).", "tool")
         if not (prompt or "").strip():
             raise user_error("Write a prompt first: describe the image you want.", "prompt")
         return dict(prompt=prompt, quant=quant, width=width, height=height, steps=steps, guidance=guidance,
