@@ -98,7 +98,7 @@ def test_fill_with_a_drawn_mask(page):
 
 
 def test_kontext_needs_an_image(page):
-    open_tab(page, "Kontext")
+    open_tab(page, "Edit")
     page.locator("#kontext-prompt textarea").fill("make it night")
     page.locator("#kontext-run").click()
     page.get_by_text("upload an input image first").first.wait_for()
@@ -210,7 +210,7 @@ def test_a_long_session_keeps_every_result_and_no_dead_history(browser, keep_stu
 def test_a_file_that_is_not_an_image_gets_one_readable_line(page, tmp_path):
     fake = tmp_path / "notes.png"
     fake.write_text("hello, not an image")
-    open_tab(page, "Kontext")
+    open_tab(page, "Edit")
     upload(page, "#kontext-image", str(fake))
     page.locator("#kontext-prompt textarea").fill("make it night")
     page.locator("#kontext-run").click()

@@ -19,6 +19,7 @@ from ..widgets import (TabContext, image_files_input, image_input, lora_values, 
 TITLE = "Edit"
 EDITORS = ("kontext", "klein")  # the tab's model choice
 MAX_IMAGES = {"kontext": defaults.KONTEXT_MAX_IMAGES, "klein": defaults.KLEIN_MAX_IMAGES}
+SHORT = {"kontext": "Kontext", "klein": "klein"}  # as refusals name them
 
 
 def build(ctx: TabContext) -> None:
@@ -59,8 +60,8 @@ def build(ctx: TabContext) -> None:
         references = [str(getattr(item, "path", None) or item) for item in references or []]
         most = MAX_IMAGES[tool] - 1
         if len(references) > most:
-            raise user_error(f"references: {len(references)} files; {get_tool(tool).title} takes up to {most} "
-                             "reference images beside the input image: remove some.", "references")
+            raise user_error(f"references: {len(references)} files; {SHORT[tool]} takes up to {most} reference "
+                             "images: remove some.", "references")
         width, height = size_values(match, width, height)
         return dict(prompt=prompt, quant=quant, image=[image, *references] if references else image, width=width,
                     height=height, steps=steps, guidance=guidance, seed=pick_seed(seed, randomize),
