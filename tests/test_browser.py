@@ -76,6 +76,7 @@ def draw_stroke(page) -> None:
     editor = page.locator("#fill-editor")
     editor.get_by_text("Upload an image").wait_for(state="hidden")
     page.wait_for_timeout(800)  # the image is placed on the canvas
+    editor.locator("canvas").first.scroll_into_view_if_needed()
     box = editor.locator("canvas").first.bounding_box()
     x, y = box["x"] + box["width"] * 0.42, box["y"] + box["height"] * 0.5
     page.mouse.move(x, y)
