@@ -132,7 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
     est = sub.add_parser("plan", help="estimated peak memory and speed of each quantization and offload choice, "
                                        "before loading anything")
     est.add_argument("--tool", required=True, help=", ".join(tool_names()))
-    est.add_argument("--model", default=None, help="tiny | HUB_ID | PATH (default: the tool's official model)")
+    est.add_argument("--model", default=None, help="tiny | HUB_ID | PATH (default: the tool's official models, "
+                                                   "e.g. klein's 4B and 9B)")
     est.add_argument("--size", default=None, metavar="WIDTHxHEIGHT",
                      help="output size (default: the tool's); snapped as generate snaps --width and --height")
     est.add_argument("--device", default=None, help="cpu, cuda, cuda:1 or mps (default: best available)")
@@ -455,9 +456,14 @@ def plan(args) -> int:
     except UserError as error:
         raise UserError(f"--{error}") from None
     notices: list[str] = []
-    result = _plan(tool, args.model or tool.model_id, args.size, args.device, notices)
-    print(json.dumps(result.to_dict(), indent=2) if args.json else format_plan(result))
-    for notice in notices:
+    # Without --model: the tool's official model, and its other official models (klein's 9B beside its 4B).
+    results = [_plan(tool, model, args.size, args.device, notices)
+               for model in ([args.model] if args.model else [tool.model_id, *tool.variants])]
+    if args.json:
+        print(json.dumps(results[0].to_dict() if len(results) == 1 else [r.to_dict() for r in results], indent=2))
+    else:
+        print("\n\n".join(format_plan(result) for result in results))
+    for notice in dict.fromkeys(notices):
         print(f"notice: {notice}", file=sys.stderr)
     return 0
 

@@ -23,6 +23,7 @@ STRENGTH = 0.6  # image-to-image: how much of the input image is repainted (1: a
 HIRES_STRENGTH = 0.35  # hires fix: the second pass's strength, when not given
 CONTROL_FORMS = ("model", "lora")  # Depth and Canny: their own model, or a control LoRA on Dev
 KONTEXT_MAX_IMAGES = 4  # Kontext: the image to edit and up to three reference images
+KLEIN_MAX_IMAGES = 4  # FLUX.2 [klein]: up to four reference images, each taken natively
 BATCH_MAX = 8  # images per click in the studio (each with the next seed); the CLI's --count has no cap
 PREVIEW_EVERY = 2  # the studio's live previews: the latents as a picture every this many denoising steps
 PREVIEW_MAX_SIDE = 512  # the studio sends previews at most this large (each is a file the browser fetches)
@@ -31,5 +32,4 @@ PREVIEW_MAX_SIDE = 512  # the studio sends previews at most this large (each is 
 TINY_MODEL = "tiny"
 TINY_SIZE = 128
 TINY_MAX_SEQUENCE_LENGTH = 32
-
-QUANTIZED_COMPONENTS = ("transformer", "text_encoder_2")  # the big ones; CLIP and the VAE stay in full precision
+# Which components are quantized is the model family's to say (pipelines.families).

@@ -26,7 +26,8 @@ from .memory.device import PeakMemory
 from .memory.placement import Placement
 from .models import single_file
 from .models.sources import resolve_model
-from .preview import PreviewCallback, is_preview_step, packed_preview
+from .families import family_of
+from .preview import PreviewCallback, is_preview_step
 from .report import build_report, fallback_notices, summary
 from .request import GenerationRequest
 from .speed import compile_refusal, compile_transformer, compiled_graphs, is_compiled, step_cache, uncompile
@@ -192,6 +193,8 @@ class Engine:
             loaded.load_s = loaded.quantize_s = 0.0  # counted once, by the run that loaded it
             if on_dev:
                 loaded = manager.control_view(loaded)
+            elif tool.view_class:
+                loaded = manager.view(loaded, tool.view_class)
             if loaded.auto:
                 notices.append(f"Auto chose {loaded.quant}: {loaded.auto.reason}.")
             run = Run(tool, request, loaded, RunContext(manager, source, loaded.pipe, progress), notices,
@@ -442,7 +445,8 @@ class Engine:
         if "prompt" not in prepared.kwargs:
             return prepared
         kwargs = dict(prepared.kwargs)
-        encoders = tuple(loaded.components[name].key for name in ("text_encoder", "text_encoder_2"))
+        family = family_of(type(loaded.pipe).__name__)
+        encoders = tuple(loaded.components[name].key for name in family.text_encoders)
         adapters = text_encoder_adapters(loaded.pipe, [] if run.without.get("loras") else run.request.loras)
         if adapters:  # embeddings made with a text-encoder LoRA serve only runs with the same LoRAs and strengths
             encoders += (("loras",) + adapters,)
@@ -452,7 +456,7 @@ class Engine:
         if found is None:
             manager.enter(loaded, run.placement, "encode")
             found = manager.prompts.encode(loaded.pipe, key, manager.device)
-        kwargs.update(prompt_embeds=found[0], pooled_prompt_embeds=found[1])
+        kwargs.update(found)
         return replace(prepared, kwargs=kwargs)
 
     def _denoise(self, run: "Run", progress: Progress) -> torch.Tensor:
@@ -505,7 +509,7 @@ class Engine:
         """Hand the caller a preview of ``latents``. A preview that fails is logged and previews stop for this run:
         it never fails or changes the run (only Cancelled, the caller's way to stop it, goes through)."""
         try:
-            image = packed_preview(pipe, latents, run.prepared.width, run.prepared.height)
+            image = family_of(type(pipe).__name__).preview(pipe, latents, run.prepared.width, run.prepared.height)
             run.preview(image, step, run.prepared.steps_run or run.request.steps)
         except Cancelled:
             raise
@@ -518,8 +522,7 @@ class Engine:
     def _decode(self, pipe, latents, prepared: Prepared, notices, run_fallbacks) -> np.ndarray:
         """Decode with the VAE; NaN or flat pixels from a bf16 decode are retried once in float32."""
         vae_dtype = pipe.vae.dtype
-        latents = pipe._unpack_latents(latents, prepared.height, prepared.width, pipe.vae_scale_factor)
-        latents = latents / pipe.vae.config.scaling_factor + pipe.vae.config.shift_factor
+        latents = family_of(type(pipe).__name__).decodable(pipe, latents, prepared.width, prepared.height)
         images = self._vae_decode(pipe, latents, vae_dtype)
         try:
             check_output(images)

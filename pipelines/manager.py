@@ -19,8 +19,8 @@ from quantization.policy import HEADROOM, RATIO, AutoChoice, candidates, choose_
 from quantization.records import Fallback
 from quantization.registry import loaded_offload_refusal, offload_refusal
 
-from .defaults import QUANTIZED_COMPONENTS
 from .errors import UserError
+from .families import family_in
 from .memory import offload as offloading
 from .memory.device import empty_cache, free_memory, pick_device, pick_dtype
 from .memory.options import RunOptions
@@ -215,11 +215,16 @@ class ModelManager:
         """A FluxControlPipeline over ``loaded``'s own components (the Dev transformer, text encoders, VAE): nothing
         is loaded again, and the manager holds only the Dev pipeline. A control LoRA makes it a Depth or Canny
         model for one run (pipelines.loras.apply_control_lora)."""
-        from diffusers import FluxControlPipeline
+        return self.view(loaded, "FluxControlPipeline")
 
+    def view(self, loaded: LoadedPipeline, class_name: str) -> LoadedPipeline:
+        """The diffusers pipeline ``class_name`` over ``loaded``'s own components and settings (e.g. klein's inpaint
+        pipeline over a klein model): nothing is loaded again, and the manager holds only ``loaded``."""
+        cls = import_class("diffusers", class_name)
         with self.lock:
-            names = FluxControlPipeline._get_signature_keys(FluxControlPipeline)[0]
-            pipe = FluxControlPipeline(**{name: getattr(loaded.pipe, name) for name in names})
+            names, optional = cls._get_signature_keys(cls)
+            settings = {k: loaded.pipe.config[k] for k in optional if k in loaded.pipe.config}
+            pipe = cls(**{name: getattr(loaded.pipe, name) for name in names}, **settings)
             return LoadedPipeline(loaded.key, pipe, loaded.components, loaded.quant, loaded.auto, 0.0, 0.0,
                                   loaded.last_used, loaded.compiled, None, loaded, loaded.compile_failed)
 
@@ -259,7 +264,7 @@ class ModelManager:
 
     def _component(self, root: Path, name: str, library: str, cls_name: str, quant: str, progress,
                    file: Path | None = None) -> Component:
-        quantized = name in QUANTIZED_COMPONENTS
+        quantized = name in family_in(root).quantized
         key = (weights_identity(root / name, file), cls_name, quant if quantized else "none")
         found = self._components.get(key)
         if found is not None:

@@ -144,7 +144,7 @@ class GenerationRequest:
         if count > 1 and tool.max_images == 1:
             several = [t.name for t in takers if t.max_images > 1]
             raise UserError(f"image: {count} images given, but the {tool.name} tool takes one; give one image "
-                            f"(--image once)" + (f"; several are for the {' and '.join(several)} tool" if several
+                            f"(--image once)" + (f"; several are for the {' and '.join(several)} tool{'s' if len(several) > 1 else ''}" if several
                                                  else "") + ".")
         if count > tool.max_images:
             raise UserError(f"image: {count} images given; the {tool.name} tool takes at most {tool.max_images} (the "

@@ -13,7 +13,7 @@ from tests.ui_fixtures import ARTIFACTS, web_studio  # noqa: F401
 CHROMIUM = Path("/usr/bin/chromium")
 SHOTS = ARTIFACTS / "browser"
 RUN_TIMEOUT_MS = 90_000
-TABS = {"Generate": "schnell", "Fill": "fill", "Kontext": "kontext", "Depth": "depth", "Canny": "canny",
+TABS = {"Generate": "schnell", "Fill": "fill", "Edit": "kontext", "Depth": "depth", "Canny": "canny",
         "Redux": "redux"}
 
 REQUIRED = os.environ.get("FLUXFORGE_REQUIRE_BROWSER") == "1"  # CI: a missing browser fails, not skips

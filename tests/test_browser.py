@@ -76,6 +76,7 @@ def draw_stroke(page) -> None:
     editor = page.locator("#fill-editor")
     editor.get_by_text("Upload an image").wait_for(state="hidden")
     page.wait_for_timeout(800)  # the image is placed on the canvas
+    editor.locator("canvas").first.scroll_into_view_if_needed()
     box = editor.locator("canvas").first.bounding_box()
     x, y = box["x"] + box["width"] * 0.42, box["y"] + box["height"] * 0.5
     page.mouse.move(x, y)
@@ -98,7 +99,7 @@ def test_fill_with_a_drawn_mask(page):
 
 
 def test_kontext_needs_an_image(page):
-    open_tab(page, "Kontext")
+    open_tab(page, "Edit")
     page.locator("#kontext-prompt textarea").fill("make it night")
     page.locator("#kontext-run").click()
     page.get_by_text("upload an input image first").first.wait_for()
@@ -210,7 +211,7 @@ def test_a_long_session_keeps_every_result_and_no_dead_history(browser, keep_stu
 def test_a_file_that_is_not_an_image_gets_one_readable_line(page, tmp_path):
     fake = tmp_path / "notes.png"
     fake.write_text("hello, not an image")
-    open_tab(page, "Kontext")
+    open_tab(page, "Edit")
     upload(page, "#kontext-image", str(fake))
     page.locator("#kontext-prompt textarea").fill("make it night")
     page.locator("#kontext-run").click()

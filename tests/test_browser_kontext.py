@@ -39,7 +39,7 @@ def sha256(path) -> str:
 
 
 def test_an_input_image_and_a_reference_are_joined_and_both_named(page, ball):
-    open_tab(page, "Kontext")
+    open_tab(page, "Edit")
     upload(page, "#kontext-image", asset("example-house.png"))
     page.wait_for_selector("#kontext-image img")
     upload(page, "#kontext-references", str(ball))
@@ -66,7 +66,7 @@ def test_an_input_image_and_a_reference_are_joined_and_both_named(page, ball):
 def test_a_reference_that_is_not_an_image_gets_one_readable_line(page, tmp_path):
     fake = tmp_path / "notes.png"
     fake.write_text("hello, not an image")
-    open_tab(page, "Kontext")
+    open_tab(page, "Edit")
     upload(page, "#kontext-image", asset("example-house.png"))
     page.wait_for_selector("#kontext-image img")
     upload(page, "#kontext-references", str(fake))

@@ -118,7 +118,7 @@ BAD = {
                                     r"^image: image 128x96, image_2 4096x8 are too wide to join side by side"),
     "two images for canny": (lambda f: [str(f["room"]), str(f["ball"])], "canny",
                              r"^image: 2 images given, but the canny tool takes one; give one image \(--image once\); "
-                             r"several are for the kontext tool\.$"),
+                             r"several are for the kontext and klein tools\.$"),
     "two images for redux": (lambda f: [str(f["room"]), str(f["ball"])], "redux", r"^image: 2 images given, but the "
                              "redux tool takes one"),
 }
@@ -193,7 +193,7 @@ def test_cli_refuses_two_images_for_a_one_image_tool(refs, tmp_path, tiny_root, 
     err = capsys.readouterr().err
     assert code == 2 and not out.exists()
     assert err.strip() == ("error: image: 2 images given, but the depth tool takes one; give one image (--image "
-                           "once); several are for the kontext tool.")
+                           "once); several are for the kontext and klein tools.")
 
 
 def test_cli_refuses_an_unreadable_reference(refs, tmp_path, tiny_root, capsys):

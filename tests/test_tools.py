@@ -35,9 +35,9 @@ def square():
 
 def test_every_tool_declares_what_the_studio_needs():
     names = tool_names()
-    assert names == ("schnell", "dev", "fill", "kontext", "depth", "canny", "redux")
+    assert names == ("schnell", "dev", "fill", "kontext", "depth", "canny", "redux", "klein", "klein_inpaint")
     for tool in all_tools():
-        assert tool.title and tool.pipeline_class.startswith("Flux") and tool.model_id.count("/") == 1
+        assert tool.title and tool.pipeline_class.startswith(("Flux", "Flux2")) and tool.model_id.count("/") == 1
         assert get_tool(tool.name) is tool
         assert tool.defaults("tiny").steps == tool.tiny_steps and tool.defaults(None).steps == tool.steps
     with pytest.raises(UserError, match="tool='sdxl' is unknown; choose one of schnell, dev"):
@@ -73,7 +73,7 @@ def test_an_extra_tool_runs_end_to_end_on_the_tiny_family(square, studio, tiny_r
                      "--out", str(out)]) == 0
     assert read_metadata(out)["tool"] == "square"
 
-    with pytest.raises(UserError, match="--mask is only used by the fill tool, not square"):
+    with pytest.raises(UserError, match="--mask is only used by the fill and klein_inpaint tools, not square"):
         GenerationRequest(tool="square", prompt="x", model="tiny", mask=image_files["mask"])
     with pytest.raises(UserError, match="--control-image is only used by the depth and canny tools, not square"):
         GenerationRequest(tool="square", prompt="x", model="tiny", control_image=image_files["photo"])

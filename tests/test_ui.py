@@ -35,7 +35,7 @@ def test_build_loads_no_model(demo):
 
 def test_every_tab_is_there(demo):
     labels = [block.label for block in demo.blocks.values() if isinstance(block, gr.Tab)]
-    assert labels == ["Generate", "Fill", "Kontext", "Depth", "Canny", "Redux", "PNG info", "System"]
+    assert labels == ["Generate", "Fill", "Edit", "Depth", "Canny", "Redux", "PNG info", "System"]
 
 
 def _blocks(demo, cls, suffix):

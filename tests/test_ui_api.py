@@ -13,6 +13,7 @@ from gradio_client.exceptions import ValidationError
 from PIL import Image
 
 from pipelines.errors import UserError
+from quantization.policy import candidates
 from tests.ui_fixtures import api_studio, asset, brush_mask, start_studio, web_studio  # noqa: F401
 
 pytestmark = pytest.mark.slow
@@ -321,3 +322,42 @@ def test_generate_image_to_image_over_the_api(client):
                             strength=0.5, api_name="/generate")
     meta = check_result(result, "schnell")
     assert meta["strength"] == 0.5 and meta["inputs"]["image"]["name"] == "example-boat.png"
+
+
+@pytest.mark.parametrize("quant", ["none", "8bit", "4bit"])
+def test_klein_in_generate_edit_and_fill(client, tmp_path, quant):
+    """FLUX.2 [klein] through the API: Generate's variant, the Edit tab's model choice (the input image and a
+    reference, each recorded with its sha256) and Fill's klein inpaint; the report names each component's backend."""
+    settings = dict(SETTINGS, quant=quant)
+    meta = check_result(client.predict(tool="klein", prompt="a lighthouse", **settings, api_name="/generate"),
+                        "klein")
+    assert set(meta["quantization"]["components"]) == {"transformer", "text_encoder", "vae"}
+    assert meta["quantization"]["components"]["text_encoder"]["backend"] == (
+        "none" if quant == "none" else candidates(quant, "cpu")[0].backend)
+
+    result = client.predict(image=handle_file(asset("example-house.png")), prompt="make it night",
+                            **dict(IMAGE_SETTINGS, quant=quant), references=[handle_file(asset("example-boat.png"))],
+                            editor="klein", api_name="/kontext")
+    meta = check_result(result, "klein")
+    assert list(meta["inputs"]) == ["image", "image_2"] and all(len(v["sha256"]) == 64
+                                                                  for v in meta["inputs"].values())
+    assert meta["conditioning"]["method"] == "references"
+
+    room = Image.open(asset("example-room.png"))
+    layer = tmp_path / "layer.png"
+    brush_mask(room.size, (60, 100, 120, 160)).save(layer)
+    editor = {"background": handle_file(asset("example-room.png")), "layers": [handle_file(str(layer))],
+              "composite": handle_file(asset("example-room.png"))}
+    result = client.predict(mode="inpaint", editor=editor, left=0, top=0, right=0, bottom=0, prompt="a plant",
+                            reference=None, **dict(IMAGE_SETTINGS, quant=quant), filler="klein_inpaint",
+                            api_name="/fill")
+    meta = check_result(result, "klein_inpaint")
+    assert meta["quantization"]["components"]["transformer"]["backend"] == (
+        "none" if quant == "none" else candidates(quant, "cpu")[0].backend)
+
+
+def test_klein_inpaint_refuses_outpainting(client):
+    editor = {"background": handle_file(asset("example-room.png")), "layers": [], "composite": None}
+    with pytest.raises(Exception, match="inpaints only"):
+        client.predict(mode="outpaint", editor=editor, left=0, top=0, right=64, bottom=0, prompt="more room",
+                       reference=None, **IMAGE_SETTINGS, filler="klein_inpaint", api_name="/fill")

@@ -15,10 +15,9 @@ from dataclasses import dataclass
 from quantization.policy import RATIO, AutoChoice, choose_auto
 from quantization.units import size_text
 
-from ..defaults import QUANTIZED_COMPONENTS as QUANTIZED
 from .sizes import ModelSizes
-from .offload import BLOCK_COMPONENTS, OFFLOADS
 from .attention import HEAD_DIM, MPS_SCORE_LIMIT, attention_scores
+from .offload import OFFLOADS
 from .placement import (HEADROOM, ONE_POOL, PHASES, TILE_PIXELS, decode_bytes_per_pixel, phase_bytes, plan,
                         working_memory)
 
@@ -83,7 +82,8 @@ class Estimate:
 
 def component_bytes(sizes: ModelSizes, fmt: Format, dtype_bytes: int) -> dict[str, int]:
     """Bytes of each component at ``fmt`` (the quantized ones) or the run's dtype (the rest)."""
-    return {c.name: round(c.params * dtype_bytes * (fmt.weight_ratio if c.name in QUANTIZED else 1.0))
+    quantized = sizes.quantized
+    return {c.name: round(c.params * dtype_bytes * (fmt.weight_ratio if c.name in quantized else 1.0))
             for c in sizes.components}
 
 
@@ -109,12 +109,12 @@ def run_peak(sizes: ModelSizes, weights: dict[str, int], pixels: int, text_token
         resident, tiled, how = always, False, "model CPU offload"
     elif offload == "block":  # the big ones block by block (one computing, the next copied in); the rest resident
         held = dict(weights)
-        for name in BLOCK_COMPONENTS:
+        for name in sizes.quantized:  # the family's big components
             size = sizes.get(name)
             if name in held and size is not None and size.block:
                 ratio = weights[name] / max(1, size.params)
                 held[name] = round((size.params - size.in_blocks + 2 * size.block) * ratio)
-        resident = frozenset(weights) - frozenset(BLOCK_COMPONENTS)
+        resident = frozenset(weights) - frozenset(sizes.quantized)
         peak = max(phase_bytes(held, resident, phase, work, decode_bytes(sizes, pixels, False)) for phase in PHASES)
         return peak, "block CPU offload"
     else:  # sequential: one layer at a time; the largest tensor of a phase stands for its layer
@@ -166,8 +166,8 @@ def auto_choice(sizes: ModelSizes, memory: DeviceMemory, dtype_bytes: int = 2,
     """What Auto picks for this model on this device (quantization.policy.choose_auto; ``step_ratios``: the step
     times measured on this class of device, which can make it pick fp8)."""
     params = sizes.params()
-    quantizable = sum(n for name, n in params.items() if name in QUANTIZED) * dtype_bytes
-    other = sum(n for name, n in params.items() if name not in QUANTIZED) * dtype_bytes
+    quantizable = sum(n for name, n in params.items() if name in sizes.quantized) * dtype_bytes
+    other = sum(n for name, n in params.items() if name not in sizes.quantized) * dtype_bytes
     return choose_auto(quantizable, other, memory.free_bytes, step_ratios, memory.type)
 
 

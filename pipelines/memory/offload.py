@@ -1,8 +1,9 @@
 """CPU offload of a pipeline's weights: what is installed on it, installing one kind, removing it.
 
 - model: one component at a time on the device (accelerate's hooks, through diffusers' enable_model_cpu_offload);
-- block: the transformer's and T5's blocks one at a time, the next one copied in while the current one computes on a
-  CUDA stream (diffusers' group offloading); CLIP and the VAE come to the device for their own phase (placement);
+- block: the blocks of the family's big components (the transformer and T5 or Qwen3) one at a time, the next one
+  copied in while the current one computes on a CUDA stream (diffusers' group offloading); CLIP and the VAE come to
+  the device for their own phase (placement);
 - sequential: one layer at a time (accelerate's per-layer hooks, as diffusers' enable_sequential_cpu_offload puts
   them, with the run's device as it is: diffusers makes it "cpu:0" on a CPU, which accelerate then mishandles).
 
@@ -15,8 +16,9 @@ from __future__ import annotations
 
 import torch
 
+from ..families import family_of
+
 OFFLOADS = ("none", "model", "block", "sequential")
-BLOCK_COMPONENTS = ("transformer", "text_encoder_2")  # the big ones; their repeated blocks are offloaded one by one
 _GROUP_HOOKS = ("group_offloading", "layer_execution_tracker", "lazy_prefetch_group_offloading")  # diffusers' names
 
 
@@ -83,7 +85,7 @@ def install(pipe, kind: str, device: torch.device) -> None:
         from diffusers.hooks import apply_group_offloading
 
         parts = modules(pipe)
-        for name in BLOCK_COMPONENTS:
+        for name in family_of(type(pipe).__name__).quantized:  # the big ones: their blocks one by one
             if name in parts:
                 parts[name].to("cpu")
                 apply_group_offloading(parts[name], onload_device=device, offload_device=torch.device("cpu"),

@@ -11,6 +11,7 @@ from pathlib import Path
 from .. import defaults
 from ..errors import UserError
 from ..models.layout import ComponentSize, folder_size, read_index
+from ..families import FAMILIES, family_in
 from ..models.official import OFFICIAL_REPOS
 
 @dataclass(frozen=True)
@@ -23,6 +24,7 @@ class ModelSizes:
     text_dim: int  # T5's width
     vae_width: int  # the VAE's first block width (its decoder's widest activations at full size)
     source: str  # "headers" (read from the files) or "known" (the official model's published sizes)
+    family: str = "flux1"  # pipelines.families: which components are quantized, what the text width is
 
     def __post_init__(self):
         if not self.components or min(self.hidden, self.text_dim, self.vae_width) <= 0:
@@ -30,6 +32,11 @@ class ModelSizes:
                              f"text_dim={self.text_dim}, vae_width={self.vae_width}).")
         if self.source not in ("headers", "known"):
             raise ValueError(f"ModelSizes {self.model}: source={self.source!r} must be 'headers' or 'known'.")
+
+    @property
+    def quantized(self) -> tuple[str, ...]:
+        """The components the quant choice applies to (the family's big ones)."""
+        return FAMILIES[self.family].quantized
 
     def params(self) -> dict[str, int]:
         return {c.name: c.params for c in self.components}
@@ -39,12 +46,15 @@ class ModelSizes:
 
 
 OFFICIAL: dict[str, tuple[ComponentSize, ...]] = {repo.id: repo.components for repo in OFFICIAL_REPOS.values()}
-OFFICIAL_WIDTHS = {"hidden": 3072, "text_dim": 4096, "vae_width": 128}
+OFFICIAL_WIDTHS = {"hidden": 3072, "text_dim": 4096, "vae_width": 128}  # FLUX.1's; a FLUX.2 repository has its own
 
 
 def official_sizes(hub_id: str) -> ModelSizes | None:
-    components = OFFICIAL.get(hub_id)
-    return None if components is None else ModelSizes(hub_id, components, source="known", **OFFICIAL_WIDTHS)
+    repo = OFFICIAL_REPOS.get(hub_id)
+    if repo is None:
+        return None
+    widths = dict(OFFICIAL_WIDTHS, **(repo.widths or {}))
+    return ModelSizes(hub_id, repo.components, source="known", family=repo.family, **widths)
 
 
 def _config(folder: Path) -> dict:
@@ -71,10 +81,13 @@ def _read_model_dir(root: str, stamp: int, name: str) -> ModelSizes:
     folder = Path(root)
     components = tuple(folder_size(folder / part, part) for part in read_index(folder)
                        if any((folder / part).glob("*.safetensors")))
-    transformer, t5, vae = _config(folder / "transformer"), _config(folder / "text_encoder_2"), _config(folder / "vae")
+    family = family_in(folder)
+    text_part, text_key = family.text_width
+    transformer, text, vae = _config(folder / "transformer"), _config(folder / text_part), _config(folder / "vae")
     hidden = transformer.get("num_attention_heads", 24) * transformer.get("attention_head_dim", 128)
     widths = vae.get("block_out_channels") or [OFFICIAL_WIDTHS["vae_width"]]
-    return ModelSizes(name, components, hidden, t5.get("d_model", OFFICIAL_WIDTHS["text_dim"]), widths[0], "headers")
+    return ModelSizes(name, components, hidden, text.get(text_key, OFFICIAL_WIDTHS["text_dim"]), widths[0], "headers",
+                      family.name)
 
 
 def model_sizes(tool, model: str) -> ModelSizes:

@@ -12,8 +12,8 @@ import torch
 from quantization.errors import QuantizationError
 from quantization.load import ComponentSource, fingerprint, load_component, probe_ahead
 
-from ..defaults import QUANTIZED_COMPONENTS
 from ..errors import UserError
+from ..families import family_in
 from ..paths import quant_caches
 from . import single_file
 from .layout import folder_size, read_index
@@ -39,9 +39,10 @@ def weight_bytes(root: Path, dtype: torch.dtype) -> tuple[int, int]:
     """(quantizable, other) weight bytes of the pipeline in ``root`` at ``dtype``."""
     size = torch.tensor([], dtype=dtype).element_size()
     quantizable = other = 0
+    quantized = family_in(root).quantized
     for name in read_index(root):
         numel = safetensors_numel(root / name) * size
-        if name in QUANTIZED_COMPONENTS:
+        if name in quantized:
             quantizable += numel
         else:
             other += numel
@@ -57,7 +58,7 @@ def probe_quantized(root: Path, index: dict[str, tuple[str, str]], chain, device
                     file: Path | None = None) -> None:
     """Probe the Linear shapes of all of the model's quantized components in one child process, before the first
     is loaded (a component replaced by a single-file checkpoint is left out)."""
-    parts = [(import_class(*index[name]), root / name) for name in QUANTIZED_COMPONENTS
+    parts = [(import_class(*index[name]), root / name) for name in family_in(root).quantized
              if name in index and not (name == "transformer" and file)]
     probe_ahead(parts, chain, device, dtype, quant_caches())
 

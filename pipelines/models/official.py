@@ -1,4 +1,4 @@
-"""The official models the tools default to: what each repository holds and how it may be fetched.
+"""The official models the tools default to (FLUX.1 and FLUX.2 [klein]): what each repository holds and how it may be fetched.
 
 Component sizes are counted from the official configs (the same numbers as their safetensors headers; all stored in
 bf16), so sizes, estimates and download sizes are known offline, before anything is downloaded. ``gated``: the
@@ -8,7 +8,7 @@ HF_TOKEN).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .layout import ComponentSize
 
@@ -19,6 +19,8 @@ class OfficialRepo:
     components: tuple[ComponentSize, ...]
     gated: bool
     licence: str
+    family: str = "flux1"  # pipelines.families
+    widths: dict = field(default_factory=dict)  # hidden, text_dim, vae_width where they are not FLUX.1's
 
     @property
     def page(self) -> str:
@@ -57,5 +59,40 @@ _REPOS = (
     OfficialRepo("black-forest-labs/FLUX.1-Redux-dev",
                  (ComponentSize("image_encoder", 428_225_600, 4_958_208, 856_451_200),
                   ComponentSize("image_embedder", 64_503_808, 50_331_648, 129_007_616)), True, _DEV_LICENCE),
+)
+
+# FLUX.2 [klein]: a Flux2Transformer2DModel (128 input channels, no guidance embedder), a Qwen3ForCausalLM text
+# encoder (the pipeline stacks its hidden states 9, 18 and 27: joint_attention_dim is 3 x its width) and the FLUX.2
+# VAE (AutoencoderKLFlux2 at diffusers' defaults: 32 latent channels). Counted by building each on the meta device
+# from the published configs' key numbers: 4B: 24 heads x 128, 5 double and 20 single blocks, joint_attention_dim
+# 7680, over Qwen3-4B (hidden 2560, 36 layers, intermediate 9728, 32/8 heads of 128, vocab 151936, tied embeddings);
+# 9B: 32 heads x 128, 8 double and 24 single blocks, joint_attention_dim 12288, over Qwen3-8B (hidden 4096, 36
+# layers, intermediate 12288, 32/8 heads of 128, vocab 151936, untied). The base models (for inpainting and
+# fine-tuning, not step-distilled) have the same architecture. Blocks: the largest transformer block (a double one)
+# and all blocks together; Qwen3's decoder layers.
+_FLUX2_VAE = ComponentSize("vae", 84_046_115, 2_359_296, 168_092_230)
+_KLEIN_LICENCE = "FLUX Non-Commercial License"
+
+
+def _klein(repo_id: str, size: str, gated: bool, licence: str) -> OfficialRepo:
+    transformer, text_encoder, widths = {
+        "4B": ((3_875_544_576, 84_934_656, 245_367_296, 3_680_509_440),
+               (4_022_468_096, 388_956_160, 100_930_816, 3_633_509_376),
+               {"hidden": 3072, "text_dim": 2560, "vae_width": 128}),
+        "9B": ((9_078_581_248, 150_994_944, 436_208_128, 8_724_162_560),
+               (8_190_735_360, 622_329_856, 192_946_432, 6_946_071_552),
+               {"hidden": 4096, "text_dim": 4096, "vae_width": 128}),
+    }[size]
+    parts = (ComponentSize("transformer", transformer[0], transformer[1], 2 * transformer[0], *transformer[2:]),
+             ComponentSize("text_encoder", text_encoder[0], text_encoder[1], 2 * text_encoder[0], *text_encoder[2:]),
+             _FLUX2_VAE)
+    return OfficialRepo(repo_id, parts, gated, licence, family="flux2", widths=widths)
+
+
+_REPOS += (
+    _klein("black-forest-labs/FLUX.2-klein-4B", "4B", gated=False, licence="Apache-2.0"),
+    _klein("black-forest-labs/FLUX.2-klein-9B", "9B", gated=True, licence=_KLEIN_LICENCE),
+    _klein("black-forest-labs/FLUX.2-klein-base-4B", "4B", gated=False, licence="Apache-2.0"),
+    _klein("black-forest-labs/FLUX.2-klein-base-9B", "9B", gated=True, licence=_KLEIN_LICENCE),
 )
 OFFICIAL_REPOS: dict[str, OfficialRepo] = {repo.id: repo for repo in _REPOS}

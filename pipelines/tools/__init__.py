@@ -1,4 +1,4 @@
-"""One module per FLUX.1 tool: everything the studio knows about it. Adding a tool = one module here + its tab."""
+"""One module per tool (FLUX.1 and FLUX.2): everything the studio knows about it. Adding a tool = one module here + its tab."""
 
 from .base import Defaults, Prepared, RunContext, TinyVariant, Tool
 from .registry import all_tools, get_tool, register, tool_names, unregister

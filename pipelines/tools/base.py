@@ -68,7 +68,7 @@ class RunContext:
 
 @dataclass(frozen=True, kw_only=True)
 class Tool:
-    """One FLUX.1 tool. Subclasses override `prepare` (and `check_inputs` for rules of their own)."""
+    """One tool (FLUX.1 or FLUX.2). Subclasses override `prepare` (and `check_inputs` for rules of their own)."""
 
     name: str
     title: str  # as the studio shows it
@@ -88,6 +88,8 @@ class Tool:
     max_images: int = 1  # how many images `image` may hold (a list when more than one)
     aux_models: tuple = ()  # hub ids of auxiliary models it loads beside its model (Redux prior, depth estimator)
     takes_strength: bool = False  # an input image is repainted at a strength (image-to-image)
+    variants: tuple = ()  # hub ids of the other official models it runs (klein 9B beside 4B)
+    view_class: str | None = None  # the diffusers pipeline it runs over its model's components (None: the model's)
 
     def __post_init__(self):
         if not re.fullmatch(r"[a-z][a-z0-9_]*", self.name):
@@ -103,6 +105,13 @@ class Tool:
         if not 1 <= self.steps <= defaults.STEPS_MAX or not 1 <= self.tiny_steps <= defaults.STEPS_MAX:
             raise ValueError(f"Tool {self.name}: steps={self.steps}, tiny_steps={self.tiny_steps} must be in "
                              f"1..{defaults.STEPS_MAX}.")
+
+    @property
+    def family(self):
+        """Its model family (pipelines.families.Family): FLUX.1 or FLUX.2, from its model's pipeline class."""
+        from ..families import family_of
+
+        return family_of(self.pipeline_class)
 
     def defaults(self, model: str | None = None) -> Defaults:
         """Steps, guidance and size; the tiny family gets small sizes and few steps."""

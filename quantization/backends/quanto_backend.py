@@ -54,6 +54,7 @@ class QuantoBackend(Backend):
             layer.to(device)
             layer.freeze()
             keep_packed(layer, device)
+        contiguous_inputs(module)
         quantize_embeddings(module, dtype)
         return module.to(device)
 
@@ -104,7 +105,25 @@ class QuantoBackend(Backend):
         module = assign_state(skeleton, state, already_set=[f"{name}.weight" for name in layouts]).to(device)
         for name in layouts:
             keep_packed(module.get_submodule(name), device)
+        contiguous_inputs(module)
         return module
+
+
+def _contiguous(_layer, args):
+    first = args[0]
+    return None if first.is_contiguous() else (first.contiguous(), *args[1:])
+
+
+def contiguous_inputs(module: torch.nn.Module) -> None:
+    """Each quanto layer gets its input contiguous: quanto's CPU int8 kernel (torch._weight_int8pack_mm) refuses an
+    input whose last dimension is strided, as FLUX.2's packed latents are (a permuted view) when they reach the
+    transformer's first layer. A no-op for inputs that are contiguous already."""
+    from optimum.quanto.nn import QModuleMixin
+
+    for layer in module.modules():
+        if isinstance(layer, QModuleMixin) and not getattr(layer, "_contiguous_inputs", False):
+            layer.register_forward_pre_hook(_contiguous)
+            layer._contiguous_inputs = True
 
 
 def _is_tinygemm(tensor) -> bool:

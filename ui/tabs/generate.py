@@ -1,4 +1,5 @@
-"""Generate: text to image with FLUX.1 [schnell] or [dev], or image to image with an input image."""
+"""Generate: text to image with FLUX.1 [schnell] or [dev] or FLUX.2 [klein], or image to image with an input
+image."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from ..widgets import TabContext, image_input, lora_values, result_panel, settin
 
 TITLE = "Generate"
 TAB = __name__.rpartition(".")[2]  # its id in the studio's tabs
-VARIANTS = ("schnell", "dev")
+VARIANTS = ("schnell", "dev", "klein")
 EXAMPLES = [
     "a lighthouse on a cliff at dusk, warm light in the windows, long exposure sea",
     "studio photo of a ceramic teapot shaped like a snail, soft shadows",
@@ -27,7 +28,8 @@ def build(ctx: TabContext) -> None:
         with gr.Column(scale=5, min_width=380):
             variant = gr.Radio([(get_tool(v).title, v) for v in VARIANTS], value="schnell", label="Variant",
                                elem_id="generate-variant",
-                               info="schnell: 4 steps, no guidance. dev: more steps, follows the prompt closer.")
+                               info="schnell: 4 steps, no guidance. dev: more steps, follows the prompt closer. "
+                                    "klein: FLUX.2, 4 steps, a Qwen3 text encoder (4B by default; 9B in Model).")
             model = model_picker(ctx, "schnell")
             prompt = gr.Textbox(label="Prompt", lines=3, max_lines=8, elem_id="generate-prompt",
                                 placeholder="Describe the image…")
@@ -51,7 +53,7 @@ def build(ctx: TabContext) -> None:
     def fields(tool, prompt, steps, guidance, quant, width, height, seed, randomize, loras_picked, loras_uploaded,
                lora_strength, model=None, image=None, strength=None):
         if tool not in VARIANTS:
-            raise user_error(f"Choose FLUX.1 schnell or dev (got {tool!r}).", "tool")
+            raise user_error(f"Choose a variant: schnell, dev or klein (got {tool!r}).", "tool")
         if not (prompt or "").strip():
             raise user_error("Write a prompt first: describe the image you want.", "prompt")
         return dict(prompt=prompt, quant=quant, width=width, height=height, steps=steps, guidance=guidance,
