@@ -114,4 +114,5 @@ def build(ctx: TabContext) -> None:
     wire(ctx, panel.button, check, run, inputs, [*panel.outputs(), options.seed], api_name="fill", tool="fill",
          progress_on=panel.progress_on,
          aliases={"image": "editor", "mask": "editor", "expand": "right"})
-    ctx.targets.append(Target(TAB, TITLE, FILLERS, prompt, options, panel, image=editor, editor=True, tool_choice=filler))
+    ctx.targets.append(Target(TAB, TITLE, FILLERS, prompt, options, panel, image=editor, editor=True,
+                              tool_choice=filler, model=model))
