@@ -137,3 +137,24 @@ class LiveBytes:
             if entry[0] == 0:
                 self.live -= entry[1]
                 del self._storages[pointer]
+
+
+class Check:
+    """One row of a check command's table (bench gpu-check, bench mps-check): ok is None until it has run."""
+
+    def __init__(self, name: str):
+        self.name, self.ok, self.measured, self.seconds = name, None, "", 0.0
+
+
+def check_table(title: str, checks: list[Check], device, total_s: float) -> str:
+    """The one table a check command prints: its title line, then a row per check."""
+    import torch
+
+    from quantization.doctor import device_name
+
+    rows = [f"{title} on {device} ({device_name(device)}), torch {torch.__version__}: {total_s:.0f} s", "",
+            "| check | result | s | measured |", "|---|---|---:|---|"]
+    for check in checks:
+        result = {True: "ok", False: "FAILED", None: "not run"}[check.ok]
+        rows.append(f"| {check.name} | {result} | {check.seconds:.0f} | {check.measured} |")
+    return "\n".join(rows)

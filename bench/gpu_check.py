@@ -31,16 +31,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .common import bench_args, logger
+from .common import Check, bench_args, check_table, logger
 
 log = logger("bench gpu-check")
 BUDGET_S = 560  # the whole check, inside one 600 s command
 E2E_RESERVE_S = 60  # at least this much is left for the end-to-end run
-
-
-class Check:
-    def __init__(self, name: str):
-        self.name, self.ok, self.measured, self.seconds = name, None, "", 0.0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
             checks.append(check)
         if not args.no_e2e:
             checks.append(e2e(device, args.narrow, args.budget - (time.perf_counter() - start), Path(tmp)))
-    text = table(checks, device, time.perf_counter() - start)
+    text = check_table("gpu-check", checks, device, time.perf_counter() - start)
     print(text)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -293,17 +288,6 @@ def e2e(device: torch.device, narrow: bool, left: float, work: Path) -> Check:
     check.measured = f"{result['preset']} {result['width']}x{result['height']}, {result['steps']} steps: " + "; ".join(parts)
     check.seconds = time.perf_counter() - began
     return check
-
-
-def table(checks: list[Check], device: torch.device, total_s: float) -> str:
-    from quantization.doctor import device_name
-
-    rows = [f"gpu-check on {device} ({device_name(device)}), torch {torch.__version__}: {total_s:.0f} s", "",
-            "| check | result | s | measured |", "|---|---|---:|---|"]
-    for check in checks:
-        result = {True: "ok", False: "FAILED", None: "not run"}[check.ok]
-        rows.append(f"| {check.name} | {result} | {check.seconds:.0f} | {check.measured} |")
-    return "\n".join(rows)
 
 
 if __name__ == "__main__":

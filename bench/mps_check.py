@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from .common import bench_args, logger
+from .common import Check, bench_args, check_table, logger
 
 log = logger("bench mps-check")
 WIDTH = 3072  # FLUX.1's transformer width: the layers measured are its shape
@@ -30,11 +30,6 @@ NARROW_WIDTH = 1024  # on the CPU (--narrow), where bf16 may be emulated and slo
 LAYERS = 4
 TOKENS = 256
 REPEATS = 5
-
-
-class Check:
-    def __init__(self, name: str):
-        self.name, self.ok, self.measured, self.seconds = name, None, "", 0.0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
             for quant in ("auto", "4bit"):
                 run(f"tiny run, {quant}", tiny_run, quant)
     run("attention limit", attention_limit)
-    text = table(checks, device, time.perf_counter() - start)
+    text = check_table("mps-check", checks, device, time.perf_counter() - start)
     print(text)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -196,17 +191,6 @@ def attention_limit(device):
     refused = mps_attention_refusal(2048, 2048, 512, 24) is not None
     return refused, (f"FLUX.1 (24 heads, 512 text tokens): up to {side}x{side}, {kontext}x{kontext} with a "
                      f"same-size input image (Kontext); 2048x2048 refused: {refused} (computed, not run)")
-
-
-def table(checks: list[Check], device: torch.device, total_s: float) -> str:
-    from quantization.doctor import device_name
-
-    rows = [f"mps-check on {device} ({device_name(device)}), torch {torch.__version__}: {total_s:.0f} s", "",
-            "| check | result | s | measured |", "|---|---|---:|---|"]
-    for check in checks:
-        result = {True: "ok", False: "FAILED", None: "not run"}[check.ok]
-        rows.append(f"| {check.name} | {result} | {check.seconds:.0f} | {check.measured} |")
-    return "\n".join(rows)
 
 
 if __name__ == "__main__":
