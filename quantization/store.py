@@ -193,7 +193,8 @@ def save(root: Path, source: ComponentSource, component: str, config: QuantConfi
     backend = backend_for(config)
     if not backend.can_serialize or config.bits >= 16:
         return None
-    if any(m._forward_hooks or m._forward_pre_hooks for m in module.modules()):
+    if any(not getattr(hook, "restored_by_backend", False)
+           for m in module.modules() for hook in (*m._forward_hooks.values(), *m._forward_pre_hooks.values())):
         log.info("%s: not cached (the module has hooks attached, which saving would lose)", component)
         return None
     fields = key_fields(source, component, config, device, dtype)

@@ -114,6 +114,9 @@ def _contiguous(_layer, args):
     return None if first.is_contiguous() else (first.contiguous(), *args[1:])
 
 
+_contiguous.restored_by_backend = True  # restore() installs it again: the quantized-weights store may save the module
+
+
 def contiguous_inputs(module: torch.nn.Module) -> None:
     """Each quanto layer gets its input contiguous: quanto's CPU int8 kernel (torch._weight_int8pack_mm) refuses an
     input whose last dimension is strided, as FLUX.2's packed latents are (a permuted view) when they reach the
