@@ -449,10 +449,19 @@ def test_bitsandbytes_checkpoint_folder_loads_as_it_is_on_the_cpu(quant_cache, b
         assert torch.equal(loaded(**transformer_inputs()).sample, reference(**transformer_inputs()).sample)
 
 
-def test_bitsandbytes_checkpoint_on_apple_mps_names_the_fix(bnb_checkpoint):
+def test_an_8bit_bitsandbytes_checkpoint_on_apple_mps_names_the_fix(bnb_checkpoint, tmp_path):
+    """bitsandbytes 0.50 runs 4-bit on MPS (its checkpoints load there), not 8-bit: an 8-bit checkpoint is refused
+    before a weight is read, naming what to do instead."""
     from diffusers import FluxTransformer2DModel
 
     root, _ = bnb_checkpoint
-    source = ComponentSource(root / "transformer", "fp", FluxTransformer2DModel, str(root))
-    with pytest.raises(QuantizationError, match="does not run on Apple MPS; use a full-precision model with --quant 4"):
+    folder = tmp_path / "FLUX.1-dev-bnb-int8"
+    shutil.copytree(root / "transformer", folder / "transformer")
+    config = json.loads((folder / "transformer" / "config.json").read_text())
+    config["quantization_config"].update(load_in_4bit=False, _load_in_4bit=False, load_in_8bit=True,
+                                         _load_in_8bit=True)
+    (folder / "transformer" / "config.json").write_text(json.dumps(config))
+    source = ComponentSource(folder / "transformer", "fp", FluxTransformer2DModel, str(folder))
+    with pytest.raises(QuantizationError, match="bitsandbytes int8 checkpoint; bitsandbytes runs only 4-bit on Apple "
+                                                "MPS: use a full-precision model with --quant 4bit or 8bit instead"):
         load_prequantized("transformer", source, torch.device("mps"), BF16)
