@@ -33,7 +33,7 @@ GEN = dict(tool="schnell", prompt="a cat", steps=2, guidance=3.5, quant="auto", 
 KON = dict(prompt="make it night", steps=2, guidance=3.5, quant="auto", match=True, width=128, height=128, seed=1,
            randomize=False, **NO_LORAS, **ONE, references=None, model=None)
 GEN_ORDER = ["tool", "prompt", "steps", "guidance", "quant", "width", "height", "seed", "randomize", *LORA_ORDER,
-             *ONE, "model"]
+             *ONE, "model", "image", "strength"]
 KON_ORDER = ["image", "prompt", "steps", "guidance", "quant", "match", "width", "height", "seed", "randomize",
              *LORA_ORDER, *ONE, "references", "model"]
 READABLE = 400  # a message, not a dump
@@ -280,7 +280,7 @@ def test_raw_garbage_bodies_are_refused(web_studio):  # noqa: F811
 
 def kontext_data(image, **change) -> list:
     values = dict(KON, image=image, **change)
-    return [values[k] for k in KON_ORDER] + [[]]
+    return [values[k] for k in KON_ORDER] + [[], "kontext"]  # the history, then the Edit tab's model choice
 
 
 def upload(url: str, path: Path) -> str:
@@ -415,8 +415,8 @@ def tool_values(files: dict[str, Path], masks: dict[str, Path], as_file) -> dict
     return {
         "generate": dict(GEN),
         "fill": dict(mode="inpaint", editor=editor, left=0, top=0, right=64, bottom=0, prompt="a vase",
-                     reference=None, **size),
-        "kontext": dict(image=good, prompt="make it night", **size, references=None),
+                     reference=None, **size, filler="fill"),
+        "kontext": dict(image=good, prompt="make it night", **size, references=None, editor="kontext"),
         "depth": dict(image=good, map_image=None, choice="photo", prompt="a room", form="model", **size),
         "canny": dict(image=good, map_image=None, choice="photo", prompt="a boat", lo=100, hi=200, form="model",
                       **size),
