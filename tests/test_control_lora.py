@@ -89,7 +89,10 @@ def test_the_report_and_png_record_the_control_lora(engine, tmp_path):
     result = engine.generate(request)
     assert request.control_lora is None  # the tool's own file is used, not written back into the request
     path = tiny_control_lora("depth")
-    expected = {"name": path.stem, "sha256": hashlib.sha256(path.read_bytes()).hexdigest(), "strength": 1.0}
+    data = path.read_bytes()
+    tensors = data[8 + int.from_bytes(data[:8], "little"):]  # AutoV3: the tensor data after the safetensors header
+    expected = {"name": path.stem, "sha256": hashlib.sha256(data).hexdigest(),
+                "autov3": hashlib.sha256(tensors).hexdigest(), "strength": 1.0}
     assert result.report["parameters"]["control"] == "lora"
     assert result.report["parameters"]["control_lora"] == expected
     assert read_metadata(result.save(tmp_path / "d.png"))["control_lora"] == expected

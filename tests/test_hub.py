@@ -20,6 +20,7 @@ from pipelines.errors import UserError
 from pipelines.images import read_metadata
 from pipelines.models import hub
 from pipelines.models.sources import resolve_model
+from pipelines.tools import tool_names
 from pipelines.tools import get_tool
 from tests.conftest import BIG_REPO
 from tests.hub_server import GOOD_TOKEN, NO_ACCESS_TOKEN
@@ -102,7 +103,7 @@ def test_models_lists_every_tool_and_downloads_ahead_of_time(hub_home, local_hub
     assert proc.returncode == 0, proc.stderr
     listing = json.loads(proc.stdout)
     rows = {row["tool"]: row for row in listing["models"] if row["kind"] != "auxiliary"}
-    assert listing["reachable"] and set(rows) == {"schnell", "dev", "fill", "kontext", "depth", "canny", "redux"}
+    assert listing["reachable"] and set(rows) == set(tool_names())
     assert rows["schnell"]["model"] == SCHNELL and rows["schnell"]["downloaded"] == "no"
     assert rows["schnell"]["gated"] is False and rows["dev"]["gated"] is True
     assert rows["schnell"]["bytes"] == sum(p.stat().st_size for p in local_hub.repos[SCHNELL].folder.rglob("*")
