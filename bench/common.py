@@ -158,3 +158,13 @@ def check_table(title: str, checks: list[Check], device, total_s: float) -> str:
         result = {True: "ok", False: "FAILED", None: "not run"}[check.ok]
         rows.append(f"| {check.name} | {result} | {check.seconds:.0f} | {check.measured} |")
     return "\n".join(rows)
+
+
+def finish_checks(title: str, checks: list[Check], device, total_s: float, out) -> int:
+    """Print a check command's table (and write it to ``out`` when given); 1 when a check failed, else 0."""
+    text = check_table(title, checks, device, total_s)
+    print(text)
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text + "\n")
+    return 0 if all(c.ok is not False for c in checks) else 1

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .common import Check, bench_args, check_table, logger
+from .common import Check, bench_args, finish_checks, logger
 
 log = logger("bench gpu-check")
 BUDGET_S = 560  # the whole check, inside one 600 s command
@@ -77,12 +77,7 @@ def main(argv: list[str] | None = None) -> int:
             checks.append(check)
         if not args.no_e2e:
             checks.append(e2e(device, args.narrow, args.budget - (time.perf_counter() - start), Path(tmp)))
-    text = check_table("gpu-check", checks, device, time.perf_counter() - start)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
-    return 0 if all(c.ok is not False for c in checks) else 1
+    return finish_checks("gpu-check", checks, device, time.perf_counter() - start, args.out)
 
 
 # ---- the checks --------------------------------------------------------------------------------------------------

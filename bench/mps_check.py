@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from .common import Check, bench_args, check_table, logger
+from .common import Check, bench_args, finish_checks, logger
 
 log = logger("bench mps-check")
 WIDTH = 3072  # FLUX.1's transformer width: the layers measured are its shape
@@ -77,12 +77,7 @@ def main(argv: list[str] | None = None) -> int:
             for quant in ("auto", "4bit"):
                 run(f"tiny run, {quant}", tiny_run, quant)
     run("attention limit", attention_limit)
-    text = check_table("mps-check", checks, device, time.perf_counter() - start)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
-    return 0 if all(c.ok is not False for c in checks) else 1
+    return finish_checks("mps-check", checks, device, time.perf_counter() - start, args.out)
 
 
 def mps_configs() -> tuple:

@@ -59,12 +59,17 @@ def test_generate(client, variant):
     assert meta["steps"] == 2 and meta["prompt"] == "a lighthouse"
 
 
-def test_fill_inpaint_with_a_painted_layer(client, tmp_path):
+def painted_room(tmp_path) -> dict:
+    """The Fill editor's value: the example room with a brushed layer (what the page sends)."""
     room = Image.open(asset("example-room.png"))
     layer = tmp_path / "layer.png"
     brush_mask(room.size, (60, 100, 120, 160)).save(layer)
-    editor = {"background": handle_file(asset("example-room.png")), "layers": [handle_file(str(layer))],
-              "composite": handle_file(asset("example-room.png"))}
+    return {"background": handle_file(asset("example-room.png")), "layers": [handle_file(str(layer))],
+            "composite": handle_file(asset("example-room.png"))}
+
+
+def test_fill_inpaint_with_a_painted_layer(client, tmp_path):
+    editor = painted_room(tmp_path)
     result = client.predict(mode="inpaint", editor=editor, left=0, top=0, right=0, bottom=0, prompt="a plant",
                             reference=None, **IMAGE_SETTINGS, api_name="/fill")
     assert check_result(result, "fill")["expand"] is None
@@ -343,11 +348,7 @@ def test_klein_in_generate_edit_and_fill(client, tmp_path, quant):
                                                                   for v in meta["inputs"].values())
     assert meta["conditioning"]["method"] == "references"
 
-    room = Image.open(asset("example-room.png"))
-    layer = tmp_path / "layer.png"
-    brush_mask(room.size, (60, 100, 120, 160)).save(layer)
-    editor = {"background": handle_file(asset("example-room.png")), "layers": [handle_file(str(layer))],
-              "composite": handle_file(asset("example-room.png"))}
+    editor = painted_room(tmp_path)
     result = client.predict(mode="inpaint", editor=editor, left=0, top=0, right=0, bottom=0, prompt="a plant",
                             reference=None, **dict(IMAGE_SETTINGS, quant=quant), filler="klein_inpaint",
                             api_name="/fill")
