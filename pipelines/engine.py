@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from . import defaults
+from . import aot, defaults
 from .errors import Cancelled, UserError
 from .images import save_png
 from .loras import (apply_control_lora, apply_loras, check_lora, control_lora_file, file_hashes, nonfinite,
@@ -230,6 +230,9 @@ class Engine:
         """torch.compile where it is offered (once per loaded pipeline; not again on a pipeline it failed on, nor in a
         run that found it failing); a refusal is a visible fallback."""
         loaded = run.loaded
+        if aot.has_aot(loaded.pipe.transformer):
+            self._ahead_of_time(run)
+            return
         if not self.manager.options.compile:
             return
         refusal = compile_refusal(self.manager.device) or run.without.get("compile") or loaded.compile_failed
@@ -244,6 +247,19 @@ class Engine:
         loaded.compiled = True
         if loaded.base is not None:
             loaded.base.compiled = True
+
+    def _ahead_of_time(self, run: "Run") -> None:
+        """Blocks compiled ahead of time (pipelines.aot, ZeroGPU's compile) run unless this run changes what they
+        compute; then they are set aside for the run, visibly."""
+        transformer = run.loaded.pipe.transformer
+        step_cache_on = self.manager.options.step_cache > 0 and "step cache" not in run.without
+        reason = aot.refusal(transformer, step_cache_on, offloading.installed(run.loaded.pipe))
+        if reason is None:
+            aot.resume(transformer)
+            return
+        run.notices.append(f"The transformer's ahead-of-time compiled blocks are set aside for this run: {reason}.")
+        run.fallbacks.append({"component": "transformer", "backend": "compile", "format": "ahead of time",
+                              "reason": reason})
 
     def _run_with_recovery(self, run: "Run", progress: Progress) -> np.ndarray:
         """Encode, denoise and decode (a control LoRA, when the run has one, only for this run)."""
@@ -300,6 +316,7 @@ class Engine:
     def _prepare(self, run: "Run") -> None:
         """LoRAs (offload hooks come off first when they change), then offload and VAE options, then compile."""
         loaded, pipe = run.loaded, run.loaded.pipe
+        aot.set_aside(pipe.transformer)  # hooks and LoRA layers go onto the blocks' own forward; _speed_options decides
         loras = [] if run.without.get("loras") else run.request.loras
         off = lambda: offloading.remove(pipe)  # noqa: E731  (adapters go onto the layers as they are)
         phase = time.perf_counter()
@@ -584,7 +601,7 @@ def oom_advice(device_type: str) -> str:
 # they wrap (compiled code's entry, a hook calling the module's own forward, a LoRA layer calling its base layer) name
 # nothing: an error beneath them is not theirs.
 _COMPILING = ("/torch/_dynamo/", "/torch/_inductor/", "/torch/_functorch/", "/torch/_subclasses/fake_tensor.py",
-              "torchinductor")
+              "torchinductor", "/torch/export/pt2_archive/", "/spaces/zero/torch/aoti.py")
 _CAUSES = (("step cache", ("/diffusers/hooks/first_block_cache.py",)),
            ("offload", ("/accelerate/hooks.py", "/accelerate/utils/modeling.py", "/diffusers/hooks/group_offloading.py")),
            ("loras", ("/peft/",)),

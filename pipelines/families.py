@@ -38,6 +38,23 @@ class Family:
         """A picture of the denoising latents (as the step callback gets them), ``width`` x ``height``."""
         raise NotImplementedError
 
+    def transformer_example(self, transformer, image_tokens: int, text_tokens: int) -> dict:
+        """Keyword arguments of one transformer call with ``image_tokens`` and ``text_tokens`` (random values, on the
+        transformer's device and dtype): what ahead-of-time compilation traces its blocks with (pipelines.aot)."""
+        config, param = transformer.config, next(transformer.parameters())
+        id_axes = len(config.axes_dims_rope)  # position ids: one column per rotary axis
+        device, dtype = param.device, param.dtype
+        example = {"hidden_states": torch.randn(1, image_tokens, config.in_channels, device=device, dtype=dtype),
+                   "encoder_hidden_states": torch.randn(1, text_tokens, config.joint_attention_dim, device=device,
+                                                        dtype=dtype),
+                   "timestep": torch.ones(1, device=device, dtype=dtype),
+                   "img_ids": torch.zeros(image_tokens, id_axes, device=device, dtype=dtype),
+                   "txt_ids": torch.zeros(text_tokens, id_axes, device=device, dtype=dtype),
+                   "return_dict": False}
+        if config.guidance_embeds:
+            example["guidance"] = torch.full((1,), 3.5, device=device, dtype=dtype)
+        return example
+
 
 @dataclass(frozen=True)
 class Flux1(Family):
@@ -53,6 +70,13 @@ class Flux1(Family):
 
     def preview(self, pipe, latents, width, height):
         return packed_preview(pipe, latents, width, height)
+
+    def transformer_example(self, transformer, image_tokens, text_tokens):
+        example = super().transformer_example(transformer, image_tokens, text_tokens)
+        param = example["hidden_states"]
+        example["pooled_projections"] = torch.randn(1, transformer.config.pooled_projection_dim, device=param.device,
+                                                    dtype=param.dtype)
+        return example
 
 
 @dataclass(frozen=True)

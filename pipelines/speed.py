@@ -8,6 +8,7 @@ import shutil
 
 import torch
 
+from . import aot
 from .paths import cache_root
 
 # Compiled variants a transformer block may need: with and without the step cache (its first block and the others
@@ -43,18 +44,20 @@ def compile_transformer(transformer) -> None:
 
 
 def compiled_blocks(transformer) -> list:
-    """The transformer's blocks that run compiled."""
+    """The transformer's blocks that run compiled (just in time by torch.compile)."""
     return [m for m in transformer.modules() if getattr(m, "_compiled_call_impl", None) is not None]
 
 
 def is_compiled(transformer) -> bool:
-    return bool(compiled_blocks(transformer))
+    """True when the transformer's blocks run compiled, just in time or ahead of time (pipelines.aot)."""
+    return bool(compiled_blocks(transformer)) or aot.in_use(transformer)
 
 
 def uncompile(transformer) -> None:
     """Run the transformer's blocks eagerly again (after compiling failed on them)."""
     for block in compiled_blocks(transformer):
         block._compiled_call_impl = None
+    aot.drop(transformer)
 
 
 def compiled_graphs() -> int:

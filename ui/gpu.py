@@ -165,6 +165,8 @@ class JobDuration:
 # slice's ~70 GB and keeps full precision, which fits. So a Space offers Auto and full precision only.
 ZERO_GPU_QUANTS = ("auto", "none")
 PRELOAD_ENV = "FLUXFORGE_PRELOAD"  # tools whose models a ZeroGPU Space loads at start (comma-separated; "" for none)
+AOT_ENV = "FLUXFORGE_AOT"  # "1": a ZeroGPU Space compiles its preloaded transformers' blocks ahead of time at start
+AOT_DURATION_S = 900  # the start-up GPU call that compiles them (AOTInductor: minutes per block kind)
 
 
 def zero_gpu() -> bool:
@@ -191,6 +193,31 @@ def preload_tools(default: str, env: str | None = None) -> list[str]:
     if value is None:
         return [default]
     return [name.strip() for name in value.split(",") if name.strip()]
+
+
+def aot_at_start(env: str | None = None) -> bool:
+    """True when FLUXFORGE_AOT (``env``) asks a ZeroGPU Space to compile its transformer blocks ahead of time."""
+    import os
+
+    value = os.environ.get(AOT_ENV, "") if env is None else env
+    return value.strip().lower() in ("1", "true", "yes", "on")
+
+
+def compile_ahead(runner, tools: list[str]) -> list[str]:
+    """ZeroGPU's form of compile: each preloaded tool's transformer blocks are compiled ahead of time in one GPU call
+    at start (pipelines.aot), and every forked worker inherits them. One line per tool; a failure is said so, and
+    that tool's runs go uncompiled."""
+    import spaces
+
+    on_device = lambda fn: spaces.GPU(duration=AOT_DURATION_S)(fn)()  # noqa: E731
+    lines = []
+    for tool in tools:
+        try:
+            lines.append(runner.compile_ahead(tool, spaces, on_device))
+        except Exception as error:  # noqa: BLE001  (start-up goes on: the tool runs uncompiled)
+            first = (str(error).splitlines() or [type(error).__name__])[0]
+            lines.append(f"not compiled ahead of time ({tool}): {first}; its runs go uncompiled")
+    return lines
 
 
 def gpu_decorator() -> Callable[..., Callable]:

@@ -232,6 +232,33 @@ class Runner:
         self.engine.manager.pipeline(source.root, quant)
         return f"loaded {model} for {spec.title} at start ({time.perf_counter() - started:.0f} s)"
 
+    def compile_ahead(self, tool: str, aoti, on_device=None) -> str:
+        """Compile ``tool``'s transformer blocks ahead of time (pipelines.aot: ZeroGPU's form of compile; ``aoti``:
+        the `spaces` package, ``on_device``: spaces.GPU around the compilation); one line saying what was done."""
+        import hashlib
+
+        import torch
+
+        from pipelines import aot
+        from pipelines.families import family_of
+        from pipelines.loras import apply_loras
+        from pipelines.memory import offload as offloading
+        from pipelines.models.sources import resolve_model
+        from pipelines.paths import cache_root
+
+        spec = get_tool(tool)
+        source = resolve_model(self.models[tool], spec)
+        loaded = self.engine.manager.pipeline(source.root, "none")
+        transformer = loaded.pipe.transformer
+        if aot.has_aot(transformer):
+            return f"{spec.title}: its transformer blocks are compiled ahead of time already"
+        offloading.remove(loaded.pipe)  # the blocks are traced as the model is: no hooks,
+        apply_loras(loaded, [])  # and no LoRA layers (a run's LoRAs set the compiled blocks aside)
+        key = hashlib.sha256(f"{source.root}|{torch.__version__}".encode()).hexdigest()[:16]
+        line = aot.compile_ahead(transformer, family_of(type(loaded.pipe).__name__), cache_root() / "aot" / key, aoti,
+                                 **({"on_device": on_device} if on_device else {}))
+        return f"{spec.title}: {line}"
+
     @property
     def options(self):
         """The run options (pipelines.memory.options.RunOptions) every run uses."""

@@ -11,7 +11,7 @@ from pathlib import Path
 import gradio as gr
 from PIL import Image
 
-from .gpu import gpu_decorator, preload_tools, zero_gpu, zero_gpu_quants
+from .gpu import aot_at_start, compile_ahead, gpu_decorator, preload_tools, zero_gpu, zero_gpu_quants
 from .settings import Settings, on_space
 
 log = logging.getLogger(__name__)
@@ -198,6 +198,11 @@ def launch(args) -> int:
     if zero_gpu():
         for line in preload(demo.studio_runner):
             print(f"notice: {line}", file=sys.stderr)
+        if aot_at_start():
+            from .tabs.generate import VARIANTS
+
+            for line in compile_ahead(demo.studio_runner, preload_tools(VARIANTS[0])):
+                print(f"notice: {line}", file=sys.stderr)
     serve(demo, host=args.host, port=args.port, share=args.share)
     return 0
 
