@@ -1,6 +1,9 @@
 """Apple MPS by design, proven on the CPU: one memory pool read the same way everywhere, placement and recovery
 planned from it, and the attention limit known before a run. Pure functions, tested as tables."""
 
+import time
+
+import numpy as np
 import pytest
 import torch
 
@@ -162,3 +165,22 @@ def test_offload_notice_table(offload, device, says):
 
     notice = offload_notice(offload, device)
     assert notice is None if says is None else says in notice
+
+
+def test_a_run_s_peak_on_mps_counts_the_whole_pool(monkeypatch):
+    """Metal's allocations and the process's own share one pool on a Mac: the peak adds them up, so a component kept
+    on the CPU (or a large NumPy image) counts as it does on the Mac, not only what the MPS driver holds."""
+    import psutil
+
+    from pipelines.memory.device import PeakMemory, memory_kind
+
+    monkeypatch.setattr(torch.mps, "driver_allocated_memory", lambda: 3 * G)
+    mps = torch.device("mps")
+    before = psutil.Process().memory_info().rss
+    with PeakMemory(mps, interval=0.005) as peak:
+        held = np.ones(64 * 2**20, dtype=np.uint8)  # 64 MiB on the CPU side of the pool
+        held[::4096] = 2
+        time.sleep(0.05)
+    assert peak.peak_bytes >= 3 * G + before + 32 * 2**20
+    assert memory_kind(mps) == "mps-driver+rss"
+    del held

@@ -92,7 +92,14 @@ def device_memory(device: torch.device, held_bytes: int = 0):
 
 
 def memory_kind(device: torch.device) -> str:
-    return {"cuda": "cuda", "mps": "mps"}.get(device.type, "cpu-rss")
+    return {"cuda": "cuda", "mps": "mps-driver+rss"}.get(device.type, "cpu-rss")
+
+
+def mps_pool(driver_bytes: int, rss_bytes: int) -> int:
+    """What a run holds of a Mac's one pool of memory: Metal's allocations (the MPS driver's: tensors on the GPU, in
+    private storage, which the process's RSS does not count) plus the process's own (CPU tensors, a component parked
+    on the CPU, the pipeline's NumPy and PIL images), which take the same memory."""
+    return driver_bytes + rss_bytes
 
 
 def empty_cache(device: torch.device) -> None:
@@ -108,7 +115,7 @@ def empty_cache(device: torch.device) -> None:
 @dataclass
 class PeakMemory:
     """Peak memory of a block: CUDA max allocated (and max reserved: what the caching allocator held, the memory the
-    card really had to have), MPS driver allocated, or sampled process RSS."""
+    card really had to have), sampled process RSS on a CPU, and on Apple MPS both sampled and added up (mps_pool)."""
 
     device: torch.device
     interval: float = 0.02
@@ -124,11 +131,12 @@ class PeakMemory:
         return self
 
     def _read(self) -> int:
-        if self.device.type == "mps":
-            return int(torch.mps.driver_allocated_memory())
         import psutil
 
-        return int(psutil.Process().memory_info().rss)
+        rss = int(psutil.Process().memory_info().rss)
+        if self.device.type == "mps":
+            return mps_pool(int(torch.mps.driver_allocated_memory()), rss)
+        return rss
 
     def _sample(self) -> None:
         if self.device.type == "cuda":
