@@ -44,14 +44,22 @@ def generate(runner, size, loras=()):
                                                     loras=[(str(p), s) for p, s in loras]))
 
 
-def test_blocks_compiled_ahead_of_time_run_every_size_and_step_aside_for_loras(runner, aoti):
+def test_blocks_compiled_ahead_of_time_run_every_size_and_step_aside_for_loras(runner, aoti, monkeypatch):
+    import spaces
+
+    from ui.gpu import compile_ahead
+
     eager = {size: generate(runner, size) for size in (64, 96)}
     lora = tiny_lora("diffusers", seed=1)
     eager_lora = generate(runner, 64, [(lora, 1.0)])
     assert not eager[64].report["compiled"]
 
-    line = runner.compile_ahead("schnell", aoti)
+    for name in ("aoti_capture", "aoti_compile_and_save", "aoti_load_from_package_dir"):
+        monkeypatch.setattr(spaces, name, getattr(aoti, name))  # spaces' own, as on a Space
+    lines = compile_ahead(runner, ["schnell", "no-such-tool"])  # what a ZeroGPU Space does at start (spaces.GPU
+    line = lines[0]  # returns the function as it is off ZeroGPU)
     assert "compiled 3 transformer blocks ahead of time" in line, line  # tiny schnell: 1 double, 2 single blocks
+    assert lines[1].startswith("not compiled ahead of time (no-such-tool)") and lines[1].endswith("uncompiled")
     assert "already" in runner.compile_ahead("schnell", aoti)
 
     for size in (64, 96):  # one package per block kind serves every size (its dimensions are dynamic)
