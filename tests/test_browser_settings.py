@@ -101,6 +101,8 @@ def test_settings_come_back_after_a_reload_and_reset_restores_the_defaults(page,
     check(page.locator("#schnell-quant input")).to_have_value("8-bit")
     check(page.locator("#schnell-seed input")).to_have_value("777")
     check(page.locator("#schnell-randomize input")).not_to_be_checked()
+    reload(page, demo, ("generate", "canny"))  # again, Canny not opened since: what it keeps is kept
+    check(page.locator("#generate-prompt textarea")).to_have_value("a kept lighthouse")
     open_tab(page, "Canny")
     check(page.locator("#canny-prompt textarea")).to_have_value("kept edges")
     check(page.locator("#canny-low input[type=number]")).to_have_value("42")

@@ -122,8 +122,10 @@ class Field:
     rule: Any
     default: Any
 
-    def resolve(self, part, restored: dict):
-        return part(restored) if callable(part) and not hasattr(part, "clean") else part
+
+def _given(part, restored: dict):
+    """A field's rule or default: as it is, or from the fields restored before it."""
+    return part(restored) if callable(part) and not hasattr(part, "clean") else part
 
 
 def restore(stored, fields: list[Field]) -> dict[str, Any]:
@@ -132,12 +134,12 @@ def restore(stored, fields: list[Field]) -> dict[str, Any]:
     stored = stored if isinstance(stored, dict) else {}
     values: dict[str, Any] = {}
     for field in fields:
-        default = field.resolve(field.default, values)
+        default = _given(field.default, values)
         if field.key not in stored:
             values[field.key] = default
             continue
         try:
-            values[field.key] = field.resolve(field.rule, values).clean(stored[field.key])
+            values[field.key] = _given(field.rule, values).clean(stored[field.key])
         except Exception:  # noqa: BLE001  (Invalid, or a rule that cannot judge it: the default, never an error)
             values[field.key] = default
     return values
