@@ -46,6 +46,7 @@ def create_demo(manager=None, model: str | list[str] | None = None, device: str 
     from .outputs import OutputFolder
     from .runner import Runner
     from .links import wire_send_to
+    from .persist import render_states
     from .tabs import TOOL_TABS, pnginfo, system
     from .widgets import TabContext
 
@@ -86,6 +87,7 @@ def create_demo(manager=None, model: str | list[str] | None = None, device: str 
             with gr.Tab("System", id="system", elem_id="tab-system") as system_tab:
                 system.build(ctx, system_tab)
         wire_send_to(ctx.targets, tabs)
+        render_states(ctx.memories)
     demo.queue(max_size=settings.queue_size, api_open=api, default_concurrency_limit=1)
     serialize_joins(demo._queue)
     demo.studio_settings = settings

@@ -28,6 +28,7 @@ class TabContext:
     estimates: list = field(default_factory=list)  # (inputs, output, refresh) of each tab's estimate (System: offload)
     zero_gpu: bool = False  # on a ZeroGPU Space: runs happen in forked GPU workers (ui.gpu)
     targets: list = field(default_factory=list)  # ui.links.Target of each tool tab: Send to, PNG info's restore
+    memories: list = field(default_factory=list)  # ui.persist.Memory of each tool tab: its settings in the browser
 
     @property
     def visibility(self) -> str:
@@ -49,6 +50,7 @@ class Controls:
     match_input: gr.Checkbox | None = None
     loras: "LoraControls | None" = None
     batch: "BatchControls | None" = None
+    reset: gr.Button | None = None  # "Reset to defaults" (ui.persist)
 
     def inputs(self) -> list:
         """In the order tab run functions take them: steps, guidance, quant, [match], width, height, seed, randomize,
@@ -247,11 +249,13 @@ def settings(ctx: TabContext, tool: str, from_image: bool = False, tool_choice: 
         model.input(model_defaults, [model, *([tool_choice] if tool_choice is not None else [])],
                     [steps, guidance, width, height], queue=False, api_visibility="private", show_progress="hidden")
     loras = lora_picker(tool)
+    reset = gr.Button("Reset to defaults", size="sm", variant="secondary", elem_id=f"{tool}-reset",
+                      elem_classes=["ff-reset"])  # this tab's settings, kept in the browser (ui.persist)
     if match_input is not None:
         match_input.change(lambda on: (gr.update(interactive=not on), gr.update(interactive=not on)),
                            match_input, [width, height], queue=False, api_visibility="private",
                            show_progress="hidden")
-    return Controls(steps, guidance, quant, width, height, seed, randomize, match_input, loras, batch)
+    return Controls(steps, guidance, quant, width, height, seed, randomize, match_input, loras, batch, reset)
 
 
 def estimate_panel(ctx: TabContext, tool: str, panel: gr.HTML, quant: gr.Dropdown, width: gr.Slider,

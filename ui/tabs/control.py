@@ -12,6 +12,7 @@ from ..models import model_picker
 from ..runner import batch_count, pick_seed, user_error
 from ..settings import DEVICE_QUEUE
 from ..links import Target
+from ..persist import remember
 from ..widgets import TabContext, image_input, lora_values, result_panel, settings, size_values, wire
 
 FROM_PHOTO, UPLOADED = "photo", "upload"
@@ -132,5 +133,7 @@ def build(ctx: TabContext, tool: str) -> None:
     wire(ctx, panel.button, check, run, inputs, [*panel.outputs(), options.seed, control], api_name=tool, tool=tool,
          progress_on=panel.progress_on,
          aliases={"control_image": "map_image", "canny_low": "lo", "canny_high": "hi"})
+    kept = {"canny_low": low, "canny_high": high} if low is not None else {}
+    remember(ctx, tool, options, tool, model=model, source=source, **kept, prompt=prompt, form=form)
     ctx.targets.append(Target(tool, tool.capitalize(), (tool,), prompt, options, panel, image=photo))
 

@@ -13,6 +13,7 @@ from ..images import asset, editor_image, readable, editor_mask, expand_values
 from ..models import follow_tool, model_picker
 from ..runner import batch_count, pick_seed, user_error
 from ..links import Target
+from ..persist import remember
 from ..widgets import TabContext, image_input, lora_values, result_panel, settings, size_values, wire
 
 TITLE = "Fill"
@@ -60,7 +61,7 @@ def build(ctx: TabContext) -> None:
         d = ctx.defaults(tool)
         return d.steps, d.guidance, follow_tool(ctx.runner, tool)
 
-    filler.change(switch, filler, [options.steps, options.guidance, model], queue=False, api_visibility="private",
+    filler.input(switch, filler, [options.steps, options.guidance, model], queue=False, api_visibility="private",
                   show_progress="hidden")
 
     def fields(mode, editor, left, top, right, bottom, prompt, reference, steps, guidance, quant, match, width,
@@ -114,5 +115,7 @@ def build(ctx: TabContext) -> None:
     wire(ctx, panel.button, check, run, inputs, [*panel.outputs(), options.seed], api_name="fill", tool="fill",
          progress_on=panel.progress_on,
          aliases={"image": "editor", "mask": "editor", "expand": "right"})
+    remember(ctx, TAB, options, FILLERS[0], tool_choice=filler, model=model, mode=mode, prompt=prompt,
+             **{f"expand_{side}": number for side, number in zip(("left", "top", "right", "bottom"), sides)})
     ctx.targets.append(Target(TAB, TITLE, FILLERS, prompt, options, panel, image=editor, editor=True,
                               tool_choice=filler, model=model))

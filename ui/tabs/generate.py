@@ -11,6 +11,7 @@ from pipelines.tools import get_tool
 from ..models import follow_tool, model_picker
 from ..runner import batch_count, pick_seed, user_error
 from ..links import Target
+from ..persist import remember
 from ..widgets import TabContext, image_input, lora_values, result_panel, settings, wire
 
 TITLE = "Generate"
@@ -77,5 +78,6 @@ def build(ctx: TabContext) -> None:
     inputs = [variant, prompt, *options.inputs(), model, image, strength, panel.history]
     wire(ctx, panel.button, check, run, inputs, [*panel.outputs(), options.seed], api_name="generate",
          progress_on=panel.progress_on)
+    remember(ctx, TAB, options, VARIANTS[0], tool_choice=variant, model=model, prompt=prompt, strength=strength)
     ctx.targets.append(Target(TAB, "image-to-image", VARIANTS, prompt, options, panel, image=image,
                               tool_choice=variant, model=model, holder=i2i))

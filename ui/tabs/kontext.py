@@ -14,6 +14,7 @@ from ..images import asset
 from ..models import follow_tool, model_picker
 from ..runner import Invalid, batch_count, pick_seed, user_error
 from ..links import Target
+from ..persist import remember
 from ..widgets import (TabContext, image_files_input, image_input, lora_values, result_panel, settings, size_values,
                        wire)
 
@@ -48,7 +49,7 @@ def build(ctx: TabContext) -> None:
         d = ctx.defaults(tool)
         return d.steps, d.guidance, follow_tool(ctx.runner, tool)
 
-    editor.change(switch, editor, [options.steps, options.guidance, model], queue=False, api_visibility="private",
+    editor.input(switch, editor, [options.steps, options.guidance, model], queue=False, api_visibility="private",
                   show_progress="hidden")
 
     def fields(image, prompt, steps, guidance, quant, match, width, height, seed, randomize,
@@ -94,4 +95,5 @@ def build(ctx: TabContext) -> None:
     inputs = [image, prompt, *options.inputs(), references, model, panel.history, editor]
     wire(ctx, panel.button, check, run, inputs, [*panel.outputs(), options.seed], api_name="kontext", tool="kontext",
          progress_on=panel.progress_on)
+    remember(ctx, TAB, options, EDITORS[0], tool_choice=editor, model=model, prompt=prompt)
     ctx.targets.append(Target(TAB, TITLE, ("kontext",), prompt, options, panel, image=image))

@@ -8,6 +8,7 @@ from ..images import asset
 from ..models import model_picker
 from ..runner import batch_count, pick_seed, user_error
 from ..links import Target
+from ..persist import remember
 from ..widgets import TabContext, image_input, lora_values, result_panel, settings, size_values, wire
 
 TITLE = "Redux"
@@ -51,4 +52,5 @@ def build(ctx: TabContext) -> None:
     inputs = [image, prompt, *options.inputs(), model, panel.history]
     wire(ctx, panel.button, check, run, inputs, [*panel.outputs(), options.seed], api_name="redux", tool="redux",
          progress_on=panel.progress_on)
+    remember(ctx, TAB, options, "redux", model=model, prompt=prompt)
     ctx.targets.append(Target(TAB, TITLE, ("redux",), prompt, options, panel, image=image))
