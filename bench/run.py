@@ -45,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--update-policy", action="store_true",
                         help="rewrite quantization/measured.json (the CPU policy's table) from this run (a klein "
                              "run writes the FLUX.2 table)")
+    parser.add_argument("--skip-full", action="store_true",
+                        help="measure no full-precision row apart (each option's row still has the full-precision "
+                             "step and weights it was timed beside): for a slow or busy machine")
     parser.add_argument("--no-isolate", action="store_true",
                         help="measure every option in this process (faster; peak memory is then cumulative)")
     parser.add_argument("--cache", default=None, help="where the random-weight components are saved "
@@ -72,7 +75,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {refusal}", file=sys.stderr)
         return 2
     cache = weights_root(args.cache)
-    result = run(shape, _preset_name(args.preset, args.model), device, pick_dtype(device), cache, options(args.only), not args.no_isolate,
+    configs = options(args.only)[1:] if args.skip_full and args.only else options(args.only)
+    result = run(shape, _preset_name(args.preset, args.model), device, pick_dtype(device), cache, configs,
+                 not args.no_isolate,
                  update_policy=args.update_policy, quiet_wait=args.quiet_wait)
     from .report import markdown
 

@@ -106,15 +106,16 @@ def cpu_class() -> str:
 
 
 def _family_table(family: str, kind: str, key: str) -> dict:
-    """``family``'s measured ``kind`` table for ``key`` (a CPU or GPU class), else FLUX.1's (empty when neither)."""
+    """``family``'s measured ``kind`` table for ``key`` (a CPU or GPU class): FLUX.1's ratios, replaced by those
+    measured on ``family``'s components where there are any (empty when neither is measured)."""
     measured = _measured()
-    own = measured["families"].get(family, {}).get(kind, {}).get(key) if family != FAMILY else None
-    return own if own is not None else measured[kind].get(key, {})
+    own = measured["families"].get(family, {}).get(kind, {}).get(key, {}) if family != FAMILY else {}
+    return {**measured[kind].get(key, {}), **own}
 
 
 def cpu_step_ratios(cpu: str | None = None, family: str = FAMILY) -> Ratios:
-    """Measured step-time ratios for ``cpu`` (default: this CPU's class) on ``family``'s components (FLUX.1's where
-    that family is not measured on this class); empty when unmeasured."""
+    """Measured step-time ratios for ``cpu`` (default: this CPU's class) on ``family``'s components (FLUX.1's for the
+    options that family is not measured with on this class); empty when unmeasured."""
     return _family_table(family, "step", cpu or cpu_class())
 
 

@@ -283,6 +283,45 @@ def e2e_run(tmp_path_factory):
     return code, path, work, json.loads(path.read_text())
 
 
+def test_e2e_klein_4b_preset_builds_at_the_official_size_on_the_meta_device():
+    """`bench e2e --model klein-4b`'s full preset builds klein 4B's components with the official table's parameter
+    counts (the tokenizer and scheduler hold no weights)."""
+    import torch
+
+    from bench.e2e import components, preset_for
+    from pipelines.memory.sizes import official_sizes
+
+    preset = preset_for("full", "klein-4b")
+    assert (preset.family, preset.width, preset.height, preset.steps) == ("flux2", 1024, 1024, 4)
+    builders, index = components(preset)
+    assert index == {"_class_name": "Flux2KleinPipeline", "is_distilled": True}
+    official = {c.name: c.params for c in official_sizes("black-forest-labs/FLUX.2-klein-4B").components}
+    with torch.device("meta"):
+        built = {name: build() for name, build in builders.items()}
+    counts = {name: sum(p.numel() for p in part.parameters()) for name, part in built.items()
+              if isinstance(part, torch.nn.Module)}
+    assert counts == official and sum(counts.values()) == 7_982_058_787
+    assert type(built["text_encoder"]).__name__ == "Qwen3ForCausalLM"
+    assert built["text_encoder"].config.num_hidden_layers == 36 and built["transformer"].config.num_layers == 5
+    assert max(built["tokenizer"].get_vocab().values()) < built["text_encoder"].config.vocab_size
+    assert preset_for("full").slug() != preset.slug() and preset.slug().startswith("klein-4b-full-")
+
+
+def test_e2e_klein_4b_narrow_runs_the_klein_tool_end_to_end(tmp_path):
+    from bench import e2e
+
+    path = tmp_path / "e2e-klein.json"
+    code = e2e.main(["--narrow", "--model", "klein-4b", "--device", "cpu", "--quant", "4bit", "--budget", "3000",
+                     "--cache", str(tmp_path / "cache"), "--json", str(path)])
+    result = json.loads(path.read_text())
+    assert code == 0 and result["family"] == "flux2" and result["tool"] == e2e.dev_tool_name("flux2")
+    ok = {r["quant"]: r for r in result["records"] if r["status"] == "ok"}
+    assert set(ok) == {"none", "4bit"}
+    assert ok["none"]["components"]["transformer"]["backend"] == "none"
+    assert ok["4bit"]["components"]["transformer"]["backend"] != "none" and "text_encoder" in ok["4bit"]["components"]
+    assert "FLUX.2 [klein] 4B at 256x256, 4 steps" in path.with_suffix(".md").read_text()
+
+
 def test_e2e_plans_bf16_once_then_each_mode_cold_and_cached_then_the_option_sets():
     from bench.e2e import plan_runs
 
