@@ -262,3 +262,40 @@ def plan_run(tool, model: str, width: int, height: int, memory: DeviceMemory, qu
                         condition_pixels=tool.condition_pixels(width, height), step_ratios=ratios)
     auto = auto_choice(sizes, memory, dtype_bytes, ratios if "fp8" in formats else None)
     return Plan(tool.name, model, width, height, text_tokens, sizes, memory, auto, rows)
+
+
+@dataclass(frozen=True)
+class SideBySide:
+    """What the model manager's memory budget holds with several models loaded at once, at one quant choice."""
+
+    quant: str
+    fmt: str  # the backend and format the quant choice runs with
+    per_model: dict[str, int]  # model -> the bytes it adds (its components not already held for an earlier model)
+    shared: int  # bytes held once though more than one of the models uses them
+    total: int
+
+    def fits(self, budget_bytes: int) -> bool:
+        """Whether all the models stay loaded together under ``budget_bytes`` (ModelManager(budget_bytes=...));
+        otherwise loading the last one unloads the least recently used pipeline first."""
+        return self.total <= budget_bytes
+
+
+def side_by_side(models: list[ModelSizes], fmt: Format, dtype_bytes: int = 2) -> SideBySide:
+    """The weight bytes the manager holds for ``models`` loaded together at ``fmt``: each component once. The manager
+    shares a component between pipelines when its weights are the same files; among official models those are the
+    text encoders and VAEs with the same published size (FLUX.1's CLIP, T5 and VAE across the FLUX.1 tools; klein's
+    Qwen3 and VAE between a klein model and its base model); each model's transformer is its own. FLUX.1 and FLUX.2
+    [klein] share none: their text encoders (T5 and CLIP; Qwen3) and VAEs (16 and 32 latent channels) differ."""
+    held: dict[tuple, int] = {}
+    per_model, shared = {}, 0
+    for sizes in models:
+        added = 0
+        for name, value in component_bytes(sizes, fmt, dtype_bytes).items():
+            key = (name, sizes.get(name), name in sizes.quantized) + ((sizes.model,) if name == "transformer" else ())
+            if key in held:
+                shared += value
+                continue
+            held[key] = value
+            added += value
+        per_model[sizes.model] = added
+    return SideBySide(fmt.quant, fmt.label, per_model, shared, sum(held.values()))
