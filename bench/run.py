@@ -178,12 +178,12 @@ def run(shape, preset: str, device: torch.device, dtype: torch.dtype, cache: Pat
         chains = {quant: candidates(quant, device.type, shape.family) for quant in ("8bit", "4bit")}
         log(f"rewrote quantization/measured.json (GPU class {gpu_class(device)})")
     elif update_policy:
-        from quantization.policy import cpu_order
+        from quantization.policy import cpu_chain
 
         from .report import write_measured
 
-        steps, weights = write_measured(records, result, family=shape.family)
-        chains = {quant: cpu_order(quant, steps, weights) for quant in ("8bit", "4bit")}
+        write_measured(records, result, family=shape.family)  # FLUX.1's ratios fill in what this run left out
+        chains = {quant: cpu_chain(quant, family=shape.family) for quant in ("8bit", "4bit")}
         log(f"rewrote quantization/measured.json ({shape.family})")
     else:
         from quantization.policy import candidates

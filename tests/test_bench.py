@@ -203,20 +203,21 @@ def test_klein_rows_write_the_flux2_table_and_the_policy_orders_flux2_by_it(klei
     path = tmp_path / "measured.json"
     path.write_text(policy.MEASURED.read_text())
     before = policy.read_measured(path)
-    flux2_steps = {("quanto", "int8"): 2.0, ("bitsandbytes", "nf4"): 0.5}
+    flux2_steps = {("quanto", "int8"): 2.0, ("bitsandbytes", "nf4"): 0.2}
     records = [dict(r, step_ratio=flux2_steps.get((r["backend"], r["format"]), 1.0)) for r in result["records"]]
     steps, _ = write_measured(records, result, path, cpu="emulated-bf16", family="flux2")
     after = policy.read_measured(path)
     assert after["step"] == before["step"] and after["weight"] == before["weight"]  # FLUX.1's kept
-    assert after["families"]["flux2"]["step"] == {"emulated-bf16": steps} == {"emulated-bf16": flux2_steps}
+    assert after["families"]["flux2"]["step"]["emulated-bf16"] == steps == flux2_steps
     assert "cores" in after["families"]["flux2"]["machines"]["emulated-bf16"]
     monkeypatch.setattr(policy, "MEASURED", path)
     policy.forget_measured()
     try:
-        assert policy.cpu_step_ratios("emulated-bf16", "flux2") == flux2_steps
+        merged = {**before["step"]["emulated-bf16"], **flux2_steps}  # FLUX.1's where klein was not measured
+        assert policy.cpu_step_ratios("emulated-bf16", "flux2") == merged
         assert policy.cpu_step_ratios("emulated-bf16") == before["step"]["emulated-bf16"]
         assert policy.cpu_step_ratios("native-bf16", "flux2") == before["step"]["native-bf16"]  # unmeasured: FLUX.1's
-        assert policy.cpu_chain("4bit", "emulated-bf16", "flux2") == cpu_order("4bit", flux2_steps, before["weight"])
+        assert policy.cpu_chain("4bit", "emulated-bf16", "flux2") == cpu_order("4bit", merged, before["weight"])
         assert policy.cpu_chain("4bit", "emulated-bf16", "flux2")[0] == BitsAndBytesConfig("nf4")
         assert policy.cpu_chain("4bit", "emulated-bf16") == cpu_order("4bit", before["step"]["emulated-bf16"],
                                                                      before["weight"])
