@@ -30,6 +30,12 @@ the budget (or --timeout). On an H100-class GPU the default plan (none, 8bit, 4b
 about 1-2 minutes that later invocations reuse) takes about 6-8 minutes and needs about 52 GB of disk (the 34 GB
 model and one 8-bit cache); --narrow on 2 CPU cores: about 20 s per process.
 
+--model klein-4b builds FLUX.2 [klein] 4B's shape instead (a Flux2KleinPipeline directory, distilled: the
+transformer of 5 double and 20 single blocks at hidden 3072, the Qwen3-4B text encoder, FLUX.2's VAE, the small
+locally built Qwen tokenizer: 7.98B parameters, about 16 GB in bf16, the official size table's count) and runs the
+klein tool at 1024x1024, 4 steps; --narrow scales it down as for FLUX.1 (the Qwen3 keeps the 27 layers whose
+hidden states klein reads).
+
 Targets (judged on --full only): 4-bit peak allocated <= 8 GiB; 8-bit <= 13 GiB; NF4 denoise <= 1.0x bf16;
 fastest 8-bit <= 0.6x; fastest combination <= 0.4x; cached 4-bit load <= 0.6x the bf16 load; cold 4-bit start
 <= 2x the bf16 load. The step cache's effect is reported apart (random weights: not a quality measure).
@@ -53,7 +59,7 @@ from pathlib import Path
 import torch
 
 from .common import REPO, bench_args, logger, weights_root, worker_env, write_json
-from .shapes import FULL, Shape
+from .shapes import FULL, Shape, klein
 
 log = logger("bench e2e")
 RESULTS = REPO / "bench" / "results"
@@ -64,6 +70,8 @@ STEP_CACHE_DEFAULT = "0.12"
 NOT_QUALITY = "random weights: not a quality measure"
 GIB = 2**30
 FULL_MODEL_BYTES = 33_740_000_000  # the full preset on disk in bf16: 16.9B parameters
+KLEIN_FULL_MODEL_BYTES = 15_964_117_574  # klein 4B's full preset on disk in bf16: 7.98B parameters
+MODELS = ("flux1", "klein-4b")
 QUANTIZED_SHARE = 0.51  # the largest mode's quantized weights (8-bit) relative to the model, kept while it runs
 BUDGET_S = 540  # one command of at most 10 minutes, with room to spare
 # Seconds a run is expected to take before one of its kind has run (full: an H100-class GPU; narrow: 2 CPU cores).
@@ -86,18 +94,25 @@ class Preset:
     height: int = 1024
     steps: int = 28
 
+    @property
+    def family(self) -> str:
+        return self.shape.family
+
     def spec(self) -> dict:
         """What the built directory depends on (run sizes excluded)."""
         shape = asdict(self.shape)
         for key in ("image_size", "text_tokens", "steps", "guidance", "encodes"):
             shape.pop(key)
+        if self.family == "flux1":  # FLUX.1's directories keep the names they were built under
+            for key in [k for k in shape if k.startswith(("qwen_", "full_")) or k == "family"]:
+                shape.pop(key)
         return {"version": BUILD_VERSION, "shape": shape, "clip": [self.clip_hidden, self.clip_layers,
                                                                    self.clip_heads, self.clip_intermediate,
                                                                    self.clip_vocab]}
 
     def slug(self) -> str:
         digest = hashlib.sha1(json.dumps(self.spec(), sort_keys=True).encode()).hexdigest()[:10]
-        return f"{self.name}-{digest}"
+        return f"{self.name}-{digest}" if self.family == "flux1" else f"klein-4b-{self.name}-{digest}"
 
 
 PRESETS = {
@@ -110,6 +125,28 @@ PRESETS = {
                      clip_hidden=64, clip_layers=2, clip_heads=2, clip_intermediate=128, width=256, height=256,
                      steps=4),
 }
+# FLUX.2 [klein] 4B (no CLIP: the clip fields are unused). Full: klein 4B's published widths and depths
+# (bench.shapes.klein, from pipelines.models.official.KLEIN_CONFIGS), 1024x1024, its 4 steps. Narrow: hidden 256
+# (2 heads of 128, as klein's rope axes need), 1 + 2 blocks, a Qwen3 of width 128 (the 4-bit backends' group size)
+# with the 27 layers klein reads.
+KLEIN_PRESETS = {
+    "full": Preset("full", replace(klein(FULL, "4B"), image_size=1024, steps=4), clip_hidden=0, clip_layers=0,
+                   clip_heads=0, clip_intermediate=0, steps=4),
+    "narrow": Preset("narrow", replace(klein(replace(FULL, heads=2, double_blocks=1, single_blocks=2, t5_layers=27,
+                                                     vae_channels=(32, 32, 32, 32), vae_layers_per_block=1,
+                                                     image_size=256, steps=4), "4B"),
+                                       qwen_hidden=128, qwen_intermediate=256, qwen_heads=2, qwen_kv_heads=1,
+                                       qwen_head_dim=64, joint_attention_dim=384),
+                     clip_hidden=0, clip_layers=0, clip_heads=0, clip_intermediate=0, width=256, height=256,
+                     steps=4),
+}
+
+
+def preset_for(name: str, model: str = "flux1") -> Preset:
+    """The e2e preset ``name`` ('full', 'narrow') of ``model`` (one of MODELS)."""
+    if model not in MODELS:
+        raise ValueError(f"--model {model!r}: choose one of {', '.join(MODELS)}")
+    return (PRESETS if model == "flux1" else KLEIN_PRESETS)[name]
 
 
 # ---- the model directory ---------------------------------------------------------------------------------------
@@ -138,16 +175,55 @@ def model_dir(preset: Preset, cache: Path, device: torch.device) -> Path:
     return build_once(Path(cache) / "bench-e2e" / preset.slug(), lambda tmp: write_model(preset, tmp, device))
 
 
+def components(preset: Preset, dtype: torch.dtype = torch.bfloat16) -> tuple[dict, dict]:
+    """(builders by component name, model_index.json's other entries) of ``preset``'s pipeline directory."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    from .models import build_text_encoder, build_transformer, build_vae
+
+    shape = preset.shape
+    if preset.family == "flux1":
+        return _flux1_components(preset, dtype)
+    from pipelines.models.tiny import qwen_tokenizer
+
+    tokenizer = qwen_tokenizer()  # a small vocabulary: its ids stay inside Qwen3's 151936 rows
+    scheduler = FlowMatchEulerDiscreteScheduler(base_image_seq_len=256, base_shift=0.5, max_image_seq_len=4096,
+                                                max_shift=1.15, shift=3.0, use_dynamic_shifting=True)
+    builders = {
+        "scheduler": lambda: scheduler,
+        "tokenizer": lambda: tokenizer,
+        "text_encoder": lambda: build_text_encoder(shape, dtype),  # seeds shape.seed + 2
+        "transformer": lambda: build_transformer(shape, dtype),  # shape.seed + 1
+        "vae": lambda: build_vae(shape).to(dtype),  # shape.seed + 3
+    }
+    return builders, {"_class_name": "Flux2KleinPipeline", "is_distilled": True}
+
+
 def write_model(preset: Preset, folder: Path, device: torch.device) -> None:
     """Every component, one at a time (built on ``device`` in bf16, saved, freed), and model_index.json."""
     import diffusers
+
+    builders, extra = components(preset)
+    index = {"_diffusers_version": diffusers.__version__, **extra}
+    for name, build in builders.items():
+        log(f"  {name} ...")
+        with torch.device(device):
+            part = build()
+        part.save_pretrained(folder / name)
+        index[name] = [type(part).__module__.split(".")[0], type(part).__name__]
+        del part
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    (folder / "model_index.json").write_text(json.dumps(dict(sorted(index.items())), indent=2) + "\n")
+
+
+def _flux1_components(preset: Preset, dtype: torch.dtype) -> tuple[dict, dict]:
     from diffusers import FlowMatchEulerDiscreteScheduler
 
     from pipelines.models.tiny import clip_tokenizer, t5_tokenizer
 
     from .models import build_t5, build_transformer, build_vae
 
-    dtype = torch.bfloat16
     shape = preset.shape
     tokenizer, tokenizer_2 = clip_tokenizer(), t5_tokenizer()
     scheduler = FlowMatchEulerDiscreteScheduler(base_image_seq_len=256, base_shift=0.5, max_image_seq_len=4096,
@@ -161,18 +237,7 @@ def write_model(preset: Preset, folder: Path, device: torch.device) -> None:
         "transformer": lambda: build_transformer(shape, dtype),  # shape.seed + 1
         "vae": lambda: build_vae(shape).to(dtype),  # shape.seed + 3
     }
-    index = {"_class_name": "FluxPipeline", "_diffusers_version": diffusers.__version__,
-             "feature_extractor": [None, None], "image_encoder": [None, None]}
-    for name, build in builders.items():
-        log(f"  {name} ...")
-        with torch.device(device):
-            part = build()
-        part.save_pretrained(folder / name)
-        index[name] = [type(part).__module__.split(".")[0], type(part).__name__]
-        del part
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-    (folder / "model_index.json").write_text(json.dumps(dict(sorted(index.items())), indent=2) + "\n")
+    return builders, {"_class_name": "FluxPipeline", "feature_extractor": [None, None], "image_encoder": [None, None]}
 
 
 # ---- the runs -----------------------------------------------------------------------------------------------------
@@ -184,14 +249,17 @@ def allowed_quants() -> list[str]:
     return [q for q in QUANTS if q != "auto"]
 
 
-def dev_tool_name() -> str:
-    """The FLUX.1 [dev] tool, found by its model rather than spelled here."""
+def dev_tool_name(family: str = "flux1") -> str:
+    """The FLUX.1 [dev] tool (FLUX.2 [klein] 4B's text-to-image tool for ``family`` 'flux2'), found by its model
+    rather than spelled here."""
     from pipelines.tools import all_tools
 
+    model, pipeline = (("/FLUX.1-dev", "FluxPipeline") if family == "flux1"
+                       else ("/FLUX.2-klein-4B", "Flux2KleinPipeline"))
     for tool in all_tools():
-        if tool.model_id.endswith("/FLUX.1-dev") and tool.pipeline_class == "FluxPipeline":
+        if tool.model_id.endswith(model) and tool.pipeline_class == pipeline:
             return tool.name
-    raise RuntimeError("no tool runs black-forest-labs/FLUX.1-dev")
+    raise RuntimeError(f"no tool runs black-forest-labs{model}")
 
 
 def generate_flags() -> set[str]:
@@ -483,19 +551,21 @@ def _placement(placement) -> str:
 def markdown(result: dict) -> str:
     from .report import _bytes, machine_line
 
+    text = "text_encoder" if result.get("family") == "flux2" else "text_encoder_2"
     lines = [
         f"# End-to-end benchmark: {result['preset']} on {result['slug']}",
         "",
         machine_line(result["machine"]),
         f"Date: {result['date']}; total {result['total_s']:.0f} s (model build {result['build_s']:.0f} s); model "
         f"{result['model_bytes'] and _bytes(result['model_bytes'])} in {result['model']}.",
-        f"Run: `generate` of FLUX.1 [dev] at {result['width']}x{result['height']}, {result['steps']} steps, seed "
+        f"Run: `generate` of {'FLUX.2 [klein] 4B' if result.get('family') == 'flux2' else 'FLUX.1 [dev]'} at "
+        f"{result['width']}x{result['height']}, {result['steps']} steps, seed "
         f"{SEED}, each in a fresh process, within a budget of {result.get('budget_s') or 0:.0f} s. Peak and denoise: "
         "the cached run (bf16 runs once); load cold: empty quantized-weights cache (quantize and write), load "
         "cached: reading it. Warm denoise: without the first step's extra (compiling, warming up); ratios: warm "
         "denoise / bf16's (none, no options) in this run.",
         "",
-        "| quant | options | status | transformer | text_encoder_2 | peak GiB | reserved GiB | cold peak GiB "
+        f"| quant | options | status | transformer | {text} | peak GiB | reserved GiB | cold peak GiB "
         "| load cold s | load cached s | denoise s | warm denoise s | vs bf16 | total s | placement |",
         "|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
@@ -506,7 +576,7 @@ def markdown(result: dict) -> str:
             continue
         comp = r["components"]
         names = [" ".join(filter(None, (comp.get(c, {}).get("backend"), comp.get(c, {}).get("format"))))
-                 for c in ("transformer", "text_encoder_2")]
+                 for c in ("transformer", text)]
         placement = r.get("placement")
         lines.append(
             f"| {r['quant']} | {r['options']} | ok | {names[0]} | {names[1]} | {_gib(r['peak_bytes'])} "
@@ -517,8 +587,8 @@ def markdown(result: dict) -> str:
     lines += ["", "## Targets", ""]
     unjudged = "narrow preset" if result["preset"] != "full" else "size or steps changed"
     if not result["judged"]:
-        lines.append(f"Targets apply to the full preset (Dev, 1024x1024, 28 steps); this run is not judged "
-                     f"({unjudged}).")
+        full = "klein 4B, 1024x1024, 4 steps" if result.get("family") == "flux2" else "Dev, 1024x1024, 28 steps"
+        lines.append(f"Targets apply to the full preset ({full}); this run is not judged ({unjudged}).")
         lines.append("")
     lines += ["| target | measured | met |", "|---|---|---|"]
     for t in result["targets"]:
@@ -578,6 +648,8 @@ def build_parser() -> argparse.ArgumentParser:
     size.add_argument("--narrow", dest="preset", action="store_const", const="narrow",
                       help="the same layout scaled down, 256x256, 4 steps (CPU, tests)")
     parser.set_defaults(preset="full")
+    parser.add_argument("--model", default="flux1", choices=MODELS,
+                        help="FLUX.1 [dev]'s shape (default) or FLUX.2 [klein] 4B's (1024x1024, 4 steps)")
     parser.add_argument("--quant", default="none,8bit,4bit", help="comma list of quant modes (none always runs)")
     parser.add_argument("--only", default=None, help="comma list: run only these of --quant's modes (and none)")
     parser.add_argument("--options", default="", help="comma list of option sets, each one or more of compile, "
@@ -611,10 +683,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         device = pick_device(args.device)
         plan = make_plan(args)
+        preset = preset_for(args.preset, args.model)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    preset = PRESETS[args.preset]
+    if preset.name == "full" and preset.family == "flux2" and device.type != "cuda" and not args.force:
+        print("error: --full --model klein-4b builds klein 4B at its real size (about 16 GB) and runs 1024x1024 x 4 "
+              "steps: it is meant for a CUDA GPU. Use --narrow here, or add --force.", file=sys.stderr)
+        return 2
     if preset.name == "full" and device.type != "cuda" and not args.force:
         print("error: --full builds FLUX.1-dev at its real size (about 34 GB, more than 24 GB of RAM to build) and "
               "runs 1024x1024 x 28 steps: it needs a CUDA GPU. Use --narrow here, or add --force.", file=sys.stderr)
@@ -637,14 +713,15 @@ def main(argv: list[str] | None = None) -> int:
     for text in plan["options"]:
         flags, reason = option_flags(parse_option_set(text), available)
         option_sets.append((text, flags, reason))
-    tool = dev_tool_name()
+    tool = dev_tool_name(preset.family)
     with tempfile.TemporaryDirectory(prefix="fluxforge-e2e-") as tmp:
         work = Path(args.work) if args.work else Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
         records = measure(plan_runs(plan["quants"], option_sets), args, model, work, tool, size, budget)
     add_ratios(records)
     judged = preset.name == "full" and size == (preset.width, preset.height, preset.steps)
-    result = {"preset": preset.name, "spec": preset.spec(), "model": str(model),
+    result = {"preset": preset.name, "family": preset.family, "tool": tool, "spec": preset.spec(),
+              "model": str(model),
               "model_bytes": sum(f.stat().st_size for f in model.rglob("*") if f.is_file()),
               "width": size[0], "height": size[1], "steps": size[2], "device": str(device),
               "date": datetime.date.today().isoformat(), "machine": info, "slug": machine_slug(info),
@@ -652,7 +729,8 @@ def main(argv: list[str] | None = None) -> int:
               "targets": targets(records, judged), "total_s": time.perf_counter() - start}
     text = markdown(result)
     print(text)
-    path = Path(args.json) if args.json else RESULTS / f"e2e-{result['slug']}-{preset.name}.json"
+    name = preset.name if preset.family == "flux1" else f"{args.model}-{preset.name}"
+    path = Path(args.json) if args.json else RESULTS / f"e2e-{result['slug']}-{name}.json"
     write_json(result, path)
     path.with_suffix(".md").write_text(text)
     plot(result, path.with_suffix(".png"))
@@ -670,14 +748,15 @@ def disk_shortage(preset: Preset, cache: Path, quants: list[str] = ("none",)) ->
     if preset.name != "full":
         return None
     root = Path(cache) / "bench-e2e" / preset.slug()
-    model = 0 if (root / ".complete").exists() else FULL_MODEL_BYTES
-    quantized = FULL_MODEL_BYTES * QUANTIZED_SHARE if any(q != "none" for q in quants) else 0
+    full = FULL_MODEL_BYTES if preset.family == "flux1" else KLEIN_FULL_MODEL_BYTES
+    model = 0 if (root / ".complete").exists() else full
+    quantized = full * QUANTIZED_SHARE if any(q != "none" for q in quants) else 0
     need = (model + quantized) * 1.05
     folder = next((p for p in (root, *root.parents) if p.exists()), Path("/"))
     free = shutil.disk_usage(folder).free
     if free >= need:
         return None
-    return (f"--full needs about {need / 1e9:.0f} GB of disk under {root.parent} (the {FULL_MODEL_BYTES / 1e9:.0f} "
+    return (f"--full needs about {need / 1e9:.0f} GB of disk under {root.parent} (the {full / 1e9:.0f} "
             f"GB model{', built already' if not model else ''}, and one quantized mode's weights at a time); only "
             f"{free / 1e9:.0f} GB are free there (choose another place with --cache, or fewer --quant modes).")
 

@@ -1,5 +1,7 @@
 """One backend x format: load, quantize and run both components, then the full-precision reference beside it.
 
+The components are FLUX.1's T5 and transformer, or FLUX.2 [klein]'s Qwen3 text encoder and transformer (the text
+encoder is called T5 below for both).
 Phase 1 (its peak memory is the record's): load and quantize T5, encode, load and quantize the transformer,
 one transformer step. Phase 2: the full-precision T5 and transformer in the same process; encodes and the two
 denoising trajectories run interleaved, in pairs, so times are compared side by side. On a CPU, a pair during
@@ -26,7 +28,7 @@ from quantization.sizes import bytes_by_module
 
 from .common import busy_seconds, config_for, other_share
 from .models import Inputs, load, rel_error
-from .shapes import FULL_DOUBLE, FULL_SINGLE, FULL_T5_LAYERS, Shape
+from .shapes import Shape
 
 
 def sync(device: torch.device) -> None:
@@ -46,15 +48,17 @@ def memory_now(device: torch.device) -> int:
     return int(psutil.Process().memory_info().rss)
 
 
-def sizes(component: str, module: torch.nn.Module) -> dict:
+def sizes(component: str, module: torch.nn.Module, shape: Shape) -> dict:
     """Weight bytes, and the same extrapolated to the real depth from the bytes per block built here."""
     table = bytes_by_module(module)
     total = sum(table.values())
     if component == "transformer":
-        parts = [("transformer_blocks.", FULL_DOUBLE, len(module.transformer_blocks)),
-                 ("single_transformer_blocks.", FULL_SINGLE, len(module.single_transformer_blocks))]
+        parts = [("transformer_blocks.", shape.full_double, len(module.transformer_blocks)),
+                 ("single_transformer_blocks.", shape.full_single, len(module.single_transformer_blocks))]
+    elif shape.family == "flux2":  # Qwen3's decoder layers
+        parts = [("model.layers.", shape.full_text_layers, len(module.model.layers))]
     else:
-        parts = [("encoder.block.", FULL_T5_LAYERS, len(module.encoder.block))]
+        parts = [("encoder.block.", shape.full_text_layers, len(module.encoder.block))]
     full_depth = total
     for prefix, full, count in parts:
         if count:
@@ -124,25 +128,26 @@ def measure(config: QuantConfig, shape: Shape, device: torch.device, dtype: torc
             floor: bool = False) -> tuple[list[dict], dict[str, torch.Tensor]]:
     """Records for text_encoder_2 and transformer, and the final latents (quantized and reference)."""
     full = config.bits >= 16
+    text = shape.text_component
     inputs = Inputs(shape, device, dtype)
     empty_cache(device)
     base = memory_now(device)
 
     # Phase 1: what a studio run holds.
     with PeakMemory(device) as peak:
-        t5, t5_info = load_quantized("text_encoder_2", config, root, device, dtype)
+        t5, t5_info = load_quantized(text, config, root, device, dtype)
         t5_out = inputs.encode(t5)
         transformer, tr_info = load_quantized("transformer", config, root, device, dtype)
         first = inputs.forward(transformer, inputs.noise, inputs.sigmas[0])  # also the warm-up
         sync(device)
     empty_cache(device)
     resident = memory_now(device)
-    t5_info.update(sizes("text_encoder_2", t5))
-    tr_info.update(sizes("transformer", transformer))
+    t5_info.update(sizes(text, t5, shape))
+    tr_info.update(sizes("transformer", transformer, shape))
 
     # Phase 2: the full-precision reference in the same process, timed side by side.
     clock = Clock(device)
-    t5_ref = t5 if full else load_reference("text_encoder_2", root, device, dtype)
+    t5_ref = t5 if full else load_reference(text, root, device, dtype)
     t5_ref_out = inputs.encode(t5_ref)  # warm-up
     encodes = {"quantized": lambda: inputs.encode(t5)}
     if not full:
@@ -151,13 +156,13 @@ def measure(config: QuantConfig, shape: Shape, device: torch.device, dtype: torc
     for index in range(shape.encodes):
         for name, (_, seconds) in clock.pair(encodes, index % 2).items():
             t5_times[name].append(seconds)
-    t5_ref_info = sizes("text_encoder_2", t5_ref)
+    t5_ref_info = sizes(text, t5_ref, shape)
     del t5, t5_ref
     empty_cache(device)
 
     ref = transformer if full else load_reference("transformer", root, device, dtype)
     ref_first = first if full else inputs.forward(ref, inputs.noise, inputs.sigmas[0])  # also the warm-up
-    tr_ref_info = sizes("transformer", ref)
+    tr_ref_info = sizes("transformer", ref, shape)
     models = {"quantized": transformer} if full else {"quantized": transformer, "reference": ref}
     latents = {name: inputs.noise.clone() for name in models}
     times = {name: [] for name in models}
@@ -184,8 +189,8 @@ def measure(config: QuantConfig, shape: Shape, device: torch.device, dtype: torc
               "resident_bytes": resident, "memory_kind": memory_kind(device), "other_cpu_share": clock.other_share(),
               "retimed": clock.retimed}
     records = [
-        _record("text_encoder_2", common, t5_info, t5_ref_info, t5_times["quantized"], t5_times["reference"],
-                "T5 encode", rel_error(t5_out, t5_ref_out)),
+        _record(text, common, t5_info, t5_ref_info, t5_times["quantized"], t5_times["reference"],
+                "T5 encode" if shape.family == "flux1" else "Qwen3 encode", rel_error(t5_out, t5_ref_out)),
         _record("transformer", common, tr_info, tr_ref_info, times["quantized"], times["reference"],
                 "transformer step", rel_error(first, ref_first),
                 latent_rel_error=rel_error(latents["quantized"], latents["reference"]), bf16_floor=floor_error),

@@ -80,13 +80,15 @@ def targets(records: list[dict]) -> list[dict]:
     for r in quantized:
         if r["component"] != "transformer" or not r.get("auto") or not r["device"].startswith("cpu"):
             continue
-        t5 = by.get(("text_encoder_2", r["backend"], r["format"]))
+        t5 = next((by[(name, r["backend"], r["format"])] for name in ("text_encoder_2", "text_encoder")
+                   if (name, r["backend"], r["format"]) in by), None)
         limit = RATIO[quant_of(r["bits"])]
         meets_ratio = r["weight_ratio"] <= limit and (t5 is None or t5["full_depth_weight_ratio"] <= limit)
         rows.append({"target": f"auto {quant_of(r['bits'])} on CPU ({r['label']}): step <= {STEP_TARGET}x "
                                f"full precision, weight ratio <= {limit}",
                      "measured": f"{r['step_ratio']:.2f}x, transformer {r['weight_ratio']:.3f}"
-                                 + (f", T5 full depth est. {t5['full_depth_weight_ratio']:.3f}" if t5 else ""),
+                                 + (f", text encoder full depth est. {t5['full_depth_weight_ratio']:.3f}"
+                                    if t5 else ""),
                      "met": r["step_ratio"] <= STEP_TARGET and meets_ratio})
     return rows
 
@@ -106,8 +108,16 @@ def machine_line(info: dict) -> str:
             + ", ".join(f"{k} {v}" for k, v in info["versions"].items() if v))
 
 
+def _text_encoder_line(shape: dict) -> str:
+    if shape.get("family", "flux1") == "flux1":
+        return f"T5 {shape['t5_layers']} layers, d_model {shape['joint_attention_dim']}, d_ff {shape['t5_d_ff']}"
+    return (f"Qwen3 {shape['qwen_layers']} layers, hidden {shape['qwen_hidden']}, intermediate "
+            f"{shape['qwen_intermediate']}, vocab {shape['qwen_vocab']} (text embedding 3 x {shape['qwen_hidden']})")
+
+
 def markdown(result: dict) -> str:
     info, shape = result["machine"], result["shape"]
+    flux2 = shape.get("family", "flux1") == "flux2"
     lines = [
         f"# Quantization benchmark: {result['preset']} on {result['slug']}",
         "",
@@ -115,8 +125,9 @@ def markdown(result: dict) -> str:
         f"Date: {result['date']}; total run {result['total_s']:.0f} s; dtype {result['dtype']}; "
         f"each option measured in {'its own process' if result['isolated'] else 'one shared process'}.",
         f"Shapes: transformer {shape['double_blocks']} double + {shape['single_blocks']} single blocks, hidden "
-        f"{shape['hidden']} ({shape['heads']} x {shape['head_dim']}); T5 {shape['t5_layers']} layers, d_model "
-        f"{shape['joint_attention_dim']}, d_ff {shape['t5_d_ff']}; {shape['image_size']}x{shape['image_size']} "
+        f"{shape['hidden']} ({shape['heads']} x {shape['head_dim']}"
+        + (", FLUX.2 [klein]'s Flux2Transformer2DModel" if flux2 else "") + f"); {_text_encoder_line(shape)}; "
+        f"{shape['image_size']}x{shape['image_size']} "
         f"({shape['image_tokens']} image + {shape['text_tokens']} text tokens), {shape['steps']} steps, seed "
         f"{shape['seed']}.",
         "",
@@ -140,8 +151,11 @@ def markdown(result: dict) -> str:
         "freed memory is collected. Rel error: ||q - ref|| / ||ref|| "
         "of one transformer output (T5: last hidden state) on the same inputs. PSNR: images decoded by a "
         "random-weight FLUX-shaped VAE from the final latents of the quantized and full-precision trajectories. "
-        "Ratio at full depth: bytes per block measured here, extrapolated to 19 + 38 blocks and 24 T5 layers "
-        "(a 2-layer T5 slice's ratio is dominated by its vocabulary table, stored in int8).",
+        f"Ratio at full depth: bytes per block measured here, extrapolated to {shape.get('full_double', 19)} + "
+        f"{shape.get('full_single', 38)} blocks and {shape.get('full_text_layers', 24)} "
+        + ("Qwen3 layers (a 2-layer Qwen3 slice's ratio is dominated by its 151936-row embedding table)."
+           if flux2 else "T5 layers (a 2-layer T5 slice's ratio is dominated by its vocabulary table, stored in "
+                         "int8)."),
     ]
     floor = next((r["bf16_floor"] for r in result["records"] if r.get("bf16_floor") is not None), None)
     if floor is not None:
@@ -193,7 +207,7 @@ def plot(result: dict, path: Path) -> None:
     shape = result["shape"]
     fig.suptitle(f"{result['slug']} {result['preset']}: {shape['double_blocks']}+{shape['single_blocks']} blocks "
                  f"at hidden {shape['hidden']}, {shape['image_tokens']} image tokens; full precision "
-                 f"{next((r['ref_step_s'] for r in rows if r['backend'] == 'none'), 0):.2f} s/step")
+                 f"{next((r['ref_step_s'] for r in rows), 0):.2f} s/step")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -208,11 +222,13 @@ def measured_tables(records: list[dict]) -> tuple[dict, dict]:
 
 
 def write_measured(records: list[dict], result: dict, path: Path = MEASURED,
-                   cpu: str | None = None, gpu: str | None = None) -> tuple[dict, dict]:
+                   cpu: str | None = None, gpu: str | None = None, family: str = "flux1") -> tuple[dict, dict]:
     """Rewrite quantization/measured.json: this run's transformer ratios become the table of ``gpu`` (a GPU class,
     for a run on a GPU) or of ``cpu`` (default: this machine's class of CPU); the other classes' tables are kept
-    (and the weight ratios, the same on every device, are rewritten only from a CPU run)."""
-    from quantization.policy import cpu_class
+    (and the weight ratios, the same on every device, are rewritten only from a CPU run of FLUX.1's components).
+    A run on another ``family``'s components (FLUX.2 [klein]'s: "flux2") writes that family's tables, under
+    "families", and keeps FLUX.1's."""
+    from quantization.policy import FAMILY, cpu_class
 
     steps, weights = measured_tables(records)
     info, shape = result["machine"], result["shape"]
@@ -220,27 +236,38 @@ def write_measured(records: list[dict], result: dict, path: Path = MEASURED,
         old = json.loads(Path(path).read_text())
     except (OSError, ValueError):
         old = {}
-    data = {"cpu_step_ratio": {k: v for k, v in old.get("cpu_step_ratio", {}).items() if isinstance(v, dict)},
-            "cpu_weight_ratio": old.get("cpu_weight_ratio", {}), "cpu_machines": dict(old.get("cpu_machines", {})),
-            "gpu_step_ratio": {k: v for k, v in old.get("gpu_step_ratio", {}).items() if isinstance(v, dict)},
-            "gpu_machines": dict(old.get("gpu_machines", {}))}
+    data = _tables(old)
+    data["cpu_weight_ratio"] = old.get("cpu_weight_ratio", {})
+    families = {name: _tables(table) for name, table in old.get("families", {}).items()}
+    tables = data if family == FAMILY else families.setdefault(family, _tables({}))
     shares = [r["other_cpu_share"] for r in records if r.get("other_cpu_share") is not None]
     busy = f"; others used {sum(shares) / len(shares):.0%} of the CPU" if shares else ""
     where = (f"{shape['double_blocks']} double + {shape['single_blocks']} single blocks at hidden {shape['hidden']}, "
              f"{shape['image_tokens']} image + {shape['text_tokens']} text tokens")
     if gpu is not None:
-        data["gpu_step_ratio"][gpu] = _names(steps)
-        data["gpu_machines"][gpu] = (f"{info['device_name']}, torch {info['versions']['torch']}, {result['date']}; "
-                                     f"{where}")
+        tables["gpu_step_ratio"][gpu] = _names(steps)
+        tables["gpu_machines"][gpu] = (f"{info['device_name']}, torch {info['versions']['torch']}, "
+                                       f"{result['date']}; {where}")
     else:
         cpu = cpu or cpu_class()
-        data["cpu_step_ratio"][cpu] = _names(steps)
-        data["cpu_weight_ratio"] = _names(weights)
-        data["cpu_machines"][cpu] = (f"{info['cpu']}, {info['cores']} cores, torch {info['versions']['torch']}, "
-                                     f"{result['date']}; {where}{busy}")
+        tables["cpu_step_ratio"][cpu] = _names(steps)
+        if family == FAMILY:
+            data["cpu_weight_ratio"] = _names(weights)
+        tables["cpu_machines"][cpu] = (f"{info['cpu']}, {info['cores']} cores, torch {info['versions']['torch']}, "
+                                       f"{result['date']}; {where}{busy}")
+    if families:
+        data["families"] = families
     Path(path).write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
     forget_measured()
     return steps, weights
+
+
+def _tables(old: dict) -> dict:
+    """The step-ratio and machine tables of a measured.json (or of one family in it), per CPU and GPU class."""
+    return {"cpu_step_ratio": {k: v for k, v in old.get("cpu_step_ratio", {}).items() if isinstance(v, dict)},
+            "cpu_machines": dict(old.get("cpu_machines", {})),
+            "gpu_step_ratio": {k: v for k, v in old.get("gpu_step_ratio", {}).items() if isinstance(v, dict)},
+            "gpu_machines": dict(old.get("gpu_machines", {}))}
 
 
 def _names(table: dict) -> dict:

@@ -3,6 +3,8 @@
   --quick  (default) CPU-sized slice at full width: 1 double + 2 single blocks, 2 T5 layers, 256 image tokens
   --full   the real depth: 19 + 38 blocks, 24 T5 layers, 1024x1024, 28 steps of Dev (needs a large GPU)
   --tiny   narrow models for tests
+  --model klein-4b | klein-9b   FLUX.2 [klein]'s transformer and Qwen3 text encoder at their real widths instead of
+           FLUX.1's (the same depths; --full: klein's own 5 + 20 or 8 + 24 blocks and 36 Qwen3 layers, 4 steps)
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import torch
 
 from .common import (ALL_OPTIONS, REPO, add_options, bench_args, logger, parse_only, weights_root, worker_env,
                      write_json)
-from .shapes import PRESETS
+from .shapes import MODELS, PRESETS, shape_for
 
 log = logger("bench")
 FULL_GPU_FACTOR = 1.6  # the bf16 transformer and a quantized copy are held together, plus activations
@@ -34,12 +36,18 @@ def build_parser() -> argparse.ArgumentParser:
     for name in PRESETS:
         size.add_argument(f"--{name}", dest="preset", action="store_const", const=name)
     parser.set_defaults(preset="quick")
+    parser.add_argument("--model", default="flux1", choices=MODELS,
+                        help="whose components: FLUX.1's (default) or FLUX.2 [klein] 4B's or 9B's")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 or mps (default: best available)")
     parser.add_argument("--force", action="store_true", help="run --full without a CUDA device, or on a small GPU")
     add_options(parser, quiet_wait=0, only_note="; none:bf16 is always measured")
     parser.add_argument("--json", default=None, help="write the records here, and the .md and .png beside it")
     parser.add_argument("--update-policy", action="store_true",
-                        help="rewrite quantization/measured.json (the CPU policy's table) from this run")
+                        help="rewrite quantization/measured.json (the CPU policy's table) from this run (a klein "
+                             "run writes the FLUX.2 table)")
+    parser.add_argument("--skip-full", action="store_true",
+                        help="measure no full-precision row apart (each option's row still has the full-precision "
+                             "step and weights it was timed beside): for a slow or busy machine")
     parser.add_argument("--no-isolate", action="store_true",
                         help="measure every option in this process (faster; peak memory is then cumulative)")
     parser.add_argument("--cache", default=None, help="where the random-weight components are saved "
@@ -61,13 +69,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     overrides = {k: getattr(args, k) for k in ("double_blocks", "single_blocks", "t5_layers", "image_size",
                                                "text_tokens", "steps", "seed") if getattr(args, k) is not None}
-    shape = replace(PRESETS[args.preset], **overrides)
+    shape = replace(shape_for(args.preset, args.model), **overrides)
     refusal = check_request(args, shape, device)
     if refusal:
         print(f"error: {refusal}", file=sys.stderr)
         return 2
     cache = weights_root(args.cache)
-    result = run(shape, args.preset, device, pick_dtype(device), cache, options(args.only), not args.no_isolate,
+    configs = options(args.only)[1:] if args.skip_full and args.only else options(args.only)
+    result = run(shape, _preset_name(args.preset, args.model), device, pick_dtype(device), cache, configs,
+                 not args.no_isolate,
                  update_policy=args.update_policy, quiet_wait=args.quiet_wait)
     from .report import markdown
 
@@ -77,6 +87,11 @@ def main(argv: list[str] | None = None) -> int:
         write_outputs(result, Path(args.json))
         print(f"wrote {args.json} and its .md and .png", file=sys.stderr)
     return 0 if result["records"] else 1
+
+
+def _preset_name(preset: str, model: str) -> str:
+    """'quick', or 'quick klein-4b' for a klein run (the reports' and records' preset)."""
+    return preset if model == "flux1" else f"{preset} {model}"
 
 
 def check_request(args, shape, device: torch.device) -> str | None:
@@ -89,6 +104,8 @@ def check_request(args, shape, device: torch.device) -> str | None:
     if device.type != "cuda":
         return ("--full builds the real 12B transformer and 4.8B T5 and runs 28 steps at 1024x1024: it needs a "
                 "CUDA GPU (about 40 GB). Use --quick here, or add --force to run it anyway.")
+    if shape.family != "flux1":
+        return None
     need = full_gpu_bytes(shape)
     total = torch.cuda.get_device_properties(device).total_memory
     if total < need:
@@ -118,7 +135,8 @@ def run(shape, preset: str, device: torch.device, dtype: torch.dtype, cache: Pat
 
     start = time.perf_counter()
     info = machine(device)
-    log(f"building FLUX-shaped components ({preset}) in {cache} ...")
+    kind = "FLUX.2 [klein]" if shape.family == "flux2" else "FLUX"
+    log(f"building {kind}-shaped components ({preset}) in {cache} ...")
     build_start = time.perf_counter()
     root = weights_dir(cache, shape)
     build_s = time.perf_counter() - build_start
@@ -127,7 +145,7 @@ def run(shape, preset: str, device: torch.device, dtype: torch.dtype, cache: Pat
         option_start = time.perf_counter()
         log(f"{config.label} ...")
         found, error = (measure_in_subprocess if isolate else measure_here)(config, shape, device, dtype, root,
-                                                                            floor=preset != "full")
+                                                                            floor=not preset.startswith("full"))
         if error:
             failed.append({"backend": config.backend, "format": config.format, "error": error})
             log(f"{config.label}: failed: {error}")
@@ -147,7 +165,8 @@ def run(shape, preset: str, device: torch.device, dtype: torch.dtype, cache: Pat
         record["psnr"] = psnr(_decoded(images, vae, pair["quantized"], shape), ref_image)
     del vae
 
-    result = {"preset": preset, "shape": shape.to_dict(), "device": str(device), "dtype": str(dtype)[6:],
+    result = {"preset": preset, "family": shape.family, "shape": shape.to_dict(), "device": str(device),
+              "dtype": str(dtype)[6:],
               "date": datetime.date.today().isoformat(), "machine": info, "slug": machine_slug(info),
               "isolated": isolate, "build_s": build_s, "skipped": skipped, "failed": failed}
     if update_policy and device.type == "cuda":
@@ -155,21 +174,21 @@ def run(shape, preset: str, device: torch.device, dtype: torch.dtype, cache: Pat
 
         from .report import write_measured
 
-        write_measured(records, result, gpu=gpu_class(device))
-        chains = {quant: candidates(quant, device.type) for quant in ("8bit", "4bit")}
+        write_measured(records, result, gpu=gpu_class(device), family=shape.family)
+        chains = {quant: candidates(quant, device.type, shape.family) for quant in ("8bit", "4bit")}
         log(f"rewrote quantization/measured.json (GPU class {gpu_class(device)})")
     elif update_policy:
-        from quantization.policy import cpu_order
+        from quantization.policy import cpu_chain
 
         from .report import write_measured
 
-        steps, weights = write_measured(records, result)
-        chains = {quant: cpu_order(quant, steps, weights) for quant in ("8bit", "4bit")}
-        log("rewrote quantization/measured.json")
+        write_measured(records, result, family=shape.family)  # FLUX.1's ratios fill in what this run left out
+        chains = {quant: cpu_chain(quant, family=shape.family) for quant in ("8bit", "4bit")}
+        log(f"rewrote quantization/measured.json ({shape.family})")
     else:
         from quantization.policy import candidates
 
-        chains = {quant: candidates(quant, device.type) for quant in ("8bit", "4bit")}
+        chains = {quant: candidates(quant, device.type, shape.family) for quant in ("8bit", "4bit")}
     auto = {(chain[0].backend, chain[0].format): quant for quant, chain in chains.items()}
     for record in records:
         record["auto_for"] = auto.get((record["backend"], record["format"]))

@@ -152,7 +152,7 @@ class ModelManager:
         if quant != "auto":
             return quant, None
         quantizable, other = weight_bytes(root, self.dtype)
-        ratios = measured_step_ratios(self.device) if "fp8" in offered(self.device) else {}
+        ratios = measured_step_ratios(self.device, family_in(root).name) if "fp8" in offered(self.device) else {}
         choice = choose_auto(quantizable, other, self._free_memory(self.device), ratios, self.device.type)
         return choice.quant, choice
 
@@ -235,7 +235,8 @@ class ModelManager:
         components, quantize_s = {}, 0.0
         park = self._encoders_wait_on_cpu(root, quant)
         if quant != "none":
-            probe_quantized(root, index, candidates(quant, self.device.type), self.device, self.dtype, transformer)
+            probe_quantized(root, index, candidates(quant, self.device.type, family_in(root).name), self.device,
+                            self.dtype, transformer)
         for step, (name, (library, cls_name)) in enumerate(index.items()):
             progress("load", step, len(index))
             component = self._component(root, name, library, cls_name, quant, progress,
@@ -264,7 +265,8 @@ class ModelManager:
 
     def _component(self, root: Path, name: str, library: str, cls_name: str, quant: str, progress,
                    file: Path | None = None) -> Component:
-        quantized = name in family_in(root).quantized
+        family = family_in(root)
+        quantized = name in family.quantized
         key = (weights_identity(root / name, file), cls_name, quant if quantized else "none")
         found = self._components.get(key)
         if found is not None:
@@ -272,7 +274,7 @@ class ModelManager:
         cls = import_class(library, cls_name)
         if not issubclass(cls, torch.nn.Module):  # tokenizers, schedulers
             return self._components.add(Component(name, key, cls.from_pretrained(root, subfolder=name)))
-        chain, left = self.offload_chain(candidates(quant if quantized else "none", self.device.type))
+        chain, left = self.offload_chain(candidates(quant if quantized else "none", self.device.type, family.name))
         skipped = [Fallback(name, config.backend, config.format, reason) for config, reason in left]
         if quantized and quant != "none":
             progress("quantize", 0, 1)

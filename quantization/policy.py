@@ -47,9 +47,14 @@ def all_configs() -> tuple[QuantConfig, ...]:
     return tuple(sorted(unique, key=lambda c: (c.backend, -c.bits, c.format)))
 
 
+FAMILY = "flux1"  # the model family the top-level tables were measured on; others' are under "families"
+
+
 def read_measured(path: Path) -> dict:
     """A measured table as the policy uses it: {"step": {cpu: Ratios}, "weight": Ratios, "machines": {cpu: text},
-    "gpu_step": {gpu: Ratios}, "gpu_machines": {gpu: text}} (GPU classes: gpu_class()).
+    "gpu_step": {gpu: Ratios}, "gpu_machines": {gpu: text}, "families": {family: {"step", "machines", "gpu_step",
+    "gpu_machines"}}} (GPU classes: gpu_class()). The top-level tables are FLUX.1's components'; "families" holds
+    those measured on another family's components (FLUX.2 [klein]'s transformer and Qwen3 text encoder).
 
     The file keys each ratio by 'backend format'."""
     raw = json.loads(Path(path).read_text())
@@ -57,10 +62,14 @@ def read_measured(path: Path) -> dict:
     def pairs(table: dict) -> Ratios:
         return {tuple(name.split(" ", 1)): value for name, value in table.items()}
 
-    return {"step": {cpu: pairs(table) for cpu, table in raw["cpu_step_ratio"].items()},
-            "weight": pairs(raw["cpu_weight_ratio"]), "machines": dict(raw["cpu_machines"]),
-            "gpu_step": {gpu: pairs(table) for gpu, table in raw.get("gpu_step_ratio", {}).items()},
-            "gpu_machines": dict(raw.get("gpu_machines", {}))}
+    def tables(raw: dict) -> dict:
+        return {"step": {cpu: pairs(table) for cpu, table in raw.get("cpu_step_ratio", {}).items()},
+                "machines": dict(raw.get("cpu_machines", {})),
+                "gpu_step": {gpu: pairs(table) for gpu, table in raw.get("gpu_step_ratio", {}).items()},
+                "gpu_machines": dict(raw.get("gpu_machines", {}))}
+
+    return {**tables(raw), "weight": pairs(raw["cpu_weight_ratio"]),
+            "families": {family: tables(table) for family, table in raw.get("families", {}).items()}}
 
 
 @functools.cache
@@ -96,9 +105,18 @@ def cpu_class() -> str:
     return "native-bf16" if native else "emulated-bf16"
 
 
-def cpu_step_ratios(cpu: str | None = None) -> Ratios:
-    """Measured step-time ratios for ``cpu`` (default: this CPU's class); empty when unmeasured."""
-    return _measured()["step"].get(cpu or cpu_class(), {})
+def _family_table(family: str, kind: str, key: str) -> dict:
+    """``family``'s measured ``kind`` table for ``key`` (a CPU or GPU class): FLUX.1's ratios, replaced by those
+    measured on ``family``'s components where there are any (empty when neither is measured)."""
+    measured = _measured()
+    own = measured["families"].get(family, {}).get(kind, {}).get(key, {}) if family != FAMILY else {}
+    return {**measured[kind].get(key, {}), **own}
+
+
+def cpu_step_ratios(cpu: str | None = None, family: str = FAMILY) -> Ratios:
+    """Measured step-time ratios for ``cpu`` (default: this CPU's class) on ``family``'s components (FLUX.1's for the
+    options that family is not measured with on this class); empty when unmeasured."""
+    return _family_table(family, "step", cpu or cpu_class())
 
 
 def cpu_weight_ratios() -> Ratios:
@@ -106,9 +124,10 @@ def cpu_weight_ratios() -> Ratios:
     return _measured()["weight"]
 
 
-def cpu_machines() -> dict[str, str]:
-    """Per class of CPU: the machine its table was measured on."""
-    return _measured()["machines"]
+def cpu_machines(family: str = FAMILY) -> dict[str, str]:
+    """Per class of CPU: the machine its table (of ``family``'s components) was measured on."""
+    measured = _measured()
+    return measured["machines"] if family == FAMILY else measured["families"].get(family, {}).get("machines", {})
 
 
 def gpu_class(device) -> str:
@@ -119,32 +138,35 @@ def gpu_class(device) -> str:
     return f"sm_{major}{minor}"
 
 
-def gpu_step_ratios(gpu: str) -> Ratios:
-    """Measured step-time ratios on GPUs of class ``gpu`` (gpu_class); empty when unmeasured."""
-    return _measured()["gpu_step"].get(gpu, {})
+def gpu_step_ratios(gpu: str, family: str = FAMILY) -> Ratios:
+    """Measured step-time ratios on GPUs of class ``gpu`` (gpu_class) on ``family``'s components (else FLUX.1's);
+    empty when unmeasured."""
+    return _family_table(family, "gpu_step", gpu)
 
 
-def measured_step_ratios(device) -> Ratios:
+def measured_step_ratios(device, family: str = FAMILY) -> Ratios:
     """The measured step-time ratios that hold on ``device`` (a torch.device): its GPU class's, or its CPU class's."""
     if device.type == "cuda":
-        return gpu_step_ratios(gpu_class(device))
-    return cpu_step_ratios() if device.type == "cpu" else {}
+        return gpu_step_ratios(gpu_class(device), family)
+    return cpu_step_ratios(family=family) if device.type == "cpu" else {}
 
 
-def cpu_chain(quant: str, cpu: str | None = None) -> tuple[QuantConfig, ...]:
-    """The CPU candidates for ``quant`` on ``cpu`` (default: this CPU's class), from the measured tables."""
-    return cpu_order(quant, cpu_step_ratios(cpu), cpu_weight_ratios())
+def cpu_chain(quant: str, cpu: str | None = None, family: str = FAMILY) -> tuple[QuantConfig, ...]:
+    """The CPU candidates for ``quant`` on ``cpu`` (default: this CPU's class), from the measured tables of
+    ``family``'s components (FLUX.1's where that family is not measured on this class)."""
+    return cpu_order(quant, cpu_step_ratios(cpu, family), cpu_weight_ratios())
 
 
-def candidates(quant: str, device_type: str) -> tuple[QuantConfig, ...]:
-    """The fallback chain for ``quant`` ('none', '8bit', '4bit', 'fp8') on ``device_type``."""
+def candidates(quant: str, device_type: str, family: str = FAMILY) -> tuple[QuantConfig, ...]:
+    """The fallback chain for ``quant`` ('none', '8bit', '4bit', 'fp8') on ``device_type`` for a model of ``family``
+    ('flux1', 'flux2': on a CPU the order follows that family's measured table)."""
     if quant not in QUANTS or quant == "auto":
         raise ValueError(f"quant={quant!r} has no candidates; resolve 'auto' first, or use one of "
                          f"{', '.join(QUANTS[1:])}.")
     if quant == "none":
         return (FULL_PRECISION,)
     if device_type not in ("cuda", "mps") and quant != "fp8":
-        return cpu_chain(quant) + (FULL_PRECISION,)
+        return cpu_chain(quant, family=family) + (FULL_PRECISION,)
     return CANDIDATES[(device_type, quant)] + (FULL_PRECISION,)
 
 

@@ -95,7 +95,8 @@ def force_chain(monkeypatch, tmp_path, config) -> None:
     monkeypatch.setenv("FLUXFORGE_QUANT_CACHE_DIR", str(tmp_path / "quantized"))
     monkeypatch.setenv("FLUXFORGE_PROBE", "0")
     monkeypatch.setattr("pipelines.manager.candidates",
-                        lambda quant, device: (config, FULL_PRECISION) if quant != "none" else (FULL_PRECISION,))
+                        lambda quant, device, family="flux1": (config, FULL_PRECISION) if quant != "none"
+                        else (FULL_PRECISION,))
 
 
 def fail_first_4bit_run(monkeypatch):

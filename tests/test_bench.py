@@ -146,6 +146,100 @@ def test_written_table_round_trips_into_the_policy(tiny_run, tmp_path):
     assert "cores" in path.read_text() and cpu_order("8bit", steps, weights)
 
 
+@pytest.fixture(scope="module")
+def klein_run(tmp_path_factory):
+    """The quick benchmark's klein rows at tiny widths: klein's transformer and its Qwen3 text encoder."""
+    from bench.run import main
+
+    out = tmp_path_factory.mktemp("bench-klein")
+    path = out / "cpu-tiny-klein-4b.json"
+    code = main(["--tiny", "--model", "klein-4b", "--no-isolate", "--device", "cpu", "--only",
+                 "quanto:int8,bitsandbytes:nf4", "--cache", str(out / "cache"), "--json", str(path)])
+    assert code == 0
+    return path, json.loads(path.read_text())
+
+
+def test_klein_shapes_take_the_published_widths():
+    from bench.shapes import shape_for
+    from pipelines.models.official import KLEIN_CONFIGS
+
+    for model, size in (("klein-4b", "4B"), ("klein-9b", "9B")):
+        config = KLEIN_CONFIGS[size]
+        quick, full = shape_for("quick", model), shape_for("full", model)
+        for shape in (quick, full):
+            assert shape.family == "flux2" and shape.text_component == "text_encoder"
+            assert (shape.hidden, shape.qwen_hidden, shape.qwen_intermediate, shape.joint_attention_dim) == (
+                config.hidden, config.text_width, config.text_intermediate, 3 * config.text_width)
+            assert (shape.full_double, shape.full_single, shape.full_text_layers) == (config.double, config.single, 36)
+        assert (quick.double_blocks, quick.single_blocks, quick.qwen_layers) == (1, 2, 2)
+        assert (full.double_blocks, full.single_blocks, full.qwen_layers, full.steps) == (config.double,
+                                                                                          config.single, 36, 4)
+    assert shape_for("quick", "klein-4b").hidden == 3072 and shape_for("quick", "klein-9b").hidden == 4096
+
+
+def test_klein_rows_measure_its_transformer_and_qwen3_text_encoder(klein_run):
+    path, result = klein_run
+    assert result["family"] == "flux2" and result["preset"] == "tiny klein-4b"
+    rows = {(r["component"], r["backend"], r["format"]): r for r in result["records"]}
+    assert set(rows) == {(c, b, f) for c in ("transformer", "text_encoder")
+                         for b, f in (("none", "bf16"), ("quanto", "int8"), ("bitsandbytes", "nf4"))}
+    for (component, backend, fmt), r in rows.items():
+        assert r["step_s"] > 0 and r["weight_bytes"] > 0
+        if backend != "none":
+            assert r["quantized_layers"] > 0 and r["weight_ratio"] < 0.8 and 0 < r["rel_error"] < 0.5
+    assert rows[("text_encoder", "none", "bf16")]["step_kind"] == "Qwen3 encode"
+    assert rows[("transformer", "quanto", "int8")]["psnr"] > 20
+    text = path.with_suffix(".md").read_text()
+    assert "Qwen3 1 layers" in text and "FLUX.2 [klein]" in text and "| text_encoder | quanto | int8 |" in text
+
+
+def test_klein_rows_write_the_flux2_table_and_the_policy_orders_flux2_by_it(klein_run, tmp_path, monkeypatch):
+    """A klein run with --update-policy writes FLUX.2's table beside FLUX.1's (kept); the policy orders a FLUX.2
+    model's CPU chain by it, and a FLUX.1 model's by FLUX.1's."""
+    import quantization.policy as policy
+    from bench.report import write_measured
+
+    _, result = klein_run
+    path = tmp_path / "measured.json"
+    path.write_text(policy.MEASURED.read_text())
+    before = policy.read_measured(path)
+    flux2_steps = {("quanto", "int8"): 2.0, ("bitsandbytes", "nf4"): 0.2}
+    records = [dict(r, step_ratio=flux2_steps.get((r["backend"], r["format"]), 1.0)) for r in result["records"]]
+    steps, _ = write_measured(records, result, path, cpu="emulated-bf16", family="flux2")
+    after = policy.read_measured(path)
+    assert after["step"] == before["step"] and after["weight"] == before["weight"]  # FLUX.1's kept
+    assert after["families"]["flux2"]["step"]["emulated-bf16"] == steps == flux2_steps
+    assert "cores" in after["families"]["flux2"]["machines"]["emulated-bf16"]
+    monkeypatch.setattr(policy, "MEASURED", path)
+    policy.forget_measured()
+    try:
+        merged = {**before["step"]["emulated-bf16"], **flux2_steps}  # FLUX.1's where klein was not measured
+        assert policy.cpu_step_ratios("emulated-bf16", "flux2") == merged
+        assert policy.cpu_step_ratios("emulated-bf16") == before["step"]["emulated-bf16"]
+        assert policy.cpu_step_ratios("native-bf16", "flux2") == before["step"]["native-bf16"]  # unmeasured: FLUX.1's
+        assert policy.cpu_chain("4bit", "emulated-bf16", "flux2") == cpu_order("4bit", merged, before["weight"])
+        assert policy.cpu_chain("4bit", "emulated-bf16", "flux2")[0] == BitsAndBytesConfig("nf4")
+        assert policy.cpu_chain("4bit", "emulated-bf16") == cpu_order("4bit", before["step"]["emulated-bf16"],
+                                                                     before["weight"])
+    finally:
+        policy.forget_measured()
+
+
+def test_the_committed_flux2_table_is_klein_4bs_quick_rows():
+    """The FLUX.2 table in quantization/measured.json is the transformer rows of the committed klein 4B quick run."""
+    from pathlib import Path
+
+    from bench.report import measured_tables
+    from quantization.policy import MEASURED, read_measured
+
+    results = Path(MEASURED).parents[1] / "bench" / "results" / "cpu-2core-emulated-bf16-quick-klein-4b.json"
+    run = json.loads(results.read_text())
+    assert run["family"] == "flux2" and run["shape"]["hidden"] == 3072 and run["shape"]["qwen_hidden"] == 2560
+    steps, _ = measured_tables(run["records"])
+    assert read_measured(MEASURED)["families"]["flux2"]["step"]["emulated-bf16"] == steps
+    assert {r["component"] for r in run["records"]} == {"transformer", "text_encoder"}
+
+
 def test_the_policy_reads_the_committed_table_of_this_class_of_cpu():
     from quantization.policy import MEASURED, candidates, cpu_chain, cpu_class, read_measured
 
@@ -188,6 +282,45 @@ def e2e_run(tmp_path_factory):
         code = e2e.main(["--narrow", "--device", "cpu", "--quant", "4bit,bogus", "--options", "compile",
                          "--cache", str(out / "cache"), "--work", str(work), "--json", str(path)])
     return code, path, work, json.loads(path.read_text())
+
+
+def test_e2e_klein_4b_preset_builds_at_the_official_size_on_the_meta_device():
+    """`bench e2e --model klein-4b`'s full preset builds klein 4B's components with the official table's parameter
+    counts (the tokenizer and scheduler hold no weights)."""
+    import torch
+
+    from bench.e2e import components, preset_for
+    from pipelines.memory.sizes import official_sizes
+
+    preset = preset_for("full", "klein-4b")
+    assert (preset.family, preset.width, preset.height, preset.steps) == ("flux2", 1024, 1024, 4)
+    builders, index = components(preset)
+    assert index == {"_class_name": "Flux2KleinPipeline", "is_distilled": True}
+    official = {c.name: c.params for c in official_sizes("black-forest-labs/FLUX.2-klein-4B").components}
+    with torch.device("meta"):
+        built = {name: build() for name, build in builders.items()}
+    counts = {name: sum(p.numel() for p in part.parameters()) for name, part in built.items()
+              if isinstance(part, torch.nn.Module)}
+    assert counts == official and sum(counts.values()) == 7_982_058_787
+    assert type(built["text_encoder"]).__name__ == "Qwen3ForCausalLM"
+    assert built["text_encoder"].config.num_hidden_layers == 36 and built["transformer"].config.num_layers == 5
+    assert max(built["tokenizer"].get_vocab().values()) < built["text_encoder"].config.vocab_size
+    assert preset_for("full").slug() != preset.slug() and preset.slug().startswith("klein-4b-full-")
+
+
+def test_e2e_klein_4b_narrow_runs_the_klein_tool_end_to_end(tmp_path):
+    from bench import e2e
+
+    path = tmp_path / "e2e-klein.json"
+    code = e2e.main(["--narrow", "--model", "klein-4b", "--device", "cpu", "--quant", "4bit", "--budget", "3000",
+                     "--cache", str(tmp_path / "cache"), "--json", str(path)])
+    result = json.loads(path.read_text())
+    assert code == 0 and result["family"] == "flux2" and result["tool"] == e2e.dev_tool_name("flux2")
+    ok = {r["quant"]: r for r in result["records"] if r["status"] == "ok"}
+    assert set(ok) == {"none", "4bit"}
+    assert ok["none"]["components"]["transformer"]["backend"] == "none"
+    assert ok["4bit"]["components"]["transformer"]["backend"] != "none" and "text_encoder" in ok["4bit"]["components"]
+    assert "FLUX.2 [klein] 4B at 256x256, 4 steps" in path.with_suffix(".md").read_text()
 
 
 def test_e2e_plans_bf16_once_then_each_mode_cold_and_cached_then_the_option_sets():

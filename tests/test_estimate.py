@@ -348,3 +348,27 @@ def test_generates_estimate_follows_the_chosen_model(tiny_root, monkeypatch):
     refreshes[0]("auto", 512, 512, "dev", "tiny")  # quant, width, height, variant, model[, offload]
     refreshes[0]("4bit", 256, 256, "schnell", None, "model")
     assert seen == [("dev", "auto", 512, 512, None, "tiny"), ("schnell", "4bit", 256, 256, "model", None)]
+
+
+@pytest.mark.parametrize("quant,ratio", [("none", 1.0), ("8bit", 0.5), ("4bit", 0.266)])
+def test_flux1_dev_and_klein_4b_side_by_side_share_nothing_and_sum(quant, ratio):
+    """FLUX.1 dev and FLUX.2 [klein] 4B loaded together hold both models whole (no component in common); the FLUX.1
+    tools share CLIP, T5 and the VAE, and klein with klein base its Qwen3 and VAE, never a transformer."""
+    from pipelines.memory.estimate import Format, component_bytes, side_by_side
+    from pipelines.memory.sizes import official_sizes
+
+    fmt = Format(quant, "a backend", ratio, None)
+    dev, klein, schnell, base = (official_sizes(f"black-forest-labs/{name}") for name in (
+        "FLUX.1-dev", "FLUX.2-klein-4B", "FLUX.1-schnell", "FLUX.2-klein-base-4B"))
+    alone = {sizes.model: sum(component_bytes(sizes, fmt, 2).values()) for sizes in (dev, klein, schnell, base)}
+    both = side_by_side([dev, klein], fmt)
+    assert both.shared == 0 and both.per_model == {dev.model: alone[dev.model], klein.model: alone[klein.model]}
+    assert both.total == alone[dev.model] + alone[klein.model]
+    assert both.fits(both.total) and not both.fits(both.total - 1)
+    flux1 = side_by_side([dev, schnell], fmt)
+    text_and_vae = sum(v for k, v in component_bytes(schnell, fmt, 2).items() if k != "transformer")
+    assert flux1.shared == text_and_vae and flux1.per_model[schnell.model] == alone[schnell.model] - text_and_vae
+    kleins = side_by_side([klein, base], fmt)
+    assert kleins.per_model[base.model] == component_bytes(base, fmt, 2)["transformer"]
+    gib = 2**30
+    assert round(both.total / gib, 1) == {"none": 46.3, "8bit": 23.4, "4bit": 12.7}[quant]

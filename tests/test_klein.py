@@ -105,33 +105,72 @@ def test_tiny_klein_is_a_flux2_directory(tiny_root):
             assert min(m.in_features for m in module.modules() if isinstance(m, torch.nn.Linear)) >= 16
 
 
-def test_official_klein_sizes_match_their_configs_on_the_meta_device():
-    """The table of official klein sizes (pipelines.models.official) is what the configs build on the meta device."""
-    from diffusers import AutoencoderKLFlux2, Flux2Transformer2DModel
+def build_klein_on_meta(config):
+    """klein's transformer and Qwen3 text encoder built on the meta device from ``config`` (a KleinConfig)."""
+    from diffusers import Flux2Transformer2DModel
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
-    from pipelines.memory.sizes import official_sizes
+    with torch.device("meta"):
+        transformer = Flux2Transformer2DModel(
+            in_channels=128, num_layers=config.double, num_single_layers=config.single,
+            attention_head_dim=config.head_dim, num_attention_heads=config.heads,
+            joint_attention_dim=config.joint_attention_dim, guidance_embeds=False)
+        qwen = Qwen3ForCausalLM(Qwen3Config(
+            vocab_size=config.vocab, hidden_size=config.text_width, intermediate_size=config.text_intermediate,
+            num_hidden_layers=config.text_layers, num_attention_heads=config.text_heads,
+            num_key_value_heads=config.text_kv_heads, head_dim=config.head_dim, tie_word_embeddings=config.tied))
+    return transformer, qwen
 
-    def count(module):
-        sizes = [p.numel() for p in module.parameters()]
-        return sum(sizes), max(sizes)
+
+def _counts(module, blocks):
+    """(params, largest tensor, largest block, all blocks) as the size table keeps them; parameters shared by tied
+    weights are counted once."""
+    sizes = [p.numel() for p in module.parameters()]
+    block_sizes = [sum(p.numel() for p in block.parameters()) for block in blocks]
+    return sum(sizes), max(sizes), max(block_sizes), sum(block_sizes)
+
+
+def test_official_klein_sizes_match_their_configs_on_the_meta_device():
+    """The table of official klein sizes (pipelines.models.official) is what the published configs build on the meta
+    device: parameters, largest tensor, largest block and all blocks, for the 4B and 9B and their base models."""
+    from diffusers import AutoencoderKLFlux2
+
+    from pipelines.memory.sizes import official_sizes
+    from pipelines.models.official import KLEIN_CONFIGS
 
     with torch.device("meta"):
-        vae = count(AutoencoderKLFlux2())
-        for size, heads, double, single, width, inter, tied in (("4B", 24, 5, 20, 2560, 9728, True),
-                                                                ("9B", 32, 8, 24, 4096, 12288, False)):
-            transformer = Flux2Transformer2DModel(
-                in_channels=128, num_layers=double, num_single_layers=single, attention_head_dim=128,
-                num_attention_heads=heads, joint_attention_dim=3 * width, guidance_embeds=False)
-            qwen = Qwen3ForCausalLM(Qwen3Config(vocab_size=151936, hidden_size=width, intermediate_size=inter,
-                                                num_hidden_layers=36, num_attention_heads=32, num_key_value_heads=8,
-                                                head_dim=128, tie_word_embeddings=tied))
-            for repo in (f"black-forest-labs/FLUX.2-klein-{size}", f"black-forest-labs/FLUX.2-klein-base-{size}"):
-                sizes = official_sizes(repo)
-                assert sizes.family == "flux2" and sizes.quantized == FLUX2.quantized
-                table = {c.name: (c.params, c.largest) for c in sizes.components}
-                assert table == {"transformer": count(transformer), "text_encoder": count(qwen), "vae": vae}
-                assert sizes.hidden == heads * 128 and sizes.text_dim == width
+        vae = AutoencoderKLFlux2()
+    vae_params = [p.numel() for p in vae.parameters()]
+    for size, config in KLEIN_CONFIGS.items():
+        transformer, qwen = build_klein_on_meta(config)
+        expected = {
+            "transformer": _counts(transformer, [*transformer.transformer_blocks,
+                                                 *transformer.single_transformer_blocks]),
+            "text_encoder": _counts(qwen, qwen.model.layers),
+            "vae": (sum(vae_params), max(vae_params), 0, 0),
+        }
+        assert transformer.config.num_layers == config.double and qwen.config.hidden_size == config.text_width
+        for repo in (f"black-forest-labs/FLUX.2-klein-{size}", f"black-forest-labs/FLUX.2-klein-base-{size}"):
+            sizes = official_sizes(repo)
+            assert sizes.family == "flux2" and sizes.quantized == FLUX2.quantized
+            table = {c.name: (c.params, c.largest, c.block, c.in_blocks) for c in sizes.components}
+            assert table == expected, repo
+            assert {c.name: c.stored_bytes for c in sizes.components} == {
+                name: 2 * counts[0] for name, counts in expected.items() if name != "vae"} | {"vae": 168_092_230}
+            assert sizes.hidden == config.hidden and sizes.text_dim == config.text_width
+
+
+def test_the_9b_has_8_double_blocks_as_its_parameter_count_says():
+    """klein 9B's published 9B parameters need 8 double blocks; 6 (as sometimes quoted) would give about 8.2B."""
+    from dataclasses import replace
+
+    from pipelines.models.official import KLEIN_CONFIGS
+
+    nine = KLEIN_CONFIGS["9B"]
+    assert (nine.double, nine.single, nine.hidden, nine.joint_attention_dim) == (8, 24, 4096, 12288)
+    params = {double: sum(p.numel() for p in build_klein_on_meta(replace(nine, double=double))[0].parameters())
+              for double in (6, 8)}
+    assert round(params[8] / 1e9, 1) == 9.1 and round(params[6] / 1e9, 1) == 8.2
 
 
 def test_plan_gives_the_official_4b_and_9b_offline(capsys, monkeypatch):

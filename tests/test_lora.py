@@ -14,7 +14,7 @@ from pipelines.images import read_metadata
 from pipelines.loras import check_lora, check_loras, parse_lora_arg
 from pipelines.manager import ModelManager
 from pipelines.request import GenerationRequest
-from pipelines.loras.tiny import FORMATS, tiny_lora
+from pipelines.loras.tiny import FORMATS, KLEIN_FORMATS, tiny_klein_lora, tiny_lora
 from quantization.config import BitsAndBytesConfig, QuantoConfig, TorchAoConfig
 from quantization.registry import backend_for
 from quantization.sizes import module_bytes
@@ -135,6 +135,57 @@ def test_each_quantization_backend_takes_a_lora_and_stays_quantized(tiny_root, l
     assert {name: m for name, m in transformer.named_modules() if backend.is_quantized_layer(m)} == layers
     assert module_bytes(transformer) == weights and loaded.pipe.transformer is transformer
     assert sorted(p.name for p in (tmp_path / "quantized").rglob("*")) == entries  # the cache is not touched
+
+
+KLEIN_CONFIGS = [("none", None), ("8bit", QuantoConfig("int8")), ("8bit", BitsAndBytesConfig("int8")),
+                 ("4bit", QuantoConfig("int4")), ("4bit", BitsAndBytesConfig("nf4"))]
+
+
+@pytest.mark.parametrize("quant,config", KLEIN_CONFIGS, ids=lambda v: getattr(v, "format", v))
+def test_klein_loras_load_change_the_output_and_unload_under_each_quantization(tiny_root, monkeypatch, tmp_path,
+                                                                               quant, config):
+    """A FLUX.2 [klein] LoRA in diffusers/PEFT and in BFL/ComfyUI naming goes through the studio's LoRA path
+    (diffusers' Flux2 loader): it changes the image, names itself in the report and the PNG, sits over the quantized
+    layers without changing them, and its removal gives the base image back bit for bit."""
+    from quantization.config import FULL_PRECISION
+
+    force_chain(monkeypatch, tmp_path, config or FULL_PRECISION)
+    engine = Engine(ModelManager(device="cpu"))
+    files = {fmt: tiny_klein_lora(fmt) for fmt in KLEIN_FORMATS}
+    base = generate(engine, quant=quant, tool="klein")
+    components = base.report["quantization"]["components"]
+    assert components["transformer"]["format"] == (config or FULL_PRECISION).format
+    (loaded,) = engine.manager._pipelines.values()
+    transformer = loaded.pipe.transformer
+    layers = {name: m for name, m in transformer.named_modules()
+              if config is not None and backend_for(config).is_quantized_layer(m)}
+    assert bool(layers) == (config is not None)
+    weights = module_bytes(transformer)
+    images = {}
+    for fmt, path in files.items():
+        result = generate(engine, [(path, 0.8)], quant=quant, tool="klein")
+        images[fmt] = pixels(result)
+        assert np.abs(images[fmt] - pixels(base)).max() > 0, fmt
+        sha = __import__("hashlib").sha256(path.read_bytes()).hexdigest()
+        (named,) = result.report["parameters"]["loras"]
+        assert (named["name"], named["sha256"], named["strength"]) == (path.stem, sha, 0.8)
+        assert result.metadata()["loras"] == [named]  # what the PNG records
+        modules = dict(transformer.named_modules())
+        assert all(modules[f"{name}.base_layer"] is layer for name, layer in layers.items()
+                   if f"{name}.base_layer" in modules)
+        assert any(".lora_" in name for name, _ in transformer.named_parameters())
+    assert not np.array_equal(images["diffusers"], images["bfl"])
+    restored = generate(engine, quant=quant, tool="klein")
+    assert np.array_equal(pixels(restored), pixels(base))
+    assert not any(".lora_" in name for name, _ in transformer.named_parameters())
+    assert module_bytes(transformer) == weights and loaded.pipe.transformer is transformer
+
+
+def test_a_flux1_lora_on_klein_is_one_line_naming_flux2(engine, lora_files):
+    with pytest.raises(UserError) as caught:
+        generate(engine, [(lora_files["diffusers"], 1.0)], tool="klein")
+    message = str(caught.value)
+    assert "\n" not in message and "FLUX.2" in message and lora_files["diffusers"].stem in message
 
 
 def test_a_lora_on_quanto_int4_never_unpacks_the_int4_weights(tiny_root, lora_files, monkeypatch, tmp_path):

@@ -1,19 +1,22 @@
 """LoRAs applied to a loaded pipeline as runtime (peft) adapters over its layers.
 
 Files in the formats people have (diffusers/PEFT, kohya sd-scripts and ai-toolkit, XLabs, BFL) are read through
-diffusers' own converters (FluxLoraLoaderMixin.lora_state_dict) and loaded into the transformer and, where the file
-has them, the CLIP text encoder. The adapters sit over the layers as they are: a quantized layer stays quantized (peft
+diffusers' own converters (FluxLoraLoaderMixin.lora_state_dict; for FLUX.2 [klein], Flux2LoraLoaderMixin's: diffusers/
+PEFT, BFL/ComfyUI and kohya files) and loaded into the transformer and, where the file has them, the CLIP text
+encoder (FLUX.1). The adapters sit over the layers as they are: a quantized layer stays quantized (peft
 wraps bitsandbytes, torchao and quanto layers), nothing is de-quantized, re-loaded or re-quantized, and removing the
 adapters gives back the very same modules.
 """
 
 from __future__ import annotations
 
+import inspect
 import re
 
 from quantization.registry import state_dict_as_stored
 
 from ..errors import UserError
+from ..families import family_of
 from .files import FORMATS_TEXT, LoraFile, without_paths
 
 ADAPTED = ("transformer", "text_encoder")  # the pipeline components a FLUX.1 LoRA may adapt
@@ -73,7 +76,7 @@ def apply_loras(loaded, loras: list[LoraFile], before_change=None) -> None:
             except Exception as error:
                 remove_loras(pipe)
                 raise UserError(f"lora={lora.name!r} could not be applied to this model ({_short(error)}); it was "
-                                "trained for another FLUX.1 variant, or the file is damaged.") from None
+                                f"trained for another {_title(pipe)} variant, or the file is damaged.") from None
         loaded.lora_state = (wanted, adapters_on(pipe))
     if loras:
         set_strengths(pipe, names, [lora.strength for lora in loras])
@@ -122,24 +125,40 @@ def text_encoder_adapters(pipe, loras: list[LoraFile]) -> tuple:
     return tuple((lora.sha256, lora.strength) for name, lora in zip(slots(loras), loras) if name in present)
 
 
+def _title(pipe) -> str:
+    """'FLUX.1' or 'FLUX.2' (klein): the family of ``pipe``, as the messages name it."""
+    return family_of(type(pipe).__name__).title
+
+
+def _takes_alphas(pipe) -> bool:
+    """Whether ``pipe``'s loader passes network alphas on (FLUX.1's does; FLUX.2's converters fold them in)."""
+    return "network_alphas" in inspect.signature(pipe.load_lora_into_transformer).parameters
+
+
 def read_lora(lora: LoraFile, pipe) -> tuple:
     """(state dict, alphas, metadata) in diffusers' naming, checked against ``pipe``'s modules."""
+    title = _title(pipe)
     try:
-        state, alphas, metadata = pipe.lora_state_dict(lora.path, return_alphas=True, return_lora_metadata=True)
+        if _takes_alphas(pipe):
+            state, alphas, metadata = pipe.lora_state_dict(lora.path, return_alphas=True, return_lora_metadata=True)
+        else:
+            (state, metadata), alphas = pipe.lora_state_dict(lora.path, return_lora_metadata=True), None
     except Exception as error:
-        raise UserError(f"lora={lora.name!r} is not a LoRA for FLUX.1 ({_short(error)}); use a FLUX.1 LoRA in "
+        raise UserError(f"lora={lora.name!r} is not a LoRA for {title} ({_short(error)}); use a {title} LoRA in "
                         f"{FORMATS_TEXT}.") from None
     check_fits(lora, state, pipe)
     return state, alphas, metadata
 
 
 def check_fits(lora: LoraFile, state: dict, pipe) -> None:
-    """Every key is for a FLUX.1 component, names a layer the transformer has, with the layer's shapes."""
+    """Every key is for a component of the pipeline's family, names a layer the transformer has, with the layer's
+    shapes."""
+    title = _title(pipe)
     foreign = [key for key in state if key.split(".", 1)[0] not in ADAPTED]
     if foreign or not state:
         example = f" (keys like {foreign[0]!r})" if foreign else " (no weights)"
-        raise UserError(f"lora={lora.name!r} is not a LoRA for FLUX.1{example}: it is for another model family "
-                        f"(SD 1.5, SDXL, ...); use a FLUX.1 LoRA in {FORMATS_TEXT}.")
+        raise UserError(f"lora={lora.name!r} is not a LoRA for {title}{example}: it is for another model family "
+                        f"(SD 1.5, SDXL, ...); use a {title} LoRA in {FORMATS_TEXT}.")
     modules = dict(pipe.transformer.named_modules())
     embedder = getattr(modules.get("x_embedder"), "in_features", None)
     for key, tensor in state.items():
@@ -159,7 +178,7 @@ def check_fits(lora: LoraFile, state: dict, pipe) -> None:
         name, kind = match.groups()
         module = modules.get(name)
         if module is None:
-            raise UserError(f"lora={lora.name!r} adapts {name!r}, which this FLUX.1 transformer does not have; "
+            raise UserError(f"lora={lora.name!r} adapts {name!r}, which this {title} transformer does not have; "
                             "it was made for another model.")
         in_features, out_features = getattr(module, "in_features", None), getattr(module, "out_features", None)
         expected = in_features if kind in _DOWN else out_features
@@ -167,7 +186,7 @@ def check_fits(lora: LoraFile, state: dict, pipe) -> None:
         if expected is not None and got != expected:
             raise UserError(f"lora={lora.name!r} does not fit this model: {name} takes {in_features} -> "
                             f"{out_features} features but the LoRA has {tuple(tensor.shape)} for it; it was made for "
-                            "another FLUX.1 variant or size.")
+                            f"another {title} variant or size.")
 
 
 def _load(pipe, lora: LoraFile, state: dict, alphas, metadata, adapter: str) -> None:
@@ -177,9 +196,10 @@ def _load(pipe, lora: LoraFile, state: dict, alphas, metadata, adapter: str) -> 
         # The transformer part without load_lora_weights' shape expansion (control LoRAs widen the input layer,
         # which would change the base model; check_fits refuses those) and its reading of the base state dict.
         # Loading reads the transformer's state dict for its keys only: quantized weights stay as stored.
+        alphas_arg = {"network_alphas": alphas} if _takes_alphas(pipe) else {}
         with state_dict_as_stored(pipe.transformer):
-            pipe.load_lora_into_transformer(state, network_alphas=alphas, transformer=pipe.transformer,
-                                            adapter_name=adapter, metadata=metadata)
+            pipe.load_lora_into_transformer(state, transformer=pipe.transformer, adapter_name=adapter,
+                                            metadata=metadata, **alphas_arg)
     if any(key.startswith("text_encoder.") for key in state):
         pipe.load_lora_into_text_encoder(state, network_alphas=alphas, text_encoder=pipe.text_encoder,
                                          prefix="text_encoder", lora_scale=pipe.lora_scale,

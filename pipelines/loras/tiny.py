@@ -22,6 +22,10 @@ from ..paths import cache_root
 RANK = 4
 FORMATS = ("diffusers", "diffusers-te", "kohya", "bfl", "xlabs")
 MLP = HIDDEN * 4
+# FLUX.2 [klein]'s: diffusers/PEFT (as diffusers' Flux2 trainers save them) and BFL/ComfyUI (the reference code's
+# module names under `diffusion_model.`, lora_A/lora_B), both read by diffusers' Flux2LoraLoaderMixin.
+KLEIN_FORMATS = ("diffusers", "bfl")
+KLEIN_MLP = HIDDEN * 3  # klein's MLPs are 3 x wide, SwiGLU: the input layer gives 2 x that
 
 
 def tiny_lora_root() -> Path:
@@ -37,6 +41,17 @@ def tiny_lora(fmt: str, seed: int = 0, root: Path | None = None) -> Path:
     if path.exists():
         return path
     _write(path, BUILDERS[fmt](seed))
+    return path
+
+
+def tiny_klein_lora(fmt: str, seed: int = 0, root: Path | None = None) -> Path:
+    """The tiny klein LoRA of format ``fmt`` (see KLEIN_FORMATS) for the tiny klein transformers, built if missing."""
+    if fmt not in KLEIN_FORMATS:
+        raise ValueError(f"tiny_klein_lora: fmt={fmt!r} is unknown; use one of {', '.join(KLEIN_FORMATS)}.")
+    root = Path(root) if root else tiny_lora_root()
+    path = root / f"tiny-klein-{fmt}-{seed}.safetensors"
+    if not path.exists():
+        _write(path, (_klein_diffusers if fmt == "diffusers" else _klein_bfl)(seed))
     return path
 
 
@@ -190,6 +205,44 @@ def _kohya(seed: int, bfl: bool = False) -> dict:
                 down, up = _pair(gen, HIDDEN, HIDDEN)
                 state[f"{name}.lora_down.weight"], state[f"{name}.lora_up.weight"] = down, up
                 state[f"{name}.alpha"] = torch.tensor(RANK / 2)
+    return state
+
+
+def _klein_diffusers(seed: int) -> dict:
+    """A peft LoRA on a tiny klein transformer (its attention, fused single-block and MLP layers), in diffusers'
+    key naming."""
+    import torch
+    from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model
+
+    from ..models.tiny import tiny_klein_transformer
+
+    gen = _generator(200 + seed)
+    transformer = tiny_klein_transformer(0)
+    config = LoraConfig(r=RANK, lora_alpha=RANK, target_modules=["to_q", "to_k", "to_v", "to_out.0", "add_q_proj",
+                                                                 "to_add_out", "linear_in", "to_qkv_mlp_proj"])
+    transformer = inject_adapter_in_model(config, transformer)
+    _randomize(transformer, gen)
+    state = {f"transformer.{k}": v for k, v in get_peft_model_state_dict(transformer).items()}
+    return {k: v.detach().to(torch.float32) for k, v in state.items()}
+
+
+def _klein_bfl(seed: int) -> dict:
+    """BFL/ComfyUI naming for the tiny klein transformer: `diffusion_model.double_blocks.N.img_attn.qkv` (fused),
+    `...img_mlp.0`, `single_blocks.N.linear1` (fused qkv + MLP) and `linear2`, lora_A / lora_B."""
+    gen, state = _generator(300 + seed), {}
+
+    def add(module: str, out_features: int, in_features: int):
+        down, up = _pair(gen, out_features, in_features)
+        state[f"diffusion_model.{module}.lora_A.weight"], state[f"diffusion_model.{module}.lora_B.weight"] = down, up
+
+    for stream in ("img", "txt"):
+        add(f"double_blocks.0.{stream}_attn.qkv", 3 * HIDDEN, HIDDEN)
+        add(f"double_blocks.0.{stream}_attn.proj", HIDDEN, HIDDEN)
+        add(f"double_blocks.0.{stream}_mlp.0", 2 * KLEIN_MLP, HIDDEN)
+        add(f"double_blocks.0.{stream}_mlp.2", HIDDEN, KLEIN_MLP)
+    for block in range(2):
+        add(f"single_blocks.{block}.linear1", 3 * HIDDEN + 2 * KLEIN_MLP, HIDDEN)
+        add(f"single_blocks.{block}.linear2", HIDDEN, HIDDEN + KLEIN_MLP)
     return state
 
 

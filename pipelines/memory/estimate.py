@@ -189,15 +189,16 @@ def estimate_all(sizes: ModelSizes, formats: dict[str, Format], pixels: int, tex
 
 
 def formats_for(device_type: str, quants: tuple[str, ...], cpu: str | None = None,
-                gpu: str | None = None) -> dict[str, Format]:
+                gpu: str | None = None, family: str = "flux1") -> dict[str, Format]:
     """The Format of each quant choice in ``quants`` on ``device_type`` (``cpu``: the CPU class for the measured
     step ratios, None: this machine's; ``gpu``: a CUDA device's GPU class): the first backend of its chain, its
     measured weight ratio where measured (else the policy's target ratio), and its measured step ratio on a device of
-    that class."""
+    that class, as measured on ``family``'s components (FLUX.1's where that family is not measured)."""
     from quantization.policy import candidates, cpu_chain, cpu_step_ratios, cpu_weight_ratios, gpu_step_ratios
 
     measured_weight = cpu_weight_ratios()
-    measured_step = cpu_step_ratios(cpu) if device_type == "cpu" else (gpu_step_ratios(gpu) if gpu else {})
+    measured_step = (cpu_step_ratios(cpu, family) if device_type == "cpu"
+                     else (gpu_step_ratios(gpu, family) if gpu else {}))
     out = {}
     for quant in quants:
         if quant == "auto":
@@ -205,7 +206,7 @@ def formats_for(device_type: str, quants: tuple[str, ...], cpu: str | None = Non
         if quant == "none":
             out[quant] = Format("none", "full precision", 1.0, 1.0)
             continue
-        chain = cpu_chain(quant, cpu) if device_type == "cpu" else candidates(quant, device_type)
+        chain = cpu_chain(quant, cpu, family) if device_type == "cpu" else candidates(quant, device_type, family)
         head = chain[0]
         key = (head.backend, head.format)
         out[quant] = Format(quant, f"{head.backend} {head.format}", measured_weight.get(key, RATIO[quant]),
@@ -254,9 +255,47 @@ def plan_run(tool, model: str, width: int, height: int, memory: DeviceMemory, qu
         gpu = gpu_class(torch.device("cuda"))
     sizes = model_sizes(tool, model)
     text_tokens = tool.defaults(model).max_sequence_length
-    formats = formats_for(memory.type, quants, cpu, gpu)
-    ratios = gpu_step_ratios(gpu) if gpu else (cpu_step_ratios(cpu) if memory.type == "cpu" else {})
+    formats = formats_for(memory.type, quants, cpu, gpu, sizes.family)
+    ratios = (gpu_step_ratios(gpu, sizes.family) if gpu
+              else (cpu_step_ratios(cpu, sizes.family) if memory.type == "cpu" else {}))
     rows = estimate_all(sizes, formats, width * height, text_tokens, memory, dtype_bytes, placement,
                         condition_pixels=tool.condition_pixels(width, height), step_ratios=ratios)
     auto = auto_choice(sizes, memory, dtype_bytes, ratios if "fp8" in formats else None)
     return Plan(tool.name, model, width, height, text_tokens, sizes, memory, auto, rows)
+
+
+@dataclass(frozen=True)
+class SideBySide:
+    """What the model manager's memory budget holds with several models loaded at once, at one quant choice."""
+
+    quant: str
+    fmt: str  # the backend and format the quant choice runs with
+    per_model: dict[str, int]  # model -> the bytes it adds (its components not already held for an earlier model)
+    shared: int  # bytes held once though more than one of the models uses them
+    total: int
+
+    def fits(self, budget_bytes: int) -> bool:
+        """Whether all the models stay loaded together under ``budget_bytes`` (ModelManager(budget_bytes=...));
+        otherwise loading the last one unloads the least recently used pipeline first."""
+        return self.total <= budget_bytes
+
+
+def side_by_side(models: list[ModelSizes], fmt: Format, dtype_bytes: int = 2) -> SideBySide:
+    """The weight bytes the manager holds for ``models`` loaded together at ``fmt``: each component once. The manager
+    shares a component between pipelines when its weights are the same files; among official models those are the
+    text encoders and VAEs with the same published size (FLUX.1's CLIP, T5 and VAE across the FLUX.1 tools; klein's
+    Qwen3 and VAE between a klein model and its base model); each model's transformer is its own. FLUX.1 and FLUX.2
+    [klein] share none: their text encoders (T5 and CLIP; Qwen3) and VAEs (16 and 32 latent channels) differ."""
+    held: dict[tuple, int] = {}
+    per_model, shared = {}, 0
+    for sizes in models:
+        added = 0
+        for name, value in component_bytes(sizes, fmt, dtype_bytes).items():
+            key = (name, sizes.get(name), name in sizes.quantized) + ((sizes.model,) if name == "transformer" else ())
+            if key in held:
+                shared += value
+                continue
+            held[key] = value
+            added += value
+        per_model[sizes.model] = added
+    return SideBySide(fmt.quant, fmt.label, per_model, shared, sum(held.values()))

@@ -61,28 +61,63 @@ _REPOS = (
                   ComponentSize("image_embedder", 64_503_808, 50_331_648, 129_007_616)), True, _DEV_LICENCE),
 )
 
-# FLUX.2 [klein]: a Flux2Transformer2DModel (128 input channels, no guidance embedder), a Qwen3ForCausalLM text
-# encoder (the pipeline stacks its hidden states 9, 18 and 27: joint_attention_dim is 3 x its width) and the FLUX.2
-# VAE (AutoencoderKLFlux2 at diffusers' defaults: 32 latent channels). Counted by building each on the meta device
-# from the published configs' key numbers: 4B: 24 heads x 128, 5 double and 20 single blocks, joint_attention_dim
-# 7680, over Qwen3-4B (hidden 2560, 36 layers, intermediate 9728, 32/8 heads of 128, vocab 151936, tied embeddings);
-# 9B: 32 heads x 128, 8 double and 24 single blocks, joint_attention_dim 12288, over Qwen3-8B (hidden 4096, 36
-# layers, intermediate 12288, 32/8 heads of 128, vocab 151936, untied). The base models (for inpainting and
-# fine-tuning, not step-distilled) have the same architecture. Blocks: the largest transformer block (a double one)
-# and all blocks together; Qwen3's decoder layers.
+# FLUX.2 [klein]: a Flux2Transformer2DModel (128 input channels, no guidance embedder, rope axes 32 x 4, head dim
+# 128), a Qwen3ForCausalLM text encoder (the pipeline stacks its hidden states 9, 18 and 27: joint_attention_dim is 3 x
+# its width) and the FLUX.2 VAE (AutoencoderKLFlux2 at diffusers' defaults: 32 latent channels).
+@dataclass(frozen=True)
+class KleinConfig:
+    """The key numbers of a klein model's published configs (what differs from diffusers' and transformers' defaults:
+    Flux2Transformer2DModel's defaults are FLUX.2 [dev]'s 8 double and 48 single blocks of 48 heads over a 15360-wide
+    Mistral embedding; Qwen3Config's are not any released Qwen3)."""
+    heads: int  # transformer: num_attention_heads (x attention_head_dim 128 = its hidden width)
+    double: int  # num_layers (double-stream blocks)
+    single: int  # num_single_layers
+    text_width: int  # Qwen3 hidden_size
+    text_intermediate: int  # Qwen3 intermediate_size
+    tied: bool  # Qwen3 tie_word_embeddings
+    text_layers: int = 36  # num_hidden_layers
+    text_heads: int = 32  # num_attention_heads (num_key_value_heads 8, head_dim 128)
+    text_kv_heads: int = 8
+    head_dim: int = 128
+    vocab: int = 151936
+
+    @property
+    def hidden(self) -> int:
+        return self.heads * self.head_dim
+
+    @property
+    def joint_attention_dim(self) -> int:
+        return 3 * self.text_width
+
+
+# Where each number comes from: the transformer/config.json of black-forest-labs/FLUX.2-klein-4B and -9B (the base
+# models' are the same): 4B: num_attention_heads 24 (hidden 3072), num_layers 5, num_single_layers 20,
+# joint_attention_dim 7680; 9B: num_attention_heads 32 (hidden 4096), num_layers 8, num_single_layers 24,
+# joint_attention_dim 12288. The 9B has 8 double blocks, not 6: with 6 its transformer would hold 8.2B parameters,
+# not the 9.08B of the published 9B (tests/test_klein.py builds both). Their text encoders are Qwen3-4B and Qwen3-8B
+# (Qwen/Qwen3-4B and Qwen/Qwen3-8B config.json): hidden_size 2560 and 4096, intermediate_size 9728 and 12288,
+# 36 layers, 32 query / 8 key-value heads of 128, vocab_size 151936, tie_word_embeddings true (4B) and false (8B).
+KLEIN_CONFIGS = {
+    "4B": KleinConfig(heads=24, double=5, single=20, text_width=2560, text_intermediate=9728, tied=True),
+    "9B": KleinConfig(heads=32, double=8, single=24, text_width=4096, text_intermediate=12288, tied=False),
+}
+
+# Counted by building each on the meta device from KLEIN_CONFIGS (tests/test_klein.py checks it). Blocks: the largest
+# transformer block (a double one) and all blocks together; Qwen3's largest decoder layer and all of them.
 _FLUX2_VAE = ComponentSize("vae", 84_046_115, 2_359_296, 168_092_230)
 _KLEIN_LICENCE = "FLUX Non-Commercial License"
+_KLEIN_COUNTS = {
+    "4B": ((3_875_544_576, 84_934_656, 245_367_296, 3_680_509_440),
+           (4_022_468_096, 388_956_160, 100_930_816, 3_633_509_376)),
+    "9B": ((9_078_581_248, 150_994_944, 436_208_128, 8_724_162_560),
+           (8_190_735_360, 622_329_856, 192_946_432, 6_946_071_552)),
+}
 
 
 def _klein(repo_id: str, size: str, gated: bool, licence: str) -> OfficialRepo:
-    transformer, text_encoder, widths = {
-        "4B": ((3_875_544_576, 84_934_656, 245_367_296, 3_680_509_440),
-               (4_022_468_096, 388_956_160, 100_930_816, 3_633_509_376),
-               {"hidden": 3072, "text_dim": 2560, "vae_width": 128}),
-        "9B": ((9_078_581_248, 150_994_944, 436_208_128, 8_724_162_560),
-               (8_190_735_360, 622_329_856, 192_946_432, 6_946_071_552),
-               {"hidden": 4096, "text_dim": 4096, "vae_width": 128}),
-    }[size]
+    transformer, text_encoder = _KLEIN_COUNTS[size]
+    config = KLEIN_CONFIGS[size]
+    widths = {"hidden": config.hidden, "text_dim": config.text_width, "vae_width": 128}
     parts = (ComponentSize("transformer", transformer[0], transformer[1], 2 * transformer[0], *transformer[2:]),
              ComponentSize("text_encoder", text_encoder[0], text_encoder[1], 2 * text_encoder[0], *text_encoder[2:]),
              _FLUX2_VAE)
