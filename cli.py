@@ -64,11 +64,14 @@ def build_parser() -> argparse.ArgumentParser:
                                      "tool's)")
     gen.add_argument("--guidance", help="guidance scale (default: the tool's; schnell ignores it)")
     gen.add_argument("--hires-scale", default=None, metavar="X",
-                     help="hires fix (text to image): generate at the size, upscale X times (Lanczos), then refine "
-                          "by image to image at the larger size")
+                     help="hires fix (text to image): generate at the size, upscale X times (--hires-upscaler), "
+                          "then refine by image to image at the larger size")
     gen.add_argument("--hires-strength", default=None, help=f"hires fix: the refining pass's strength, 0.01..1 "
                                                             f"(default {defaults.HIRES_STRENGTH})")
     gen.add_argument("--hires-steps", default=None, help="hires fix: the refining pass's steps (default: --steps)")
+    gen.add_argument("--hires-upscaler", default=None, metavar="NAME",
+                     help="hires fix: Lanczos (default) or a super-resolution model file in FLUXFORGE_UPSCALER_DIR, "
+                          "by its name there (ESRGAN-family .pth/.safetensors; needs `pip install spandrel`)")
     gen.add_argument("--strength", default=None, help=f"with --image on a text-to-image tool: image to image, how much "
                                                       f"of the image is repainted, 0.01..1 (default {defaults.STRENGTH})")
     gen.add_argument("--seed", help=f"0..{defaults.SEED_MAX} (default: a random one, written in the PNG)")
@@ -283,7 +286,7 @@ def generate(args) -> int:
             width=_number(args.width, int), height=_number(args.height, int), steps=_number(args.steps, int),
             guidance=_number(args.guidance, float), seed=seed, strength=_number(args.strength, float),
             hires_scale=_number(args.hires_scale, float), hires_strength=_number(args.hires_strength, float),
-            hires_steps=_number(args.hires_steps, int),
+            hires_steps=_number(args.hires_steps, int), hires_upscaler=args.hires_upscaler,
             canny_low=_number(args.canny_low, int), canny_high=_number(args.canny_high, int),
             transformer=transformer, loras=loras, control=args.control, control_lora=args.control_lora,
         )
