@@ -20,6 +20,22 @@ def target_size(width: int, height: int, scale: float) -> tuple[int, int]:
     return out[0], out[1]
 
 
+def planned(width: int, height: int, scale: float | None, upscaler=None) -> dict:
+    """What the estimates take of a hires fix (pipelines.memory.estimate.plan_run's ``hires`` and
+    ``upscaler_bytes``): nothing without a scale; a bad scale or upscaler name is a UserError."""
+    from .upscalers import check_upscaler, upscaler_bytes
+
+    if not scale:
+        return {}
+    try:
+        scale = float(scale)
+    except (TypeError, ValueError):
+        raise UserError(f"hires_scale={scale!r} is not a number.") from None
+    if not SCALE_MIN < scale <= SCALE_MAX:
+        raise UserError(f"hires_scale={scale:g} is out of range; use {SCALE_MIN + 0.01:g}..{SCALE_MAX:g}.")
+    return {"hires": target_size(width, height, scale), "upscaler_bytes": upscaler_bytes(check_upscaler(upscaler))}
+
+
 def record(first, second, scale: float, upscaler: str, upscale_s: float, model: dict | None = None) -> dict:
     """What the report and the metadata say of both passes (``model``: the upscaler file's architecture, scale and
     parameters, when one was used)."""

@@ -67,6 +67,16 @@ def upscaler_path(name: str, folder: Path | None = None) -> Path | None:
     return None if name == LANCZOS else (Path(folder) if folder else upscaler_dir()) / name
 
 
+def upscaler_bytes(name: str, folder: Path | None = None) -> int:
+    """What a checked upscaler holds in memory, for the estimates: its file's size (its weights as stored; a run in
+    a narrower dtype holds less), 0 for Lanczos."""
+    path = upscaler_path(name, folder)
+    try:
+        return path.stat().st_size if path is not None else 0
+    except OSError:
+        return 0
+
+
 @dataclass
 class Upscaler:
     """A super-resolution model loaded through spandrel, on a device in a dtype."""
