@@ -45,5 +45,7 @@ def test_a_hires_fix_with_an_upscaler_file_makes_the_larger_image(page, upscaler
         text = result.text["parameters"]
     assert meta["hires"]["upscaler"] == "tiny-esrgan-2x.safetensors" and meta["hires"]["first_pass"]["size"] == [128, 128]
     assert "Hires upscaler: tiny-esrgan-2x.safetensors" in text and "Size: 256x256" in text
+    assert "hires fix from 128×128 (tiny-esrgan-2x.safetensors, 3 steps at 0.35" in page.locator(
+        "#generate-status").inner_text()
     assert "upscaled (tiny-esrgan-2x.safetensors, ESRGAN 2x) to 256x256" in page.locator("#generate-notices").inner_text()
     shot(page, "hires-fix-result")
