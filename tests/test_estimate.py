@@ -345,9 +345,10 @@ def test_generates_estimate_follows_the_chosen_model(tiny_root, monkeypatch):
                  if "generate-variant" in [ids.get(b._id) for b in fn.inputs]
                  and [ids.get(b._id) for b in fn.outputs] == ["schnell-estimate"]]
     assert refreshes
-    refreshes[0]("auto", 512, 512, "dev", "tiny")  # quant, width, height, variant, model[, offload]
-    refreshes[0]("4bit", 256, 256, "schnell", None, "model")
-    assert seen == [("dev", "auto", 512, 512, None, "tiny"), ("schnell", "4bit", 256, 256, "model", None)]
+    refreshes[0]("auto", 512, 512, "dev", "tiny", 1, "Lanczos")  # quant, size, variant, model, hires x2[, offload]
+    refreshes[0]("4bit", 256, 256, "schnell", None, 2, "Lanczos", "model")
+    assert seen == [("dev", "auto", 512, 512, None, "tiny", ()),
+                    ("schnell", "4bit", 256, 256, "model", None, (2, "Lanczos"))]
 
 
 # ---- hires fix ---------------------------------------------------------------------------------------------------
