@@ -170,3 +170,21 @@ def test_cli_hires_fix_with_an_upscaler_file(upscaler_dir, tiny_root, tmp_path, 
     err = capsys.readouterr().err
     assert "hires_upscaler='nope.pth' is not an upscaler" in err and "Traceback" not in err
     assert not (tmp_path / "n.png").exists()
+
+
+@pytest.mark.parametrize("device, onednn, dtype, expected", [
+    ("cpu", False, "bfloat16", "float32"), ("cpu", True, "bfloat16", "bfloat16"), ("cuda", False, "bfloat16", "bfloat16"),
+    ("cuda", False, "float32", "float32")])
+def test_the_upscaler_runs_in_float32_where_bf16_convolutions_are_slow(monkeypatch, device, onednn, dtype, expected):
+    import types
+
+    import torch
+
+    from pipelines.memory import placement
+    from pipelines.upscalers import run_dtype_for
+
+    monkeypatch.setattr(placement, "onednn_bf16", lambda: onednn)
+    model = types.SimpleNamespace(supports_bfloat16=True, supports_half=True)
+    assert run_dtype_for(model, torch.device(device), getattr(torch, dtype)) == getattr(torch, expected)
+    assert run_dtype_for(types.SimpleNamespace(supports_bfloat16=False, supports_half=False), torch.device("cuda"),
+                         torch.bfloat16) == torch.float32
