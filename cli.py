@@ -64,11 +64,14 @@ def build_parser() -> argparse.ArgumentParser:
                                      "tool's)")
     gen.add_argument("--guidance", help="guidance scale (default: the tool's; schnell ignores it)")
     gen.add_argument("--hires-scale", default=None, metavar="X",
-                     help="hires fix (text to image): generate at the size, upscale X times (Lanczos), then refine "
-                          "by image to image at the larger size")
+                     help="hires fix (text to image): generate at the size, upscale X times (--hires-upscaler), "
+                          "then refine by image to image at the larger size")
     gen.add_argument("--hires-strength", default=None, help=f"hires fix: the refining pass's strength, 0.01..1 "
                                                             f"(default {defaults.HIRES_STRENGTH})")
     gen.add_argument("--hires-steps", default=None, help="hires fix: the refining pass's steps (default: --steps)")
+    gen.add_argument("--hires-upscaler", default=None, metavar="NAME",
+                     help="hires fix: Lanczos (default) or a super-resolution model file in FLUXFORGE_UPSCALER_DIR, "
+                          "by its name there (ESRGAN-family .pth/.safetensors; needs `pip install spandrel`)")
     gen.add_argument("--strength", default=None, help=f"with --image on a text-to-image tool: image to image, how much "
                                                       f"of the image is repainted, 0.01..1 (default {defaults.STRENGTH})")
     gen.add_argument("--seed", help=f"0..{defaults.SEED_MAX} (default: a random one, written in the PNG)")
@@ -137,6 +140,10 @@ def build_parser() -> argparse.ArgumentParser:
     est.add_argument("--size", default=None, metavar="WIDTHxHEIGHT",
                      help="output size (default: the tool's); snapped as generate snaps --width and --height")
     est.add_argument("--device", default=None, help="cpu, cuda, cuda:1 or mps (default: best available)")
+    est.add_argument("--hires-scale", default=None, metavar="X", help="a hires fix: both passes, the second at X "
+                                                                      "times the size")
+    est.add_argument("--hires-upscaler", default=None, metavar="NAME",
+                     help="the hires fix's upscaler: Lanczos (default) or a file in FLUXFORGE_UPSCALER_DIR")
     est.add_argument("--json", action="store_true", help="print the plan as JSON")
 
     info = sub.add_parser("info", help="the generation parameters in a PNG (ours, A1111's, Forge's, ComfyUI's or "
@@ -283,7 +290,7 @@ def generate(args) -> int:
             width=_number(args.width, int), height=_number(args.height, int), steps=_number(args.steps, int),
             guidance=_number(args.guidance, float), seed=seed, strength=_number(args.strength, float),
             hires_scale=_number(args.hires_scale, float), hires_strength=_number(args.hires_strength, float),
-            hires_steps=_number(args.hires_steps, int),
+            hires_steps=_number(args.hires_steps, int), hires_upscaler=args.hires_upscaler,
             canny_low=_number(args.canny_low, int), canny_high=_number(args.canny_high, int),
             transformer=transformer, loras=loras, control=args.control, control_lora=args.control_lora,
         )
@@ -457,7 +464,10 @@ def plan(args) -> int:
         raise UserError(f"--{error}") from None
     notices: list[str] = []
     # Without --model: the tool's official model, and its other official models (klein's 9B beside its 4B).
-    results = [_plan(tool, model, args.size, args.device, notices)
+    if args.hires_upscaler and not args.hires_scale:
+        raise UserError("--hires-upscaler is for the hires fix: give --hires-scale too.")
+    hires = dict(scale=args.hires_scale, upscaler=args.hires_upscaler)
+    results = [_plan(tool, model, args.size, args.device, notices, hires)
                for model in ([args.model] if args.model else [tool.model_id, *tool.variants])]
     if args.json:
         print(json.dumps(results[0].to_dict() if len(results) == 1 else [r.to_dict() for r in results], indent=2))
@@ -468,10 +478,12 @@ def plan(args) -> int:
     return 0
 
 
-def _plan(tool, model: str, size: str | None, device_name: str | None, notices: list[str] | None = None):
+def _plan(tool, model: str, size: str | None, device_name: str | None, notices: list[str] | None = None,
+          hires: dict | None = None):
     import re
 
     from pipelines.errors import UserError
+    from pipelines.hires import planned
     from pipelines.memory.device import device_memory, pick_device, pick_dtype
     from pipelines.memory.estimate import plan_run
     from pipelines.request import checked_size
@@ -493,15 +505,22 @@ def _plan(tool, model: str, size: str | None, device_name: str | None, notices: 
         device = pick_device(device_name)
     except (ValueError, RuntimeError) as error:
         raise UserError(str(error).splitlines()[0]) from None
-    return plan_run(tool, model, width, height, device_memory(device), offered(device), pick_dtype(device).itemsize)
+    second = planned(width, height, **(hires or {}))
+    if second and not tool.takes_strength:
+        raise UserError(f"--hires-scale is for text to image; the {tool.name} tool has no hires fix.")
+    return plan_run(tool, model, width, height, device_memory(device), offered(device), pick_dtype(device).itemsize,
+                    **second)
 
 
 def format_plan(result) -> str:
     """A plan (pipelines.memory.estimate.Plan) as a table for the terminal: one row per quant choice and offload option."""
     memory = result.memory
     source = "known sizes" if result.sizes.source == "known" else "read from its files"
-    lines = [f"{result.tool} on {result.model} ({source}), {result.width}x{result.height}, {result.text_tokens} text "
-             f"tokens; {memory.type}: {_size(memory.free_bytes)} {memory.what} of {_size(memory.total_bytes)}",
+    hires = result.hires
+    then = "" if not hires else f" then {hires['width']}x{hires['height']} (hires fix" + (
+        f", upscaler {_size(hires['upscaler_bytes'])}" if hires["upscaler_bytes"] else "") + ")"
+    lines = [f"{result.tool} on {result.model} ({source}), {result.width}x{result.height}{then}, {result.text_tokens} "
+             f"text tokens; {memory.type}: {_size(memory.free_bytes)} {memory.what} of {_size(memory.total_bytes)}",
              f"Auto picks {result.auto.quant}: {result.auto.reason}",
              f"{'quant':<10} {'offload':<11} {'format':<22} {'weights':>10} {'peak':>10} {'time':>6}  fits"]
     on_cpu = memory.type == "cpu"

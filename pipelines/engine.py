@@ -129,34 +129,57 @@ class Engine:
 
     def _hires(self, request: GenerationRequest, progress: Progress, preview: PreviewCallback | None,
                preview_every: int) -> GenerationResult:
-        """Hires fix (pipelines.hires): the request at its size, upscaled, then refined by image to image at the
-        larger size with the same prompt, seed, LoRAs and quantization."""
+        """Hires fix (pipelines.hires): the request at its size, upscaled (Lanczos or a super-resolution model file,
+        loaded before the first pass so a bad file is refused before anything runs), then refined by image to image
+        at the larger size with the same prompt, seed, LoRAs and quantization."""
         from . import hires
+        from .upscalers import upscale_image
 
+        upscaler = self._upscaler(request.hires_upscaler)
         plain = {name: getattr(request, name) for name in ("tool", "prompt", "model", "quant", "guidance", "seed",
                                                              "transformer", "loras")}
         first = self._generate(GenerationRequest(**plain, width=request.width, height=request.height,
                                                  steps=request.steps), progress, preview, preview_every)
         size = hires.target_size(first.image.width, first.image.height, request.hires_scale)
-        larger, upscale_s = hires.upscale(first.image, size)
+        larger, upscale_s = upscale_image(first.image, size, upscaler)
         second = self._generate(GenerationRequest(**plain, width=size[0], height=size[1], image=larger,
                                                   strength=request.hires_strength,
                                                   steps=request.hires_steps or request.steps),
                                 progress, preview, preview_every)
         report = second.report
-        report["hires"] = hires.record(first, second, request.hires_scale, upscale_s)
+        report["hires"] = hires.record(first, second, request.hires_scale, request.hires_upscaler, upscale_s,
+                                       upscaler.to_dict() if upscaler else None)
         parameters = report["parameters"]
         parameters.update(hires_scale=request.hires_scale, hires_strength=request.hires_strength,
-                          hires_steps=request.hires_steps, steps=request.steps, hires=report["hires"], inputs={})
+                          hires_steps=request.hires_steps, hires_upscaler=request.hires_upscaler, steps=request.steps,
+                          hires=report["hires"], inputs={})
         report["timings"] = {name: round(first.report["timings"].get(name, 0) + value + (
             upscale_s if name == "total_s" else 0), 4) for name, value in second.report["timings"].items()}
+        report["timings"]["upscale_s"] = round(upscale_s, 4)
         report["memory"] = max(first.report["memory"], second.report["memory"],
                                key=lambda m: m.get("peak_bytes") or 0)
         notices = first.notices + [n for n in second.notices if n not in first.notices]
-        notices.append(f"Hires fix: {first.image.width}x{first.image.height} upscaled ({hires.UPSCALER}) to "
+        how = request.hires_upscaler + (f", {upscaler.architecture} {upscaler.scale}x" if upscaler else "")
+        notices.append(f"Hires fix: {first.image.width}x{first.image.height} upscaled ({how}) to "
                        f"{size[0]}x{size[1]}, refined at strength {request.hires_strength:g} in "
                        f"{report['image_to_image']['steps_run']} steps.")
         return GenerationResult(second.image, report, notices)
+
+    def _upscaler(self, name: str):
+        """The hires fix's upscaler model (pipelines.upscalers.Upscaler) for a checked name, loaded once per file and
+        kept with the manager's auxiliary models; None for Lanczos."""
+        from .upscalers import load_upscaler, upscaler_path
+
+        path = upscaler_path(name)
+        if path is None:
+            return None
+        try:
+            stat = path.stat()
+        except OSError:
+            raise UserError(f"hires_upscaler={name!r} is no longer in the upscaler folder; choose another.") from None
+        manager = self.manager
+        key = ("upscaler", str(path), stat.st_mtime_ns, stat.st_size, str(manager.device), str(manager.dtype))
+        return manager.aux(key, lambda: load_upscaler(name, path, manager.device, manager.dtype))
 
     def control_map(self, tool_name: str, model: str, image: Image.Image, **fields) -> Image.Image:
         """The control map ``tool_name`` would compute from ``image`` (e.g. to preview it before a run)."""

@@ -11,6 +11,7 @@ QUANT_DIR_ENV = "FLUXFORGE_QUANT_CACHE_DIR"  # where quantized weights go (defau
 PROBE_ENV = "FLUXFORGE_PROBE"  # "0" turns the capability probe off
 LORA_DIR_ENV = "FLUXFORGE_LORA_DIR"  # where the studio lists LoRA files (default <root>/loras)
 MODEL_DIR_ENV = "FLUXFORGE_MODEL_DIR"  # where the studio lists your own models (default <root>/models)
+UPSCALER_DIR_ENV = "FLUXFORGE_UPSCALER_DIR"  # the hires fix's upscaler files (default <root>/upscalers)
 
 
 def cache_root() -> Path:
@@ -31,6 +32,11 @@ def lora_dir() -> Path:
 def model_dir() -> Path:
     folder = os.environ.get(MODEL_DIR_ENV)
     return Path(folder).expanduser() if folder else cache_root() / "models"
+
+
+def upscaler_dir() -> Path:
+    folder = os.environ.get(UPSCALER_DIR_ENV)
+    return Path(folder).expanduser() if folder else cache_root() / "upscalers"
 
 
 def probes_dir() -> Path:

@@ -38,6 +38,7 @@ class GenerationRequest:
     hires_scale: float | None = None  # hires fix: the second pass's size over the first's (pipelines.hires)
     hires_strength: float | None = None  # hires fix: the second pass's strength (default HIRES_STRENGTH)
     hires_steps: int | None = None  # hires fix: the second pass's steps (default: steps)
+    hires_upscaler: str | None = None  # hires fix: Lanczos (default) or a file in the upscaler folder, by name
     transformer: str | None = None  # a single-file transformer (.safetensors or .gguf) that replaces the model's own
     loras: list = field(default_factory=list)  # (file, strength) pairs; checked into pipelines.loras.LoraFile
     control: str | None = None  # Depth and Canny: "model" (their own model) or "lora" (a control LoRA on Dev)
@@ -118,10 +119,12 @@ class GenerationRequest:
         """Hires fix: a text-to-image run (no input image) with a scale over 1; its strength and steps checked."""
         from .hires import SCALE_MAX, SCALE_MIN, target_size
         from .tools import all_tools
+        from .upscalers import check_upscaler
 
         if self.hires_scale is None:
-            if self.hires_strength is not None or self.hires_steps is not None:
-                raise UserError("hires_strength and hires_steps are for the hires fix: give hires_scale too.")
+            if self.hires_strength is not None or self.hires_steps is not None or self.hires_upscaler:
+                raise UserError("hires_strength, hires_steps and hires_upscaler are for the hires fix: give "
+                                "hires_scale too.")
             return
         if not tool.takes_strength or self.image is not None:
             takers = " and ".join(t.name for t in all_tools() if t.takes_strength)
@@ -131,6 +134,7 @@ class GenerationRequest:
         self.hires_strength = _float_in("hires_strength", self.hires_strength, 0.01, 1.0, defaults.HIRES_STRENGTH)
         if self.hires_steps is not None:
             self.hires_steps = _int_in("hires_steps", self.hires_steps, defaults.STEPS_MIN, defaults.STEPS_MAX, 1)
+        self.hires_upscaler = check_upscaler(self.hires_upscaler)
         d = tool.defaults(self.model)
         target_size(self.width or d.width, self.height or d.height, self.hires_scale)
 

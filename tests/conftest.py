@@ -18,7 +18,7 @@ os.environ.pop("FLUXFORGE_DISABLE_BACKENDS", None)
 # A private Hugging Face home (cache and token file), and no token or model choices from the environment.
 os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="fluxforge-test-hf-")
 for _name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_HUB_CACHE", "HF_ENDPOINT", "HF_HUB_OFFLINE", "FLUXFORGE_MODELS",
-              "FLUXFORGE_MODEL_DIR", "SPACE_ID"):
+              "FLUXFORGE_MODEL_DIR", "FLUXFORGE_UPSCALER_DIR", "SPACE_ID"):
     os.environ.pop(_name, None)
 
 
@@ -45,6 +45,69 @@ def fresh_studio(tiny_root):
     from pipelines.manager import ModelManager
 
     return Engine(ModelManager(device="cpu"))
+
+
+def import_spandrel():
+    """spandrel, imported with a stand-in `torchvision` in sys.modules only while it imports (then taken out again).
+
+    spandrel's LaMa and RestoreFormer architectures import torchvision when `import spandrel` loads every
+    architecture; the tests install spandrel without its dependencies because PyPI's torchvision cannot load against
+    the CPU build of torch the tests run on (and an installed torchvision changes what transformers imports). The
+    ESRGAN path the tests run never touches torchvision; the stand-in only lets those two modules import."""
+    import sys
+    import types
+
+    if "spandrel" in sys.modules:
+        return sys.modules["spandrel"]
+    pytest.importorskip("einops", reason="spandrel needs einops (requirements-dev.txt)")
+    if "torchvision" in sys.modules:  # a real one
+        return pytest.importorskip("spandrel", reason="pip install --no-deps spandrel==0.4.2")
+
+    def unavailable(*args, **kwargs):
+        raise RuntimeError("torchvision stand-in: not available in the tests")
+
+    functional = types.ModuleType("torchvision.transforms.functional")
+    functional.InterpolationMode = types.SimpleNamespace(BILINEAR="bilinear", NEAREST="nearest", BICUBIC="bicubic")
+    functional.rotate = functional.normalize = unavailable
+    transforms = types.ModuleType("torchvision.transforms")
+    transforms.functional = functional
+    vision = types.ModuleType("torchvision")
+    vision.transforms = transforms
+    stand_ins = {"torchvision": vision, "torchvision.transforms": transforms,
+                 "torchvision.transforms.functional": functional}
+    sys.modules.update(stand_ins)
+    try:
+        return pytest.importorskip("spandrel", reason="pip install --no-deps spandrel==0.4.2")
+    finally:
+        for name in stand_ins:
+            sys.modules.pop(name, None)
+
+
+@pytest.fixture(scope="session")
+def esrgan_folder(tmp_path_factory):
+    """An upscaler folder with a tiny random-weight ESRGAN file (2x; 8 filters, 1 block, seeded) that spandrel
+    detects, and a file that is not a super-resolution model."""
+    import torch
+    from safetensors.torch import save_file
+
+    spandrel = import_spandrel()
+    from spandrel.architectures.ESRGAN import ESRGAN
+
+    folder = tmp_path_factory.mktemp("upscalers")
+    torch.manual_seed(7)
+    model = ESRGAN(in_nc=3, out_nc=3, num_filters=8, num_blocks=1, scale=2)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, folder / "tiny-esrgan-2x.safetensors")
+    assert isinstance(spandrel.ModelLoader().load_from_file(folder / "tiny-esrgan-2x.safetensors"),
+                      spandrel.ImageModelDescriptor)
+    save_file({"weight": torch.zeros(4, 4)}, folder / "not-an-upscaler.safetensors")
+    return folder
+
+
+@pytest.fixture
+def upscaler_dir(esrgan_folder, monkeypatch):
+    """FLUXFORGE_UPSCALER_DIR set to the tiny ESRGAN folder for this test."""
+    monkeypatch.setenv("FLUXFORGE_UPSCALER_DIR", str(esrgan_folder))
+    return esrgan_folder
 
 
 def make_photo(width: int = 128, height: int = 96) -> Image.Image:

@@ -345,9 +345,10 @@ def test_generates_estimate_follows_the_chosen_model(tiny_root, monkeypatch):
                  if "generate-variant" in [ids.get(b._id) for b in fn.inputs]
                  and [ids.get(b._id) for b in fn.outputs] == ["schnell-estimate"]]
     assert refreshes
-    refreshes[0]("auto", 512, 512, "dev", "tiny")  # quant, width, height, variant, model[, offload]
-    refreshes[0]("4bit", 256, 256, "schnell", None, "model")
-    assert seen == [("dev", "auto", 512, 512, None, "tiny"), ("schnell", "4bit", 256, 256, "model", None)]
+    refreshes[0]("auto", 512, 512, "dev", "tiny", 1, "Lanczos")  # quant, size, variant, model, hires x2[, offload]
+    refreshes[0]("4bit", 256, 256, "schnell", None, 2, "Lanczos", "model")
+    assert seen == [("dev", "auto", 512, 512, None, "tiny", ()),
+                    ("schnell", "4bit", 256, 256, "model", None, (2, "Lanczos"))]
 
 
 @pytest.mark.parametrize("quant,ratio", [("none", 1.0), ("8bit", 0.5), ("4bit", 0.266)])
@@ -372,3 +373,48 @@ def test_flux1_dev_and_klein_4b_side_by_side_share_nothing_and_sum(quant, ratio)
     assert kleins.per_model[base.model] == component_bytes(base, fmt, 2)["transformer"]
     gib = 2**30
     assert round(both.total / gib, 1) == {"none": 46.3, "8bit": 23.4, "4bit": 12.7}[quant]
+
+
+# ---- hires fix ---------------------------------------------------------------------------------------------------
+
+def test_a_hires_fix_is_estimated_as_both_passes_the_larger_with_the_upscaler():
+    from pipelines.memory.estimate import hires_rows
+
+    gpu = memory("cuda", 24)
+    first = estimate_all(MODEL, FORMATS, PIXELS, 512, gpu)
+    plain_second = estimate_all(MODEL, FORMATS, 4 * PIXELS, 512, gpu)
+    second = estimate_all(MODEL, FORMATS, 4 * PIXELS, 512, gpu, extra_bytes=64 * 2**20)
+    rows = hires_rows(first, second, (512, 512), (1024, 1024), 64 * 2**20)
+    for row, a, b, plain in zip(rows, first, second, plain_second):
+        assert row.peak_bytes == max(a.peak_bytes, b.peak_bytes) == plain.peak_bytes + 64 * 2**20
+        assert row.fits == (a.fits and b.fits) and (row.quant, row.offload) == (a.quant, a.offload)
+        assert row.reason.startswith("hires fix: 512x512, then 1024x1024 with the upscaler's 64 MiB; the peak is "
+                                     "the second pass's")
+    assert rows[0].peak_bytes > first[0].peak_bytes
+
+
+def test_plan_with_a_hires_fix_on_tiny_and_its_upscaler_file(tiny_root, upscaler_dir, capsys):
+    import cli
+    from pipelines.hires import planned
+    from pipelines.memory.estimate import plan_run
+
+    tool, cpu = get_tool("dev"), memory("cpu", 16)
+    plain = plan_run(tool, "tiny", 256, 256, cpu, ("auto", "none", "8bit"))
+    large = plan_run(tool, "tiny", 512, 512, cpu, ("auto", "none", "8bit"))
+    lanczos = plan_run(tool, "tiny", 256, 256, cpu, ("auto", "none", "8bit"), **planned(256, 256, 2))
+    esrgan = plan_run(tool, "tiny", 256, 256, cpu, ("auto", "none", "8bit"),
+                      **planned(256, 256, 2, "tiny-esrgan-2x.safetensors"))
+    size = (upscaler_dir / "tiny-esrgan-2x.safetensors").stat().st_size
+    assert lanczos.hires == {"width": 512, "height": 512, "upscaler_bytes": 0}
+    for p, big, hl, he in zip(plain.estimates, large.estimates, lanczos.estimates, esrgan.estimates):
+        assert hl.peak_bytes == big.peak_bytes > p.peak_bytes
+        assert he.peak_bytes == big.peak_bytes + size
+    assert cli.main(["plan", "--tool", "dev", "--model", "tiny", "--size", "256x256", "--hires-scale", "2",
+                     "--hires-upscaler", "tiny-esrgan-2x.safetensors", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["hires"] == {"width": 512, "height": 512, "upscaler_bytes": size}
+    assert cli.main(["plan", "--tool", "dev", "--model", "tiny", "--size", "256x256", "--hires-scale", "2"]) == 0
+    assert "256x256 then 512x512 (hires fix)" in capsys.readouterr().out
+    assert cli.main(["plan", "--tool", "dev", "--model", "tiny", "--hires-scale", "2", "--hires-upscaler",
+                     "nope.pth"]) == 2
+    assert "hires_upscaler='nope.pth' is not an upscaler" in capsys.readouterr().err

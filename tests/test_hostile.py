@@ -29,11 +29,12 @@ NO_LORAS = dict(loras_picked=[], loras_uploaded=None, lora_strength=1.0)
 LORA_ORDER = list(NO_LORAS)
 ONE = dict(count=1, previews=True)  # images per click, live previews
 GEN = dict(tool="schnell", prompt="a cat", steps=2, guidance=3.5, quant="auto", width=128, height=128, seed=1,
-           randomize=False, **NO_LORAS, **ONE, model=None, image=None, strength=0.6)
+           randomize=False, **NO_LORAS, **ONE, model=None, image=None, strength=0.6, hires_scale=1.0,
+           hires_strength=0.35, hires_steps=0, hires_upscaler="Lanczos")
 KON = dict(prompt="make it night", steps=2, guidance=3.5, quant="auto", match=True, width=128, height=128, seed=1,
            randomize=False, **NO_LORAS, **ONE, references=None, model=None)
 GEN_ORDER = ["tool", "prompt", "steps", "guidance", "quant", "width", "height", "seed", "randomize", *LORA_ORDER,
-             *ONE, "model", "image", "strength"]
+             *ONE, "model", "image", "strength", "hires_scale", "hires_strength", "hires_steps", "hires_upscaler"]
 KON_ORDER = ["image", "prompt", "steps", "guidance", "quant", "match", "width", "height", "seed", "randomize",
              *LORA_ORDER, *ONE, "references", "model"]
 READABLE = 400  # a message, not a dump

@@ -158,3 +158,23 @@ def test_model_hash_and_denoising_strength_read_back(tmp_path):
     assert info.metadata["Quantization"] == "transformer quanto int4; vae none bf16"
     fields = a1111_parse(Image.open(path).text["parameters"])
     assert (fields["Model hash"], fields["Denoising strength"], fields["Steps"]) == ("0123456789", "0.6", "8")
+
+
+def test_the_hires_fix_reads_back_as_a1111_writes_it(tmp_path):
+    from pipelines.images import save_png
+
+    hires = {"scale": 2.0, "upscaler": "4x-UltraSharp, v2:final.pth", "strength": 0.35, "steps": 12,
+             "first_pass": {"size": [512, 384]}, "second_pass": {"size": [1024, 768]}}
+    meta = {"prompt": "a tower", "steps": 20, "guidance": 3.5, "seed": 3, "width": 1024, "height": 768, "model": "tiny",
+            "strength": 0.35, "tool": "dev", "loras": [], "hires": hires}
+    path = save_png(Image.new("RGB", (64, 64), (20, 90, 10)), tmp_path / "tower.png", meta)
+    text = Image.open(path).text["parameters"]
+    fields = a1111_parse(text)
+    assert {k: fields[k] for k in ("Size-1", "Size-2", "Steps", "Denoising strength", "Hires upscale",
+                                   "Hires upscaler", "Hires steps")} == {
+        "Size-1": "1024", "Size-2": "768", "Steps": "20", "Denoising strength": "0.35", "Hires upscale": "2",
+        "Hires upscaler": "4x-UltraSharp; v2 final.pth", "Hires steps": "12"}
+    info = ParserManager().parse(path)
+    assert {k: info.metadata[k] for k in ("Hires upscale", "Hires upscaler", "Hires steps", "Denoising strength")} == {
+        "Hires upscale": "2", "Hires upscaler": "4x-UltraSharp; v2 final.pth", "Hires steps": "12",
+        "Denoising strength": "0.35"}

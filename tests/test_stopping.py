@@ -133,7 +133,8 @@ def test_a_page_that_goes_away_stops_its_batch(studio):
     recorder.hold()
     before = outputs(studio)
     data = [BATCH[k] for k in ("tool", "prompt", "steps", "guidance", "quant", "width", "height", "seed",
-                               "randomize")] + [[], None, 1.0, BATCH["count"], False, None, None, 0.6, []]  # model, image, strength, history
+                               "randomize")] + [[], None, 1.0, BATCH["count"], False, None, None, 0.6,
+                                                1.0, 0.35, 0, "Lanczos", []]  # model, image, strength, hires (off), history
     event_id = httpx.post(f"{studio.url}gradio_api/call/generate", json={"data": data}, timeout=60).json()["event_id"]
     with httpx.stream("GET", f"{studio.url}gradio_api/call/generate/{event_id}", timeout=120) as stream:
         lines = stream.iter_lines()

@@ -404,7 +404,7 @@ def run_job(demo, api_name: str, args: list) -> list:
 
 def generate_args(count=2, previews=True, seed=41, steps=4):
     return ["schnell", "a lighthouse", steps, 0.0, "none", 128, 128, seed, False, [], None, 1.0, count, previews, None,
-            None, 0.6, []]  # ..., model, image, strength, history
+            None, 0.6, 1.0, 0.35, 0, "Lanczos", []]  # ..., model, image, strength, the hires fix (off), history
 
 
 def test_every_tool_tab_has_the_batch_count_and_live_previews(demo):

@@ -329,6 +329,27 @@ def test_generate_image_to_image_over_the_api(client):
     assert meta["strength"] == 0.5 and meta["inputs"]["image"]["name"] == "example-boat.png"
 
 
+def test_generate_hires_fix_over_the_api(client, upscaler_dir):
+    """The hires fix's parameters as the page's Hires fix accordion sends them (scale 1: off; steps 0: as steps)."""
+    settings = dict(SETTINGS, width=64, height=64)
+    result = client.predict(tool="dev", prompt="a tower", **settings, hires_scale=2, hires_strength=0.5,
+                            hires_steps=3, hires_upscaler="tiny-esrgan-2x.safetensors", api_name="/generate")
+    meta = check_result(result, "dev", size=(128, 128))
+    assert meta["hires"]["upscaler"] == "tiny-esrgan-2x.safetensors" and meta["hires"]["steps"] == 3
+    assert meta["hires"]["first_pass"]["size"] == [64, 64] and meta["hires"]["strength"] == 0.5
+    assert meta["hires"]["upscaler_model"]["architecture"] == "ESRGAN"
+    result = client.predict(tool="schnell", prompt="a tower", **settings, hires_scale=1.5, api_name="/generate")
+    meta = check_result(result, "schnell", size=(96, 96))
+    assert meta["hires"]["upscaler"] == "Lanczos" and meta["hires"]["steps"] == 2
+    plain = client.predict(tool="schnell", prompt="a tower", **settings, hires_scale=1, api_name="/generate")
+    assert "hires" not in check_result(plain, "schnell", size=(64, 64))
+    with pytest.raises(ValidationError) as refused:
+        client.predict(tool="dev", prompt="a tower", **settings, hires_scale=2, hires_upscaler="nope.pth",
+                       api_name="/generate")
+    assert "hires_upscaler='nope.pth' is not an upscaler in FLUXFORGE_UPSCALER_DIR" in str(refused.value)
+    assert str(upscaler_dir) not in str(refused.value)
+
+
 @pytest.mark.parametrize("quant", ["none", "8bit", "4bit"])
 def test_klein_in_generate_edit_and_fill(client, tmp_path, quant):
     """FLUX.2 [klein] through the API: Generate's variant, the Edit tab's model choice (the input image and a

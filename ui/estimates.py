@@ -47,17 +47,21 @@ def estimate_html(plan, quant: str, offload: str, notes: tuple[str, ...] = ()) -
     where = "offload has no effect on the CPU" if memory.type == "cpu" else f"offload: {offload} (System tab)"
     auto = "" if quant == "auto" else f" Auto picks {html.escape(plan.auto.quant)}: {html.escape(plan.auto.reason)}."
     snapped = "".join(f" {html.escape(note[:1].upper() + note[1:].rstrip('.'))}, as a run takes it." for note in notes)
-    caption = (f"Estimated before loading for {plan.width}×{plan.height}: {_gib(memory.free_bytes)} "
+    then = ""
+    if plan.hires:
+        held = f", the upscaler's {_gib(plan.hires['upscaler_bytes'])} held" if plan.hires["upscaler_bytes"] else ""
+        then = f" then {plan.hires['width']}×{plan.hires['height']} (hires fix: both passes{held})"
+    caption = (f"Estimated before loading for {plan.width}×{plan.height}{then}: {_gib(memory.free_bytes)} "
                f"{html.escape(memory.what)}; {where}.{auto} Step time: against full precision (2.00× takes twice "
                f"as long).{why}{snapped}")
     return (f"<table class='ff-table ff-estimate'><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody>"
             f"</table><div class='ff-muted'>{caption}</div>")
 
 
-def render(runner, tool: str, quant, width, height, offload=None, model=None) -> str:
+def render(runner, tool: str, quant, width, height, offload=None, model=None, hires=()) -> str:
     """The estimate of ``tool`` (on the Model choice ``model``) for these settings, at the size a run would take
     (pipelines.request.checked_size: a size off the step is snapped, with a note); a one-line note when it cannot be
-    made."""
+    made. ``hires``: the hires fix's (scale, upscaler), when the tab has one."""
     from pipelines.errors import UserError
     from pipelines.request import checked_size
 
@@ -65,7 +69,7 @@ def render(runner, tool: str, quant, width, height, offload=None, model=None) ->
     try:
         offload = offload or runner.options.offload
         size = [checked_size(name, value, notes) for name, value in (("width", width), ("height", height))]
-        plan = runner.plan(tool, *size, model)
+        plan = runner.plan(tool, *size, model, *hires)
     except (UserError, ValueError, TypeError) as error:
         return f"<div class='ff-muted'>No estimate: {html.escape(str(error).splitlines()[0])}</div>"
     except Exception as error:  # noqa: BLE001  (an estimate never breaks the tab)

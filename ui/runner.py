@@ -84,6 +84,22 @@ class Preview:
         return f"Preview · {image}step {self.step}/{self.steps}"
 
 
+def hires_on(scale) -> bool:
+    """True when a tab's hires scale asks for a hires fix (1, the slider's low end, or nothing: off)."""
+    try:
+        return scale is not None and scale != "" and float(scale) > 1
+    except (TypeError, ValueError):
+        return True  # refused by the request, naming it
+
+
+def hires_fields(scale, strength, steps, upscaler) -> dict:
+    """A tab's hires fix controls as the request's fields: none when the scale is 1 (off); steps 0: the run's."""
+    if not hires_on(scale):
+        return {}
+    return dict(hires_scale=scale, hires_strength=strength, hires_steps=steps or None,
+                hires_upscaler=upscaler or None)
+
+
 def pick_seed(seed, randomize: bool) -> int | None:
     """The seed to use: a fresh one when `randomize`, else the number given (checked by the request)."""
     if randomize or seed is None or seed == "":
@@ -270,10 +286,12 @@ class Runner:
         except UserError as error:
             raise user_error(str(error)) from None
 
-    def plan(self, tool: str, width: int, height: int, model: str | None = None):
+    def plan(self, tool: str, width: int, height: int, model: str | None = None, hires_scale=None,
+             hires_upscaler=None):
         """The estimates (pipelines.memory.estimate.Plan) of ``tool`` on its model (or the Model choice ``model``) at
         ``width`` x ``height`` on this studio's device, with its placement; what the loaded models hold counts as
-        free (they make room)."""
+        free (they make room). ``hires_scale`` over 1: a hires fix, both passes (with ``hires_upscaler``)."""
+        from pipelines.hires import planned
         from pipelines.memory.device import device_memory
         from pipelines.memory.estimate import plan_run
         from quantization.policy import offered
@@ -281,8 +299,11 @@ class Runner:
         manager = self.engine.manager
         memory = device_memory(manager.device, manager.loaded_bytes())
         chosen = self.model_choice(tool, model)[0]
-        return plan_run(get_tool(tool), chosen, width, height, memory, offered(manager.device),
-                        manager.dtype.itemsize, manager.options.placement)
+        spec = get_tool(tool)
+        hires = planned(width, height, hires_scale, hires_upscaler) if (
+            hires_on(hires_scale) and spec.takes_strength) else {}
+        return plan_run(spec, chosen, width, height, memory, offered(manager.device),
+                        manager.dtype.itemsize, manager.options.placement, **hires)
 
     def control_map(self, tool: str, image: Image.Image) -> Image.Image:
         """The control map ``tool`` computes from ``image`` (a preview, before a run)."""

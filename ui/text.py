@@ -87,6 +87,11 @@ def status_html(report: dict, path_name: str | None = None) -> str:
             f"{html.escape(report['dtype'])} · quantization {html.escape(mode)}")
     if params.get("loras"):
         head += " · LoRAs " + ", ".join(f"{html.escape(lora['name'])} {lora['strength']:g}" for lora in params["loras"])
+    hires = report.get("hires")
+    if hires:  # both passes: the first's size, the upscaler, the refining pass
+        first = hires["first_pass"]["size"]
+        head += (f" · hires fix from {first[0]}×{first[1]} ({html.escape(str(hires['upscaler']))}, "
+                 f"{hires['steps']} steps at {hires['strength']:g}, upscale {hires['upscale_s']:.2f} s)")
     joined = report.get("conditioning")
     if joined:  # several input images, one conditioning image
         names = [params["inputs"][role]["name"] for role in joined["inputs"] if role in params["inputs"]]

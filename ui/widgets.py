@@ -209,10 +209,11 @@ def image_files_input(what: str, **kwargs) -> gr.File:
 
 
 def settings(ctx: TabContext, tool: str, from_image: bool = False, tool_choice: gr.Radio | None = None,
-             model: gr.Dropdown | None = None) -> Controls:
+             model: gr.Dropdown | None = None, hires: list | None = None) -> Controls:
     """The settings accordion; the Quantization dropdown sits right after guidance (``tool_choice``: a control that
     picks the tab's tool, e.g. Generate's schnell/dev, and ``model``: the tab's Model dropdown; the estimate follows
-    both, and a model change sets steps, guidance and size to that model's defaults)."""
+    both, and a model change sets steps, guidance and size to that model's defaults; ``hires``: the tab's hires fix
+    scale and upscaler, which the estimate follows too)."""
     d = ctx.defaults(tool)
     with gr.Accordion("Advanced settings", open=True, elem_classes=["ff-settings"]):
         with gr.Row():
@@ -236,7 +237,7 @@ def settings(ctx: TabContext, tool: str, from_image: bool = False, tool_choice: 
                              elem_id=f"{tool}-seed", scale=3)
             randomize = gr.Checkbox(True, label="Randomize seed", elem_id=f"{tool}-randomize", scale=2)
         batch = batch_controls(tool)
-    estimate_panel(ctx, tool, estimate, quant, width, height, tool_choice, model)
+    estimate_panel(ctx, tool, estimate, quant, width, height, tool_choice, model, hires)
     if model is not None:
         def model_defaults(value, *chosen):
             name = chosen[0] if chosen else tool
@@ -259,22 +260,27 @@ def settings(ctx: TabContext, tool: str, from_image: bool = False, tool_choice: 
 
 
 def estimate_panel(ctx: TabContext, tool: str, panel: gr.HTML, quant: gr.Dropdown, width: gr.Slider,
-                   height: gr.Slider, tool_choice: gr.Radio | None = None, model: gr.Dropdown | None = None) -> gr.HTML:
+                   height: gr.Slider, tool_choice: gr.Radio | None = None, model: gr.Dropdown | None = None,
+                   hires: list | None = None) -> gr.HTML:
     """Fills ``panel`` (under the Quantization dropdown) with the estimated peak memory, speed and fit of every quant
-    choice (ui.estimates): on page load, and again when the quant, width, height, tool or model change here, or the
-    offload option in the System tab."""
+    choice (ui.estimates): on page load, and again when the quant, width, height, tool, model or hires fix (scale and
+    upscaler) change here, or the offload option in the System tab."""
     from gradio.context import Context
 
     from .estimates import render
+    from .runner import hires_on
 
-    extra = [control for control in (tool_choice, model) if control is not None]
+    hires = list(hires or [])
+    extra = [control for control in (tool_choice, model) if control is not None] + hires
 
-    def refresh(quant_value, width_value, height_value, *rest):  # rest: [the chosen tool], [model], [offload]
+    def refresh(quant_value, width_value, height_value, *rest):  # rest: [tool], [model], [hires x2], [offload]
         values = list(rest)
         chosen = values.pop(0) if tool_choice is not None else tool
         chosen_model = values.pop(0) if model is not None else None
+        fix = tuple(values.pop(0) for _ in hires)
         offload = values.pop(0) if values else None
-        return render(ctx.runner, chosen, quant_value, width_value, height_value, offload, chosen_model)
+        fix = fix if fix and hires_on(fix[0]) else ()
+        return render(ctx.runner, chosen, quant_value, width_value, height_value, offload, chosen_model, fix)
 
     inputs = [quant, width, height, *extra]
     events = dict(queue=False, api_visibility="private", show_progress="hidden")

@@ -10,7 +10,7 @@ One-time load work (quantizing on the first load) is not part of it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from quantization.policy import RATIO, AutoChoice, choose_auto
 from quantization.units import size_text
@@ -130,8 +130,9 @@ def run_peak(sizes: ModelSizes, weights: dict[str, int], pixels: int, text_token
 
 def estimate(sizes: ModelSizes, fmt: Format, offload: str, pixels: int, text_tokens: int, memory: DeviceMemory,
              dtype_bytes: int = 2, placement: str = "auto", quant: str | None = None, why: str = "",
-             condition_pixels: int = 0) -> Estimate:
-    """The estimate of one quant choice (``quant``: as chosen, default ``fmt.quant``) with ``offload``."""
+             condition_pixels: int = 0, extra_bytes: int = 0) -> Estimate:
+    """The estimate of one quant choice (``quant``: as chosen, default ``fmt.quant``) with ``offload``;
+    ``extra_bytes``: held on the device beside the run (a hires fix's upscaler)."""
     if offload not in OFFLOADS:
         raise ValueError(f"offload={offload!r} is unknown; choose one of {', '.join(OFFLOADS)}.")
     if pixels <= 0 or text_tokens < 0 or dtype_bytes not in (2, 4):
@@ -139,6 +140,7 @@ def estimate(sizes: ModelSizes, fmt: Format, offload: str, pixels: int, text_tok
                          f"dtype_bytes={dtype_bytes} 2 or 4.")
     weights = component_bytes(sizes, fmt, dtype_bytes)
     peak, how = run_peak(sizes, weights, pixels, text_tokens, memory, offload, placement, condition_pixels)
+    peak += extra_bytes
     fits = peak * HEADROOM <= memory.free_bytes
     speed = fmt.speed
     notes = [why] if why else []
@@ -173,7 +175,8 @@ def auto_choice(sizes: ModelSizes, memory: DeviceMemory, dtype_bytes: int = 2,
 
 def estimate_all(sizes: ModelSizes, formats: dict[str, Format], pixels: int, text_tokens: int, memory: DeviceMemory,
                  dtype_bytes: int = 2, placement: str = "auto", offloads: tuple = OFFLOADS,
-                 condition_pixels: int = 0, step_ratios: dict | None = None) -> tuple[Estimate, ...]:
+                 condition_pixels: int = 0, step_ratios: dict | None = None,
+                 extra_bytes: int = 0) -> tuple[Estimate, ...]:
     """Every quant choice (auto first, then ``formats`` in order) with every offload option."""
     choice = auto_choice(sizes, memory, dtype_bytes, step_ratios if "fp8" in formats else None)
     if choice.quant not in formats:
@@ -182,9 +185,9 @@ def estimate_all(sizes: ModelSizes, formats: dict[str, Format], pixels: int, tex
     for offload in offloads:
         rows.append(estimate(sizes, formats[choice.quant], offload, pixels, text_tokens, memory, dtype_bytes,
                              placement, quant="auto", why=f"Auto picks {choice.quant}: {choice.reason}",
-                             condition_pixels=condition_pixels))
+                             condition_pixels=condition_pixels, extra_bytes=extra_bytes))
         rows += [estimate(sizes, fmt, offload, pixels, text_tokens, memory, dtype_bytes, placement,
-                          condition_pixels=condition_pixels) for fmt in formats.values()]
+                          condition_pixels=condition_pixels, extra_bytes=extra_bytes) for fmt in formats.values()]
     return tuple(rows)
 
 
@@ -227,6 +230,7 @@ class Plan:
     memory: DeviceMemory
     auto: AutoChoice
     estimates: tuple[Estimate, ...]
+    hires: dict | None = None  # a hires fix: {"width", "height" (the second pass's), "upscaler_bytes"}
 
     def row(self, quant: str, offload: str) -> Estimate | None:
         return next((e for e in self.estimates if e.quant == quant and e.offload == offload), None)
@@ -238,13 +242,16 @@ class Plan:
                 "device": {"type": self.memory.type, "free_bytes": self.memory.free_bytes,
                            "total_bytes": self.memory.total_bytes, "free_is": self.memory.what},
                 "auto": {"quant": self.auto.quant, "reason": self.auto.reason},
+                **({"hires": self.hires} if self.hires else {}),
                 "estimates": [e.to_dict() for e in self.estimates]}
 
 
 def plan_run(tool, model: str, width: int, height: int, memory: DeviceMemory, quants: tuple[str, ...],
-             dtype_bytes: int = 2, placement: str = "auto", cpu: str | None = None, gpu: str | None = None) -> Plan:
+             dtype_bytes: int = 2, placement: str = "auto", cpu: str | None = None, gpu: str | None = None,
+             hires: tuple[int, int] | None = None, upscaler_bytes: int = 0) -> Plan:
     """The estimates of ``tool`` (a pipelines.tools.Tool) on ``model`` at ``width`` x ``height`` (``gpu``: the GPU
-    class of a CUDA device, default this machine's first GPU's)."""
+    class of a CUDA device, default this machine's first GPU's). ``hires``: a hires fix's second pass size; the run
+    is then both passes, each row the larger of the two plus the upscaler's weights (``upscaler_bytes``)."""
     from quantization.policy import cpu_step_ratios, gpu_class, gpu_step_ratios
 
     from .sizes import model_sizes
@@ -258,10 +265,32 @@ def plan_run(tool, model: str, width: int, height: int, memory: DeviceMemory, qu
     formats = formats_for(memory.type, quants, cpu, gpu, sizes.family)
     ratios = (gpu_step_ratios(gpu, sizes.family) if gpu
               else (cpu_step_ratios(cpu, sizes.family) if memory.type == "cpu" else {}))
-    rows = estimate_all(sizes, formats, width * height, text_tokens, memory, dtype_bytes, placement,
-                        condition_pixels=tool.condition_pixels(width, height), step_ratios=ratios)
+
+    def rows_at(w: int, h: int, extra: int) -> tuple[Estimate, ...]:
+        return estimate_all(sizes, formats, w * h, text_tokens, memory, dtype_bytes, placement,
+                            condition_pixels=tool.condition_pixels(w, h), step_ratios=ratios, extra_bytes=extra)
+
+    rows = rows_at(width, height, 0)
+    extra = None
+    if hires:
+        rows = hires_rows(rows, rows_at(hires[0], hires[1], upscaler_bytes), (width, height), hires, upscaler_bytes)
+        extra = {"width": hires[0], "height": hires[1], "upscaler_bytes": upscaler_bytes}
     auto = auto_choice(sizes, memory, dtype_bytes, ratios if "fp8" in formats else None)
-    return Plan(tool.name, model, width, height, text_tokens, sizes, memory, auto, rows)
+    return Plan(tool.name, model, width, height, text_tokens, sizes, memory, auto, rows, extra)
+
+
+def hires_rows(first: tuple[Estimate, ...], second: tuple[Estimate, ...], size: tuple[int, int],
+               larger: tuple[int, int], upscaler_bytes: int) -> tuple[Estimate, ...]:
+    """A hires fix's rows: for each choice the pass with the larger peak (the second's, upscaler weights included),
+    fitting only when both passes fit."""
+    rows = []
+    for a, b in zip(first, second):
+        top = b if b.peak_bytes >= a.peak_bytes else a
+        held = f" with the upscaler's {size_text(upscaler_bytes)}" if upscaler_bytes else ""
+        note = (f"hires fix: {size[0]}x{size[1]}, then {larger[0]}x{larger[1]}{held}; the peak is the "
+                f"{'second' if top is b else 'first'} pass's")
+        rows.append(replace(top, fits=a.fits and b.fits, reason=f"{note}; {top.reason}"))
+    return tuple(rows)
 
 
 @dataclass(frozen=True)
