@@ -12,6 +12,7 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import ValidationError
 from PIL import Image
 
+from pipelines import defaults
 from pipelines.errors import UserError
 from quantization.policy import candidates
 from tests.ui_fixtures import api_studio, asset, brush_mask, start_studio, web_studio  # noqa: F401
@@ -146,6 +147,9 @@ def test_a_batch_returns_every_image_with_the_next_seeds(client):
     assert "3 images" in result[2] and "seeds 11, 12, 13" in result[2]
 
 
+HIRES_OFF = [1.0, defaults.HIRES_STRENGTH, 0, "Lanczos"]  # Generate's hires fix inputs, off (scale 1)
+
+
 def sse_events(url: str, name: str, data: list) -> list[tuple[str, object]]:
     """POST /gradio_api/call/<name>, then read its server-sent events: (event, data) pairs in order."""
     event_id = httpx.post(f"{url}gradio_api/call/{name}", json={"data": data}, timeout=60).json()["event_id"]
@@ -160,7 +164,8 @@ def sse_events(url: str, name: str, data: list) -> list[tuple[str, object]]:
 
 
 def test_call_route_streams_previews_then_ends_with_the_final_result(api_studio):  # noqa: F811
-    data = ["dev", "a lighthouse", 6, 3.5, "auto", 128, 128, 21, False, [], None, 1.0, 1, True, None, None, 0.6, []]
+    data = ["dev", "a lighthouse", 6, 3.5, "auto", 128, 128, 21, False, [], None, 1.0, 1, True, None, None, 0.6,
+            *HIRES_OFF, []]
     events = sse_events(api_studio.url, "generate", data)
     kinds = [kind for kind, _ in events]
     assert kinds[-1] == "complete" and "generating" in kinds, kinds
@@ -171,7 +176,7 @@ def test_call_route_streams_previews_then_ends_with_the_final_result(api_studio)
     previews = [name for name in shown if not (api_studio.output_dir / name).exists()]
     assert len(previews) >= 1 and shown.index(previews[0]) < shown.index(Path(saved).name)
     assert final[7] == 21  # every output in the last event (the history state, [6], is not sent), as without previews
-    off = sse_events(api_studio.url, "generate", data[:-5] + [False, None, None, 0.6, []])
+    off = sse_events(api_studio.url, "generate", data[:-9] + [False, None, None, 0.6, *HIRES_OFF, []])
     assert [kind for kind, _ in off][-1] == "complete" and metadata(off[-1][1][0]["path"])["seed"] == 21
 
 
@@ -249,17 +254,17 @@ def test_a_full_queue_says_so(tmp_path):
 def test_booleans_are_read_strictly(api_studio):  # noqa: F811
     """"false" is false (no previews, the seed as given), "true" true; anything else is refused with its reason."""
     data = ["dev", "a lighthouse", 6, 3.5, "auto", 128, 128, 23, "false", [], None, 1.0, 1, "false", None, None, 0.6,
-            []]
+            *HIRES_OFF, []]
     events = sse_events(api_studio.url, "generate", data)
     kinds = [kind for kind, _ in events if kind != "heartbeat"]
     assert kinds == ["generating", "complete"], kinds  # the result, then the end: no previews streamed
     first, last = [data for kind, data in events if kind != "heartbeat"]
     assert first[0]["path"] == last[0]["path"]
     assert metadata(events[-1][1][0]["path"])["seed"] == 23  # randomize="false": the seed given
-    on = sse_events(api_studio.url, "generate", data[:-5] + ["TRUE", None, None, 0.6, []])
+    on = sse_events(api_studio.url, "generate", data[:-9] + ["TRUE", None, None, 0.6, *HIRES_OFF, []])
     assert "generating" in [kind for kind, _ in on]
     response = httpx.post(f"{api_studio.url}gradio_api/call/generate",
-                          json={"data": data[:-5] + ["yes", None, None, 0.6, []]},
+                          json={"data": data[:-9] + ["yes", None, None, 0.6, *HIRES_OFF, []]},
                           timeout=60)
     assert response.status_code == 422
     refused = [item for item in response.json()["detail"] if not item["is_valid"]]
@@ -276,7 +281,8 @@ def test_a_refusal_reaches_gradio_client_with_its_reason_on_every_route(api_stud
     with pytest.raises(ValidationError) as refused:
         client.predict(image=handle_file(str(fake)), prompt="make it night", **IMAGE_SETTINGS, api_name="/kontext")
     assert "- image: image: this file is not an image we can read: notes.png" in str(refused.value)
-    data = ["dev", "a lighthouse", 0, 3.5, "auto", 128, 128, 1, False, [], None, 1.0, 1, False, None, None, 0.6, []]
+    data = ["dev", "a lighthouse", 0, 3.5, "auto", 128, 128, 1, False, [], None, 1.0, 1, False, None, None, 0.6,
+            *HIRES_OFF, []]
     response = httpx.post(f"{api_studio.url}gradio_api/call/generate", json={"data": data}, timeout=60)
     assert response.status_code == 422 and "Bad Request" not in response.text
     refused = [(item["parameter_name"], item["message"]) for item in response.json()["detail"] if not item["is_valid"]]
