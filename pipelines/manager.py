@@ -27,6 +27,7 @@ from .memory.options import RunOptions
 from .memory.placement import ONE_POOL, PHASES, Placement, plan, working_memory
 from .models.assembly import build_pipeline, import_class, load_quantized, probe_quantized, weight_bytes, weights_identity
 from .models.components import Component, ComponentStore
+from .models import single_file
 from .models.layout import read_index
 from .prompts import PromptCache
 
@@ -161,9 +162,9 @@ class ModelManager:
                  transformer: Path | None = None) -> LoadedPipeline:
         """The pipeline in ``root`` with ``quant`` ('auto', 'none', '8bit', '4bit'), loading what is missing.
 
-        ``transformer``: a single-file GGUF checkpoint that replaces the pipeline's transformer. A quant choice none
-        of whose backends runs under the offload option is refused (UserError) before anything is loaded; a loaded
-        pipeline whose backends cannot is unloaded and loaded again with ones that can.
+        ``transformer``: a single-file checkpoint (pipelines.models.single_file) that replaces the pipeline's
+        transformer. A quant choice none of whose backends runs under the offload option is refused (UserError) before
+        anything is loaded; a loaded pipeline whose backends cannot is unloaded and loaded again with ones that can.
         """
         with self.lock:
             resolved, auto = self.resolve_quant(root, quant)
@@ -184,9 +185,16 @@ class ModelManager:
             return loaded
 
     def _check_offload(self, quant: str, transformer: Path | None) -> None:
-        """Refuse ``quant`` when the offload option leaves none of its quantized backends on this device."""
+        """Refuse ``quant`` when the offload option leaves none of its quantized backends on this device, and a
+        pre-quantized ``transformer`` file (GGUF, BFL's nvfp4) whose format does not survive the offload option."""
         offload = self.options.offload
-        if quant == "none" or offload == "none":
+        if offload == "none":
+            return
+        quantized = single_file.inspect(transformer).prequantized if transformer is not None else None
+        reason = loaded_offload_refusal(*quantized, offload) if quantized is not None else None
+        if reason:
+            raise UserError(f"transformer={transformer.name!r} with offload={offload!r}: {reason}.")
+        if quant == "none":
             return
         chain = candidates(quant, self.device.type)
         kept, left = self.offload_chain(chain, offload)
@@ -195,10 +203,6 @@ class ModelManager:
             raise UserError(f"quant={quant!r} with offload={offload!r}: no {quant} backend on {self.device.type} runs "
                             f"under {offload} offload ({config.label}: {reason}); choose another offload or "
                             "quant=none.")
-        if transformer is not None:
-            reason = loaded_offload_refusal("gguf", "", offload)
-            if reason:
-                raise UserError(f"transformer={transformer.name!r} with offload={offload!r}: {reason}.")
 
     def _drop_components_refusing(self, offload: str) -> None:
         """Unload every pipeline holding a component whose backend cannot run under ``offload``."""

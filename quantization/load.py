@@ -61,7 +61,7 @@ def load_component(component: str, load: Callable[[], torch.nn.Module], chain: S
     if not chain:
         raise ValueError(f"{component}: chain is empty; pass at least the full-precision config.")
     if source is not None and is_prequantized(source):
-        module, record = load_prequantized(component, source, device, dtype)
+        module, record = load_prequantized(component, source, device, dtype, load)
         record.fallbacks = list(fallbacks) + record.fallbacks
         return LoadedComponent(module, chain[-1], record, ())
     made = list(fallbacks)

@@ -1,4 +1,5 @@
-"""Pre-quantized checkpoints: a GGUF transformer file, or a component folder saved with a ``quantization_config``.
+"""Pre-quantized checkpoints: a GGUF transformer file, a safetensors file of a quantized layout (BFL's nvfp4, read
+by the caller's loader), or a component folder saved with a ``quantization_config``.
 
 They are loaded as they are, whatever quantization was asked for, and never stored again.
 """
@@ -34,12 +35,26 @@ def checkpoint_quantization(folder: Path) -> dict | None:
     return found if isinstance(found, dict) and found else None
 
 
-def load_prequantized(component: str, source: ComponentSource, device: torch.device,
-                      dtype: torch.dtype) -> tuple[torch.nn.Module, ComponentQuant]:
-    """Load a checkpoint that is already quantized, as it is; a QuantizationError says what to do when it cannot be."""
+def load_prequantized(component: str, source: ComponentSource, device: torch.device, dtype: torch.dtype,
+                      load=None) -> tuple[torch.nn.Module, ComponentQuant]:
+    """Load a checkpoint that is already quantized, as it is; a QuantizationError says what to do when it cannot be.
+
+    ``load``: the caller's loader, for a file of a quantized layout it reads itself (``source.file_quantization``)."""
     start = time.perf_counter()
     full_bytes = sum(p.numel() for p in skeleton(source.cls, source.folder, dtype).parameters()) * dtype.itemsize
-    if source.prequantized_file:
+    if source.file_quantization is not None:
+        backend, fmt = source.file_quantization
+        if load is None:
+            raise ValueError(f"load_prequantized: {component} is a {backend} {fmt} file; pass the loader that reads "
+                             "it.")
+        try:
+            module = load()
+        except Exception as error:
+            first = str(error).splitlines()[0] if str(error) else ""
+            raise QuantizationError(f"{component}: {Path(source.file).name} could not be loaded as a {backend} {fmt} "
+                                    f"{source.cls.__name__} ({type(error).__name__}: {first}); check that it fits "
+                                    "the tool's model, or use a bf16 or fp8 file.") from None
+    elif source.prequantized_file:
         module, backend, fmt = _load_gguf(component, source, dtype)
     else:
         quant = checkpoint_quantization(source.folder) or {}

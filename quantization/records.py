@@ -17,6 +17,9 @@ class ComponentSource:
     cls: type
     model: str = ""  # the model as the user named it, for listings
     file: Path | None = None  # a single-file checkpoint (GGUF, or safetensors) that replaces the folder's weights
+    # (backend, format) of a safetensors ``file`` whose weights are quantized already (BFL's nvfp4): it loads as it
+    # is, through the caller's loader, which knows its layout
+    file_quantization: tuple[str, str] | None = None
 
     def __post_init__(self):
         if not self.fingerprint:
@@ -29,8 +32,10 @@ class ComponentSource:
 
     @property
     def prequantized_file(self) -> bool:
-        """A GGUF file: its weights are quantized already (a safetensors file holds plain weights)."""
-        return self.file is not None and Path(self.file).suffix.lower() == ".gguf"
+        """A file whose weights are quantized already: GGUF, or a safetensors file of a quantized layout
+        (``file_quantization``); other safetensors files hold plain weights."""
+        return self.file is not None and (Path(self.file).suffix.lower() == ".gguf"
+                                          or self.file_quantization is not None)
 
 
 @dataclass

@@ -289,3 +289,12 @@ def tiny_transformer_files(tiny_root, tmp_path_factory):
     module = FluxTransformer2DModel.from_pretrained(tiny_root / "dev", subfolder="transformer", dtype=torch.bfloat16)
     write_gguf(module, files["gguf"])
     return files
+
+
+@pytest.fixture(scope="session")
+def tiny_klein_files(tiny_root, tmp_path_factory):
+    """The tiny klein transformer as BFL's single files (tests.klein_files): bf16, fp8r, and nvfp4 under ComfyUI's
+    prefix."""
+    from tests.klein_files import write_klein_files
+
+    return write_klein_files(tiny_root, tmp_path_factory.mktemp("klein-files"))

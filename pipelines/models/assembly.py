@@ -67,12 +67,15 @@ def load_quantized(root: Path, name: str, cls: type, identity: str, chain, devic
                    dtype: torch.dtype, file: Path | None = None, fallbacks=()):
     """Component ``name`` of ``root`` along ``chain`` through quantization's one load path (probe, store,
     fallback), with the studio's caches: (module, record, configs left to fall back to)."""
+    single = single_file.inspect(file) if file is not None else None
+
     def load() -> torch.nn.Module:
-        if file is not None and Path(file).suffix.lower() == ".safetensors":  # a single-file transformer
-            return single_file.load(single_file.inspect(file), cls, root, dtype)
+        if single is not None and single.container == "safetensors":  # a single-file transformer
+            return single_file.load(single, cls, root, dtype)
         return cls.from_pretrained(root, subfolder=name, dtype=dtype)
 
-    source = ComponentSource(root / name, identity, cls, str(root), Path(file) if file else None)
+    quantized = single.prequantized if single is not None and single.container == "safetensors" else None
+    source = ComponentSource(root / name, identity, cls, str(root), Path(file) if file else None, quantized)
     try:
         loaded = load_component(name, load, chain, device, dtype, source, quant_caches(), fallbacks)
     except QuantizationError as error:

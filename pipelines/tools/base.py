@@ -135,9 +135,10 @@ class Tool:
 
     def accepts_transformer(self, file) -> bool:
         """True when the single-file transformer ``file`` (pipelines.models.single_file.TransformerFile) has this
-        tool's transformer input (its channels and guidance embedder)."""
+        tool's transformer input (its family, channels and guidance embedder)."""
         wanted = self.kind()
-        return file.in_channels == wanted.in_channels and file.guidance == wanted.guidance
+        return (file.family == self.family.name and file.in_channels == wanted.in_channels
+                and file.guidance == wanted.guidance)
 
     def check_inputs(self, request) -> None:
         """Rules of this tool beyond the shared ones (called once the request's images are loaded)."""
