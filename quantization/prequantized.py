@@ -47,6 +47,10 @@ def load_prequantized(component: str, source: ComponentSource, device: torch.dev
         if load is None:
             raise ValueError(f"load_prequantized: {component} is a {backend} {fmt} file; pass the loader that reads "
                              "it.")
+        if device.type == "mps" and fmt == "nvfp4":
+            raise QuantizationError(f"{component}: {Path(source.file).name} is a {backend} {fmt} file, whose block "
+                                    "scales are float8, which Apple MPS does not hold; use the bf16 or fp8 file of "
+                                    "the same model (fp8 loads upcast, then quantized as asked).")
         try:
             module = load()
         except Exception as error:

@@ -189,3 +189,21 @@ def test_an_nvfp4_file_runs_under_model_offload_and_is_refused_block_offload_in_
         run(blocked, tiny_klein_files["nvfp4"])
     assert "\n" not in str(e.value)
     assert run(blocked, tiny_klein_files["bf16"]).report["transformer_file"]["weights"] == "bf16"  # plain weights: any
+
+
+def test_an_nvfp4_file_is_refused_on_apple_mps_before_it_loads(tiny_root, tiny_klein_files):
+    """nvfp4's block scales are float8, which MPS cannot hold: refused in one line, nothing read."""
+    from diffusers import Flux2Transformer2DModel
+
+    from quantization.errors import QuantizationError
+    from quantization.prequantized import load_prequantized
+    from quantization.records import ComponentSource
+
+    file = single_file.inspect(tiny_klein_files["nvfp4"])
+    source = ComponentSource(tiny_root / "klein" / "transformer", "fingerprint", Flux2Transformer2DModel, "tiny",
+                             file.path, file.prequantized)
+    loads = []
+    with pytest.raises(QuantizationError, match=r"flux-2-klein-tiny-nvfp4.safetensors is a bfl nvfp4 file, whose block "
+                                                r"scales are float8, which Apple MPS does not hold") as caught:
+        load_prequantized("transformer", source, torch.device("mps"), torch.bfloat16, lambda: loads.append(1))
+    assert not loads and "\n" not in str(caught.value)
