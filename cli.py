@@ -80,12 +80,14 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--canny-high", default=defaults.CANNY_HIGH, help=f"canny: the high edge threshold, 0..255 "
                                                                         f"(default {defaults.CANNY_HIGH})")
     gen.add_argument("--report", metavar="FILE.json", help="write the JSON report here")
-    gen.add_argument("--transformer", default=None, metavar="FILE.gguf",
-                     help="a single-file GGUF FLUX.1 transformer that replaces the model's own (pre-quantized: "
-                          "used as it is, whatever --quant says)")
+    gen.add_argument("--transformer", default=None, metavar="FILE",
+                     help="a single-file FLUX.1 or FLUX.2 transformer that replaces the model's own: .safetensors "
+                          "(bf16 or fp8, quantized as --quant says; BFL's nvfp4, used as it is) or .gguf (used as it "
+                          "is, whatever --quant says)")
     gen.add_argument("--lora", action="append", default=[], metavar="FILE[:STRENGTH]",
-                     help="a FLUX.1 LoRA .safetensors file (diffusers/PEFT, kohya, XLabs or BFL format), strength "
-                          "-4..4 (default 1.0); repeat for several")
+                     help="a LoRA .safetensors file of the tool's family (FLUX.1: diffusers/PEFT, kohya, XLabs or BFL "
+                          "format; FLUX.2 klein: diffusers/PEFT, BFL/ComfyUI or kohya), strength -4..4 (default 1.0); "
+                          "repeat for several")
     gen.add_argument("--control", default=None, choices=("model", "lora"),
                      help="depth and canny: model (their own FLUX.1-Depth/Canny-dev model, the default) or lora (a "
                           "control LoRA on the FLUX.1-dev model: --model names the Dev model)")
@@ -137,6 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
     est.add_argument("--tool", required=True, help=", ".join(tool_names()))
     est.add_argument("--model", default=None, help="tiny | HUB_ID | PATH (default: the tool's official models, "
                                                    "e.g. klein's 4B and 9B)")
+    est.add_argument("--transformer", default=None, metavar="FILE",
+                     help="a single-file transformer that replaces the model's own, as generate takes it (a "
+                          "pre-quantized one, GGUF or BFL's nvfp4, holds its own bytes whatever the quant choice)")
     est.add_argument("--size", default=None, metavar="WIDTHxHEIGHT",
                      help="output size (default: the tool's); snapped as generate snaps --width and --height")
     est.add_argument("--device", default=None, help="cpu, cuda, cuda:1 or mps (default: best available)")
@@ -457,6 +462,7 @@ def doctor(args) -> int:
 def plan(args) -> int:
     """`plan`: each quant choice and offload option with its estimated peak memory, speed and whether it fits."""
     from pipelines.errors import UserError
+    from pipelines.request import check_transformer_file
 
     try:
         tool = get_tool(args.tool)
@@ -467,7 +473,8 @@ def plan(args) -> int:
     if args.hires_upscaler and not args.hires_scale:
         raise UserError("--hires-upscaler is for the hires fix: give --hires-scale too.")
     hires = dict(scale=args.hires_scale, upscaler=args.hires_upscaler)
-    results = [_plan(tool, model, args.size, args.device, notices, hires)
+    transformer = check_transformer_file(args.transformer, tool)
+    results = [_plan(tool, model, args.size, args.device, notices, hires, transformer)
                for model in ([args.model] if args.model else [tool.model_id, *tool.variants])]
     if args.json:
         print(json.dumps(results[0].to_dict() if len(results) == 1 else [r.to_dict() for r in results], indent=2))
@@ -479,7 +486,7 @@ def plan(args) -> int:
 
 
 def _plan(tool, model: str, size: str | None, device_name: str | None, notices: list[str] | None = None,
-          hires: dict | None = None):
+          hires: dict | None = None, transformer: str | None = None):
     import re
 
     from pipelines.errors import UserError
@@ -509,7 +516,7 @@ def _plan(tool, model: str, size: str | None, device_name: str | None, notices: 
     if second and not tool.takes_strength:
         raise UserError(f"--hires-scale is for text to image; the {tool.name} tool has no hires fix.")
     return plan_run(tool, model, width, height, device_memory(device), offered(device), pick_dtype(device).itemsize,
-                    **second)
+                    transformer=transformer, **second)
 
 
 def format_plan(result) -> str:
@@ -519,7 +526,8 @@ def format_plan(result) -> str:
     hires = result.hires
     then = "" if not hires else f" then {hires['width']}x{hires['height']} (hires fix" + (
         f", upscaler {_size(hires['upscaler_bytes'])}" if hires["upscaler_bytes"] else "") + ")"
-    lines = [f"{result.tool} on {result.model} ({source}), {result.width}x{result.height}{then}, {result.text_tokens} "
+    model = result.model + (f" with transformer {result.transformer}" if result.transformer else "")
+    lines = [f"{result.tool} on {model} ({source}), {result.width}x{result.height}{then}, {result.text_tokens} "
              f"text tokens; {memory.type}: {_size(memory.free_bytes)} {memory.what} of {_size(memory.total_bytes)}",
              f"Auto picks {result.auto.quant}: {result.auto.reason}",
              f"{'quant':<10} {'offload':<11} {'format':<22} {'weights':>10} {'peak':>10} {'time':>6}  fits"]

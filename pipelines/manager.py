@@ -148,11 +148,12 @@ class ModelManager:
                 empty_cache(self.device)
 
     # ---- quant -----------------------------------------------------------------------------------------
-    def resolve_quant(self, root: Path, quant: str) -> tuple[str, AutoChoice | None]:
-        """``quant`` itself, or what Auto picks for the pipeline in ``root`` from free memory."""
+    def resolve_quant(self, root: Path, quant: str, transformer: Path | None = None) -> tuple[str, AutoChoice | None]:
+        """``quant`` itself, or what Auto picks for the pipeline in ``root`` (its transformer from the single file
+        ``transformer``, if given) from free memory."""
         if quant != "auto":
             return quant, None
-        quantizable, other = weight_bytes(root, self.dtype)
+        quantizable, other = weight_bytes(root, self.dtype, transformer)
         ratios = measured_step_ratios(self.device, family_in(root).name) if "fp8" in offered(self.device) else {}
         choice = choose_auto(quantizable, other, self._free_memory(self.device), ratios, self.device.type)
         return choice.quant, choice
@@ -167,7 +168,7 @@ class ModelManager:
         anything is loaded; a loaded pipeline whose backends cannot is unloaded and loaded again with ones that can.
         """
         with self.lock:
-            resolved, auto = self.resolve_quant(root, quant)
+            resolved, auto = self.resolve_quant(root, quant, transformer)
             key = (str(root), resolved) + ((f"transformer={transformer}",) if transformer else ())
             self._check_offload(resolved, transformer)
             loaded = self._pipelines.get(key)

@@ -207,3 +207,46 @@ def test_an_nvfp4_file_is_refused_on_apple_mps_before_it_loads(tiny_root, tiny_k
                                                 r"scales are float8, which Apple MPS does not hold") as caught:
         load_prequantized("transformer", source, torch.device("mps"), torch.bfloat16, lambda: loads.append(1))
     assert not loads and "\n" not in str(caught.value)
+
+
+def test_plan_counts_a_prequantized_file_as_it_is_and_a_plain_one_as_the_models_own(tiny_klein_files,
+                                                                                    tiny_transformer_files, capsys):
+    """`plan --transformer`: an nvfp4 file holds its own bytes under every quant choice (the choice still quantizes
+    the text encoder); a bf16 file plans as the model does; a file of the other family is refused in one line."""
+    import json
+
+    import cli
+
+    def plan(*extra) -> dict:
+        assert cli.main(["plan", "--tool", "klein", "--model", "tiny", "--size", "256x256", "--json", *extra]) == 0
+        return json.loads(capsys.readouterr().out)
+
+    own, plain, packed = plan(), plan("--transformer", str(tiny_klein_files["bf16"])), plan(
+        "--transformer", str(tiny_klein_files["nvfp4"]))
+    weights = {name: {e["quant"]: e["weight_bytes"] for e in p["estimates"] if e["offload"] == "none"}
+               for name, p in (("own", own), ("plain", plain), ("packed", packed))}
+    assert weights["plain"] == weights["own"] and plain["transformer"] == "flux-2-klein-tiny.safetensors"
+    assert packed["transformer"] == "flux-2-klein-tiny-nvfp4.safetensors"
+    params = own["components"]
+    assert weights["packed"]["none"] == \
+        weights["own"]["none"] - params["transformer"] * 2 + tiny_klein_files["nvfp4"].stat().st_size
+    share = params["text_encoder"] / (params["text_encoder"] + params["transformer"])
+    for quant in ("8bit", "4bit"):  # what a quant choice saves: the text encoder's part only
+        saved = {name: weights[name]["none"] - weights[name][quant] for name in ("own", "packed")}
+        assert saved["packed"] == pytest.approx(saved["own"] * share, abs=2)
+    assert cli.main(["plan", "--tool", "klein", "--model", "tiny", "--transformer",
+                     str(tiny_transformer_files["bf16"])]) == 2
+    assert "dev-bf16.safetensors' is a FLUX.1 transformer" in capsys.readouterr().err
+
+
+def test_auto_weighs_a_prequantized_file_among_what_it_cannot_shrink(tiny_root, tiny_klein_files):
+    from pipelines.models.assembly import weight_bytes
+
+    root = tiny_root / "klein"
+    quantizable, other = weight_bytes(root, torch.bfloat16)
+    with_file = weight_bytes(root, torch.bfloat16, tiny_klein_files["nvfp4"])
+    transformer = weight_bytes(root, torch.bfloat16)[0] - with_file[0]  # what left the quantizable side
+    assert transformer > 0 and with_file[1] == other + tiny_klein_files["nvfp4"].stat().st_size
+    assert weight_bytes(root, torch.bfloat16, tiny_klein_files["fp8"]) == (quantizable, other)  # upcast as it loads
+    result = run(Engine(ModelManager(device="cpu")), tiny_klein_files["nvfp4"], quant="auto")
+    assert result.report["quantization"]["components"]["transformer"]["format"] == "nvfp4"

@@ -51,6 +51,8 @@ def estimate_html(plan, quant: str, offload: str, notes: tuple[str, ...] = ()) -
     if plan.hires:
         held = f", the upscaler's {_gib(plan.hires['upscaler_bytes'])} held" if plan.hires["upscaler_bytes"] else ""
         then = f" then {plan.hires['width']}×{plan.hires['height']} (hires fix: both passes{held})"
+    if plan.transformer:
+        then += f" with the transformer from {html.escape(plan.transformer)}"
     caption = (f"Estimated before loading for {plan.width}×{plan.height}{then}: {_gib(memory.free_bytes)} "
                f"{html.escape(memory.what)}; {where}.{auto} Step time: against full precision (2.00× takes twice "
                f"as long).{why}{snapped}")

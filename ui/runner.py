@@ -298,12 +298,12 @@ class Runner:
 
         manager = self.engine.manager
         memory = device_memory(manager.device, manager.loaded_bytes())
-        chosen = self.model_choice(tool, model)[0]
+        chosen, transformer = self.model_choice(tool, model)
         spec = get_tool(tool)
         hires = planned(width, height, hires_scale, hires_upscaler) if (
             hires_on(hires_scale) and spec.takes_strength) else {}
         return plan_run(spec, chosen, width, height, memory, offered(manager.device),
-                        manager.dtype.itemsize, manager.options.placement, **hires)
+                        manager.dtype.itemsize, manager.options.placement, transformer=transformer, **hires)
 
     def control_map(self, tool: str, image: Image.Image) -> Image.Image:
         """The control map ``tool`` computes from ``image`` (a preview, before a run)."""

@@ -81,9 +81,10 @@ class Estimate:
 
 
 def component_bytes(sizes: ModelSizes, fmt: Format, dtype_bytes: int) -> dict[str, int]:
-    """Bytes of each component at ``fmt`` (the quantized ones) or the run's dtype (the rest)."""
+    """Bytes of each component at ``fmt`` (the quantized ones) or the run's dtype (the rest); a pre-quantized
+    single file's (``held_bytes``) whatever ``fmt``."""
     quantized = sizes.quantized
-    return {c.name: round(c.params * dtype_bytes * (fmt.weight_ratio if c.name in quantized else 1.0))
+    return {c.name: c.held_bytes or round(c.params * dtype_bytes * (fmt.weight_ratio if c.name in quantized else 1.0))
             for c in sizes.components}
 
 
@@ -167,9 +168,10 @@ def auto_choice(sizes: ModelSizes, memory: DeviceMemory, dtype_bytes: int = 2,
                 step_ratios: dict | None = None) -> AutoChoice:
     """What Auto picks for this model on this device (quantization.policy.choose_auto; ``step_ratios``: the step
     times measured on this class of device, which can make it pick fp8)."""
-    params = sizes.params()
+    held = {c.name: c.held_bytes for c in sizes.components if c.held_bytes}  # a pre-quantized file: as it is
+    params = {name: n for name, n in sizes.params().items() if name not in held}
     quantizable = sum(n for name, n in params.items() if name in sizes.quantized) * dtype_bytes
-    other = sum(n for name, n in params.items() if name not in sizes.quantized) * dtype_bytes
+    other = sum(n for name, n in params.items() if name not in sizes.quantized) * dtype_bytes + sum(held.values())
     return choose_auto(quantizable, other, memory.free_bytes, step_ratios, memory.type)
 
 
@@ -231,12 +233,14 @@ class Plan:
     auto: AutoChoice
     estimates: tuple[Estimate, ...]
     hires: dict | None = None  # a hires fix: {"width", "height" (the second pass's), "upscaler_bytes"}
+    transformer: str | None = None  # the name of a single-file transformer that replaces the model's own
 
     def row(self, quant: str, offload: str) -> Estimate | None:
         return next((e for e in self.estimates if e.quant == quant and e.offload == offload), None)
 
     def to_dict(self) -> dict:
-        return {"tool": self.tool, "model": self.model, "width": self.width, "height": self.height,
+        file = {"transformer": self.transformer} if self.transformer else {}
+        return {"tool": self.tool, "model": self.model, **file, "width": self.width, "height": self.height,
                 "text_tokens": self.text_tokens, "sizes_from": self.sizes.source,
                 "components": {c.name: c.params for c in self.sizes.components},
                 "device": {"type": self.memory.type, "free_bytes": self.memory.free_bytes,
@@ -248,19 +252,24 @@ class Plan:
 
 def plan_run(tool, model: str, width: int, height: int, memory: DeviceMemory, quants: tuple[str, ...],
              dtype_bytes: int = 2, placement: str = "auto", cpu: str | None = None, gpu: str | None = None,
-             hires: tuple[int, int] | None = None, upscaler_bytes: int = 0) -> Plan:
+             hires: tuple[int, int] | None = None, upscaler_bytes: int = 0, transformer: str | None = None) -> Plan:
     """The estimates of ``tool`` (a pipelines.tools.Tool) on ``model`` at ``width`` x ``height`` (``gpu``: the GPU
     class of a CUDA device, default this machine's first GPU's). ``hires``: a hires fix's second pass size; the run
-    is then both passes, each row the larger of the two plus the upscaler's weights (``upscaler_bytes``)."""
+    is then both passes, each row the larger of the two plus the upscaler's weights (``upscaler_bytes``).
+    ``transformer``: a single-file transformer that replaces the model's own (a pre-quantized one holds its bytes)."""
     from quantization.policy import cpu_step_ratios, gpu_class, gpu_step_ratios
 
-    from .sizes import model_sizes
+    from ..models.single_file import inspect
+    from .sizes import model_sizes, with_transformer_file
 
     if memory.type == "cuda" and gpu is None:
         import torch
 
         gpu = gpu_class(torch.device("cuda"))
     sizes = model_sizes(tool, model)
+    file = inspect(transformer) if transformer else None
+    if file is not None:
+        sizes = with_transformer_file(sizes, file)
     text_tokens = tool.defaults(model).max_sequence_length
     formats = formats_for(memory.type, quants, cpu, gpu, sizes.family)
     ratios = (gpu_step_ratios(gpu, sizes.family) if gpu
@@ -276,7 +285,8 @@ def plan_run(tool, model: str, width: int, height: int, memory: DeviceMemory, qu
         rows = hires_rows(rows, rows_at(hires[0], hires[1], upscaler_bytes), (width, height), hires, upscaler_bytes)
         extra = {"width": hires[0], "height": hires[1], "upscaler_bytes": upscaler_bytes}
     auto = auto_choice(sizes, memory, dtype_bytes, ratios if "fp8" in formats else None)
-    return Plan(tool.name, model, width, height, text_tokens, sizes, memory, auto, rows, extra)
+    return Plan(tool.name, model, width, height, text_tokens, sizes, memory, auto, rows, extra,
+                file.name if file is not None else None)
 
 
 def hires_rows(first: tuple[Estimate, ...], second: tuple[Estimate, ...], size: tuple[int, int],

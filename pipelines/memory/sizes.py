@@ -101,6 +101,17 @@ def model_sizes(tool, model: str) -> ModelSizes:
     return replace(sizes, components=sizes.components + tuple(extra)) if extra else sizes
 
 
+def with_transformer_file(sizes: ModelSizes, file) -> ModelSizes:
+    """``sizes`` with its transformer from the single file ``file`` (pipelines.models.single_file.TransformerFile): a
+    pre-quantized file (GGUF, BFL's nvfp4) holds its own bytes whatever the quant choice; a plain one (bf16, fp8
+    upcast as it loads) is the size of the model's own transformer."""
+    if file.prequantized is None:
+        return sizes
+    held = file.path.stat().st_size
+    return replace(sizes, components=tuple(replace(c, held_bytes=held) if c.name == "transformer" else c
+                                           for c in sizes.components))
+
+
 def _model_sizes(tool, model: str) -> ModelSizes:
     from ..models.sources import HUB_ID, check_pipeline_dir, resolve_model
 

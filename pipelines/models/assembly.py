@@ -35,12 +35,18 @@ def safetensors_numel(folder: Path) -> int:
     return folder_size(folder, folder.name or "component").params
 
 
-def weight_bytes(root: Path, dtype: torch.dtype) -> tuple[int, int]:
-    """(quantizable, other) weight bytes of the pipeline in ``root`` at ``dtype``."""
+def weight_bytes(root: Path, dtype: torch.dtype, file: Path | None = None) -> tuple[int, int]:
+    """(quantizable, other) weight bytes of the pipeline in ``root`` at ``dtype``; with a pre-quantized single-file
+    transformer ``file`` (GGUF, BFL's nvfp4), the file's bytes count among the other ones (the quant choice leaves
+    them as they are)."""
     size = torch.tensor([], dtype=dtype).element_size()
     quantizable = other = 0
     quantized = family_in(root).quantized
+    held = single_file.inspect(file) if file is not None else None
     for name in read_index(root):
+        if name == "transformer" and held is not None and held.prequantized:
+            other += held.path.stat().st_size
+            continue
         numel = safetensors_numel(root / name) * size
         if name in quantized:
             quantizable += numel

@@ -25,13 +25,15 @@ class ComponentSize:
     stored_bytes: int
     block: int = 0
     in_blocks: int = 0
+    held_bytes: int = 0  # a pre-quantized single file's bytes, held whatever the quant choice (0: not one)
 
     def __post_init__(self):
         if not self.name or self.params < 0 or self.stored_bytes < 0 or not 0 <= self.largest <= self.params \
-                or not 0 <= self.block <= self.in_blocks <= self.params:
+                or not 0 <= self.block <= self.in_blocks <= self.params or self.held_bytes < 0:
             raise ValueError(f"ComponentSize: name={self.name!r}, params={self.params}, largest={self.largest}, "
-                             f"stored_bytes={self.stored_bytes}, block={self.block}, in_blocks={self.in_blocks} must "
-                             "be a name and counts with largest <= params and block <= in_blocks <= params.")
+                             f"stored_bytes={self.stored_bytes}, block={self.block}, in_blocks={self.in_blocks}, "
+                             f"held_bytes={self.held_bytes} must be a name and counts with largest <= params and "
+                             "block <= in_blocks <= params.")
 
 
 DTYPE_BYTES = {"F64": 8, "I64": 8, "U64": 8, "F32": 4, "I32": 4, "U32": 4, "F16": 2, "BF16": 2, "I16": 2, "U16": 2,
