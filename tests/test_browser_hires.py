@@ -9,7 +9,7 @@ import json
 from PIL import Image
 
 from tests.browser_fixtures import (  # noqa: F401  (browser and page are fixtures)
-    BROWSER_MARKS, SHOTS, browser, page, shot, wait_for_run)
+    BROWSER_MARKS, RUN_TIMEOUT_MS, SHOTS, browser, page, shot, wait_for_run)
 from tests.ui_fixtures import web_studio  # noqa: F401
 
 pytestmark = BROWSER_MARKS
@@ -33,8 +33,11 @@ def test_a_hires_fix_with_an_upscaler_file_makes_the_larger_image(page, upscaler
     set_slider(page, "generate-hires-steps", 3)
     page.locator("#generate-hires-upscaler input").click()  # the folder is read again as the list opens
     page.get_by_role("option", name="tiny-esrgan-2x.safetensors").click()
+    # The estimate reads the upscaler file (spandrel's first import included) after the estimates the sliders asked
+    # for: on a busy machine that takes longer than a click's default wait.
     page.wait_for_function("(document.querySelector('#schnell-estimate')?.innerText || '')"
-                           ".includes('128×128 then 256×256 (hires fix: both passes, the upscaler')")
+                           ".includes('128×128 then 256×256 (hires fix: both passes, the upscaler')",
+                           timeout=RUN_TIMEOUT_MS)
     shot(page, "hires-fix-settings")
     page.locator("#generate-run").click()
     wait_for_run(page, "generate")
